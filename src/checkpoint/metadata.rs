@@ -1,0 +1,425 @@
+//! Versioned JSON metadata: file references, subtask handles and the job-level checkpoint.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::paths::{JobId, check_local_name, check_relative_path, checkpoint_dir_name};
+use crate::error::{Error, Result};
+use crate::keygroup::{KeyGroupRange, check_max_parallelism};
+
+/// The metadata format this build reads and writes. Any other version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A CRC-32C (Castagnoli) checksum, written as `crc32c:xxxxxxxx`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Checksum(pub u32);
+
+impl Checksum {
+    /// Checksum of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Checksum(crc32c::crc32c(bytes))
+    }
+
+    /// Extends a running checksum with `bytes`.
+    pub fn update(self, bytes: &[u8]) -> Self {
+        Checksum(crc32c::crc32c_append(self.0, bytes))
+    }
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "crc32c:{:08x}", self.0)
+    }
+}
+
+impl FromStr for Checksum {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        s.strip_prefix("crc32c:")
+            .filter(|hex| hex.len() == 8)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .map(Checksum)
+            .ok_or_else(|| Error::invalid("checksum", s, "crc32c:<8 hex digits>"))
+    }
+}
+
+impl Serialize for Checksum {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Checksum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A reference to one stored file: where it is, how big, and its checksum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileRef {
+    /// Object path relative to the job directory.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Checksum of the whole content.
+    pub checksum: Checksum,
+}
+
+/// An SST file of a subtask's RocksDB, stored once under `shared/` and referenced by every
+/// checkpoint whose DB still holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedFile {
+    /// File name inside the DB directory, e.g. `000012.sst`.
+    pub local_name: String,
+    /// The stored copy.
+    pub file: FileRef,
+    /// Column family (named state) the file belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column_family: Option<String>,
+    /// LSM level of the file when the checkpoint was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<i32>,
+    /// First and last key group the file holds; absent means "may hold any key group".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_groups: Option<KeyGroupRange>,
+}
+
+/// A non-SST file (MANIFEST, CURRENT, OPTIONS) private to one checkpoint of one subtask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateFile {
+    /// File name inside the DB directory.
+    pub local_name: String,
+    /// The stored copy.
+    pub file: FileRef,
+}
+
+/// What one subtask contributed to one checkpoint: everything needed to rebuild its DB.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubtaskHandle {
+    /// Metadata format version; always [`FORMAT_VERSION`] when written by this build.
+    pub format_version: u32,
+    /// The job the state belongs to.
+    pub job: JobId,
+    /// The checkpoint this handle belongs to.
+    pub checkpoint_id: u64,
+    /// Fencing epoch of the worker generation that wrote it.
+    pub epoch: u64,
+    /// Subtask index at the time of the checkpoint.
+    pub subtask: u32,
+    /// Parallelism at the time of the checkpoint.
+    pub parallelism: u32,
+    /// Number of key groups of the job.
+    pub max_parallelism: u32,
+    /// Key groups whose state this handle holds.
+    pub key_group_range: KeyGroupRange,
+    /// Unique id of the DB instance that produced the files (one per opened DB).
+    pub instance_id: String,
+    /// Column families (named states) of the DB, `default` included.
+    pub column_families: Vec<String>,
+    /// SST files, shared between checkpoints.
+    pub shared: Vec<SharedFile>,
+    /// Files private to this checkpoint.
+    pub private: Vec<PrivateFile>,
+    /// Bytes of all referenced files.
+    pub bytes_total: u64,
+    /// Bytes uploaded by this checkpoint (the rest was referenced from earlier ones).
+    pub bytes_uploaded: u64,
+    /// When the worker finished the handle.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The job-level record of a completed checkpoint. Its existence in the store means
+/// "completed"; it embeds every subtask's handle so that a restore reads one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointMetadata {
+    /// Metadata format version.
+    pub format_version: u32,
+    /// The job.
+    pub job: JobId,
+    /// Checkpoint id, increasing over the life of the job.
+    pub checkpoint_id: u64,
+    /// Epoch of the workers that took it.
+    pub epoch: u64,
+    /// Parallelism of the workers that took it.
+    pub parallelism: u32,
+    /// Number of key groups of the job.
+    pub max_parallelism: u32,
+    /// When the last handle arrived and this record was written.
+    pub completed_at: DateTime<Utc>,
+    /// One handle per subtask, ordered by subtask.
+    pub handles: Vec<SubtaskHandle>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionProbe {
+    format_version: Option<u32>,
+}
+
+/// Parses metadata JSON, refusing an unknown format version before looking at anything else.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T> {
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        file: file.to_owned(),
+        source,
+    })?;
+    match probe.format_version {
+        Some(FORMAT_VERSION) => {}
+        Some(found) => {
+            return Err(Error::UnsupportedVersion {
+                file: file.to_owned(),
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        None => {
+            return Err(Error::Corrupt {
+                file: file.to_owned(),
+                detail: "no formatVersion field; not regroup metadata".to_owned(),
+            });
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        file: file.to_owned(),
+        source,
+    })
+}
+
+impl SubtaskHandle {
+    /// Every file reference of the handle, shared first.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        self.shared
+            .iter()
+            .map(|s| &s.file)
+            .chain(self.private.iter().map(|p| &p.file))
+    }
+
+    /// Checks what a restore relies on; `file` names the metadata for error messages.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                file: file.to_owned(),
+                found: self.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        check_max_parallelism(self.max_parallelism)?;
+        if self.key_group_range.start > self.key_group_range.end
+            || self.key_group_range.end >= self.max_parallelism
+        {
+            return Err(Error::Corrupt {
+                file: file.to_owned(),
+                detail: format!(
+                    "key group range {} does not fit max parallelism {}",
+                    self.key_group_range, self.max_parallelism
+                ),
+            });
+        }
+        let private_prefix = format!("{}/private/", checkpoint_dir_name(self.checkpoint_id));
+        let mut names = BTreeSet::new();
+        for s in &self.shared {
+            check_local_name(&s.local_name, file)?;
+            check_relative_path(&s.file.path, file)?;
+            if !s.file.path.starts_with("shared/") {
+                return Err(Error::UnsafePath {
+                    path: s.file.path.clone(),
+                    file: file.to_owned(),
+                    reason: "shared files must lie under shared/".to_owned(),
+                });
+            }
+            if !names.insert(s.local_name.as_str()) {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!("local file {} listed twice", s.local_name),
+                });
+            }
+        }
+        for p in &self.private {
+            check_local_name(&p.local_name, file)?;
+            check_relative_path(&p.file.path, file)?;
+            if !p.file.path.starts_with(&private_prefix) {
+                return Err(Error::UnsafePath {
+                    path: p.file.path.clone(),
+                    file: file.to_owned(),
+                    reason: format!("private files must lie under {private_prefix}"),
+                });
+            }
+            if !names.insert(p.local_name.as_str()) {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!("local file {} listed twice", p.local_name),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointMetadata {
+    /// Checks every handle and that the handles' ranges partition `[0, maxParallelism)`.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                file: file.to_owned(),
+                found: self.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let mut next = 0u32;
+        for h in &self.handles {
+            h.validate(file)?;
+            if h.checkpoint_id != self.checkpoint_id || h.max_parallelism != self.max_parallelism {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!(
+                        "handle of subtask {} belongs to checkpoint {} with max parallelism {}",
+                        h.subtask, h.checkpoint_id, h.max_parallelism
+                    ),
+                });
+            }
+            if h.key_group_range.start != next {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!(
+                        "handle ranges do not partition the key groups: expected a range starting at {next}, found {}",
+                        h.key_group_range
+                    ),
+                });
+            }
+            next = h.key_group_range.end + 1;
+        }
+        if next != self.max_parallelism {
+            return Err(Error::Corrupt {
+                file: file.to_owned(),
+                detail: format!(
+                    "handles cover key groups [0, {next}) of [0, {})",
+                    self.max_parallelism
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes of all files of all handles.
+    pub fn bytes_total(&self) -> u64 {
+        self.handles.iter().map(|h| h.bytes_total).sum()
+    }
+
+    /// Bytes this checkpoint uploaded.
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.handles.iter().map(|h| h.bytes_uploaded).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_handle() -> SubtaskHandle {
+        SubtaskHandle {
+            format_version: FORMAT_VERSION,
+            job: "ns/job".parse().unwrap(),
+            checkpoint_id: 3,
+            epoch: 1,
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            key_group_range: KeyGroupRange { start: 0, end: 127 },
+            instance_id: "i1".into(),
+            column_families: vec!["default".into()],
+            shared: vec![SharedFile {
+                local_name: "000009.sst".into(),
+                file: FileRef {
+                    path: "shared/i1/000009.sst".into(),
+                    size: 10,
+                    checksum: Checksum(0xdeadbeef),
+                },
+                column_family: Some("default".into()),
+                level: Some(0),
+                key_groups: Some(KeyGroupRange { start: 0, end: 3 }),
+            }],
+            private: vec![PrivateFile {
+                local_name: "CURRENT".into(),
+                file: FileRef {
+                    path: "chk-3/private/0/CURRENT".into(),
+                    size: 16,
+                    checksum: Checksum(1),
+                },
+            }],
+            bytes_total: 26,
+            bytes_uploaded: 26,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let h = sample_handle();
+        let json = serde_json::to_vec(&h).unwrap();
+        assert!(String::from_utf8_lossy(&json).contains("\"crc32c:deadbeef\""));
+        let back: SubtaskHandle = decode(&json, "h.json").unwrap();
+        assert_eq!(back, h);
+        back.validate("h.json").unwrap();
+
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["formatVersion"] = 99.into();
+        let e = decode::<SubtaskHandle>(&serde_json::to_vec(&v).unwrap(), "h.json").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unsupported format version 99 in h.json"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        let mut h = sample_handle();
+        h.shared[0].file.path = "shared/../../etc/passwd".into();
+        let e = h.validate("chk-3/handles/0.json").unwrap_err();
+        assert!(e.to_string().contains("chk-3/handles/0.json"), "{e}");
+        let mut h = sample_handle();
+        h.private[0].file.path = "chk-2/private/0/CURRENT".into();
+        assert!(h.validate("x").is_err());
+        let mut h = sample_handle();
+        h.private[0].local_name = "../CURRENT".into();
+        assert!(h.validate("x").is_err());
+    }
+
+    #[test]
+    fn metadata_must_partition_key_groups() {
+        let h = sample_handle();
+        let mut m = CheckpointMetadata {
+            format_version: FORMAT_VERSION,
+            job: h.job.clone(),
+            checkpoint_id: 3,
+            epoch: 1,
+            parallelism: 1,
+            max_parallelism: 128,
+            completed_at: Utc::now(),
+            handles: vec![h],
+        };
+        m.validate("m").unwrap();
+        m.handles[0].key_group_range.end = 100;
+        assert!(m.validate("m").unwrap_err().to_string().contains("cover"));
+    }
+
+    #[test]
+    fn checksum_text() {
+        assert_eq!(Checksum::of(b"123456789").to_string(), "crc32c:e3069283");
+        assert_eq!(
+            Checksum::default().update(b"1234").update(b"56789"),
+            Checksum::of(b"123456789")
+        );
+        assert!("md5:00".parse::<Checksum>().is_err());
+    }
+}

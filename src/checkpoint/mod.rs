@@ -1,0 +1,11 @@
+//! Checkpoints in an object store: metadata types, object paths, the checksummed store and the
+//! registry of file references with retention and garbage collection.
+
+pub mod metadata;
+pub mod paths;
+pub mod registry;
+pub mod store;
+
+pub use metadata::{CheckpointMetadata, Checksum, FileRef, PrivateFile, SharedFile, SubtaskHandle};
+pub use paths::{JobId, JobPaths};
+pub use store::CheckpointStore;

@@ -1,0 +1,394 @@
+//! File references, retention and garbage collection.
+//!
+//! The store is the record: which checkpoints completed is what `_metadata.json` objects say, and
+//! which files a checkpoint uses is what its handles say. From that, [`plan_gc`] (pure) decides
+//! what may go: files no retained or in-flight checkpoint references, the directories of
+//! subsumed and aborted checkpoints — never anything younger than the grace period, so uploads
+//! in flight are safe.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use object_store::ObjectMeta;
+use object_store::path::Path;
+use serde::Serialize;
+use tracing::info;
+
+use super::metadata::{CheckpointMetadata, SubtaskHandle};
+use super::paths::parse_checkpoint_dir_name;
+use super::store::CheckpointStore;
+use crate::error::Result;
+
+/// For every stored file (job-relative path), the checkpoints that reference it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileReferences {
+    /// Path → (size, referencing checkpoint ids).
+    pub files: BTreeMap<String, (u64, BTreeSet<u64>)>,
+}
+
+impl FileReferences {
+    /// References of the given checkpoints.
+    pub fn from_checkpoints<'a>(checkpoints: impl IntoIterator<Item = &'a CheckpointMetadata>) -> Self {
+        let mut refs = Self::default();
+        for c in checkpoints {
+            for h in &c.handles {
+                refs.add_handle(h);
+            }
+        }
+        refs
+    }
+
+    /// Adds the references of one handle.
+    pub fn add_handle(&mut self, handle: &SubtaskHandle) {
+        for f in handle.files() {
+            self.files
+                .entry(f.path.clone())
+                .or_insert_with(|| (f.size, BTreeSet::new()))
+                .1
+                .insert(handle.checkpoint_id);
+        }
+    }
+
+    /// True when some checkpoint references `path`.
+    pub fn contains(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+}
+
+/// How many checkpoints to keep and how old unreferenced files must be before deletion.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionPolicy {
+    /// Completed checkpoints to keep, newest first (at least 1).
+    pub retain: usize,
+    /// Unreferenced objects younger than this are kept: they may belong to uploads in flight.
+    pub grace: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            retain: 1,
+            grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why an object is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DeleteReason {
+    /// Metadata of a completed checkpoint beyond the retention count.
+    SubsumedMetadata,
+    /// A file in the directory of a subsumed checkpoint.
+    Subsumed,
+    /// A file of a checkpoint that never completed and never will.
+    Aborted,
+    /// A shared SST file no retained or in-flight checkpoint references.
+    Unreferenced,
+}
+
+/// One object to delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    /// Job-relative path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Why.
+    pub reason: DeleteReason,
+}
+
+/// What garbage collection keeps and deletes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcPlan {
+    /// Completed checkpoints kept.
+    pub retained: Vec<u64>,
+    /// Completed checkpoints dropped by retention.
+    pub subsumed: Vec<u64>,
+    /// Incomplete checkpoints that may still complete (kept).
+    pub in_flight: Vec<u64>,
+    /// Incomplete checkpoints that will never complete (deleted).
+    pub aborted: Vec<u64>,
+    /// Objects to delete, metadata of subsumed checkpoints first.
+    pub deletions: Vec<Deletion>,
+    /// Unreferenced objects kept because they are younger than the grace period.
+    pub kept_young: Vec<String>,
+}
+
+impl GcPlan {
+    /// Bytes the deletions free.
+    pub fn bytes(&self) -> u64 {
+        self.deletions.iter().map(|d| d.size).sum()
+    }
+}
+
+/// Decides what garbage collection deletes. Pure: `objects` are the job's objects with paths
+/// relative to the job root; `completed` are the metadata of *all* completed checkpoints;
+/// `in_flight_handles` are the handles already written by incomplete checkpoints newer than
+/// the newest completed one.
+pub fn plan_gc(
+    objects: &[(String, u64, DateTime<Utc>)],
+    completed: &[CheckpointMetadata],
+    in_flight_handles: &[SubtaskHandle],
+    now: DateTime<Utc>,
+    policy: RetentionPolicy,
+) -> GcPlan {
+    let retain = policy.retain.max(1);
+    let mut ids: Vec<u64> = completed.iter().map(|c| c.checkpoint_id).collect();
+    ids.sort_unstable();
+    let split = ids.len().saturating_sub(retain);
+    let (subsumed, retained) = ids.split_at(split);
+    let newest_completed = ids.last().copied();
+    let mut refs = FileReferences::from_checkpoints(
+        completed
+            .iter()
+            .filter(|c| retained.contains(&c.checkpoint_id)),
+    );
+    for h in in_flight_handles {
+        refs.add_handle(h);
+    }
+    let grace = chrono::Duration::from_std(policy.grace).unwrap_or(chrono::Duration::MAX);
+    let young = |t: &DateTime<Utc>| now.signed_duration_since(*t) < grace;
+
+    // Incomplete checkpoint directories: in flight if newer than every completed checkpoint
+    // and touched within the grace period; aborted otherwise.
+    let mut incomplete: BTreeMap<u64, bool> = BTreeMap::new(); // id -> any young object
+    for (path, _, modified) in objects {
+        if let Some(id) = path.split('/').next().and_then(parse_checkpoint_dir_name)
+            && !ids.contains(&id)
+        {
+            *incomplete.entry(id).or_default() |= young(modified);
+        }
+    }
+    let mut plan = GcPlan {
+        retained: retained.to_vec(),
+        subsumed: subsumed.to_vec(),
+        ..Default::default()
+    };
+    for (&id, &has_young) in &incomplete {
+        if newest_completed.is_none_or(|n| id > n) && has_young {
+            plan.in_flight.push(id);
+        } else {
+            plan.aborted.push(id);
+        }
+    }
+
+    let mut metadata_deletions = Vec::new();
+    let mut other_deletions = Vec::new();
+    for (path, size, modified) in objects {
+        let mut parts = path.split('/');
+        let first = parts.next().unwrap_or_default();
+        let deletion = |reason| Deletion {
+            path: path.clone(),
+            size: *size,
+            reason,
+        };
+        if first == "shared" {
+            if refs.contains(path) {
+                continue;
+            }
+            if young(modified) {
+                plan.kept_young.push(path.clone());
+            } else {
+                other_deletions.push(deletion(DeleteReason::Unreferenced));
+            }
+        } else if let Some(id) = parse_checkpoint_dir_name(first) {
+            if plan.subsumed.contains(&id) {
+                if path.ends_with("/_metadata.json") && parts.clone().count() == 1 {
+                    metadata_deletions.push(deletion(DeleteReason::SubsumedMetadata));
+                } else {
+                    other_deletions.push(deletion(DeleteReason::Subsumed));
+                }
+            } else if plan.aborted.contains(&id) {
+                other_deletions.push(deletion(DeleteReason::Aborted));
+            }
+        }
+    }
+    plan.deletions = metadata_deletions;
+    plan.deletions.extend(other_deletions);
+    plan
+}
+
+/// Lists the job's objects, reads every completed checkpoint and the handles of in-flight
+/// ones, and returns the plan (see [`plan_gc`]). Any unreadable metadata fails the whole
+/// collection: nothing is deleted on uncertainty.
+pub async fn gc_plan_for_store(
+    store: &CheckpointStore,
+    policy: RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Result<GcPlan> {
+    let listing = store.list_all().await?;
+    let objects: Vec<(String, u64, DateTime<Utc>)> = listing
+        .iter()
+        .map(|m: &ObjectMeta| (store.paths().relative(&m.location), m.size, m.last_modified))
+        .collect();
+    let ids = store.checkpoint_ids().await?;
+    let mut completed = Vec::new();
+    for &(id, done) in &ids {
+        if done {
+            completed.push(store.read_metadata(id).await?);
+        }
+    }
+    let newest = completed.iter().map(|c| c.checkpoint_id).max();
+    let mut in_flight_handles = Vec::new();
+    for &(id, done) in &ids {
+        if !done && newest.is_none_or(|n| id > n) {
+            for (path, _, _) in &objects {
+                if let Some(rest) = path.strip_prefix(&format!("chk-{id}/handles/"))
+                    && let Some(subtask) = rest.strip_suffix(".json").and_then(|s| s.parse().ok())
+                    && let Some(h) = store.read_handle(id, subtask).await?
+                {
+                    in_flight_handles.push(h);
+                }
+            }
+        }
+    }
+    Ok(plan_gc(&objects, &completed, &in_flight_handles, now, policy))
+}
+
+/// Plans and, unless `dry_run`, performs garbage collection. Returns the plan.
+pub async fn collect_garbage(
+    store: &CheckpointStore,
+    policy: RetentionPolicy,
+    dry_run: bool,
+) -> Result<GcPlan> {
+    let plan = gc_plan_for_store(store, policy, Utc::now()).await?;
+    if !dry_run {
+        // Metadata first: a checkpoint stops being "completed" before its files go.
+        let (meta, rest): (Vec<_>, Vec<_>) = plan
+            .deletions
+            .iter()
+            .partition(|d| d.reason == DeleteReason::SubsumedMetadata);
+        for batch in [meta, rest] {
+            let locations: Result<Vec<Path>> = batch
+                .iter()
+                .map(|d| store.paths().resolve(&d.path, "garbage collection"))
+                .collect();
+            store.delete_all(locations?).await?;
+        }
+        info!(
+            job = %store.job(),
+            deleted = plan.deletions.len(),
+            bytes = plan.bytes(),
+            retained = ?plan.retained,
+            "garbage collected"
+        );
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::metadata::{Checksum, FORMAT_VERSION, FileRef, SharedFile};
+    use crate::keygroup::KeyGroupRange;
+
+    fn meta(id: u64, shared: &[&str]) -> CheckpointMetadata {
+        let handle = SubtaskHandle {
+            format_version: FORMAT_VERSION,
+            job: "ns/j".parse().unwrap(),
+            checkpoint_id: id,
+            epoch: 1,
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            key_group_range: KeyGroupRange { start: 0, end: 127 },
+            instance_id: "i".into(),
+            column_families: vec!["default".into()],
+            shared: shared
+                .iter()
+                .map(|s| SharedFile {
+                    local_name: s.to_string(),
+                    file: FileRef {
+                        path: format!("shared/i/{s}"),
+                        size: 1,
+                        checksum: Checksum(0),
+                    },
+                    column_family: None,
+                    level: None,
+                    key_groups: None,
+                })
+                .collect(),
+            private: vec![],
+            bytes_total: 0,
+            bytes_uploaded: 0,
+            created_at: Utc::now(),
+        };
+        CheckpointMetadata {
+            format_version: FORMAT_VERSION,
+            job: handle.job.clone(),
+            checkpoint_id: id,
+            epoch: 1,
+            parallelism: 1,
+            max_parallelism: 128,
+            completed_at: Utc::now(),
+            handles: vec![handle],
+        }
+    }
+
+    #[test]
+    fn retention_and_grace() {
+        let now = Utc::now();
+        let old = now - chrono::Duration::hours(1);
+        let objects: Vec<(String, u64, DateTime<Utc>)> = [
+            ("shared/i/1.sst", old),
+            ("shared/i/2.sst", old),
+            ("shared/i/3.sst", old),
+            ("shared/i/4.sst", now), // young, unreferenced: an upload in flight
+            ("chk-1/_metadata.json", old),
+            ("chk-1/handles/0.json", old),
+            ("chk-2/_metadata.json", old),
+            ("chk-2/handles/0.json", old),
+            ("chk-3/handles/0.json", now), // in flight
+            ("chk-0/handles/0.json", old), // never completed
+            ("elsewhere/x", old),
+        ]
+        .iter()
+        .map(|(p, t)| (p.to_string(), 1, *t))
+        .collect();
+        let completed = vec![meta(1, &["1.sst", "2.sst"]), meta(2, &["2.sst", "3.sst"])];
+        let plan = plan_gc(
+            &objects,
+            &completed,
+            &[],
+            now,
+            RetentionPolicy {
+                retain: 1,
+                grace: Duration::from_secs(60),
+            },
+        );
+        assert_eq!(plan.retained, vec![2]);
+        assert_eq!(plan.subsumed, vec![1]);
+        assert_eq!(plan.in_flight, vec![3]);
+        assert_eq!(plan.aborted, vec![0]);
+        let deleted: Vec<&str> = plan.deletions.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(deleted[0], "chk-1/_metadata.json");
+        let mut sorted = deleted.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![
+                "chk-0/handles/0.json",
+                "chk-1/_metadata.json",
+                "chk-1/handles/0.json",
+                "shared/i/1.sst"
+            ]
+        );
+        assert_eq!(plan.kept_young, vec!["shared/i/4.sst"]);
+    }
+
+    #[test]
+    fn in_flight_handles_protect_their_files() {
+        let now = Utc::now();
+        let old = now - chrono::Duration::hours(1);
+        let objects = vec![
+            ("shared/i/1.sst".to_string(), 1, old),
+            ("shared/i/9.sst".to_string(), 1, old),
+            ("chk-1/_metadata.json".to_string(), 1, old),
+            ("chk-2/handles/0.json".to_string(), 1, now),
+        ];
+        let inflight = meta(2, &["9.sst"]).handles;
+        let plan = plan_gc(&objects, &[meta(1, &["1.sst"])], &inflight, now, RetentionPolicy::default());
+        assert!(plan.deletions.is_empty(), "{:?}", plan.deletions);
+    }
+}

@@ -1,0 +1,252 @@
+//! Command-line interface: argument types and the subcommands' bodies. `main.rs` only calls
+//! [`main`].
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::checkpoint::registry::{FileReferences, RetentionPolicy, collect_garbage};
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use crate::error::Result;
+use crate::telemetry::{self, LogFormat};
+
+/// regroup: stateful, key-partitioned jobs on Kubernetes that rescale without losing state.
+#[derive(Parser, Debug)]
+#[command(name = "regroup", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "REGROUP_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// What a checkpoint store holds: checkpoints, handles, file references, garbage.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
+}
+
+/// Where a job's checkpoints are.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Storage URL: file:///DIR, s3://BUCKET/PREFIX, gs://..., az://..., memory://NAME.
+    #[arg(long, env = "REGROUP_STORE")]
+    pub store: String,
+    /// The job, as NAMESPACE/NAME.
+    #[arg(long, env = "REGROUP_JOB")]
+    pub job: JobId,
+}
+
+impl StoreArgs {
+    /// Opens the job's checkpoint store.
+    pub fn open(&self) -> Result<CheckpointStore> {
+        CheckpointStore::from_url(&self.store, self.job.clone())
+    }
+}
+
+/// `regroup checkpoints ...`
+#[derive(Subcommand, Debug)]
+pub enum CheckpointsCommand {
+    /// One line per checkpoint: status, epoch, parallelism, bytes, files.
+    List(StoreArgs),
+    /// Subtasks, ranges and files of completed checkpoints; `--files` prints the reference table.
+    Show(ShowArgs),
+    /// Deletes what no retained checkpoint references.
+    Gc(GcArgs),
+}
+
+/// `regroup checkpoints show`
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this checkpoint (default: every completed one).
+    #[arg(long)]
+    checkpoint: Option<u64>,
+    /// List every file with the checkpoints that reference it.
+    #[arg(long)]
+    files: bool,
+}
+
+/// `regroup checkpoints gc`
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Completed checkpoints to keep, newest first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    retain: u64,
+    /// Unreferenced objects younger than this are kept (uploads in flight), e.g. 10m, 1h.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    grace: Duration,
+    /// Print what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Parses a duration such as `30s`, `10m`, `1h30m`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 10m or 1h ({e})"))
+}
+
+/// Entry point of the binary.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one subcommand.
+pub async fn run(command: Command) -> Result<std::process::ExitCode> {
+    match command {
+        Command::Checkpoints(c) => checkpoints(c).await?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
+    match command {
+        CheckpointsCommand::List(args) => {
+            let store = args.open()?;
+            print!("{}", list_text(&store).await?);
+        }
+        CheckpointsCommand::Show(args) => {
+            let store = args.store.open()?;
+            let ids = match args.checkpoint {
+                Some(id) => vec![id],
+                None => store.completed_ids().await?,
+            };
+            let mut metas = Vec::with_capacity(ids.len());
+            for id in ids {
+                metas.push(store.read_metadata(id).await?);
+            }
+            print!("{}", show_text(&metas, args.files));
+        }
+        CheckpointsCommand::Gc(args) => {
+            let store = args.store.open()?;
+            let policy = RetentionPolicy {
+                retain: args.retain as usize,
+                grace: args.grace,
+            };
+            let plan = collect_garbage(&store, policy, args.dry_run).await?;
+            let verb = if args.dry_run { "would delete" } else { "deleted" };
+            println!(
+                "retained {:?}, subsumed {:?}, aborted {:?}, in flight {:?}",
+                plan.retained, plan.subsumed, plan.aborted, plan.in_flight
+            );
+            for d in &plan.deletions {
+                println!("{verb} {} ({} bytes, {:?})", d.path, d.size, d.reason);
+            }
+            for p in &plan.kept_young {
+                println!("kept {p} (unreferenced, younger than the grace period)");
+            }
+            println!(
+                "{verb} {} objects, {} bytes",
+                plan.deletions.len(),
+                plan.bytes()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The text of `regroup checkpoints list`.
+pub async fn list_text(store: &CheckpointStore) -> Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let ids = store.checkpoint_ids().await?;
+    if ids.is_empty() {
+        writeln!(out, "no checkpoints for job {} in {}", store.job(), store.url()).ok();
+        return Ok(out);
+    }
+    writeln!(
+        out,
+        "{:>8}  {:<10}  {:>5}  {:>11}  {:>14}  {:>14}  {:>6}  {:>7}",
+        "ID", "STATUS", "EPOCH", "PARALLELISM", "BYTES", "NEW BYTES", "SHARED", "PRIVATE"
+    )
+    .ok();
+    for (id, completed) in ids {
+        if completed {
+            let m = store.read_metadata(id).await?;
+            let shared: usize = m.handles.iter().map(|h| h.shared.len()).sum();
+            let private: usize = m.handles.iter().map(|h| h.private.len()).sum();
+            writeln!(
+                out,
+                "{:>8}  {:<10}  {:>5}  {:>11}  {:>14}  {:>14}  {:>6}  {:>7}",
+                id,
+                "completed",
+                m.epoch,
+                m.parallelism,
+                m.bytes_total(),
+                m.bytes_uploaded(),
+                shared,
+                private
+            )
+            .ok();
+        } else {
+            writeln!(out, "{id:>8}  {:<10}", "incomplete").ok();
+        }
+    }
+    Ok(out)
+}
+
+/// The text of `regroup checkpoints show`.
+pub fn show_text(metas: &[CheckpointMetadata], files: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for m in metas {
+        writeln!(
+            out,
+            "checkpoint {} of {}: epoch {}, parallelism {}, max parallelism {}, completed {}, {} bytes ({} new)",
+            m.checkpoint_id,
+            m.job,
+            m.epoch,
+            m.parallelism,
+            m.max_parallelism,
+            m.completed_at.to_rfc3339(),
+            m.bytes_total(),
+            m.bytes_uploaded()
+        )
+        .ok();
+        for h in &m.handles {
+            writeln!(
+                out,
+                "  subtask {:>4}  key groups {:<14}  instance {}  {} bytes ({} new)  {} shared, {} private files",
+                h.subtask,
+                h.key_group_range.to_string(),
+                h.instance_id,
+                h.bytes_total,
+                h.bytes_uploaded,
+                h.shared.len(),
+                h.private.len()
+            )
+            .ok();
+        }
+    }
+    if files {
+        let refs = FileReferences::from_checkpoints(metas);
+        writeln!(out, "\n{:<60}  {:>12}  REFERENCED BY", "FILE", "BYTES").ok();
+        for (path, (size, ids)) in &refs.files {
+            let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            writeln!(out, "{path:<60}  {size:>12}  {}", ids.join(",")).ok();
+        }
+    }
+    out
+}

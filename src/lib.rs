@@ -1,0 +1,15 @@
+//! regroup: stateful, key-partitioned jobs on Kubernetes that rescale without losing state.
+//!
+//! The library holds all logic; `src/main.rs` only wires subcommands. See
+//! `architecture.md` for the picture: key groups ([`keygroup`]), checkpoint metadata and the
+//! object store ([`checkpoint`]), the RocksDB state backend with incremental snapshots
+//! ([`backend`]).
+
+pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod error;
+pub mod keygroup;
+pub mod telemetry;
+
+pub use error::{Error, Result};
