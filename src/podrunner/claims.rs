@@ -1,0 +1,236 @@
+//! A provisioner for persistent volume claims: the test cluster has no storage, yet a
+//! StatefulSet's `volumeClaimTemplates` need bound claims before the scheduler places a pod.
+//! For every claim of the runner's StorageClass the runner creates a `hostPath` volume on the
+//! claim's directory (`<state>/claims/<namespace>/<claim>`, the one its pods use), and the
+//! controller-manager binds them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeSpec,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::{WatchStreamExt, watcher};
+use tracing::{info, warn};
+
+/// The provisioner name the runner's StorageClass names.
+pub const PROVISIONER: &str = "regroup.dev/pod-runner";
+
+/// Annotations through which the PV controller asks a provisioner for a volume.
+const PROVISIONER_ANNOTATIONS: [&str; 2] = [
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+];
+
+/// The StorageClass the runner serves: immediate binding, volumes kept after their claim
+/// (their data are the claim directory; nothing deletes them behind the user's back).
+pub fn storage_class(name: &str, default: bool) -> StorageClass {
+    let annotations = default.then(|| {
+        BTreeMap::from([(
+            "storageclass.kubernetes.io/is-default-class".to_string(),
+            "true".to_string(),
+        )])
+    });
+    StorageClass {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            annotations,
+            ..Default::default()
+        },
+        provisioner: PROVISIONER.to_string(),
+        reclaim_policy: Some("Retain".to_string()),
+        volume_binding_mode: Some("Immediate".to_string()),
+        ..Default::default()
+    }
+}
+
+/// The volume for `claim`, if the claim waits for this provisioner and has none yet.
+pub fn volume_for_claim(
+    claim: &PersistentVolumeClaim,
+    claim_dir: &Path,
+) -> Option<PersistentVolume> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    let ours = PROVISIONER_ANNOTATIONS
+        .iter()
+        .any(|a| annotations.get(*a).map(String::as_str) == Some(PROVISIONER));
+    let spec = claim.spec.as_ref()?;
+    let bound = spec.volume_name.as_deref().is_some_and(|v| !v.is_empty());
+    if !ours || bound || claim.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let uid = claim.metadata.uid.clone()?;
+    let size = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage").cloned())
+        .unwrap_or_else(|| Quantity("1Gi".to_string()));
+    Some(PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(format!("pvc-{uid}")),
+            annotations: Some(BTreeMap::from([(
+                "pv.kubernetes.io/provisioned-by".to_string(),
+                PROVISIONER.to_string(),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some(BTreeMap::from([("storage".to_string(), size)])),
+            access_modes: spec.access_modes.clone(),
+            storage_class_name: spec.storage_class_name.clone(),
+            persistent_volume_reclaim_policy: Some("Retain".to_string()),
+            volume_mode: spec.volume_mode.clone(),
+            claim_ref: Some(ObjectReference {
+                api_version: Some("v1".to_string()),
+                kind: Some("PersistentVolumeClaim".to_string()),
+                namespace: claim.metadata.namespace.clone(),
+                name: claim.metadata.name.clone(),
+                uid: Some(uid),
+                ..Default::default()
+            }),
+            host_path: Some(HostPathVolumeSource {
+                path: claim_dir.to_string_lossy().into_owned(),
+                type_: Some("DirectoryOrCreate".to_string()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Ensures the StorageClass exists, then provisions volumes for its claims until the stream
+/// ends (it does not: the watch retries with backoff).
+pub(crate) async fn provision(
+    client: kube::Client,
+    namespace: Option<String>,
+    class: String,
+    default_class: bool,
+    state_dir: std::path::PathBuf,
+) {
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    match classes
+        .create(
+            &PostParams::default(),
+            &storage_class(&class, default_class),
+        )
+        .await
+    {
+        Ok(_) => info!(%class, "created StorageClass"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => warn!(%class, error = %e, "cannot create StorageClass"),
+    }
+    let claims: Api<PersistentVolumeClaim> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let volumes: Api<PersistentVolume> = Api::all(client);
+    let stream = watcher(claims, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(claim) = stream.next().await {
+        let claim = match claim {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "claim watch failed; retrying");
+                continue;
+            }
+        };
+        let ns = claim.metadata.namespace.clone().unwrap_or_default();
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let dir = state_dir.join("claims").join(&ns).join(&name);
+        let Some(volume) = volume_for_claim(&claim, &dir) else {
+            continue;
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            warn!(claim = %format!("{ns}/{name}"), error = %e, "cannot create claim directory");
+            continue;
+        }
+        match volumes.create(&PostParams::default(), &volume).await {
+            Ok(_) => {
+                info!(claim = %format!("{ns}/{name}"), dir = %dir.display(), "provisioned volume")
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => warn!(claim = %format!("{ns}/{name}"), error = %e, "cannot create volume"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, VolumeResourceRequirements};
+
+    fn claim(annotated: bool, volume: Option<&str>) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("state-job-0".into()),
+                namespace: Some("ns".into()),
+                uid: Some("c-1".into()),
+                annotations: annotated.then(|| {
+                    BTreeMap::from([(
+                        PROVISIONER_ANNOTATIONS[0].to_string(),
+                        PROVISIONER.to_string(),
+                    )])
+                }),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: Some("regroup-local".into()),
+                volume_name: volume.map(str::to_string),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity("2Gi".into()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_waiting_claim_gets_a_host_path_volume_bound_to_it() {
+        let pv =
+            volume_for_claim(&claim(true, None), Path::new("/s/claims/ns/state-job-0")).unwrap();
+        assert_eq!(pv.metadata.name.as_deref(), Some("pvc-c-1"));
+        let spec = pv.spec.unwrap();
+        assert_eq!(spec.host_path.unwrap().path, "/s/claims/ns/state-job-0");
+        let r = spec.claim_ref.unwrap();
+        assert_eq!(
+            (r.namespace.as_deref(), r.name.as_deref(), r.uid.as_deref()),
+            (Some("ns"), Some("state-job-0"), Some("c-1"))
+        );
+        assert_eq!(spec.capacity.unwrap()["storage"], Quantity("2Gi".into()));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("regroup-local"));
+    }
+
+    #[test]
+    fn other_or_bound_claims_are_left_alone() {
+        assert!(volume_for_claim(&claim(false, None), Path::new("/x")).is_none());
+        assert!(volume_for_claim(&claim(true, Some("pv-1")), Path::new("/x")).is_none());
+    }
+
+    #[test]
+    fn storage_class_names_the_provisioner() {
+        let c = storage_class("regroup-local", true);
+        assert_eq!(c.provisioner, PROVISIONER);
+        assert_eq!(c.volume_binding_mode.as_deref(), Some("Immediate"));
+        assert!(
+            c.metadata
+                .annotations
+                .unwrap()
+                .contains_key("storageclass.kubernetes.io/is-default-class")
+        );
+    }
+}

@@ -1,0 +1,683 @@
+//! The pod runner against the test cluster of `e2e/` (kube-apiserver, controller-manager,
+//! scheduler, kwok with fake nodes):
+//!
+//! ```sh
+//! e2e/cluster up && eval "$(e2e/cluster env)"
+//! cargo test --test podrunner_cluster
+//! ```
+//!
+//! Each test starts its own `regroup-pod-runner` limited to a fresh namespace, so tests (and
+//! other people's runners) do not see each other's pods. The containers are Python's
+//! `http.server` and small Python scripts, mapped with `--binary python3=...`: they serve on the
+//! pod IP, so a test can reach them there. Without `KUBECONFIG` the tests say why and pass;
+//! `REGROUP_REQUIRE_CLUSTER=1` turns that into a failure. The pods go to nodes labelled
+//! `type=kwok`, or `type=$REGROUP_PODRUNNER_TEST_NODE_TYPE` (to try other kwok stages on nodes
+//! of a kwok of one's own; the test pods tolerate every taint).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+
+/// The `type` label of the nodes the test pods go to.
+fn node_type() -> String {
+    std::env::var("REGROUP_PODRUNNER_TEST_NODE_TYPE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "kwok".to_string())
+}
+
+fn cluster_or_skip(test: &str) -> bool {
+    match std::env::var("KUBECONFIG") {
+        Ok(v) if !v.is_empty() => true,
+        _ => {
+            let hint = "start the test cluster with: e2e/cluster up && eval \"$(e2e/cluster env)\"";
+            if std::env::var("REGROUP_REQUIRE_CLUSTER").as_deref() == Ok("1") {
+                panic!(
+                    "{test}: KUBECONFIG is not set, and REGROUP_REQUIRE_CLUSTER=1 forbids skipping; {hint}"
+                );
+            }
+            eprintln!("skipping {test}: KUBECONFIG is not set ({hint})");
+            false
+        }
+    }
+}
+
+/// The real Python interpreter (not a pyenv shim, which needs its own environment).
+fn python() -> anyhow::Result<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("python3 is needed for the pod runner tests")?;
+    ensure!(out.status.success(), "python3 failed: {out:?}");
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// A `regroup-pod-runner` for one namespace, stopped with SIGTERM when dropped.
+struct Runner {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Runner {
+    fn start(namespace: &str) -> anyhow::Result<Runner> {
+        let dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(dir.path().join("runner.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_regroup-pod-runner"))
+            .arg("--binary")
+            .arg(format!("python3={}", python()?.display()))
+            .arg("--namespace")
+            .arg(namespace)
+            .arg("--node-selector")
+            .arg(format!("type={}", node_type()))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
+            .args(["--backoff-initial", "500ms", "--backoff-max", "2s"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start regroup-pod-runner")?;
+        Ok(Runner { child, dir })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn log_of(&self, ns: &str, pod: &str, container: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join("logs")
+                .join(ns)
+                .join(pod)
+                .join(format!("{container}.log")),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Everything the runner and its processes wrote, for a failing test's output.
+    fn dump(&self) {
+        for entry in walk(self.dir.path()) {
+            if entry.extension().is_some_and(|e| e == "log") {
+                eprintln!("===== {} =====", entry.display());
+                eprintln!("{}", std::fs::read_to_string(&entry).unwrap_or_default());
+            }
+        }
+    }
+
+    /// SIGTERM, and the runner's exit status.
+    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("the runner did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.stop();
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+async fn create_namespace(client: &kube::Client, prefix: &str) -> anyhow::Result<String> {
+    let name = format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(name)
+}
+
+/// Deletes the namespace and waits until it is gone (its pods are finalized by the runner).
+async fn delete_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    wait_for(Duration::from_secs(120), "namespace deleted", || async {
+        Ok(api.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+/// Polls `check` until it returns `Some`, failing after `limit` (a bound against hanging, not
+/// a timing assertion).
+async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what} after {limit:?} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition(pod: &Pod, type_: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+fn container_pid(pod: &Pod, index: usize) -> Option<i32> {
+    pod.status.as_ref()?.container_statuses.as_ref()?[index]
+        .container_id
+        .as_deref()?
+        .strip_prefix("regroup-pod-runner://")?
+        .parse()
+        .ok()
+}
+
+fn restart_count(pod: &Pod) -> Option<i32> {
+    Some(pod.status.as_ref()?.container_statuses.as_ref()?[0].restart_count)
+}
+
+fn is_alive(pid: i32) -> bool {
+    // A stopped process is reaped by the runner, so it disappears from /proc.
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client")
+}
+
+async fn get(url: &str) -> anyhow::Result<String> {
+    let r = http().get(url).send().await?;
+    ensure!(r.status().is_success(), "GET {url}: {}", r.status());
+    Ok(r.text().await?)
+}
+
+/// Waits until the pod `name` (optionally a different incarnation than `not_uid`) is Ready
+/// with the runner's status, and returns it.
+async fn ready_pod(pods: &Api<Pod>, name: &str, not_uid: Option<&str>) -> anyhow::Result<Pod> {
+    wait_for(
+        Duration::from_secs(120),
+        &format!("pod {name} Ready"),
+        || async {
+            let Some(p) = pods.get_opt(name).await? else {
+                return Ok(None);
+            };
+            let fresh = not_uid.is_none_or(|u| p.metadata.uid.as_deref() != Some(u));
+            let ready = condition(&p, "Ready").as_deref() == Some("True");
+            Ok((fresh && ready && container_pid(&p, 0).is_some()).then_some(p))
+        },
+    )
+    .await
+}
+
+fn web_statefulset(name: &str) -> anyhow::Result<StatefulSet> {
+    // Writes the page and the token into the emptyDir, and counts the pod's starts in its claim.
+    let init_script = "import os, shutil, sys\n\
+        www, token, data = sys.argv[1:4]\n\
+        open(www + '/index.html', 'w').write(os.environ['POD_NAME'] + ':' + os.environ['GREETING'])\n\
+        shutil.copy(token, www + '/token')\n\
+        boots = data + '/boots'\n\
+        n = int(open(boots).read()) + 1 if os.path.exists(boots) else 1\n\
+        open(boots, 'w').write(str(n))\n\
+        shutil.copy(boots, www + '/boots')\n";
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "regroup-local",
+                    "resources": {"requests": {"storage": "1Gi"}}
+                }
+            }],
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, "regroup.dev/run-locally": "true"}},
+                "spec": {
+                    "nodeSelector": {"type": node_type()},
+                    "tolerations": [{"operator": "Exists"}],
+                    "terminationGracePeriodSeconds": 5,
+                    "volumes": [
+                        {"name": "www", "emptyDir": {}},
+                        {"name": "secret", "secret": {"secretName": "web-token"}}
+                    ],
+                    "initContainers": [{
+                        "name": "prepare",
+                        "image": "python:3",
+                        "command": ["python3", "-c", init_script, "/www", "/secret/token", "/data"],
+                        "env": [
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "web-config", "key": "greeting"}}}
+                        ],
+                        "volumeMounts": [
+                            {"name": "www", "mountPath": "/www"},
+                            {"name": "secret", "mountPath": "/secret", "readOnly": true},
+                            {"name": "data", "mountPath": "/data"}
+                        ]
+                    }],
+                    "containers": [{
+                        "name": "web",
+                        "image": "python:3",
+                        "command": ["python3"],
+                        "args": ["-m", "http.server", "--bind", "$(POD_IP)", "--directory", "/www", "8080"],
+                        "env": [
+                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+                        ],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/index.html", "port": "http"},
+                            "periodSeconds": 1
+                        },
+                        "volumeMounts": [{"name": "www", "mountPath": "/www"}]
+                    }]
+                }
+            }
+        }
+    }))?)
+}
+
+#[tokio::test]
+async fn statefulset_pods_run_restart_and_stop() {
+    if !cluster_or_skip("statefulset_pods_run_restart_and_stop") {
+        return;
+    }
+    let client = kube::Client::try_default().await.expect("kube client");
+    let ns = create_namespace(&client, "podrunner-sts")
+        .await
+        .expect("namespace");
+    let mut runner = Runner::start(&ns).expect("runner");
+    let result = statefulset_scenario(&client, &ns, &runner).await;
+    let cleanup = delete_namespace(&client, &ns).await;
+    let stopped = runner.stop();
+    if result.is_err() || cleanup.is_err() {
+        runner.dump();
+    }
+    result.expect("scenario");
+    cleanup.expect("namespace cleanup (pods finalized by the runner)");
+    let status = stopped.expect("runner stops on SIGTERM");
+    assert!(status.success(), "runner exit status {status}");
+}
+
+async fn statefulset_scenario(
+    client: &kube::Client,
+    ns: &str,
+    runner: &Runner,
+) -> anyhow::Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "web-token"}, "stringData": {"token": "t0ken-42"}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "web-config"}, "data": {"greeting": "hello"}
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &web_statefulset("web")?)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+
+    // Both replicas run, with the runner's status, and serve on their own pod IPs.
+    let mut ips = BTreeMap::new();
+    for name in ["web-0", "web-1"] {
+        let pod = ready_pod(&pods, name, None).await?;
+        let status = pod.status.clone().unwrap_or_default();
+        ensure!(
+            status.phase.as_deref() == Some("Running"),
+            "{name} phase {:?}",
+            status.phase
+        );
+        let ip = status.pod_ip.clone().context("pod IP")?;
+        ensure!(
+            ip.starts_with("127.1."),
+            "{name} pod IP {ip} is not in 127.1.0.0/16"
+        );
+        let init = &status
+            .init_container_statuses
+            .as_ref()
+            .context("init statuses")?[0];
+        let done = init
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .context("init terminated")?;
+        ensure!(
+            done.exit_code == 0 && done.reason.as_deref() == Some("Completed"),
+            "init: {done:?}"
+        );
+        ensure!(
+            restart_count(&pod) == Some(0),
+            "restarts: {:?}",
+            restart_count(&pod)
+        );
+        let page = get(&format!("http://{ip}:8080/index.html")).await?;
+        ensure!(page == format!("{name}:hello"), "{name} served {page:?}");
+        let token = get(&format!("http://{ip}:8080/token")).await?;
+        ensure!(token == "t0ken-42", "{name} served token {token:?}");
+        let boots = get(&format!("http://{ip}:8080/boots")).await?;
+        ensure!(boots == "1", "{name} boots {boots:?}");
+        let log = runner.log_of(ns, name, "web");
+        ensure!(
+            log.contains(&format!("Serving HTTP on {ip} port 8080")),
+            "web log: {log}"
+        );
+        ips.insert(name, ip);
+    }
+    ensure!(
+        ips["web-0"] != ips["web-1"],
+        "two pods share an IP: {ips:?}"
+    );
+
+    // A killed process is restarted, counted, and its end recorded.
+    let pod = pods.get("web-0").await?;
+    let pid = container_pid(&pod, 0).context("pid")?;
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let restarted = wait_for(
+        Duration::from_secs(120),
+        "web-0 restarted and Ready",
+        || async {
+            let p = pods.get("web-0").await?;
+            let ready = condition(&p, "Ready").as_deref() == Some("True");
+            let new_pid = container_pid(&p, 0).is_some_and(|n| n != pid);
+            Ok((ready && new_pid && restart_count(&p) == Some(1)).then_some(p))
+        },
+    )
+    .await?;
+    let cs = &restarted
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    let last = cs
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .context("lastState.terminated")?;
+    ensure!(
+        last.exit_code == 137 && last.signal == Some(9),
+        "lastState: {last:?}"
+    );
+    ensure!(!is_alive(pid), "the killed process {pid} is still there");
+    let page = get(&format!("http://{}:8080/index.html", ips["web-0"])).await?;
+    ensure!(page == "web-0:hello", "after restart web-0 served {page:?}");
+
+    // A deleted pod's processes stop, its volumes go, and it is gone from the API; the
+    // StatefulSet's new web-0 runs again.
+    let old = pods.get("web-1").await?;
+    let old_uid = old.metadata.uid.clone().context("uid")?;
+    let old_pid = container_pid(&old, 0).context("pid")?;
+    let pod_dir = runner
+        .state_dir()
+        .join("pods")
+        .join(format!("{ns}_web-1_{old_uid}"));
+    ensure!(pod_dir.is_dir(), "no pod directory {}", pod_dir.display());
+    pods.delete("web-1", &DeleteParams::default()).await?;
+    wait_for(Duration::from_secs(60), "old web-1 gone", || async {
+        let p = pods.get_opt("web-1").await?;
+        Ok(
+            p.is_none_or(|p| p.metadata.uid.as_deref() != Some(&old_uid))
+                .then_some(()),
+        )
+    })
+    .await?;
+    // With kwok's stages for runner pods the runner deletes the pod only after its processes
+    // stopped; with kwok's generic delete stage the pod may go first, so wait for both.
+    wait_for(
+        Duration::from_secs(60),
+        "processes and volumes of the deleted pod gone",
+        || async { Ok((!is_alive(old_pid) && !pod_dir.exists()).then_some(())) },
+    )
+    .await?;
+    let log = runner.log_of(ns, "web-1", "web");
+    ensure!(
+        log.contains("stopped: exit code 143"),
+        "web-1 log has no SIGTERM stop: {log}"
+    );
+    let new = ready_pod(&pods, "web-1", Some(&old_uid)).await?;
+    ensure!(
+        restart_count(&new) == Some(0),
+        "new web-1 restarts {:?}",
+        restart_count(&new)
+    );
+    // The new pod has the old one's claim (its count goes on) and a fresh emptyDir.
+    let ip = new.status.and_then(|s| s.pod_ip).context("pod IP")?;
+    let boots = get(&format!("http://{ip}:8080/boots")).await?;
+    ensure!(boots == "2", "new web-1 boots {boots:?}");
+    Ok(())
+}
+
+fn bare_pod(
+    name: &str,
+    node: &str,
+    restart_policy: &str,
+    init_script: &str,
+) -> anyhow::Result<Pod> {
+    // nodeName set directly: the scheduler would wait for the claim to be bound to a volume,
+    // and there is no provisioner; the runner only needs the claim's name.
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"regroup.dev/run-locally": "true"}},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "restartPolicy": restart_policy,
+            "terminationGracePeriodSeconds": 2,
+            "volumes": [
+                {"name": "work", "emptyDir": {}},
+                {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
+            ],
+            "initContainers": [{
+                "name": "count",
+                "image": "python:3",
+                "command": ["python3", "-c", init_script, "/work", "/data"],
+                "volumeMounts": [
+                    {"name": "work", "mountPath": "/work"},
+                    {"name": "data", "mountPath": "/data"}
+                ]
+            }],
+            "containers": [{
+                "name": "serve",
+                "image": "python:3",
+                "command": ["python3", "-m", "http.server", "--bind", "$(POD_IP)", "--directory", "/data", "8081"],
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+            }]
+        }
+    }))?)
+}
+
+/// Fails on its first run in a pod (a marker in the pod's emptyDir), then counts its
+/// successful runs in the claim.
+const FLAKY_COUNTER: &str = "import os, sys\n\
+    marker = sys.argv[1] + '/tried'\n\
+    if not os.path.exists(marker):\n    open(marker, 'w').close()\n    sys.exit(3)\n\
+    path = sys.argv[2] + '/count'\n\
+    n = int(open(path).read()) if os.path.exists(path) else 0\n\
+    open(path, 'w').write(str(n + 1))\n";
+
+#[tokio::test]
+async fn init_failures_retry_or_fail_and_claims_outlive_pods() {
+    if !cluster_or_skip("init_failures_retry_or_fail_and_claims_outlive_pods") {
+        return;
+    }
+    let client = kube::Client::try_default().await.expect("kube client");
+    let ns = create_namespace(&client, "podrunner-init")
+        .await
+        .expect("namespace");
+    let mut runner = Runner::start(&ns).expect("runner");
+    let result = init_scenario(&client, &ns).await;
+    let cleanup = delete_namespace(&client, &ns).await;
+    let stopped = runner.stop();
+    if result.is_err() || cleanup.is_err() {
+        runner.dump();
+    }
+    result.expect("scenario");
+    cleanup.expect("namespace cleanup (pods finalized by the runner)");
+    assert!(stopped.expect("runner stops").success());
+}
+
+async fn kwok_node(client: &kube::Client) -> anyhow::Result<String> {
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .list(&kube::api::ListParams::default().labels(&format!("type={}", node_type())))
+        .await?;
+    nodes
+        .items
+        .first()
+        .and_then(|n| n.metadata.name.clone())
+        .with_context(|| format!("no node labelled type={}", node_type()))
+}
+
+async fn init_scenario(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let node = kwok_node(client).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+
+    // restartPolicy Always: the failed init container is retried, then the pod runs.
+    for round in 1..=2 {
+        let name = format!("counter-{round}");
+        pods.create(
+            &PostParams::default(),
+            &bare_pod(&name, &node, "Always", FLAKY_COUNTER)?,
+        )
+        .await?;
+        let pod = ready_pod(&pods, &name, None).await?;
+        let status = pod.status.clone().unwrap_or_default();
+        let init = &status
+            .init_container_statuses
+            .as_ref()
+            .context("init statuses")?[0];
+        ensure!(
+            init.restart_count == 1,
+            "init restarts {}",
+            init.restart_count
+        );
+        let last = init
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .context("init lastState")?;
+        ensure!(last.exit_code == 3, "init lastState {last:?}");
+        // The claim keeps what every pod that used it wrote.
+        let ip = status.pod_ip.context("pod IP")?;
+        let count = get(&format!("http://{ip}:8081/count")).await?;
+        ensure!(count == round.to_string(), "round {round}: count {count:?}");
+        pods.delete(&name, &DeleteParams::default()).await?;
+        wait_for(Duration::from_secs(60), "pod deleted", || async {
+            Ok(pods.get_opt(&name).await?.is_none().then_some(()))
+        })
+        .await?;
+    }
+
+    // restartPolicy Never: the first init failure fails the pod, and nothing else runs.
+    pods.create(
+        &PostParams::default(),
+        &bare_pod("once", &node, "Never", FLAKY_COUNTER)?,
+    )
+    .await?;
+    let failed = wait_for(Duration::from_secs(120), "pod once Failed", || async {
+        let p = pods.get("once").await?;
+        let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+        Ok((phase.as_deref() == Some("Failed")).then_some(p))
+    })
+    .await?;
+    let status = failed.status.unwrap_or_default();
+    let init = &status
+        .init_container_statuses
+        .as_ref()
+        .context("init statuses")?[0];
+    let term = init
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .context("init terminated")?;
+    ensure!(
+        term.exit_code == 3 && term.reason.as_deref() == Some("Error"),
+        "init {term:?}"
+    );
+    let main = &status
+        .container_statuses
+        .as_ref()
+        .context("container statuses")?[0];
+    ensure!(
+        main.state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_none(),
+        "main ran: {main:?}"
+    );
+    ensure!(
+        condition_is(&status, "Initialized", "False"),
+        "Initialized should be False"
+    );
+    Ok(())
+}
+
+fn condition_is(status: &k8s_openapi::api::core::v1::PodStatus, type_: &str, value: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == type_ && c.status == value)
+}
