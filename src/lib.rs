@@ -12,5 +12,6 @@ pub mod error;
 pub mod keygroup;
 pub mod podrunner;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{Error, Result};

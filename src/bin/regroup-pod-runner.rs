@@ -75,6 +75,7 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    regroup::tls::install_crypto_provider();
     let binaries = BinaryTable::parse(&args.binaries)?;
     for (name, path) in binaries.entries() {
         anyhow::ensure!(
