@@ -35,6 +35,7 @@ fn node_type() -> String {
 }
 
 fn cluster_or_skip(test: &str) -> bool {
+    regroup::tls::install_crypto_provider();
     match std::env::var("KUBECONFIG") {
         Ok(v) if !v.is_empty() => true,
         _ => {
@@ -318,7 +319,8 @@ fn web_statefulset(name: &str) -> anyhow::Result<StatefulSet> {
                         "command": ["python3"],
                         "args": ["-m", "http.server", "--bind", "$(POD_IP)", "--directory", "/www", "8080"],
                         "env": [
-                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            {"name": "PYTHONUNBUFFERED", "value": "1"}
                         ],
                         "ports": [{"name": "http", "containerPort": 8080}],
                         "readinessProbe": {
@@ -543,6 +545,7 @@ fn bare_pod(
                 "image": "python:3",
                 "command": ["python3", "-m", "http.server", "--bind", "$(POD_IP)", "--directory", "/data", "8081"],
                 "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1},
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]
             }]
         }

@@ -2,7 +2,8 @@
 //! StatefulSet's `volumeClaimTemplates` need bound claims before the scheduler places a pod.
 //! For every claim of the runner's StorageClass the runner creates a `hostPath` volume on the
 //! claim's directory (`<state>/claims/<namespace>/<claim>`, the one its pods use), and the
-//! controller-manager binds them.
+//! controller-manager binds them. When such a claim is deleted, its volume is Released and
+//! the runner deletes the volume and the claim directory (reclaim policy Delete).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,8 +30,8 @@ const PROVISIONER_ANNOTATIONS: [&str; 2] = [
     "volume.beta.kubernetes.io/storage-provisioner",
 ];
 
-/// The StorageClass the runner serves: immediate binding, volumes kept after their claim
-/// (their data are the claim directory; nothing deletes them behind the user's back).
+/// The StorageClass the runner serves: immediate binding, a volume (and its directory) deleted
+/// with its claim, as with cloud disks.
 pub fn storage_class(name: &str, default: bool) -> StorageClass {
     let annotations = default.then(|| {
         BTreeMap::from([(
@@ -45,7 +46,7 @@ pub fn storage_class(name: &str, default: bool) -> StorageClass {
             ..Default::default()
         },
         provisioner: PROVISIONER.to_string(),
-        reclaim_policy: Some("Retain".to_string()),
+        reclaim_policy: Some("Delete".to_string()),
         volume_binding_mode: Some("Immediate".to_string()),
         ..Default::default()
     }
@@ -85,7 +86,7 @@ pub fn volume_for_claim(
             capacity: Some(BTreeMap::from([("storage".to_string(), size)])),
             access_modes: spec.access_modes.clone(),
             storage_class_name: spec.storage_class_name.clone(),
-            persistent_volume_reclaim_policy: Some("Retain".to_string()),
+            persistent_volume_reclaim_policy: Some("Delete".to_string()),
             volume_mode: spec.volume_mode.clone(),
             claim_ref: Some(ObjectReference {
                 api_version: Some("v1".to_string()),
@@ -103,6 +104,65 @@ pub fn volume_for_claim(
         }),
         ..Default::default()
     })
+}
+
+/// The directory to remove when `volume` is one of this runner's, Released by its claim, with
+/// reclaim policy Delete; only directories under `<state>/claims/` (and the runner's
+/// namespace, if it has one) are ever named.
+pub fn released_directory(
+    volume: &PersistentVolume,
+    namespace: Option<&str>,
+    state_dir: &Path,
+) -> Option<std::path::PathBuf> {
+    let ours = volume
+        .metadata
+        .annotations
+        .as_ref()?
+        .get("pv.kubernetes.io/provisioned-by")
+        .map(String::as_str)
+        == Some(PROVISIONER);
+    let released = volume.status.as_ref()?.phase.as_deref() == Some("Released");
+    let spec = volume.spec.as_ref()?;
+    let delete = spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete");
+    let claim_ns = spec.claim_ref.as_ref()?.namespace.as_deref()?;
+    let in_scope = namespace.is_none_or(|ns| ns == claim_ns);
+    if !(ours && released && delete && in_scope) {
+        return None;
+    }
+    let dir = std::path::PathBuf::from(&spec.host_path.as_ref()?.path);
+    let claims = state_dir.join("claims").join(claim_ns);
+    let plain = matches!(
+        dir.components().next_back(),
+        Some(std::path::Component::Normal(_))
+    );
+    (plain && dir.parent() == Some(claims.as_path())).then_some(dir)
+}
+
+/// Deletes this runner's Released volumes and their directories, until the watch ends.
+async fn reclaim(client: kube::Client, namespace: Option<String>, state_dir: std::path::PathBuf) {
+    let volumes: Api<PersistentVolume> = Api::all(client);
+    let stream = watcher(volumes.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(volume) = stream.next().await {
+        let Ok(volume) = volume else { continue };
+        let Some(dir) = released_directory(&volume, namespace.as_deref(), &state_dir) else {
+            continue;
+        };
+        let name = volume.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(volume = %name, dir = %dir.display(), error = %e, "cannot remove claim directory");
+            continue;
+        }
+        match volumes.delete(&name, &Default::default()).await {
+            Ok(_) => info!(volume = %name, dir = %dir.display(), "deleted released volume"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => warn!(volume = %name, error = %e, "cannot delete released volume"),
+        }
+    }
 }
 
 /// Ensures the StorageClass exists, then provisions volumes for its claims until the stream
@@ -130,6 +190,13 @@ pub(crate) async fn provision(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let reclaimer = tokio::spawn(reclaim(
+        client.clone(),
+        namespace.clone(),
+        state_dir.clone(),
+    ));
+    // Aborting this task (at shutdown) drops the guard, which stops the reclaimer too.
+    let _reclaimer = AbortOnDrop(reclaimer);
     let volumes: Api<PersistentVolume> = Api::all(client);
     let stream = watcher(claims, watcher::Config::default())
         .default_backoff()
@@ -160,6 +227,14 @@ pub(crate) async fn provision(
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => warn!(claim = %format!("{ns}/{name}"), error = %e, "cannot create volume"),
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -219,6 +294,36 @@ mod tests {
     fn other_or_bound_claims_are_left_alone() {
         assert!(volume_for_claim(&claim(false, None), Path::new("/x")).is_none());
         assert!(volume_for_claim(&claim(true, Some("pv-1")), Path::new("/x")).is_none());
+    }
+
+    #[test]
+    fn only_own_released_volumes_are_reclaimed_inside_the_state_dir() {
+        let state = Path::new("/s");
+        let mut pv =
+            volume_for_claim(&claim(true, None), Path::new("/s/claims/ns/state-job-0")).unwrap();
+        assert_eq!(
+            released_directory(&pv, None, state),
+            None,
+            "not released yet"
+        );
+        pv.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
+            phase: Some("Released".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            released_directory(&pv, None, state),
+            Some(std::path::PathBuf::from("/s/claims/ns/state-job-0"))
+        );
+        assert!(released_directory(&pv, Some("ns"), state).is_some());
+        assert_eq!(released_directory(&pv, Some("other"), state), None);
+        assert_eq!(released_directory(&pv, None, Path::new("/elsewhere")), None);
+        pv.spec.as_mut().unwrap().host_path.as_mut().unwrap().path =
+            "/s/claims/ns/../../etc".into();
+        assert_eq!(released_directory(&pv, None, state), None);
+        pv.spec.as_mut().unwrap().host_path.as_mut().unwrap().path = "/s/claims/ns/..".into();
+        assert_eq!(released_directory(&pv, None, state), None);
+        pv.metadata.annotations = None;
+        assert_eq!(released_directory(&pv, None, state), None);
     }
 
     #[test]
