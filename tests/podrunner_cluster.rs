@@ -6,8 +6,9 @@
 //! cargo test --test podrunner_cluster
 //! ```
 //!
-//! Each test starts its own `regroup-pod-runner` limited to a fresh namespace, so tests (and
-//! other people's runners) do not see each other's pods. The containers are Python's
+//! Each test starts its own `regroup-pod-runner` limited to a fresh namespace and to pods
+//! labelled `regroup.dev/runner=<namespace>`, which a runner with the default selector leaves
+//! alone: tests and a cluster-wide runner do not run each other's pods. The containers are Python's
 //! `http.server` and small Python scripts, mapped with `--binary python3=...`: they serve on the
 //! pod IP, so a test can reach them there. Without `KUBECONFIG` the tests say why and pass;
 //! `REGROUP_REQUIRE_CLUSTER=1` turns that into a failure. The pods go to nodes labelled
@@ -76,6 +77,10 @@ impl Runner {
             .arg(format!("python3={}", python()?.display()))
             .arg("--namespace")
             .arg(namespace)
+            .arg("--selector")
+            .arg(format!(
+                "regroup.dev/run-locally=true,regroup.dev/runner={namespace}"
+            ))
             .arg("--node-selector")
             .arg(format!("type={}", node_type()))
             .arg("--state-dir")
@@ -264,7 +269,7 @@ async fn ready_pod(pods: &Api<Pod>, name: &str, not_uid: Option<&str>) -> anyhow
     .await
 }
 
-fn web_statefulset(name: &str) -> anyhow::Result<StatefulSet> {
+fn web_statefulset(ns: &str, name: &str) -> anyhow::Result<StatefulSet> {
     // Writes the page and the token into the emptyDir, and counts the pod's starts in its claim.
     let init_script = "import os, shutil, sys\n\
         www, token, data = sys.argv[1:4]\n\
@@ -290,7 +295,7 @@ fn web_statefulset(name: &str) -> anyhow::Result<StatefulSet> {
             }],
             "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": name, "regroup.dev/run-locally": "true"}},
+                "metadata": {"labels": {"app": name, "regroup.dev/run-locally": "true", "regroup.dev/runner": ns}},
                 "spec": {
                     "nodeSelector": {"type": node_type()},
                     "tolerations": [{"operator": "Exists"}],
@@ -375,7 +380,7 @@ async fn statefulset_scenario(
         .create(&PostParams::default(), &cm)
         .await?;
     Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &web_statefulset("web")?)
+        .create(&PostParams::default(), &web_statefulset(ns, "web")?)
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
 
@@ -513,15 +518,16 @@ async fn statefulset_scenario(
 }
 
 fn bare_pod(
+    ns: &str,
     name: &str,
     node: &str,
     restart_policy: &str,
     init_script: &str,
 ) -> anyhow::Result<Pod> {
-    // nodeName set directly: the scheduler would wait for the claim to be bound to a volume,
-    // and there is no provisioner; the runner only needs the claim's name.
+    // The claim `data` is a name only (no PersistentVolumeClaim object): the runner maps
+    // claims by name. nodeName is set directly, as the scheduler would wait for the claim.
     Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"regroup.dev/run-locally": "true"}},
+        "metadata": {"name": name, "labels": {"regroup.dev/run-locally": "true", "regroup.dev/runner": ns}},
         "spec": {
             "nodeName": node,
             "tolerations": [{"operator": "Exists"}],
@@ -602,7 +608,7 @@ async fn init_scenario(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
         let name = format!("counter-{round}");
         pods.create(
             &PostParams::default(),
-            &bare_pod(&name, &node, "Always", FLAKY_COUNTER)?,
+            &bare_pod(ns, &name, &node, "Always", FLAKY_COUNTER)?,
         )
         .await?;
         let pod = ready_pod(&pods, &name, None).await?;
@@ -636,7 +642,7 @@ async fn init_scenario(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
     // restartPolicy Never: the first init failure fails the pod, and nothing else runs.
     pods.create(
         &PostParams::default(),
-        &bare_pod("once", &node, "Never", FLAKY_COUNTER)?,
+        &bare_pod(ns, "once", &node, "Never", FLAKY_COUNTER)?,
     )
     .await?;
     let failed = wait_for(Duration::from_secs(120), "pod once Failed", || async {

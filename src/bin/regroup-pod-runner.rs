@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use regroup::podrunner::spec::{BinaryTable, RUN_LOCALLY_LABEL};
+use regroup::podrunner::spec::{BinaryTable, RUN_LOCALLY_LABEL, RUNNER_LABEL};
 use regroup::podrunner::{RunnerConfig, parse_node_labels, run};
 use regroup::telemetry::{self, LogFormat};
 
@@ -35,8 +35,9 @@ struct Args {
     /// Run only pods of this namespace (default: all namespaces).
     #[arg(long)]
     namespace: Option<String>,
-    /// Label selector of the pods to run; kwok's stages must skip the same pods.
-    #[arg(long, default_value_t = format!("{RUN_LOCALLY_LABEL}=true"))]
+    /// Label selector of the pods to run; kwok's stages must skip them. The default leaves
+    /// pods reserved for another runner (label regroup.dev/runner) to it.
+    #[arg(long, default_value_t = format!("{RUN_LOCALLY_LABEL}=true,!{RUNNER_LABEL}"))]
     selector: String,
     /// Labels the pod's node must have, key=value[,key=value...].
     #[arg(long, default_value = "type=kwok")]

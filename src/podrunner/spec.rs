@@ -12,6 +12,10 @@ use crate::{Error, Result};
 /// Label that marks a pod as run by the pod runner (and skipped by kwok's status stages).
 pub const RUN_LOCALLY_LABEL: &str = "regroup.dev/run-locally";
 
+/// Label that reserves a pod for one particular runner (a test's own); the default runner
+/// selector leaves such pods alone, so two runners never run the same pod.
+pub const RUNNER_LABEL: &str = "regroup.dev/runner";
+
 /// Environment variable through which a process learns where each mount path really is.
 pub const MOUNTS_ENV: &str = "REGROUP_MOUNTS";
 
