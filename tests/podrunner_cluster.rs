@@ -174,6 +174,15 @@ async fn create_namespace(client: &kube::Client, prefix: &str) -> anyhow::Result
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await?;
+    // Pods are refused until the controller-manager has made the default service account.
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &name);
+    wait_for(
+        Duration::from_secs(60),
+        "service account default",
+        || async { Ok(accounts.get_opt("default").await?.map(|_| ())) },
+    )
+    .await?;
     Ok(name)
 }
 
@@ -558,6 +567,34 @@ fn bare_pod(
     }))?)
 }
 
+/// A pod that lists Secrets with its service account's kubeconfig (which may not: 403).
+fn whoami_pod(ns: &str, node: &str) -> anyhow::Result<Pod> {
+    let script = "import json, os, ssl, urllib.request, urllib.error\n\
+        k = json.load(open(os.environ['KUBECONFIG']))\n\
+        c = k['clusters'][0]['cluster']\n\
+        token = k['users'][0]['user']['token']\n\
+        ns = k['contexts'][0]['context']['namespace']\n\
+        ctx = ssl.create_default_context(cafile=c['certificate-authority'])\n\
+        url = c['server'] + '/api/v1/namespaces/' + ns + '/secrets'\n\
+        req = urllib.request.Request(url, headers={'Authorization': 'Bearer ' + token})\n\
+        try:\n    print('status', urllib.request.urlopen(req, context=ctx).status)\n\
+        except urllib.error.HTTPError as e:\n    print('status', e.code, e.read().decode())\n";
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": "whoami", "labels": {"regroup.dev/run-locally": "true", "regroup.dev/runner": ns}},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "ask",
+                "image": "python:3",
+                "command": ["python3", "-c", script],
+                "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+            }]
+        }
+    }))?)
+}
+
 /// Fails on its first run in a pod (a marker in the pod's emptyDir), then counts its
 /// successful runs in the claim.
 const FLAKY_COUNTER: &str = "import os, sys\n\
@@ -577,7 +614,7 @@ async fn init_failures_retry_or_fail_and_claims_outlive_pods() {
         .await
         .expect("namespace");
     let mut runner = Runner::start(&ns).expect("runner");
-    let result = init_scenario(&client, &ns).await;
+    let result = init_scenario(&client, &ns, &runner).await;
     let cleanup = delete_namespace(&client, &ns).await;
     let stopped = runner.stop();
     if result.is_err() || cleanup.is_err() {
@@ -599,7 +636,7 @@ async fn kwok_node(client: &kube::Client) -> anyhow::Result<String> {
         .with_context(|| format!("no node labelled type={}", node_type()))
 }
 
-async fn init_scenario(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+async fn init_scenario(client: &kube::Client, ns: &str, runner: &Runner) -> anyhow::Result<()> {
     let node = kwok_node(client).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
 
@@ -638,6 +675,22 @@ async fn init_scenario(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
         })
         .await?;
     }
+
+    // A process talks to the API server as the pod's service account, through the kubeconfig
+    // the runner gives it; it ends with exit 0, so the pod (restartPolicy Never) Succeeds.
+    pods.create(&PostParams::default(), &whoami_pod(ns, &node)?)
+        .await?;
+    wait_for(Duration::from_secs(120), "pod whoami Succeeded", || async {
+        let p = pods.get("whoami").await?;
+        let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+        Ok((phase.as_deref() == Some("Succeeded")).then_some(()))
+    })
+    .await?;
+    let log = runner.log_of(ns, "whoami", "ask");
+    ensure!(
+        log.contains("status 403") && log.contains(&format!("system:serviceaccount:{ns}:default")),
+        "the API server did not see the pod's service account: {log}"
+    );
 
     // restartPolicy Never: the first init failure fails the pod, and nothing else runs.
     pods.create(

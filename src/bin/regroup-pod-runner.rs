@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let state_dir = std::path::absolute(&args.state_dir).context("--state-dir")?;
     let log_dir = std::path::absolute(&args.log_dir).context("--log-dir")?;
-    let config = RunnerConfig {
+    let mut config = RunnerConfig {
         binaries,
         state_dir,
         log_dir,
@@ -99,9 +99,18 @@ async fn main() -> anyhow::Result<()> {
         backoff_max: args.backoff_max,
         storage_class: Some(args.storage_class).filter(|c| !c.is_empty()),
         default_storage_class: !args.no_default_storage_class,
+        api_server: None,
     };
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
-        .context("connect to the cluster (KUBECONFIG)")?;
+        .context("read the cluster's address and credentials (KUBECONFIG)")?;
+    config.api_server = Some(
+        kube_config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string(),
+    );
+    let client = kube::Client::try_from(kube_config).context("connect to the cluster")?;
     run(client, config, shutdown_signal()).await
 }

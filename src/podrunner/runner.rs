@@ -42,6 +42,9 @@ pub struct RunnerConfig {
     pub storage_class: Option<String>,
     /// Mark that StorageClass as the cluster's default.
     pub default_storage_class: bool,
+    /// The API server's address for processes (their service account's kubeconfig); `None`:
+    /// processes get no kubeconfig from the runner.
+    pub api_server: Option<String>,
 }
 
 /// Parses a node selector `key=value[,key=value...]`.

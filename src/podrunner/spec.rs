@@ -575,6 +575,36 @@ fn check_name(field: &str, name: &str) -> Result<()> {
     }
 }
 
+/// Environment variable naming the kubeconfig a process uses (kube-rs, client-go, kubectl).
+pub const KUBECONFIG_ENV: &str = "KUBECONFIG";
+
+/// The kubeconfig that stands in for a pod's service account: the in-cluster address
+/// (`kubernetes.default.svc`) does not lead anywhere here, and the token and CA files are not
+/// at their fixed paths, so processes get the API server's real address, the CA file and the
+/// service account's token through `KUBECONFIG`. They act with the pod's own RBAC.
+pub fn service_account_kubeconfig(
+    server: &str,
+    ca_file: Option<&Path>,
+    token: &str,
+    namespace: &str,
+) -> serde_json::Value {
+    let mut cluster = serde_json::json!({ "server": server });
+    if let Some(ca) = ca_file {
+        cluster["certificate-authority"] = ca.to_string_lossy().into();
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "cluster", "cluster": cluster }],
+        "users": [{ "name": "service-account", "user": { "token": token } }],
+        "contexts": [{
+            "name": "pod",
+            "context": { "cluster": "cluster", "user": "service-account", "namespace": namespace }
+        }],
+        "current-context": "pod",
+    })
+}
+
 /// Everything needed to start one container as a local process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchSpec {
@@ -1018,6 +1048,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("subPath"), "{err}");
+    }
+
+    #[test]
+    fn service_account_kubeconfig_names_server_ca_token_and_namespace() {
+        let k = service_account_kubeconfig(
+            "https://127.0.0.1:24443",
+            Some(Path::new("/s/pods/p/ca.crt")),
+            "tok",
+            "jobs",
+        );
+        assert_eq!(
+            k["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:24443"
+        );
+        assert_eq!(
+            k["clusters"][0]["cluster"]["certificate-authority"],
+            "/s/pods/p/ca.crt"
+        );
+        assert_eq!(k["users"][0]["user"]["token"], "tok");
+        assert_eq!(k["contexts"][0]["context"]["namespace"], "jobs");
+        assert_eq!(k["current-context"], "pod");
+        let no_ca = service_account_kubeconfig("https://x", None, "t", "n");
+        assert!(
+            no_ca["clusters"][0]["cluster"]
+                .get("certificate-authority")
+                .is_none()
+        );
     }
 
     #[test]

@@ -145,6 +145,8 @@ struct ContainerCtx {
     objects: Arc<PodObjects>,
     dirs: PodDirs,
     log_file: PathBuf,
+    /// The service account's kubeconfig, given as `KUBECONFIG` unless the container sets it.
+    kubeconfig: Option<PathBuf>,
 }
 
 fn pod_key(pod: &Pod) -> String {
@@ -213,6 +215,15 @@ impl ContainerCtx {
         let log2 = log
             .try_clone()
             .map_err(|e| run_error("open log", &self.log_file, e))?;
+        let mut env = launch.env.clone();
+        if let Some(k) = &self.kubeconfig
+            && !env.iter().any(|(name, _)| name == spec::KUBECONFIG_ENV)
+        {
+            env.push((
+                spec::KUBECONFIG_ENV.to_string(),
+                k.to_string_lossy().into_owned(),
+            ));
+        }
         let mut cmd = tokio::process::Command::new(&launch.program);
         cmd.args(&launch.args)
             .env_clear()
@@ -221,7 +232,7 @@ impl ContainerCtx {
                     .iter()
                     .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))),
             )
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&working_dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -628,6 +639,39 @@ async fn fetch_objects(client: &kube::Client, pod: &Pod) -> Result<PodObjects, S
     Ok(objects)
 }
 
+/// Writes `<pod dir>/kubeconfig` (and `ca.crt`) for the pod's service account when the pod
+/// has a token (a projected serviceAccountToken volume) and the runner knows the API server.
+fn write_kubeconfig(
+    cfg: &RunnerConfig,
+    pod: &Pod,
+    dirs: &PodDirs,
+    objects: &PodObjects,
+) -> crate::Result<Option<PathBuf>> {
+    let (Some(server), Some(token)) = (&cfg.api_server, &objects.service_account_token) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&dirs.pod_dir)
+        .map_err(crate::Error::io("create pod directory", &dirs.pod_dir))?;
+    // The cluster's CA as every namespace has it (published by the controller-manager).
+    let ca = objects
+        .config_maps
+        .get("kube-root-ca.crt")
+        .and_then(|m| m.get("ca.crt"));
+    let ca_file = match ca {
+        Some(pem) => {
+            let path = dirs.pod_dir.join("ca.crt");
+            std::fs::write(&path, pem).map_err(crate::Error::io("write", &path))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let config = spec::service_account_kubeconfig(server, ca_file.as_deref(), token, namespace);
+    let path = dirs.pod_dir.join("kubeconfig");
+    std::fs::write(&path, config.to_string()).map_err(crate::Error::io("write", &path))?;
+    Ok(Some(path))
+}
+
 /// True when a container status says an earlier runner ran the container (kwok's stages write
 /// statuses too, without a process behind them).
 fn written_by_runner(status: &ContainerStatus) -> bool {
@@ -782,6 +826,13 @@ async fn run_pod(
             }
         }
     };
+    let kubeconfig = match write_kubeconfig(cfg, &pod, dirs, &objects) {
+        Ok(k) => k,
+        Err(e) => {
+            warn!(pod = %key, error = %e, "cannot write the service account's kubeconfig");
+            None
+        }
+    };
     let spec = pod.spec.clone().unwrap_or_default();
     let policy = spec
         .restart_policy
@@ -798,6 +849,7 @@ async fn run_pod(
             .join(pod.metadata.namespace.as_deref().unwrap_or_default())
             .join(pod.metadata.name.as_deref().unwrap_or_default())
             .join(format!("{}.log", container.name)),
+        kubeconfig: kubeconfig.clone(),
     };
 
     // 3. Init containers, one after the other, each until it succeeds.
