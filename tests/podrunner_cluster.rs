@@ -66,13 +66,26 @@ fn python() -> anyhow::Result<PathBuf> {
 struct Runner {
     child: Child,
     dir: tempfile::TempDir,
+    namespace: String,
 }
 
 impl Runner {
     fn start(namespace: &str) -> anyhow::Result<Runner> {
         let dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(dir.path().join("runner.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_regroup-pod-runner"))
+        let child = Self::spawn(dir.path(), namespace)?;
+        Ok(Runner {
+            child,
+            dir,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    fn spawn(dir: &Path, namespace: &str) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("runner.log"))?;
+        Command::new(env!("CARGO_BIN_EXE_regroup-pod-runner"))
             .arg("--binary")
             .arg(format!("python3={}", python()?.display()))
             .arg("--namespace")
@@ -84,17 +97,22 @@ impl Runner {
             .arg("--node-selector")
             .arg(format!("type={}", node_type()))
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
             .arg("--log-dir")
-            .arg(dir.path().join("logs"))
+            .arg(dir.join("logs"))
             .args(["--backoff-initial", "500ms", "--backoff-max", "2s"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("start regroup-pod-runner")?;
-        Ok(Runner { child, dir })
+            .context("start regroup-pod-runner")
+    }
+
+    /// A new runner process on the same state and log directories (after `stop`).
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.child = Self::spawn(self.dir.path(), &self.namespace)?;
+        Ok(())
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -359,7 +377,11 @@ async fn statefulset_pods_run_restart_and_stop() {
         .await
         .expect("namespace");
     let mut runner = Runner::start(&ns).expect("runner");
-    let result = statefulset_scenario(&client, &ns, &runner).await;
+    let result = statefulset_scenario(&client, &ns, &mut runner).await;
+    // Only a running runner finishes the pods' deletion.
+    if runner.child.try_wait().ok().flatten().is_some() {
+        runner.restart().expect("restart runner for cleanup");
+    }
     let cleanup = delete_namespace(&client, &ns).await;
     let stopped = runner.stop();
     if result.is_err() || cleanup.is_err() {
@@ -374,7 +396,7 @@ async fn statefulset_pods_run_restart_and_stop() {
 async fn statefulset_scenario(
     client: &kube::Client,
     ns: &str,
-    runner: &Runner,
+    runner: &mut Runner,
 ) -> anyhow::Result<()> {
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "web-token"}, "stringData": {"token": "t0ken-42"}
@@ -523,6 +545,51 @@ async fn statefulset_scenario(
     let ip = new.status.and_then(|s| s.pod_ip).context("pod IP")?;
     let boots = get(&format!("http://{ip}:8080/boots")).await?;
     ensure!(boots == "2", "new web-1 boots {boots:?}");
+
+    // The runner stops on SIGTERM: its processes end and the pods say so (not ready). The
+    // next runner starts them again, counting the restart.
+    let before = pods.get("web-1").await?;
+    let pid = container_pid(&before, 0).context("pid")?;
+    let status = runner.stop()?;
+    ensure!(status.success(), "runner exit status {status}");
+    ensure!(!is_alive(pid), "process {pid} outlived the runner");
+    let stopped = pods.get("web-1").await?;
+    let cs = &stopped
+        .status
+        .as_ref()
+        .context("status")?
+        .container_statuses
+        .as_ref()
+        .context("statuses")?[0];
+    let waiting = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .context("waiting state")?;
+    ensure!(
+        waiting.reason.as_deref() == Some("RunnerStopped"),
+        "state {waiting:?}"
+    );
+    ensure!(
+        condition(&stopped, "Ready").as_deref() == Some("False"),
+        "still Ready after the runner stopped"
+    );
+    runner.restart()?;
+    let again = wait_for(
+        Duration::from_secs(120),
+        "web-1 Ready under the new runner",
+        || async {
+            let p = pods.get("web-1").await?;
+            let ready = condition(&p, "Ready").as_deref() == Some("True");
+            Ok((ready && container_pid(&p, 0).is_some()).then_some(p))
+        },
+    )
+    .await?;
+    ensure!(
+        restart_count(&again) == Some(1),
+        "restarts after runner restart: {:?}",
+        restart_count(&again)
+    );
     Ok(())
 }
 
@@ -615,6 +682,10 @@ async fn init_failures_retry_or_fail_and_claims_outlive_pods() {
         .expect("namespace");
     let mut runner = Runner::start(&ns).expect("runner");
     let result = init_scenario(&client, &ns, &runner).await;
+    // Only a running runner finishes the pods' deletion.
+    if runner.child.try_wait().ok().flatten().is_some() {
+        runner.restart().expect("restart runner for cleanup");
+    }
     let cleanup = delete_namespace(&client, &ns).await;
     let stopped = runner.stop();
     if result.is_err() || cleanup.is_err() {

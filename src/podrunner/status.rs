@@ -235,6 +235,25 @@ pub fn phase(record: &PodRecord) -> &'static str {
     if has_run { "Running" } else { "Pending" }
 }
 
+/// Records that the runner stopped the pod's processes while the pod stays (runner shutdown):
+/// containers wait with reason `RunnerStopped`, not ready, how they ended kept as their last
+/// state. Not for a pod that had already Succeeded or Failed: a terminal phase never changes
+/// back (see [`is_terminal`]).
+pub fn mark_runner_stopped(record: &mut PodRecord) {
+    for c in &mut record.main {
+        if let RunState::Terminated(t) = &c.state {
+            c.last_termination = Some(t.clone());
+        }
+        c.state = RunState::waiting(RUNNER_STOPPED);
+        c.ready = false;
+    }
+}
+
+/// True for the phases a pod never leaves.
+pub fn is_terminal(phase: Option<&str>) -> bool {
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
 /// Delay before restart number `restart` (1-based): `initial` doubled per restart, at most `max`.
 pub fn restart_delay(restart: i32, initial: Duration, max: Duration) -> Duration {
     let doublings = restart.saturating_sub(1).clamp(0, 20) as u32;
@@ -538,6 +557,25 @@ mod tests {
         assert_eq!(cond(&s, "ContainersReady").status, "True");
         assert_eq!(cond(&s, "Ready").status, "False");
         assert!(s.init_container_statuses.is_none());
+    }
+
+    #[test]
+    fn runner_stop_marks_containers_not_ready() {
+        let mut r = record();
+        r.initialized = true;
+        running(&mut r.main[0], 1, true);
+        r.main[1].state = RunState::Terminated(Termination::new(None, Some(15), t(1), t(2)));
+        mark_runner_stopped(&mut r);
+        assert_eq!(phase(&r), "Running");
+        for c in &r.main {
+            assert_eq!(c.state, RunState::waiting(RUNNER_STOPPED));
+            assert!(!c.ready);
+        }
+        assert_eq!(r.main[1].last_termination.as_ref().unwrap().exit_code, 143);
+        let s = build_status(&r, None, &[], t(3));
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert!(is_terminal(Some("Succeeded")) && is_terminal(Some("Failed")));
+        assert!(!is_terminal(Some("Running")) && !is_terminal(None));
     }
 
     #[test]

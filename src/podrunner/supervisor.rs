@@ -26,7 +26,7 @@ use super::RunnerConfig;
 use super::spec::{self, PodDirs, PodObjects};
 use super::status::{
     ContainerRecord, OWNED_CONDITIONS, PodRecord, RUNNER_STOPPED, RunState, Termination,
-    build_status, restart_delay,
+    build_status, is_terminal, mark_runner_stopped, restart_delay,
 };
 use super::volumes;
 
@@ -999,14 +999,10 @@ async fn finish(
         }
         Stop::Shutdown => {
             // The processes are gone while the pod stays: say so, so nobody reads it as ready.
-            for c in &mut record.main {
-                if let RunState::Terminated(t) = &c.state {
-                    c.last_termination = Some(t.clone());
-                }
-                c.state = RunState::waiting(RUNNER_STOPPED);
-                c.ready = false;
-            }
-            if !record.init_failed {
+            // Judged by the phase last reported: stopping made every process end just now.
+            let reported = reporter.last_sent.as_ref().and_then(|s| s.phase.as_deref());
+            if !is_terminal(reported) && !record.init_failed {
+                mark_runner_stopped(record);
                 reporter.report(record, stops.pod().as_ref()).await;
             }
         }
