@@ -102,6 +102,7 @@ impl Runner {
             .arg(dir.join("logs"))
             .args(["--backoff-initial", "500ms", "--backoff-max", "2s"])
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
