@@ -205,13 +205,32 @@ async fn create_namespace(client: &kube::Client, prefix: &str) -> anyhow::Result
     Ok(name)
 }
 
-/// Deletes the namespace and waits until it is gone (its pods are finalized by the runner).
+/// Deletes the namespace and waits until it is gone (its pods are finalized by the runner)
+/// and the runner has reclaimed the volumes of its claims.
 async fn delete_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let api = Api::<Namespace>::all(client.clone());
     let _ = api.delete(name, &DeleteParams::default()).await;
     wait_for(Duration::from_secs(120), "namespace deleted", || async {
         Ok(api.get_opt(name).await?.is_none().then_some(()))
     })
+    .await?;
+    let volumes = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
+    wait_for(
+        Duration::from_secs(60),
+        "volumes of the namespace's claims deleted",
+        || async {
+            let left = volumes
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|v| {
+                    let claim = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+                    claim.and_then(|c| c.namespace.as_deref()) == Some(name)
+                });
+            Ok((left.count() == 0).then_some(()))
+        },
+    )
     .await
 }
 

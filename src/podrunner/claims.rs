@@ -3,7 +3,9 @@
 //! For every claim of the runner's StorageClass the runner creates a `hostPath` volume on the
 //! claim's directory (`<state>/claims/<namespace>/<claim>`, the one its pods use), and the
 //! controller-manager binds them. When such a claim is deleted, its volume is Released and
-//! the runner deletes the volume and the claim directory (reclaim policy Delete).
+//! the runner deletes the volume and the claim directory (reclaim policy Delete); a Released
+//! volume whose directory is another runner's is left to that runner unless the directory is
+//! already gone.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -106,14 +108,25 @@ pub fn volume_for_claim(
     })
 }
 
-/// The directory to remove when `volume` is one of this runner's, Released by its claim, with
-/// reclaim policy Delete; only directories under `<state>/claims/` (and the runner's
-/// namespace, if it has one) are ever named.
-pub fn released_directory(
+/// What to do with a Released volume of this provisioner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Its directory is this runner's (under `<state>/claims/<namespace>/`): remove it, then
+    /// delete the volume.
+    OwnDirectory(std::path::PathBuf),
+    /// Its directory belongs to another runner (or a state directory since removed): delete
+    /// the volume only if that directory no longer exists, never touching the directory.
+    ForeignDirectory(std::path::PathBuf),
+}
+
+/// How to reclaim `volume`, if it is this provisioner's, Released by its claim, with reclaim
+/// policy Delete, and its claim's namespace is the runner's (if it has one). Only plain
+/// directories right under `<state>/claims/<namespace>/` are ever removed.
+pub fn reclaim_action(
     volume: &PersistentVolume,
     namespace: Option<&str>,
     state_dir: &Path,
-) -> Option<std::path::PathBuf> {
+) -> Option<Reclaim> {
     let ours = volume
         .metadata
         .annotations
@@ -135,10 +148,15 @@ pub fn released_directory(
         dir.components().next_back(),
         Some(std::path::Component::Normal(_))
     );
-    (plain && dir.parent() == Some(claims.as_path())).then_some(dir)
+    Some(if plain && dir.parent() == Some(claims.as_path()) {
+        Reclaim::OwnDirectory(dir)
+    } else {
+        Reclaim::ForeignDirectory(dir)
+    })
 }
 
-/// Deletes this runner's Released volumes and their directories, until the watch ends.
+/// Deletes this provisioner's Released volumes (and this runner's claim directories), until
+/// the watch ends.
 async fn reclaim(client: kube::Client, namespace: Option<String>, state_dir: std::path::PathBuf) {
     let volumes: Api<PersistentVolume> = Api::all(client);
     let stream = watcher(volumes.clone(), watcher::Config::default())
@@ -147,16 +165,23 @@ async fn reclaim(client: kube::Client, namespace: Option<String>, state_dir: std
     let mut stream = std::pin::pin!(stream);
     while let Some(volume) = stream.next().await {
         let Ok(volume) = volume else { continue };
-        let Some(dir) = released_directory(&volume, namespace.as_deref(), &state_dir) else {
-            continue;
-        };
         let name = volume.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(volume = %name, dir = %dir.display(), error = %e, "cannot remove claim directory");
-            continue;
-        }
+        let dir = match reclaim_action(&volume, namespace.as_deref(), &state_dir) {
+            None => continue,
+            Some(Reclaim::OwnDirectory(dir)) => {
+                if let Err(e) = std::fs::remove_dir_all(&dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    warn!(volume = %name, dir = %dir.display(), error = %e, "cannot remove claim directory");
+                    continue;
+                }
+                dir
+            }
+            // Another runner's data: that runner reclaims it; only a volume whose directory is
+            // gone (its runner's state was removed) is deleted here.
+            Some(Reclaim::ForeignDirectory(dir)) if dir.exists() => continue,
+            Some(Reclaim::ForeignDirectory(dir)) => dir,
+        };
         match volumes.delete(&name, &Default::default()).await {
             Ok(_) => info!(volume = %name, dir = %dir.display(), "deleted released volume"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -297,33 +322,36 @@ mod tests {
     }
 
     #[test]
-    fn only_own_released_volumes_are_reclaimed_inside_the_state_dir() {
+    fn only_own_released_volumes_are_reclaimed_and_only_own_directories_removed() {
         let state = Path::new("/s");
+        let own = |p: &str| Some(Reclaim::OwnDirectory(p.into()));
+        let foreign = |p: &str| Some(Reclaim::ForeignDirectory(p.into()));
         let mut pv =
             volume_for_claim(&claim(true, None), Path::new("/s/claims/ns/state-job-0")).unwrap();
-        assert_eq!(
-            released_directory(&pv, None, state),
-            None,
-            "not released yet"
-        );
+        assert_eq!(reclaim_action(&pv, None, state), None, "not released yet");
         pv.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
             phase: Some("Released".into()),
             ..Default::default()
         });
         assert_eq!(
-            released_directory(&pv, None, state),
-            Some(std::path::PathBuf::from("/s/claims/ns/state-job-0"))
+            reclaim_action(&pv, None, state),
+            own("/s/claims/ns/state-job-0")
         );
-        assert!(released_directory(&pv, Some("ns"), state).is_some());
-        assert_eq!(released_directory(&pv, Some("other"), state), None);
-        assert_eq!(released_directory(&pv, None, Path::new("/elsewhere")), None);
-        pv.spec.as_mut().unwrap().host_path.as_mut().unwrap().path =
-            "/s/claims/ns/../../etc".into();
-        assert_eq!(released_directory(&pv, None, state), None);
-        pv.spec.as_mut().unwrap().host_path.as_mut().unwrap().path = "/s/claims/ns/..".into();
-        assert_eq!(released_directory(&pv, None, state), None);
+        assert_eq!(
+            reclaim_action(&pv, Some("ns"), state),
+            own("/s/claims/ns/state-job-0")
+        );
+        assert_eq!(reclaim_action(&pv, Some("other"), state), None);
+        assert_eq!(
+            reclaim_action(&pv, None, Path::new("/elsewhere")),
+            foreign("/s/claims/ns/state-job-0")
+        );
+        for escaping in ["/s/claims/ns/../../etc", "/s/claims/ns/.."] {
+            pv.spec.as_mut().unwrap().host_path.as_mut().unwrap().path = escaping.into();
+            assert_eq!(reclaim_action(&pv, None, state), foreign(escaping));
+        }
         pv.metadata.annotations = None;
-        assert_eq!(released_directory(&pv, None, state), None);
+        assert_eq!(reclaim_action(&pv, None, state), None);
     }
 
     #[test]
