@@ -103,8 +103,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

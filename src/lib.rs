@@ -10,6 +10,8 @@ pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod keygroup;
+pub mod podrunner;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{Error, Result};

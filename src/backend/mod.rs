@@ -90,8 +90,10 @@ impl StateBackend {
         }
         let opts = db_options();
         let mut names: Vec<String> = if dir.join("CURRENT").exists() {
-            DB::list_cf(&opts, dir)
-                .map_err(Error::rocks(format!("list column families of {}", dir.display())))?
+            DB::list_cf(&opts, dir).map_err(Error::rocks(format!(
+                "list column families of {}",
+                dir.display()
+            )))?
         } else {
             vec![DEFAULT_STATE.to_owned()]
         };
@@ -182,7 +184,13 @@ impl StateBackend {
     }
 
     /// Writes `value` for `key` in an explicit key group.
-    pub fn put_in_group(&self, state: &str, key_group: u32, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn put_in_group(
+        &self,
+        state: &str,
+        key_group: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
         let mut b = self.batch();
         b.put_in_group(state, key_group, key, value)?;
         b.commit()
@@ -215,11 +223,7 @@ impl StateBackend {
     }
 
     /// Every `(key group, user key, value)` of `state` in `range` (which must be owned).
-    pub fn scan_range(
-        &self,
-        state: &str,
-        range: KeyGroupRange,
-    ) -> Result<Vec<Entry>> {
+    pub fn scan_range(&self, state: &str, range: KeyGroupRange) -> Result<Vec<Entry>> {
         if !self.range.covers(&range) {
             return Err(Error::KeyGroupNotOwned {
                 key_group: if self.range.contains(range.start) {
@@ -360,7 +364,10 @@ impl StateBatch<'_> {
         self.backend
             .db
             .write_opt(batch, &write_options())
-            .map_err(Error::rocks(format!("write batch to {}", self.backend.dir.display())))?;
+            .map_err(Error::rocks(format!(
+                "write batch to {}",
+                self.backend.dir.display()
+            )))?;
         self.entries = 0;
         self.bytes = 0;
         Ok(())
@@ -390,7 +397,10 @@ mod tests {
             batch.put("counts", k.as_bytes(), k.as_bytes()).unwrap();
         }
         batch.commit().unwrap();
-        assert_eq!(b.get("counts", owned[0].as_bytes()).unwrap().unwrap(), owned[0].as_bytes());
+        assert_eq!(
+            b.get("counts", owned[0].as_bytes()).unwrap().unwrap(),
+            owned[0].as_bytes()
+        );
         b.delete("counts", owned[0].as_bytes()).unwrap();
         assert_eq!(b.get("counts", owned[0].as_bytes()).unwrap(), None);
         let all = b.scan("counts").unwrap();
@@ -405,7 +415,10 @@ mod tests {
         let range = KeyGroupRange::for_subtask(128, 2, 1).unwrap();
         let b = StateBackend::open(dir.path(), 128, range, &["s"]).unwrap();
         let e = b.put_in_group("s", 3, b"k", b"v").unwrap_err();
-        assert!(matches!(e, Error::KeyGroupNotOwned { key_group: 3, .. }), "{e}");
+        assert!(
+            matches!(e, Error::KeyGroupNotOwned { key_group: 3, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("[64, 127]"));
         let e = b.put("nope", b"k", b"v");
         assert!(e.is_err());
@@ -423,7 +436,9 @@ mod tests {
         let b = StateBackend::open(dir.path(), 4096, range, &[]).unwrap();
         assert!(b.states().iter().any(|s| s == "b"));
         assert_eq!(b.get_in_group("b", 300, b"x").unwrap().unwrap(), b"1");
-        let scanned = b.scan_range("b", KeyGroupRange::new(300, 300).unwrap()).unwrap();
+        let scanned = b
+            .scan_range("b", KeyGroupRange::new(300, 300).unwrap())
+            .unwrap();
         assert_eq!(scanned, vec![(300, b"x".to_vec(), b"1".to_vec())]);
     }
 }
