@@ -23,6 +23,9 @@ use crate::keygroup::{
 
 pub use snapshot::{IncrementalSnapshotter, LocalSnapshot};
 
+/// One stored entry: key group, user key (without prefix), value.
+pub type Entry = (u32, Vec<u8>, Vec<u8>);
+
 /// Column family RocksDB always has; regroup keeps job bookkeeping (e.g. source positions) there.
 pub const DEFAULT_STATE: &str = "default";
 
@@ -150,7 +153,7 @@ impl StateBackend {
         key_group_for_key(key, self.max_parallelism)
     }
 
-    fn cf(&self, state: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
+    fn cf(&self, state: &str) -> Result<&rocksdb::ColumnFamily> {
         self.db.cf_handle(state).ok_or_else(|| {
             Error::invalid(
                 "state",
@@ -207,7 +210,7 @@ impl StateBackend {
     }
 
     /// Every `(key group, user key, value)` of `state` in the backend's range, in key order.
-    pub fn scan(&self, state: &str) -> Result<Vec<(u32, Vec<u8>, Vec<u8>)>> {
+    pub fn scan(&self, state: &str) -> Result<Vec<Entry>> {
         self.scan_range(state, self.range)
     }
 
@@ -216,7 +219,7 @@ impl StateBackend {
         &self,
         state: &str,
         range: KeyGroupRange,
-    ) -> Result<Vec<(u32, Vec<u8>, Vec<u8>)>> {
+    ) -> Result<Vec<Entry>> {
         if !self.range.covers(&range) {
             return Err(Error::KeyGroupNotOwned {
                 key_group: if self.range.contains(range.start) {
@@ -271,7 +274,7 @@ pub fn scan_cf(
     cf: &impl rocksdb::AsColumnFamilyRef,
     range: KeyGroupRange,
     max_parallelism: u32,
-) -> Result<Vec<(u32, Vec<u8>, Vec<u8>)>> {
+) -> Result<Vec<Entry>> {
     let (lower, upper) = range.key_interval(max_parallelism);
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(upper);
@@ -315,8 +318,7 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len() + value.len();
-        self.batch.put_cf(&cf, k, value);
-        drop(cf);
+        self.batch.put_cf(cf, k, value);
         self.entries += 1;
         self.maybe_commit()
     }
@@ -326,8 +328,7 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len();
-        self.batch.delete_cf(&cf, k);
-        drop(cf);
+        self.batch.delete_cf(cf, k);
         self.entries += 1;
         self.maybe_commit()
     }
