@@ -28,6 +28,10 @@ pub enum Command {
     /// What a checkpoint store holds: checkpoints, handles, file references, garbage.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Runs the reference job's worker: deterministic keyed workload, checkpoint API.
+    Worker(Box<crate::worker::reference::ReferenceWorkerArgs>),
+    /// Checks a completed checkpoint of the reference job against its replayed events.
+    Verify(crate::worker::oracle::VerifyArgs),
 }
 
 /// Where a job's checkpoints are.
@@ -117,6 +121,8 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Checkpoints(c) => checkpoints(c).await?,
+        Command::Worker(args) => crate::worker::reference::main(*args).await?,
+        Command::Verify(args) => return crate::worker::oracle::main(args).await,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
