@@ -5,7 +5,10 @@ mod worker_common;
 
 use std::path::PathBuf;
 
+use regroup::backend::{IncrementalSnapshotter, StateBackend};
+use regroup::worker::db_dir;
 use regroup::worker::oracle::verify;
+use regroup::worker::reference::{COUNTS, decode_u64};
 use serde_json::json;
 use worker_common::{Cluster, M, TOKEN, WorkerOptions, restore_into};
 
@@ -122,6 +125,26 @@ async fn refused_requests_change_nothing() {
     assert_eq!(c.checkpoint_status(w, 1).await.1["notice"], "complete");
     let v = verify(&c.store, Some(1)).await.unwrap();
     assert!(v.ok(), "{v}");
+    let metrics = c
+        .client
+        .get(format!("{}/metrics", w.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "regroup_worker_checkpoints_completed_total 1",
+        "regroup_worker_checkpoint_duration_seconds_count 1",
+        "regroup_worker_epoch 3",
+        "regroup_worker_key_groups 128",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in:\n{metrics}"
+        );
+    }
     c.stop_all(workers);
 }
 
@@ -192,4 +215,61 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     assert!(v.ok(), "{v}");
     assert!(v.events() > verify(&c.store, Some(3)).await.unwrap().events());
     c.stop_all(workers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_naming_the_first_differing_key() {
+    let c = Cluster::new("tests/tampered", 60);
+    let dirs = vec![c.state_dir(1, 0)];
+    let workers = c.start_all(1, 1, &dirs, &[]).await;
+    c.wait_processing(&workers, 200).await;
+    let first = c.checkpoint(&workers, 1, 1, true).await;
+    c.stop_all(workers);
+
+    // Checkpoint 2: the state of checkpoint 1 with one count off by one.
+    let dir = c.state_dir(2, 0);
+    restore_into(&c.store, &first, 0, 1, &dir).await;
+    let range = first.handles[0].key_group_range;
+    let backend = StateBackend::open(&db_dir(&dir), M, range, &[]).unwrap();
+    let (g, key, value) = backend.scan(COUNTS).unwrap().remove(10);
+    let wrong = decode_u64(&value).unwrap() + 1;
+    backend
+        .put_in_group(COUNTS, g, &key, &wrong.to_be_bytes())
+        .unwrap();
+    let s = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 2);
+    let snapshot = s.capture(&backend, 2, &dir.join("snapshots")).unwrap();
+    s.upload(snapshot, &c.store).await.unwrap();
+    c.store.try_complete(2, 2, 1, M).await.unwrap().unwrap();
+
+    let run = |checkpoint: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_regroup"));
+        cmd.args([
+            "verify",
+            "--store",
+            &c.store_url,
+            "--job",
+            &c.job.to_string(),
+        ]);
+        if let Some(id) = checkpoint {
+            cmd.args(["--checkpoint", id]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, stdout) = run(None);
+    assert!(!ok, "{stdout}");
+    let key = String::from_utf8(key).unwrap();
+    assert!(stdout.starts_with("FAILED: checkpoint 2 "), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "key group {g}, key {key:?} in subtask 0: count {wrong}"
+        )),
+        "{stdout}"
+    );
+    let (ok, stdout) = run(Some("1"));
+    assert!(ok, "{stdout}");
+    assert!(stdout.starts_with("OK: checkpoint 1 "), "{stdout}");
 }
