@@ -113,7 +113,8 @@ async fn incremental_scenario(store: CheckpointStore) {
     let hot = backend.db().cf_handle("hot").unwrap();
     let mut opts = rocksdb::CompactOptions::default();
     opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
-    backend.db().compact_range_cf_opt(hot, None::<&[u8]>, None::<&[u8]>, &opts);
+    backend.db().compact_range_cf_opt(&hot, None::<&[u8]>, None::<&[u8]>, &opts);
+    drop(hot);
     let model2 = model.clone();
     let c2 = checkpoint(&backend, &snapshotter, &store, 2, &scratch).await;
     let h2 = &c2.handles[0];

@@ -153,7 +153,7 @@ impl StateBackend {
         key_group_for_key(key, self.max_parallelism)
     }
 
-    fn cf(&self, state: &str) -> Result<&rocksdb::ColumnFamily> {
+    fn cf(&self, state: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
         self.db.cf_handle(state).ok_or_else(|| {
             Error::invalid(
                 "state",
@@ -318,7 +318,8 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len() + value.len();
-        self.batch.put_cf(cf, k, value);
+        self.batch.put_cf(&cf, k, value);
+        drop(cf);
         self.entries += 1;
         self.maybe_commit()
     }
@@ -328,7 +329,8 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len();
-        self.batch.delete_cf(cf, k);
+        self.batch.delete_cf(&cf, k);
+        drop(cf);
         self.entries += 1;
         self.maybe_commit()
     }
