@@ -28,6 +28,14 @@ pub enum Command {
     /// What a checkpoint store holds: checkpoints, handles, file references, garbage.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// The rescale plan: new key group ranges and, for a stored checkpoint, per new subtask the
+    /// initial handle, the handles merged in and the bytes to download.
+    Plan(crate::restore::command::PlanArgs),
+    /// Builds one subtask's RocksDB from a completed checkpoint (the workers' init container).
+    Restore(crate::restore::command::RestoreArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 /// Where a job's checkpoints are.
@@ -117,6 +125,9 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Checkpoints(c) => checkpoints(c).await?,
+        Command::Plan(args) => crate::restore::command::run_plan(args).await?,
+        Command::Restore(args) => crate::restore::command::run_restore(args).await?,
+        Command::Bench(c) => crate::bench::run(c).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -6,10 +6,12 @@
 //! ([`backend`]).
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod keygroup;
+pub mod restore;
 pub mod telemetry;
 
 pub use error::{Error, Result};
