@@ -6,10 +6,12 @@
 //! ([`backend`]), the in-pod worker runtime with the reference job and its oracle ([`worker`]).
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod keygroup;
+pub mod restore;
 pub mod telemetry;
 pub mod worker;
 
