@@ -164,7 +164,7 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     // its upload is pending.
     let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(2, s)).collect();
     for s in 0..p {
-        restore_into(&c.store, &first, s, p, &dirs[s as usize]).await;
+        restore_into(&c, &first, s, p, &dirs[s as usize], "ingest");
     }
     let slow = WorkerOptions {
         upload_delay: Some("10m"),
@@ -193,7 +193,7 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     // Generation 3 recovers from the latest completed checkpoint; the next checkpoint completes.
     let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(3, s)).collect();
     for s in 0..p {
-        restore_into(&c.store, &latest, s, p, &dirs[s as usize]).await;
+        restore_into(&c, &latest, s, p, &dirs[s as usize], "ingest");
     }
     let workers = c.start_all(p, 3, &dirs, &[]).await;
     c.wait_processing(&workers, 200).await;
@@ -205,7 +205,7 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     // Restoring from it (rescaled to 3) and checkpointing again verifies too.
     let dirs: Vec<PathBuf> = (0..3).map(|s| c.state_dir(4, s)).collect();
     for s in 0..3 {
-        restore_into(&c.store, &third, s, 3, &dirs[s as usize]).await;
+        restore_into(&c, &third, s, 3, &dirs[s as usize], "ingest");
     }
     let workers = c.start_all(3, 4, &dirs, &[]).await;
     c.wait_processing(&workers, 100).await;
@@ -228,7 +228,7 @@ async fn verify_fails_naming_the_first_differing_key() {
 
     // Checkpoint 2: the state of checkpoint 1 with one count off by one.
     let dir = c.state_dir(2, 0);
-    restore_into(&c.store, &first, 0, 1, &dir).await;
+    restore_into(&c, &first, 0, 1, &dir, "ingest");
     let range = first.handles[0].key_group_range;
     let backend = StateBackend::open(&db_dir(&dir), M, range, &[]).unwrap();
     let (g, key, value) = backend.scan(COUNTS).unwrap().remove(10);

@@ -1,5 +1,6 @@
 //! Worker processes through checkpoints, stop-with-checkpoint, restores with a new parallelism
-//! and restarts; the oracle verifies every checkpoint against the replayed events.
+//! through `regroup restore` and restarts; the oracle verifies every checkpoint against the
+//! replayed events.
 
 mod worker_common;
 
@@ -13,7 +14,7 @@ use worker_common::{Cluster, restore_into};
 
 /// Runs generations of workers at the given parallelisms, each restored from the previous
 /// generation's stop-with-checkpoint.
-async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32]) {
+async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &str) {
     let c = Cluster::new(&format!("tests/{name}"), ip_base);
     let mut id = 0;
     let mut last: Option<CheckpointMetadata> = None;
@@ -23,7 +24,7 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32]) {
         let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(epoch, s)).collect();
         if let Some(meta) = &last {
             for s in 0..p {
-                restore_into(&c.store, meta, s, p, &dirs[s as usize]).await;
+                restore_into(&c, meta, s, p, &dirs[s as usize], strategy);
             }
         }
         let workers = c.start_all(p, epoch, &dirs, &[]).await;
@@ -104,15 +105,15 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescale_2_3_1() {
-    run_sequence("seq-231", 10, &[2, 3, 1]).await;
+    run_sequence("seq-231", 10, &[2, 3, 1], "ingest").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rescale_1_4_2() {
-    run_sequence("seq-142", 20, &[1, 4, 2]).await;
+async fn rescale_1_4_2_by_copy() {
+    run_sequence("seq-142", 20, &[1, 4, 2], "copy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_parallelism_3_3() {
-    run_sequence("seq-33", 30, &[3, 3]).await;
+    run_sequence("seq-33", 30, &[3, 3], "ingest").await;
 }

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use regroup::backend::StateBackend;
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
-use regroup::keygroup::KeyGroupRange;
 use regroup::worker::db_dir;
 use serde_json::{Value, json};
 
@@ -356,42 +354,37 @@ impl Worker {
     }
 }
 
-/// Builds `<dir>/db` for `subtask` of `parallelism` from completed checkpoint `meta`.
-///
-/// Same parallelism: the subtask's handle is downloaded as is (restore without rescaling).
-/// Otherwise a plain record copy from every intersecting handle (Flink's copy path), which
-/// stands in for `regroup restore` until that is merged; point this at it then.
-pub async fn restore_into(
-    store: &CheckpointStore,
+/// Builds `<dir>/db` for `subtask` of `parallelism` from completed checkpoint `meta` with
+/// `regroup restore` (the workers' init container), merging handles by `strategy`.
+pub fn restore_into(
+    c: &Cluster,
     meta: &CheckpointMetadata,
     subtask: u32,
     parallelism: u32,
     dir: &Path,
+    strategy: &str,
 ) {
-    let target = db_dir(dir);
-    let range = KeyGroupRange::for_subtask(meta.max_parallelism, parallelism, subtask).unwrap();
-    if let Some(h) = meta.handles.iter().find(|h| h.key_group_range == range) {
-        store.download_handle(h, &target).await.unwrap();
-        return;
-    }
-    let scratch = tempfile::tempdir().unwrap();
-    let cfs: Vec<String> = meta.handles[0].column_families.clone();
-    let cf_refs: Vec<&str> = cfs.iter().map(String::as_str).collect();
-    let out = StateBackend::open(&target, meta.max_parallelism, range, &cf_refs).unwrap();
-    for h in &meta.handles {
-        let Some(common) = h.key_group_range.intersection(&range) else {
-            continue;
-        };
-        let d = scratch.path().join(format!("h{}", h.subtask));
-        store.download_handle(h, &d).await.unwrap();
-        let src = StateBackend::open(&d, meta.max_parallelism, h.key_group_range, &[]).unwrap();
-        let mut batch = out.batch();
-        for state in src.states() {
-            for (g, k, v) in src.scan_range(state, common).unwrap() {
-                batch.put_in_group(state, g, &k, &v).unwrap();
-            }
-        }
-        batch.commit().unwrap();
-    }
-    out.flush().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .args([
+            "restore",
+            "--store",
+            &c.store_url,
+            "--job",
+            &c.job.to_string(),
+        ])
+        .args(["--checkpoint", &meta.checkpoint_id.to_string()])
+        .args(["--subtask", &subtask.to_string()])
+        .args(["--parallelism", &parallelism.to_string()])
+        .args(["--strategy", strategy])
+        .arg("--target")
+        .arg(db_dir(dir))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "regroup restore of subtask {subtask}/{parallelism} from checkpoint {} failed:\n{}{}",
+        meta.checkpoint_id,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
