@@ -177,6 +177,13 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     c.wait_handle(&workers[0], 2).await;
     let (_, status) = c.checkpoint_status(&workers[1], 2).await;
     assert_eq!(status["status"], "in_progress", "{status}");
+    // Processing goes on beside the pending upload.
+    let during = c.events_processed(&workers[1]).await;
+    c.wait_processing(&workers[1..], during + 300).await;
+    assert_eq!(
+        c.checkpoint_status(&workers[1], 2).await.1["status"],
+        "in_progress"
+    );
     let mut workers = workers;
     workers.pop().unwrap().kill();
     // The operator gives up on checkpoint 2 and replaces the generation.
