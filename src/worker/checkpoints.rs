@@ -102,11 +102,16 @@ pub enum Effect {
     None,
 }
 
-/// Every checkpoint this worker was asked for since it started.
+/// Records kept: the newest ones. Older ones answer 404; a worker that runs for weeks must not
+/// keep every handle it ever wrote.
+pub const HISTORY: usize = 64;
+
+/// The checkpoints this worker was asked for since it started (the newest [`HISTORY`]).
 #[derive(Debug, Default)]
 pub struct CheckpointTable {
     records: BTreeMap<u64, CheckpointRecord>,
     last_completed: Option<u64>,
+    stopped_by: Option<u64>,
 }
 
 impl CheckpointTable {
@@ -131,6 +136,9 @@ impl CheckpointTable {
                 "checkpoint {id} is not newer than checkpoint {done}, which already completed; checkpoint ids increase"
             )));
         }
+        if stop && self.stopped_by.is_none() {
+            self.stopped_by = Some(id);
+        }
         self.records.insert(
             id,
             CheckpointRecord {
@@ -141,6 +149,9 @@ impl CheckpointTable {
                 notice: None,
             },
         );
+        while self.records.len() > HISTORY {
+            self.records.pop_first();
+        }
         Ok(Begin::Start)
     }
 
@@ -200,7 +211,7 @@ impl CheckpointTable {
 
     /// The stop-with-checkpoint this worker took, if any.
     pub fn stopped_by(&self) -> Option<u64> {
-        self.records.values().find(|r| r.stop).map(|r| r.id)
+        self.stopped_by
     }
 }
 
@@ -291,6 +302,18 @@ mod tests {
             t.notify(10, Notice::Complete).unwrap_err().status(),
             StatusCode::CONFLICT
         );
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut t = CheckpointTable::new();
+        for id in 1..=(HISTORY as u64 + 10) {
+            t.begin(id, 1, false).unwrap();
+            t.finish(id, Ok(handle(id)));
+        }
+        assert_eq!(t.records.len(), HISTORY);
+        assert_eq!(t.get(10), Err(TableError::Unknown(10)));
+        assert!(t.get(HISTORY as u64 + 10).is_ok());
     }
 
     #[test]
