@@ -6,6 +6,7 @@ mod worker_common;
 use std::path::PathBuf;
 
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
+use regroup::worker::checkpoints::CheckpointStatus;
 use regroup::worker::db_dir;
 use regroup::worker::oracle::verify;
 use regroup::worker::reference::{COUNTS, decode_u64};
@@ -113,7 +114,14 @@ async fn refused_requests_change_nothing() {
         "{reply}"
     );
     let done = c.wait_handle(w, 1).await;
-    assert_eq!(done["handle"]["checkpointId"], 1);
+    let CheckpointStatus::Completed { handle } = done.status else {
+        unreachable!("wait_handle returns completed records")
+    };
+    assert_eq!(handle.checkpoint_id, 1);
+    assert_eq!(
+        c.store.read_handle(1, 0).await.unwrap().as_ref(),
+        Some(&*handle)
+    );
     // A notice for another epoch is refused and does not complete anything.
     assert_eq!(c.notify(w, 1, "complete", epoch + 1).await, 403);
     assert_eq!(

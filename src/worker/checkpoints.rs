@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::SubtaskHandle;
 
 /// Where one checkpoint of this worker stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CheckpointStatus {
     /// Captured; the upload is running.
@@ -28,7 +28,7 @@ pub enum CheckpointStatus {
 }
 
 /// What the operator said afterwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Notice {
     /// Every subtask's handle is in and `_metadata.json` is written.
@@ -38,7 +38,7 @@ pub enum Notice {
 }
 
 /// One requested checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
     /// Checkpoint id.
     pub id: u64,

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod checkpoints;
+pub mod client;
 pub mod engine;
 pub mod http;
 pub mod marker;

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup::worker::checkpoints::{CheckpointRecord, CheckpointStatus, Notice};
+use regroup::worker::client::WorkerClient;
 use regroup::worker::db_dir;
 use serde_json::{Value, json};
 
@@ -28,6 +30,8 @@ pub struct Cluster {
     pub job: JobId,
     pub store: CheckpointStore,
     pub client: reqwest::Client,
+    /// The typed client the operator uses.
+    pub api: WorkerClient,
     token_file: PathBuf,
     /// First address octet; subtask i listens on 127.0.0.(base + i).
     ip_base: u8,
@@ -71,6 +75,7 @@ impl Cluster {
             job,
             store,
             client: reqwest::Client::new(),
+            api: WorkerClient::new(TOKEN, Duration::from_secs(30)).unwrap(),
             token_file,
             ip_base,
         }
@@ -270,31 +275,22 @@ impl Cluster {
     /// Requests checkpoint `id` from every worker (without waiting for the uploads).
     pub async fn trigger(&self, workers: &[Worker], id: u64, epoch: u64, stop: bool) {
         for w in workers {
-            let (status, body) = self
-                .post_checkpoint(
-                    w,
-                    Some(TOKEN),
-                    json!({ "id": id, "epoch": epoch, "stop": stop }),
-                )
-                .await;
-            assert_eq!(
-                status, 202,
-                "checkpoint {id} on subtask {}: {body}",
-                w.subtask
-            );
+            let r = self.api.trigger(&w.url, id, epoch, stop).await.unwrap();
+            assert_eq!(r, Ok(()), "checkpoint {id} on subtask {}", w.subtask);
         }
     }
 
     /// Waits until `w` reports checkpoint `id` completed; panics if it failed.
-    pub async fn wait_handle(&self, w: &Worker, id: u64) -> Value {
+    pub async fn wait_handle(&self, w: &Worker, id: u64) -> CheckpointRecord {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let (code, body) = self.checkpoint_status(w, id).await;
-            assert_eq!(code, 200, "{body}");
-            match body["status"].as_str() {
-                Some("completed") => return body,
-                Some("in_progress") => {}
-                _ => panic!("checkpoint {id} on subtask {}: {body}", w.subtask),
+            let record = self.api.status(&w.url, id).await.unwrap().unwrap();
+            match &record.status {
+                CheckpointStatus::Completed { .. } => return record,
+                CheckpointStatus::InProgress => {}
+                CheckpointStatus::Failed { reason } => {
+                    panic!("checkpoint {id} failed on subtask {}: {reason}", w.subtask)
+                }
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -324,7 +320,8 @@ impl Cluster {
             .unwrap()
             .expect("every handle is in");
         for w in workers {
-            assert_eq!(self.notify(w, id, "complete", epoch).await, 200);
+            let r = self.api.notify(&w.url, id, Notice::Complete, epoch).await;
+            assert_eq!(r.unwrap(), Ok(()));
         }
         meta
     }
