@@ -164,11 +164,26 @@ mod tests {
 
     #[test]
     fn statuses_map_to_what_the_caller_should_do() {
-        assert!(matches!(Refused::from_answer(401, "x".into()), Refused::Unauthorized(_)));
-        assert!(matches!(Refused::from_answer(403, "x".into()), Refused::Fenced(_)));
-        assert!(matches!(Refused::from_answer(404, "x".into()), Refused::Unknown(_)));
-        assert!(matches!(Refused::from_answer(409, "x".into()), Refused::Conflict(_)));
-        assert!(matches!(Refused::from_answer(503, "x".into()), Refused::Unavailable(_)));
+        assert!(matches!(
+            Refused::from_answer(401, "x".into()),
+            Refused::Unauthorized(_)
+        ));
+        assert!(matches!(
+            Refused::from_answer(403, "x".into()),
+            Refused::Fenced(_)
+        ));
+        assert!(matches!(
+            Refused::from_answer(404, "x".into()),
+            Refused::Unknown(_)
+        ));
+        assert!(matches!(
+            Refused::from_answer(409, "x".into()),
+            Refused::Conflict(_)
+        ));
+        assert!(matches!(
+            Refused::from_answer(503, "x".into()),
+            Refused::Unavailable(_)
+        ));
         assert_eq!(
             Refused::from_answer(500, "boom".into()),
             Refused::Other {
