@@ -33,6 +33,18 @@ pub enum Command {
     /// What a checkpoint store holds: checkpoints, handles, file references, garbage.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Runs the reference job's worker: deterministic keyed workload, checkpoint API.
+    Worker(Box<crate::worker::reference::ReferenceWorkerArgs>),
+    /// Checks a completed checkpoint of the reference job against its replayed events.
+    Verify(crate::worker::oracle::VerifyArgs),
+    /// The rescale plan: new key group ranges and, for a stored checkpoint, per new subtask the
+    /// initial handle, the handles merged in and the bytes to download.
+    Plan(crate::restore::command::PlanArgs),
+    /// Builds one subtask's RocksDB from a completed checkpoint (the workers' init container).
+    Restore(crate::restore::command::RestoreArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 /// Where a job's checkpoints are.
@@ -124,6 +136,11 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Checkpoints(c) => checkpoints(c).await?,
+        Command::Worker(args) => crate::worker::reference::main(*args).await?,
+        Command::Verify(args) => return crate::worker::oracle::main(args).await,
+        Command::Plan(args) => crate::restore::command::run_plan(args).await?,
+        Command::Restore(args) => crate::restore::command::run_restore(args).await?,
+        Command::Bench(c) => crate::bench::run(c).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
