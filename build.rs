@@ -6,9 +6,12 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=src/restore/ingest_shim.cc");
-    let rocksdb_dir = std::env::var("DEP_ROCKSDB_CARGO_MANIFEST_DIR")
-        .expect("librocksdb-sys must be a direct dependency (it sets DEP_ROCKSDB_CARGO_MANIFEST_DIR)");
-    let include = std::path::Path::new(&rocksdb_dir).join("rocksdb").join("include");
+    let rocksdb_dir = std::env::var("DEP_ROCKSDB_CARGO_MANIFEST_DIR").expect(
+        "librocksdb-sys must be a direct dependency (it sets DEP_ROCKSDB_CARGO_MANIFEST_DIR)",
+    );
+    let include = std::path::Path::new(&rocksdb_dir)
+        .join("rocksdb")
+        .join("include");
     cc::Build::new()
         .cpp(true)
         .file("src/restore/ingest_shim.cc")

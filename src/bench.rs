@@ -80,7 +80,12 @@ async fn source_state(
     let backends = (0..p)
         .map(|i| {
             let range = KeyGroupRange::for_subtask(MAX_PARALLELISM, p, i)?;
-            StateBackend::open(&dir.join(format!("p{p}-w{i}")), MAX_PARALLELISM, range, &[STATE])
+            StateBackend::open(
+                &dir.join(format!("p{p}-w{i}")),
+                MAX_PARALLELISM,
+                range,
+                &[STATE],
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     let mut batches: Vec<_> = backends.iter().map(|b| b.batch()).collect();
@@ -160,7 +165,12 @@ async fn measure(
 
 /// `cp` of every SST file of the checkpoint's handles (what an `ingest` scale-in downloads)
 /// into a fresh directory, then `sync` of it; returns (seconds for cp, for cp + sync, bytes).
-fn raw_copy(store_root: &Path, meta: &CheckpointMetadata, job: &JobId, dir: &Path) -> Result<(f64, f64, u64)> {
+fn raw_copy(
+    store_root: &Path,
+    meta: &CheckpointMetadata,
+    job: &JobId,
+    dir: &Path,
+) -> Result<(f64, f64, u64)> {
     let job_root = store_root.join(&job.namespace).join(&job.name);
     let bytes = meta
         .handles
@@ -179,7 +189,10 @@ fn raw_copy(store_root: &Path, meta: &CheckpointMetadata, job: &JobId, dir: &Pat
             .status()
             .map_err(Error::io("run cp", &sub))?;
         if !status.success() {
-            return Err(Error::Other(format!("cp into {} failed: {status}", sub.display())));
+            return Err(Error::Other(format!(
+                "cp into {} failed: {status}",
+                sub.display()
+            )));
         }
     }
     let cp = started.elapsed().as_secs_f64();
@@ -189,7 +202,10 @@ fn raw_copy(store_root: &Path, meta: &CheckpointMetadata, job: &JobId, dir: &Pat
         .status()
         .map_err(Error::io("run sync", dir))?;
     if !status.success() {
-        return Err(Error::Other(format!("sync of {} failed: {status}", dir.display())));
+        return Err(Error::Other(format!(
+            "sync of {} failed: {status}",
+            dir.display()
+        )));
     }
     let synced = started.elapsed().as_secs_f64();
     std::fs::remove_dir_all(dir).map_err(Error::io("remove", dir))?;

@@ -15,7 +15,12 @@ use crate::telemetry::{self, LogFormat};
 #[command(name = "regroup", version, about)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "REGROUP_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "REGROUP_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -98,13 +103,16 @@ pub struct GcArgs {
 
 /// Parses a duration such as `30s`, `10m`, `1h30m`.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 10m or 1h ({e})"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 10m or 1h ({e})"))
 }
 
 /// Entry point of the binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -157,7 +165,11 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
                 grace: args.grace,
             };
             let plan = collect_garbage(&store, policy, args.dry_run).await?;
-            let verb = if args.dry_run { "would delete" } else { "deleted" };
+            let verb = if args.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
             println!(
                 "retained {:?}, subsumed {:?}, aborted {:?}, in flight {:?}",
                 plan.retained, plan.subsumed, plan.aborted, plan.in_flight
@@ -184,7 +196,13 @@ pub async fn list_text(store: &CheckpointStore) -> Result<String> {
     let mut out = String::new();
     let ids = store.checkpoint_ids().await?;
     if ids.is_empty() {
-        writeln!(out, "no checkpoints for job {} in {}", store.job(), store.url()).ok();
+        writeln!(
+            out,
+            "no checkpoints for job {} in {}",
+            store.job(),
+            store.url()
+        )
+        .ok();
         return Ok(out);
     }
     writeln!(

@@ -225,7 +225,10 @@ mod tests {
             vec![r(0, 3), r(4, 7), r(8, 11), r(12, 15)]
         );
         // Flink's KeyGroupRangeAssignmentTest: M=128, p=3.
-        assert_eq!(ranges(128, 3).unwrap(), vec![r(0, 42), r(43, 85), r(86, 127)]);
+        assert_eq!(
+            ranges(128, 3).unwrap(),
+            vec![r(0, 42), r(43, 85), r(86, 127)]
+        );
         assert_eq!(subtask_for_key_group(128, 3, 42), 0);
         assert_eq!(subtask_for_key_group(128, 3, 43), 1);
         assert_eq!(subtask_for_key_group(128, 3, 127), 2);
@@ -248,7 +251,9 @@ mod tests {
         assert!(e.contains("parallelism = 129") && e.contains("128"), "{e}");
         let e = ranges(40000, 2).unwrap_err().to_string();
         assert!(e.contains("maxParallelism = 40000"), "{e}");
-        let e = KeyGroupRange::for_subtask(128, 4, 4).unwrap_err().to_string();
+        let e = KeyGroupRange::for_subtask(128, 4, 4)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("subtask = 4"), "{e}");
     }
 
@@ -267,7 +272,10 @@ mod tests {
     fn key_hash_is_stable() {
         // Pinned values: if these change, every stored checkpoint becomes unreadable.
         assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2D06800538D394C2);
-        assert_eq!(key_group_for_key(b"", 128), (0x2D06800538D394C2u64 % 128) as u32);
+        assert_eq!(
+            key_group_for_key(b"", 128),
+            (0x2D06800538D394C2u64 % 128) as u32
+        );
     }
 
     proptest! {

@@ -23,7 +23,13 @@ fn job() -> JobId {
     "tests/core".parse().unwrap()
 }
 
-fn write(backend: &StateBackend, model: &mut Model, state: &str, keys: std::ops::Range<u32>, tag: &str) {
+fn write(
+    backend: &StateBackend,
+    model: &mut Model,
+    state: &str,
+    keys: std::ops::Range<u32>,
+    tag: &str,
+) {
     let mut batch = backend.batch();
     for i in keys {
         let key = format!("key-{i:06}").into_bytes();
@@ -39,7 +45,11 @@ fn contents(backend: &StateBackend) -> Model {
     let mut out = Model::new();
     for state in ["cold", "hot"] {
         for (g, k, v) in backend.scan(state).unwrap() {
-            assert_eq!(g, backend.key_group_of(&k), "key stored under a wrong key group");
+            assert_eq!(
+                g,
+                backend.key_group_of(&k),
+                "key stored under a wrong key group"
+            );
             out.insert((state.to_owned(), k), v);
         }
     }
@@ -56,7 +66,11 @@ async fn checkpoint(
     let snapshot = snapshotter.capture(backend, id, scratch).unwrap();
     let handle = snapshotter.upload(snapshot, store).await.unwrap();
     assert_eq!(handle.checkpoint_id, id);
-    let meta = store.try_complete(id, 1, 1, M).await.unwrap().expect("all handles are in");
+    let meta = store
+        .try_complete(id, 1, 1, M)
+        .await
+        .unwrap()
+        .expect("all handles are in");
     snapshotter.notify_complete(id);
     meta
 }
@@ -71,7 +85,11 @@ async fn restored_contents(store: &CheckpointStore, id: u64) -> Model {
 }
 
 fn shared_paths(meta: &CheckpointMetadata) -> BTreeSet<String> {
-    meta.handles[0].shared.iter().map(|s| s.file.path.clone()).collect()
+    meta.handles[0]
+        .shared
+        .iter()
+        .map(|s| s.file.path.clone())
+        .collect()
 }
 
 async fn stored_shared(store: &CheckpointStore) -> BTreeSet<String> {
@@ -102,9 +120,20 @@ async fn incremental_scenario(store: CheckpointStore) {
     assert_eq!(contents(&backend), model1);
     let c1 = checkpoint(&backend, &snapshotter, &store, 1, &scratch).await;
     let h1 = &c1.handles[0];
-    assert!(h1.shared.len() >= 3, "expected several SST files, got {:?}", h1.shared);
-    assert_eq!(h1.bytes_uploaded, h1.bytes_total, "the first checkpoint uploads everything");
-    assert!(h1.shared.iter().all(|s| s.key_groups.is_some() && s.level.is_some()));
+    assert!(
+        h1.shared.len() >= 3,
+        "expected several SST files, got {:?}",
+        h1.shared
+    );
+    assert_eq!(
+        h1.bytes_uploaded, h1.bytes_total,
+        "the first checkpoint uploads everything"
+    );
+    assert!(
+        h1.shared
+            .iter()
+            .all(|s| s.key_groups.is_some() && s.level.is_some())
+    );
     let after1 = stored_shared(&store).await;
     assert_eq!(after1, shared_paths(&c1));
 
@@ -113,8 +142,10 @@ async fn incremental_scenario(store: CheckpointStore) {
     let hot = backend.db().cf_handle("hot").unwrap();
     let mut opts = rocksdb::CompactOptions::default();
     opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
-    backend.db().compact_range_cf_opt(&hot, None::<&[u8]>, None::<&[u8]>, &opts);
-    drop(hot);
+    backend
+        .db()
+        .compact_range_cf_opt(&hot, None::<&[u8]>, None::<&[u8]>, &opts);
+    let _ = hot;
     let model2 = model.clone();
     let c2 = checkpoint(&backend, &snapshotter, &store, 2, &scratch).await;
     let h2 = &c2.handles[0];
@@ -123,17 +154,33 @@ async fn incremental_scenario(store: CheckpointStore) {
     let reused: BTreeSet<_> = s1.intersection(&s2).cloned().collect();
     let new: BTreeSet<_> = s2.difference(&s1).cloned().collect();
     let only1: BTreeSet<_> = s1.difference(&s2).cloned().collect();
-    assert!(!reused.is_empty(), "the cold state's SSTs are referenced again");
+    assert!(
+        !reused.is_empty(),
+        "the cold state's SSTs are referenced again"
+    );
     assert!(!new.is_empty(), "the compaction's output is uploaded");
     assert!(!only1.is_empty(), "compaction merged files away");
     // Checkpoint 2 uploaded exactly the new SSTs plus its private files.
-    let new_bytes: u64 = h2.shared.iter().filter(|s| new.contains(&s.file.path)).map(|s| s.file.size).sum();
+    let new_bytes: u64 = h2
+        .shared
+        .iter()
+        .filter(|s| new.contains(&s.file.path))
+        .map(|s| s.file.size)
+        .sum();
     let private_bytes: u64 = h2.private.iter().map(|p| p.file.size).sum();
     assert_eq!(h2.bytes_uploaded, new_bytes + private_bytes);
-    assert_eq!(stored_shared(&store).await, &after1 | &new, "nothing else was uploaded");
+    assert_eq!(
+        stored_shared(&store).await,
+        &after1 | &new,
+        "nothing else was uploaded"
+    );
     // Reused references are the very same objects as checkpoint 1's.
     for s in h2.shared.iter().filter(|s| reused.contains(&s.file.path)) {
-        let before = h1.shared.iter().find(|b| b.file.path == s.file.path).unwrap();
+        let before = h1
+            .shared
+            .iter()
+            .find(|b| b.file.path == s.file.path)
+            .unwrap();
         assert_eq!(before.file, s.file);
     }
 
@@ -142,7 +189,10 @@ async fn incremental_scenario(store: CheckpointStore) {
     assert_eq!(restored_contents(&store, 2).await, model2);
 
     // A dry run deletes nothing.
-    let policy = RetentionPolicy { retain: 1, grace: Duration::ZERO };
+    let policy = RetentionPolicy {
+        retain: 1,
+        grace: Duration::ZERO,
+    };
     let before = store.list_all().await.unwrap().len();
     collect_garbage(&store, policy, true).await.unwrap();
     assert_eq!(store.list_all().await.unwrap().len(), before);
@@ -156,10 +206,20 @@ async fn incremental_scenario(store: CheckpointStore) {
         .filter(|d| d.reason == DeleteReason::Unreferenced)
         .map(|d| d.path.clone())
         .collect();
-    assert_eq!(deleted_shared, only1, "GC deletes exactly the files only checkpoint 1 used");
+    assert_eq!(
+        deleted_shared, only1,
+        "GC deletes exactly the files only checkpoint 1 used"
+    );
     assert_eq!(stored_shared(&store).await, s2);
     assert_eq!(store.completed_ids().await.unwrap(), vec![2]);
-    assert!(store.list_all().await.unwrap().iter().all(|m| !store.paths().relative(&m.location).starts_with("chk-1/")));
+    assert!(
+        store
+            .list_all()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| !store.paths().relative(&m.location).starts_with("chk-1/"))
+    );
     assert_eq!(restored_contents(&store, 2).await, model2);
 }
 
@@ -176,18 +236,36 @@ async fn fault_scenario(store: CheckpointStore) {
     let handle = meta.handles[0].clone();
     let sst = handle.shared[0].file.clone();
     let location = store.paths().resolve(&sst.path, "test").unwrap();
-    let original = store.object_store().get(&location).await.unwrap().bytes().await.unwrap();
+    let original = store
+        .object_store()
+        .get(&location)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
 
     // Corrupted byte.
     let mut bad = original.to_vec();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x40;
-    store.object_store().put(&location, bad.into()).await.unwrap();
+    store
+        .object_store()
+        .put(&location, bad.into())
+        .await
+        .unwrap();
     let target = dir.path().join("restore-corrupt");
     let e = store.download_handle(&handle, &target).await.unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
-    assert!(e.to_string().contains(&sst.path) && e.to_string().contains("checksum"), "{e}");
-    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "nothing is written");
+    assert!(
+        e.to_string().contains(&sst.path) && e.to_string().contains("checksum"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing is written"
+    );
 
     // Missing file.
     store.object_store().delete(&location).await.unwrap();
@@ -196,7 +274,11 @@ async fn fault_scenario(store: CheckpointStore) {
     assert!(matches!(e, Error::MissingFile { .. }), "{e}");
     assert!(e.to_string().contains(&sst.path), "{e}");
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
-    store.object_store().put(&location, original.into()).await.unwrap();
+    store
+        .object_store()
+        .put(&location, original.into())
+        .await
+        .unwrap();
 
     // A handle whose path escapes the job directory, written by a rogue or buggy worker.
     let mut rogue = handle.clone();
@@ -204,7 +286,10 @@ async fn fault_scenario(store: CheckpointStore) {
     rogue.private.clear();
     rogue.shared[0].file.path = "shared/../../../etc/passwd".into();
     let handle_path = store.paths().handle(7, 0);
-    store.put_json_if_absent(&handle_path, &rogue).await.unwrap();
+    store
+        .put_json_if_absent(&handle_path, &rogue)
+        .await
+        .unwrap();
     let e = store.read_handle(7, 0).await.unwrap_err();
     assert!(matches!(e, Error::UnsafePath { .. }), "{e}");
     assert!(e.to_string().contains("chk-7/handles/0.json"), "{e}");
@@ -212,14 +297,24 @@ async fn fault_scenario(store: CheckpointStore) {
     let e = store.download_handle(&rogue, &target).await.unwrap_err();
     assert!(matches!(e, Error::UnsafePath { .. }), "{e}");
     assert!(!target.exists(), "nothing is written");
-    assert!(store.try_complete(7, 1, 1, M).await.is_err(), "a checkpoint with a rogue handle never completes");
+    assert!(
+        store.try_complete(7, 1, 1, M).await.is_err(),
+        "a checkpoint with a rogue handle never completes"
+    );
 
     // Unknown format version.
     let mut v = serde_json::to_value(&handle).unwrap();
     v["formatVersion"] = 9.into();
-    store.put_json_if_absent(&store.paths().handle(8, 0), &v).await.unwrap();
+    store
+        .put_json_if_absent(&store.paths().handle(8, 0), &v)
+        .await
+        .unwrap();
     let e = store.read_handle(8, 0).await.unwrap_err();
-    assert!(e.to_string().contains("unsupported format version 9 in chk-8/handles/0.json"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("unsupported format version 9 in chk-8/handles/0.json"),
+        "{e}"
+    );
 
     // Metadata is written once.
     let e = store.write_handle(&handle).await.unwrap_err();
@@ -242,11 +337,17 @@ async fn abort_scenario(store: CheckpointStore) {
     let h1 = snapshotter.upload(snapshot, &store).await.unwrap();
     snapshotter.notify_aborted(1);
     let c2 = checkpoint(&backend, &snapshotter, &store, 2, &scratch).await;
-    assert_eq!(c2.handles[0].bytes_uploaded, c2.handles[0].bytes_total, "nothing of the aborted checkpoint is reused");
+    assert_eq!(
+        c2.handles[0].bytes_uploaded, c2.handles[0].bytes_total,
+        "nothing of the aborted checkpoint is reused"
+    );
     assert_eq!(h1.shared.len(), c2.handles[0].shared.len());
     let c3 = checkpoint(&backend, &snapshotter, &store, 3, &scratch).await;
     let private: u64 = c3.handles[0].private.iter().map(|p| p.file.size).sum();
-    assert_eq!(c3.handles[0].bytes_uploaded, private, "an unchanged DB uploads only private files");
+    assert_eq!(
+        c3.handles[0].bytes_uploaded, private,
+        "an unchanged DB uploads only private files"
+    );
 }
 
 async fn run_all(make: impl Fn(&str) -> CheckpointStore) {
@@ -279,7 +380,10 @@ async fn s3_compatible() {
         return;
     };
     let run = uuid::Uuid::new_v4().simple().to_string();
-    run_all(|name| CheckpointStore::from_url(&format!("s3://{bucket}/core-{run}/{name}"), job()).unwrap()).await;
+    run_all(|name| {
+        CheckpointStore::from_url(&format!("s3://{bucket}/core-{run}/{name}"), job()).unwrap()
+    })
+    .await;
 }
 
 /// `regroup checkpoints list|show --files|gc --dry-run` on a store the scenario produced.
@@ -289,7 +393,13 @@ async fn cli_prints_the_reference_table() {
     let url = format!("file://{}/cli", root.path().display());
     let store = CheckpointStore::from_url(&url, job()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let backend = StateBackend::open(&dir.path().join("db"), M, KeyGroupRange::new(0, M - 1).unwrap(), &["cold", "hot"]).unwrap();
+    let backend = StateBackend::open(
+        &dir.path().join("db"),
+        M,
+        KeyGroupRange::new(0, M - 1).unwrap(),
+        &["cold", "hot"],
+    )
+    .unwrap();
     let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
     let mut model = Model::new();
     write(&backend, &mut model, "cold", 0..300, "c");
@@ -304,7 +414,11 @@ async fn cli_prints_the_reference_table() {
             .args(["--store", &url, "--job", "tests/core"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let list = run(&["list"]);
@@ -314,11 +428,18 @@ async fn cli_prints_the_reference_table() {
     println!("{show}");
     assert!(show.contains("REFERENCED BY"), "{show}");
     let cold_file = &c1.handles[0].shared[0].file.path;
-    let line = show.lines().find(|l| l.starts_with(cold_file.as_str())).expect("cold file listed");
+    let line = show
+        .lines()
+        .find(|l| l.starts_with(cold_file.as_str()))
+        .expect("cold file listed");
     assert!(line.trim_end().ends_with("1,2"), "{line}");
     let gc = run(&["gc", "--dry-run", "--grace", "0s"]);
     assert!(gc.contains("would delete"), "{gc}");
-    assert_eq!(store.completed_ids().await.unwrap(), vec![1, 2], "dry run deleted nothing");
+    assert_eq!(
+        store.completed_ids().await.unwrap(),
+        vec![1, 2],
+        "dry run deleted nothing"
+    );
 
     // A bad job name is refused with a clear message naming the value.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_regroup"))
@@ -327,5 +448,8 @@ async fn cli_prints_the_reference_table() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no-slash") && err.contains("NAMESPACE/NAME"), "{err}");
+    assert!(
+        err.contains("no-slash") && err.contains("NAMESPACE/NAME"),
+        "{err}"
+    );
 }

@@ -24,11 +24,28 @@ fn regroup(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 
 #[test]
 fn plan_prints_ranges() {
-    let (ok, out, err) = regroup(&["plan", "--max-parallelism", "128", "--from", "3", "--to", "2"], &[]);
+    let (ok, out, err) = regroup(
+        &[
+            "plan",
+            "--max-parallelism",
+            "128",
+            "--from",
+            "3",
+            "--to",
+            "2",
+        ],
+        &[],
+    );
     assert!(ok, "{err}");
     println!("{out}");
-    let line = out.lines().find(|l| l.trim_start().starts_with("0 ")).unwrap();
-    assert!(line.contains("[0, 63]") && line.contains("0:[0, 42] 1:[43, 63]"), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("0 "))
+        .unwrap();
+    assert!(
+        line.contains("[0, 63]") && line.contains("0:[0, 42] 1:[43, 63]"),
+        "{line}"
+    );
     let (ok, _, err) = regroup(&["plan", "--max-parallelism", "128", "--to", "129"], &[]);
     assert!(!ok);
     assert!(err.contains("parallelism = 129"), "{err}");
@@ -47,23 +64,53 @@ async fn plan_and_restore_a_stored_checkpoint() {
     let meta = checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
     drop(backends);
 
-    let (ok, out, err) = regroup(&["plan", "--store", &url, "--job", "tests/restore", "--to", "3"], &[]);
+    let (ok, out, err) = regroup(
+        &[
+            "plan",
+            "--store",
+            &url,
+            "--job",
+            "tests/restore",
+            "--to",
+            "3",
+        ],
+        &[],
+    );
     assert!(ok, "{err}");
     println!("{out}");
     assert!(out.starts_with("checkpoint 1: parallelism 2 → 3"), "{out}");
     // New subtask 1 = [43, 85]: 21 key groups from old 0, 22 from old 1, so old 1 is initial.
-    let line = out.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap();
-    assert!(line.contains("[43, 85]") && line.contains("rescaled"), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap();
+    assert!(
+        line.contains("[43, 85]") && line.contains("rescaled"),
+        "{line}"
+    );
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols[4], "1", "initial handle: {line}");
     let (ok, json, err) = regroup(
-        &["plan", "--store", &url, "--job", "tests/restore", "--to", "2", "--output", "json"],
+        &[
+            "plan",
+            "--store",
+            &url,
+            "--job",
+            "tests/restore",
+            "--to",
+            "2",
+            "--output",
+            "json",
+        ],
         &[],
     );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["subtasks"][1]["kind"], "unchanged");
-    assert_eq!(v["subtasks"][1]["bytesToDownload"], meta.handles[1].bytes_total);
+    assert_eq!(
+        v["subtasks"][1]["bytesToDownload"],
+        meta.handles[1].bytes_total
+    );
 
     // The init container: everything from the environment.
     let target = root.path().join("pod-1").join("db");
@@ -82,12 +129,18 @@ async fn plan_and_restore_a_stored_checkpoint() {
         .envs(env)
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "{stderr}");
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["mode"], "rescaled");
     assert_eq!(summary["strategy"], "copy");
-    assert_eq!(summary["checkpointId"], 1, "the latest completed checkpoint by default");
+    assert_eq!(
+        summary["checkpointId"], 1,
+        "the latest completed checkpoint by default"
+    );
     let range = regroup::keygroup::KeyGroupRange::for_subtask(128, 3, 1).unwrap();
     let b = StateBackend::open(&target, 128, range, &STATES).unwrap();
     assert!(contents(&b) == owned(&model, 128, 3, 1));
@@ -102,5 +155,8 @@ async fn plan_and_restore_a_stored_checkpoint() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rsync") && err.contains("copy") && err.contains("ingest"), "{err}");
+    assert!(
+        err.contains("rsync") && err.contains("copy") && err.contains("ingest"),
+        "{err}"
+    );
 }

@@ -16,7 +16,12 @@ use restore_support::*;
 /// other, then mutates the DB one of the strategies built (alternating, so both kinds of DB are
 /// checkpointed and restored again) and checkpoints it for the next step. The last checkpoint
 /// is restored at the same parallelism.
-async fn rescale_chain(m: u32, parallelisms: &[u32], keys: u32, compare_copy: impl Fn(u32, u32) -> bool) {
+async fn rescale_chain(
+    m: u32,
+    parallelisms: &[u32],
+    keys: u32,
+    compare_copy: impl Fn(u32, u32) -> bool,
+) {
     let root = tempdir();
     let url = format!("file://{}/store", root.path().display());
     let store = CheckpointStore::from_url(&url, job()).unwrap();
@@ -30,13 +35,20 @@ async fn rescale_chain(m: u32, parallelisms: &[u32], keys: u32, compare_copy: im
     let steps: Vec<(u32, u32)> = parallelisms
         .windows(2)
         .map(|w| (w[0], w[1]))
-        .chain(std::iter::once((*parallelisms.last().unwrap(), *parallelisms.last().unwrap())))
+        .chain(std::iter::once((
+            *parallelisms.last().unwrap(),
+            *parallelisms.last().unwrap(),
+        )))
         .collect();
     for (step, &(from, to)) in steps.iter().enumerate() {
         let id = step as u64 + 1;
         assert_eq!((meta.checkpoint_id, meta.parallelism), (id, from));
         let last = step + 1 == steps.len();
-        let chain = if step % 2 == 0 { Strategy::Ingest } else { Strategy::Copy };
+        let chain = if step % 2 == 0 {
+            Strategy::Ingest
+        } else {
+            Strategy::Copy
+        };
         let gen_dir = root.path().join(format!("gen{}", step + 1));
         let expected_all = model.clone();
         let mut seen = Model::new();
@@ -52,16 +64,40 @@ async fn rescale_chain(m: u32, parallelisms: &[u32], keys: u32, compare_copy: im
                 let summary = restore(&store, id, i, to, &target, strategy).await;
                 assert_eq!(summary.range, range);
                 let rescaled = meta.handles.iter().all(|h| h.key_group_range != range);
-                assert_eq!(summary.mode, if rescaled { RestoreMode::Rescaled } else { RestoreMode::Unchanged });
+                assert_eq!(
+                    summary.mode,
+                    if rescaled {
+                        RestoreMode::Rescaled
+                    } else {
+                        RestoreMode::Unchanged
+                    }
+                );
                 if rescaled && strategy == Strategy::Ingest {
-                    assert!(summary.inputs.iter().all(|(_, m)| *m == InputMethod::Ingest), "{summary:?}");
+                    assert!(
+                        summary
+                            .inputs
+                            .iter()
+                            .all(|(_, m)| *m == InputMethod::Ingest),
+                        "{summary:?}"
+                    );
                 }
                 let backend = StateBackend::open(&target, m, range, &STATES).unwrap();
                 let got = contents(&backend);
-                assert_eq!(all_keys(&backend), got.len(), "{from}→{to} subtask {i} ({strategy}) holds keys outside {range}");
+                assert_eq!(
+                    all_keys(&backend),
+                    got.len(),
+                    "{from}→{to} subtask {i} ({strategy}) holds keys outside {range}"
+                );
                 assert_files_inside_range(&backend);
-                assert_eq!(got.len(), expected.len(), "{from}→{to} subtask {i} ({strategy}): wrong number of keys");
-                assert!(got == expected, "{from}→{to} subtask {i} ({strategy}): contents differ from the oracle");
+                assert_eq!(
+                    got.len(),
+                    expected.len(),
+                    "{from}→{to} subtask {i} ({strategy}): wrong number of keys"
+                );
+                assert!(
+                    got == expected,
+                    "{from}→{to} subtask {i} ({strategy}): contents differ from the oracle"
+                );
                 restored.push((strategy, got, backend));
             }
             if let [(_, a, _), (_, b, _)] = &restored[..] {
@@ -69,7 +105,10 @@ async fn rescale_chain(m: u32, parallelisms: &[u32], keys: u32, compare_copy: im
             }
             let (_, got, backend) = restored.into_iter().find(|(s, _, _)| *s == chain).unwrap();
             for (k, v) in got {
-                assert!(seen.insert(k, v).is_none(), "a key restored into two subtasks");
+                assert!(
+                    seen.insert(k, v).is_none(),
+                    "a key restored into two subtasks"
+                );
             }
             if !last {
                 // The next checkpoint of this subtask, taken while its DB is open anyway.
@@ -77,9 +116,16 @@ async fn rescale_chain(m: u32, parallelisms: &[u32], keys: u32, compare_copy: im
                 snapshot(&store, &backend, i, to, id + 1, &scratch).await;
             }
         }
-        assert!(seen == expected_all, "{from}→{to}: the union of the new subtasks is not the data set");
+        assert!(
+            seen == expected_all,
+            "{from}→{to}: the union of the new subtasks is not the data set"
+        );
         if !last {
-            meta = store.try_complete(id + 1, id + 1, to, m).await.unwrap().expect("every handle is in");
+            meta = store
+                .try_complete(id + 1, id + 1, to, m)
+                .await
+                .unwrap()
+                .expect("every handle is in");
         }
     }
 }
@@ -138,7 +184,10 @@ async fn local_recovery_downloads_nothing() {
     assert_eq!(third.mode, RestoreMode::Unchanged);
     assert!(third.downloaded_bytes > 0);
     let b = StateBackend::open(&target, 128, third.range, &STATES).unwrap();
-    assert!(contents(&b) == owned(&model, 128, 2, 1), "the post-restore write is gone");
+    assert!(
+        contents(&b) == owned(&model, 128, 2, 1),
+        "the post-restore write is gone"
+    );
     drop(b);
 
     // Local recovery applies to a rescaled restore's result too, but not to another range.
@@ -146,7 +195,10 @@ async fn local_recovery_downloads_nothing() {
     let a = restore(&store, 1, 0, 3, &rescaled, Strategy::Ingest).await;
     assert_eq!(a.mode, RestoreMode::Rescaled);
     let b = restore(&store, 1, 0, 3, &rescaled, Strategy::Copy).await;
-    assert_eq!((b.mode, b.downloaded_bytes), (RestoreMode::LocalRecovery, 0));
+    assert_eq!(
+        (b.mode, b.downloaded_bytes),
+        (RestoreMode::LocalRecovery, 0)
+    );
     let c = restore(&store, 1, 1, 3, &rescaled, Strategy::Ingest).await;
     assert_eq!(c.mode, RestoreMode::Rescaled);
     let backend = StateBackend::open(&rescaled, 128, c.range, &STATES).unwrap();
@@ -159,7 +211,9 @@ async fn local_recovery_downloads_nothing() {
 #[tokio::test]
 async fn threshold_starts_from_an_empty_db() {
     let root = tempdir();
-    let store = CheckpointStore::from_url(&format!("file://{}/store", root.path().display()), job()).unwrap();
+    let store =
+        CheckpointStore::from_url(&format!("file://{}/store", root.path().display()), job())
+            .unwrap();
     let model = initial_model(1500);
     let backends = workers(&root.path().join("gen0"), 128, 1, &model);
     checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;

@@ -48,6 +48,9 @@ pub fn write_options() -> WriteOptions {
     w
 }
 
+/// One stored entry: `(key group, user key, value)`.
+pub type StateEntry = (u32, Vec<u8>, Vec<u8>);
+
 /// Keyed state of one subtask, owning one [`KeyGroupRange`].
 pub struct StateBackend {
     db: Arc<DB>,
@@ -87,8 +90,10 @@ impl StateBackend {
         }
         let opts = db_options();
         let mut names: Vec<String> = if dir.join("CURRENT").exists() {
-            DB::list_cf(&opts, dir)
-                .map_err(Error::rocks(format!("list column families of {}", dir.display())))?
+            DB::list_cf(&opts, dir).map_err(Error::rocks(format!(
+                "list column families of {}",
+                dir.display()
+            )))?
         } else {
             vec![DEFAULT_STATE.to_owned()]
         };
@@ -150,7 +155,7 @@ impl StateBackend {
         key_group_for_key(key, self.max_parallelism)
     }
 
-    fn cf(&self, state: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
+    fn cf(&self, state: &str) -> Result<&rocksdb::ColumnFamily> {
         self.db.cf_handle(state).ok_or_else(|| {
             Error::invalid(
                 "state",
@@ -179,7 +184,13 @@ impl StateBackend {
     }
 
     /// Writes `value` for `key` in an explicit key group.
-    pub fn put_in_group(&self, state: &str, key_group: u32, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn put_in_group(
+        &self,
+        state: &str,
+        key_group: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
         let mut b = self.batch();
         b.put_in_group(state, key_group, key, value)?;
         b.commit()
@@ -195,7 +206,7 @@ impl StateBackend {
         let k = self.stored_key(key_group, key)?;
         let cf = self.cf(state)?;
         self.db
-            .get_cf(&cf, k)
+            .get_cf(cf, k)
             .map_err(Error::rocks(format!("get from state {state}")))
     }
 
@@ -207,7 +218,7 @@ impl StateBackend {
     }
 
     /// Every `(key group, user key, value)` of `state` in the backend's range, in key order.
-    pub fn scan(&self, state: &str) -> Result<Vec<(u32, Vec<u8>, Vec<u8>)>> {
+    pub fn scan(&self, state: &str) -> Result<Vec<StateEntry>> {
         self.scan_range(state, self.range)
     }
 
@@ -216,7 +227,7 @@ impl StateBackend {
         &self,
         state: &str,
         range: KeyGroupRange,
-    ) -> Result<Vec<(u32, Vec<u8>, Vec<u8>)>> {
+    ) -> Result<Vec<StateEntry>> {
         if !self.range.covers(&range) {
             return Err(Error::KeyGroupNotOwned {
                 key_group: if self.range.contains(range.start) {
@@ -228,7 +239,7 @@ impl StateBackend {
             });
         }
         let cf = self.cf(state)?;
-        scan_cf(&self.db, &cf, range, self.max_parallelism)
+        scan_cf(&self.db, cf, range, self.max_parallelism)
     }
 
     /// A bounded write batch over this backend.
@@ -246,7 +257,7 @@ impl StateBackend {
         for s in &self.states {
             let cf = self.cf(s)?;
             self.db
-                .flush_cf(&cf)
+                .flush_cf(cf)
                 .map_err(Error::rocks(format!("flush state {s}")))?;
         }
         Ok(())
@@ -259,7 +270,7 @@ impl StateBackend {
         for s in &self.states {
             let cf = self.cf(s)?;
             self.db
-                .compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &opts);
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
         }
         Ok(())
     }
@@ -271,7 +282,7 @@ pub fn scan_cf(
     cf: &impl rocksdb::AsColumnFamilyRef,
     range: KeyGroupRange,
     max_parallelism: u32,
-) -> Result<Vec<(u32, Vec<u8>, Vec<u8>)>> {
+) -> Result<Vec<StateEntry>> {
     let (lower, upper) = range.key_interval(max_parallelism);
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(upper);
@@ -315,8 +326,7 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len() + value.len();
-        self.batch.put_cf(&cf, k, value);
-        drop(cf);
+        self.batch.put_cf(cf, k, value);
         self.entries += 1;
         self.maybe_commit()
     }
@@ -326,8 +336,7 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len();
-        self.batch.delete_cf(&cf, k);
-        drop(cf);
+        self.batch.delete_cf(cf, k);
         self.entries += 1;
         self.maybe_commit()
     }
@@ -357,7 +366,10 @@ impl StateBatch<'_> {
         self.backend
             .db
             .write_opt(batch, &write_options())
-            .map_err(Error::rocks(format!("write batch to {}", self.backend.dir.display())))?;
+            .map_err(Error::rocks(format!(
+                "write batch to {}",
+                self.backend.dir.display()
+            )))?;
         self.entries = 0;
         self.bytes = 0;
         Ok(())
@@ -387,7 +399,10 @@ mod tests {
             batch.put("counts", k.as_bytes(), k.as_bytes()).unwrap();
         }
         batch.commit().unwrap();
-        assert_eq!(b.get("counts", owned[0].as_bytes()).unwrap().unwrap(), owned[0].as_bytes());
+        assert_eq!(
+            b.get("counts", owned[0].as_bytes()).unwrap().unwrap(),
+            owned[0].as_bytes()
+        );
         b.delete("counts", owned[0].as_bytes()).unwrap();
         assert_eq!(b.get("counts", owned[0].as_bytes()).unwrap(), None);
         let all = b.scan("counts").unwrap();
@@ -402,7 +417,10 @@ mod tests {
         let range = KeyGroupRange::for_subtask(128, 2, 1).unwrap();
         let b = StateBackend::open(dir.path(), 128, range, &["s"]).unwrap();
         let e = b.put_in_group("s", 3, b"k", b"v").unwrap_err();
-        assert!(matches!(e, Error::KeyGroupNotOwned { key_group: 3, .. }), "{e}");
+        assert!(
+            matches!(e, Error::KeyGroupNotOwned { key_group: 3, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("[64, 127]"));
         let e = b.put("nope", b"k", b"v");
         assert!(e.is_err());
@@ -420,7 +438,9 @@ mod tests {
         let b = StateBackend::open(dir.path(), 4096, range, &[]).unwrap();
         assert!(b.states().iter().any(|s| s == "b"));
         assert_eq!(b.get_in_group("b", 300, b"x").unwrap().unwrap(), b"1");
-        let scanned = b.scan_range("b", KeyGroupRange::new(300, 300).unwrap()).unwrap();
+        let scanned = b
+            .scan_range("b", KeyGroupRange::new(300, 300).unwrap())
+            .unwrap();
         assert_eq!(scanned, vec![(300, b"x".to_vec(), b"1".to_vec())]);
     }
 }

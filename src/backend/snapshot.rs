@@ -134,7 +134,10 @@ impl IncrementalSnapshotter {
         }
         rocksdb::checkpoint::Checkpoint::new(backend.db())
             .and_then(|c| c.create_checkpoint(&dir))
-            .map_err(Error::rocks(format!("native checkpoint into {}", dir.display())))?;
+            .map_err(Error::rocks(format!(
+                "native checkpoint into {}",
+                dir.display()
+            )))?;
         let mut snapshot = LocalSnapshot {
             checkpoint_id,
             dir,
@@ -143,11 +146,9 @@ impl IncrementalSnapshotter {
             range: backend.range(),
             max_parallelism: backend.max_parallelism(),
         };
-        let (column_families, ssts) =
-            describe_ssts(&snapshot.dir, backend.max_parallelism())?;
+        let (column_families, ssts) = describe_ssts(&snapshot.dir, backend.max_parallelism())?;
         snapshot.column_families = column_families;
-        let entries =
-            std::fs::read_dir(&snapshot.dir).map_err(Error::io("list", &snapshot.dir))?;
+        let entries = std::fs::read_dir(&snapshot.dir).map_err(Error::io("list", &snapshot.dir))?;
         for entry in entries {
             let entry = entry.map_err(Error::io("list", &snapshot.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -158,8 +159,7 @@ impl IncrementalSnapshotter {
             let sst = if name.ends_with(".sst") {
                 Some(ssts.get(&name).cloned().ok_or_else(|| Error::Corrupt {
                     file: entry.path().display().to_string(),
-                    detail: "SST file in the native checkpoint is not a live file of the DB"
-                        .into(),
+                    detail: "SST file in the native checkpoint is not a live file of the DB".into(),
                 })?)
             } else {
                 None
@@ -284,7 +284,11 @@ impl IncrementalSnapshotter {
         }
         u.last_completed = Some(id);
         u.pending.retain(|&pending, _| pending > id);
-        debug!(checkpoint = id, reusable = u.confirmed.len(), "checkpoint confirmed");
+        debug!(
+            checkpoint = id,
+            reusable = u.confirmed.len(),
+            "checkpoint confirmed"
+        );
     }
 
     /// Checkpoint `id` was aborted: none of its uploads will ever be reused.
@@ -300,13 +304,16 @@ pub fn describe_ssts(
     max_parallelism: u32,
 ) -> Result<(Vec<String>, HashMap<String, SstInfo>)> {
     let opts = db_options();
-    let cfs = DB::list_cf(&opts, dir)
-        .map_err(Error::rocks(format!("list column families of {}", dir.display())))?;
+    let cfs = DB::list_cf(&opts, dir).map_err(Error::rocks(format!(
+        "list column families of {}",
+        dir.display()
+    )))?;
     let db = DB::open_cf_for_read_only(&opts, dir, &cfs, false)
         .map_err(Error::rocks(format!("open {} read-only", dir.display())))?;
-    let live = db
-        .live_files()
-        .map_err(Error::rocks(format!("list live files of {}", dir.display())))?;
+    let live = db.live_files().map_err(Error::rocks(format!(
+        "list live files of {}",
+        dir.display()
+    )))?;
     let mut out = HashMap::with_capacity(live.len());
     for f in live {
         let name = f.name.trim_start_matches('/').to_owned();

@@ -103,7 +103,7 @@ impl JobPaths {
     /// Paths for `job` below `prefix` (the path part of the storage URL).
     pub fn new(prefix: &Path, job: &JobId) -> Self {
         let mut root = prefix.clone();
-        root = root.child(job.namespace.as_str()).child(job.name.as_str());
+        root = root.join(job.namespace.as_str()).join(job.name.as_str());
         Self { root }
     }
 
@@ -117,7 +117,7 @@ impl JobPaths {
         check_relative_path(relative, referenced_in)?;
         let mut p = self.root.clone();
         for part in relative.split('/') {
-            p = p.child(part);
+            p = p.join(part);
         }
         Ok(p)
     }
@@ -136,7 +136,7 @@ impl JobPaths {
 
     /// Directory of all shared SST files.
     pub fn shared_root(&self) -> Path {
-        self.root.child("shared")
+        self.root.clone().join("shared")
     }
 
     /// Relative path of a shared SST file of DB instance `instance`.
@@ -151,24 +151,24 @@ impl JobPaths {
 
     /// The directory of checkpoint `id`.
     pub fn checkpoint_dir(&self, id: u64) -> Path {
-        self.root.child(checkpoint_dir_name(id))
+        self.root.clone().join(checkpoint_dir_name(id))
     }
 
     /// Where `subtask` writes its handle for checkpoint `id`.
     pub fn handle(&self, id: u64, subtask: u32) -> Path {
         self.checkpoint_dir(id)
-            .child("handles")
-            .child(format!("{subtask}.json"))
+            .join("handles")
+            .join(format!("{subtask}.json"))
     }
 
     /// The directory of all handles of checkpoint `id`.
     pub fn handles_dir(&self, id: u64) -> Path {
-        self.checkpoint_dir(id).child("handles")
+        self.checkpoint_dir(id).join("handles")
     }
 
     /// The job-level metadata of checkpoint `id`; its existence means the checkpoint completed.
     pub fn metadata(&self, id: u64) -> Path {
-        self.checkpoint_dir(id).child("_metadata.json")
+        self.checkpoint_dir(id).join("_metadata.json")
     }
 }
 
@@ -284,10 +284,7 @@ mod tests {
         assert!("default".parse::<JobId>().is_err());
         assert!("Default/x".parse::<JobId>().is_err());
         assert!("ns/-x".parse::<JobId>().is_err());
-        assert_eq!(
-            "ns/x-1".parse::<JobId>().unwrap().to_string(),
-            "ns/x-1"
-        );
+        assert_eq!("ns/x-1".parse::<JobId>().unwrap().to_string(), "ns/x-1");
         assert_eq!(parse_checkpoint_dir_name("chk-42"), Some(42));
         assert_eq!(parse_checkpoint_dir_name("chk-"), None);
         assert_eq!(parse_checkpoint_dir_name("chk-4a"), None);

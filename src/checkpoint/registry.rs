@@ -29,7 +29,9 @@ pub struct FileReferences {
 
 impl FileReferences {
     /// References of the given checkpoints.
-    pub fn from_checkpoints<'a>(checkpoints: impl IntoIterator<Item = &'a CheckpointMetadata>) -> Self {
+    pub fn from_checkpoints<'a>(
+        checkpoints: impl IntoIterator<Item = &'a CheckpointMetadata>,
+    ) -> Self {
         let mut refs = Self::default();
         for c in checkpoints {
             for h in &c.handles {
@@ -243,7 +245,13 @@ pub async fn gc_plan_for_store(
             }
         }
     }
-    Ok(plan_gc(&objects, &completed, &in_flight_handles, now, policy))
+    Ok(plan_gc(
+        &objects,
+        &completed,
+        &in_flight_handles,
+        now,
+        policy,
+    ))
 }
 
 /// Plans and, unless `dry_run`, performs garbage collection. Returns the plan.
@@ -388,7 +396,13 @@ mod tests {
             ("chk-2/handles/0.json".to_string(), 1, now),
         ];
         let inflight = meta(2, &["9.sst"]).handles;
-        let plan = plan_gc(&objects, &[meta(1, &["1.sst"])], &inflight, now, RetentionPolicy::default());
+        let plan = plan_gc(
+            &objects,
+            &[meta(1, &["1.sst"])],
+            &inflight,
+            now,
+            RetentionPolicy::default(),
+        );
         assert!(plan.deletions.is_empty(), "{:?}", plan.deletions);
     }
 }

@@ -65,19 +65,19 @@ pub fn object_store_from_url(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> 
         Error::invalid(
             "storage url",
             url,
-            format!(
-                "a URL with scheme {} ({e})",
-                SUPPORTED_SCHEMES.join(", ")
-            ),
+            format!("a URL with scheme {} ({e})", SUPPORTED_SCHEMES.join(", ")),
         )
     })?;
     let build_error = |e: object_store::Error| Error::invalid("storage url", url, e.to_string());
-    let prefix = || Path::from_url_path(parsed.path()).map_err(|e| Error::invalid("storage url", url, e.to_string()));
+    let prefix = || {
+        Path::from_url_path(parsed.path())
+            .map_err(|e| Error::invalid("storage url", url, e.to_string()))
+    };
     match parsed.scheme() {
         "file" => {
-            let dir = parsed.to_file_path().map_err(|()| {
-                Error::invalid("storage url", url, "file:///ABSOLUTE/PATH")
-            })?;
+            let dir = parsed
+                .to_file_path()
+                .map_err(|()| Error::invalid("storage url", url, "file:///ABSOLUTE/PATH"))?;
             std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(build_error)?
@@ -174,13 +174,11 @@ impl CheckpointStore {
     pub async fn upload_file(&self, local: &LocalPath, relative: &str) -> Result<FileRef> {
         let location = self.paths.resolve(relative, "upload")?;
         let mut file = std::fs::File::open(local).map_err(Error::io("open", local))?;
-        let len = file
-            .metadata()
-            .map_err(Error::io("stat", local))?
-            .len();
+        let len = file.metadata().map_err(Error::io("stat", local))?.len();
         let (size, checksum) = if len <= SINGLE_PUT_LIMIT {
             let mut buf = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut buf).map_err(Error::io("read", local))?;
+            file.read_to_end(&mut buf)
+                .map_err(Error::io("read", local))?;
             let checksum = Checksum::of(&buf);
             let size = buf.len() as u64;
             self.store
@@ -287,7 +285,9 @@ impl CheckpointStore {
                 {
                     checksum = checksum.update(&chunk);
                     size += chunk.len() as u64;
-                    out.write_all(&chunk).await.map_err(Error::io("write", local))?;
+                    out.write_all(&chunk)
+                        .await
+                        .map_err(Error::io("write", local))?;
                 }
                 out.flush().await.map_err(Error::io("write", local))?;
                 (size, checksum)
@@ -559,7 +559,12 @@ impl CheckpointStore {
             .shared
             .iter()
             .map(|s| (s.local_name.as_str(), &s.file))
-            .chain(handle.private.iter().map(|p| (p.local_name.as_str(), &p.file)))
+            .chain(
+                handle
+                    .private
+                    .iter()
+                    .map(|p| (p.local_name.as_str(), &p.file)),
+            )
             .collect();
         self.download_files(&files, dir, &referenced_in).await
     }

@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures::StreamExt;
-use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, ReadOptions, WriteBatch,
-};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 use tracing::{debug, info};
 
 use super::ingest;
@@ -37,9 +35,9 @@ pub struct BuildStats {
 fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
     match input.method {
         InputMethod::Whole | InputMethod::Base => work.join(DB_DIR),
-        InputMethod::Copy | InputMethod::Ingest => work
-            .join(INPUTS_DIR)
-            .join(input.old_subtask.to_string()),
+        InputMethod::Copy | InputMethod::Ingest => {
+            work.join(INPUTS_DIR).join(input.old_subtask.to_string())
+        }
     }
 }
 
@@ -145,7 +143,7 @@ fn open_db(dir: &Path, column_families: &[String]) -> Result<DB> {
         .map_err(Error::rocks(format!("open {}", dir.display())))
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> Result<std::sync::Arc<rocksdb::BoundColumnFamily<'a>>> {
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name)
         .ok_or_else(|| Error::Other(format!("column family {name} missing in the new DB")))
 }
@@ -166,7 +164,11 @@ fn merge(
         return Ok(());
     }
     let max_parallelism = meta.max_parallelism;
-    for input in plan.inputs.iter().filter(|i| i.method == InputMethod::Ingest) {
+    for input in plan
+        .inputs
+        .iter()
+        .filter(|i| i.method == InputMethod::Ingest)
+    {
         let h = &meta.handles[input.old_subtask as usize];
         stats.ingested_files += ingest_handle(&db, h, input, &input_dir(work, input))?;
     }
@@ -196,7 +198,10 @@ fn ingest_handle(db: &DB, h: &SubtaskHandle, input: &PlannedInput, dir: &Path) -
     let mut by_cf: std::collections::BTreeMap<&str, Vec<(i32, u64, PathBuf)>> = Default::default();
     for &i in &input.shared_files {
         let f = &h.shared[i];
-        let name = f.column_family.as_deref().unwrap_or(crate::backend::DEFAULT_STATE);
+        let name = f
+            .column_family
+            .as_deref()
+            .unwrap_or(crate::backend::DEFAULT_STATE);
         by_cf.entry(name).or_default().push((
             f.level.unwrap_or(0),
             file_number(&f.local_name),
@@ -256,7 +261,9 @@ fn copy_handle(
         ro.fill_cache(false);
         let mut batch = WriteBatch::default();
         let mut bytes = 0usize;
-        for item in source.iterator_cf_opt(&from, ro, IteratorMode::From(&lower, Direction::Forward)) {
+        for item in
+            source.iterator_cf_opt(&from, ro, IteratorMode::From(&lower, Direction::Forward))
+        {
             let (k, v) = item.map_err(Error::rocks(format!("read {context}")))?;
             bytes += k.len() + v.len();
             batch.put_cf(&to, &k, &v);
@@ -280,14 +287,20 @@ fn copy_handle(
 /// (end-exclusive `DeleteFilesInRange`), then range tombstones, then a compaction of just those
 /// intervals so the tombstones do not survive into later checkpoints (whose files are ingested
 /// next to other handles' files and must not reach outside their range).
-fn clip(db: &DB, column_families: &[String], range: KeyGroupRange, max_parallelism: u32) -> Result<()> {
+fn clip(
+    db: &DB,
+    column_families: &[String],
+    range: KeyGroupRange,
+    max_parallelism: u32,
+) -> Result<()> {
     let mut outside = Vec::new();
     if range.start > 0 {
         outside.push(KeyGroupRange::new(0, range.start - 1)?.key_interval(max_parallelism));
     }
     if range.end + 1 < max_parallelism {
-        outside
-            .push(KeyGroupRange::new(range.end + 1, max_parallelism - 1)?.key_interval(max_parallelism));
+        outside.push(
+            KeyGroupRange::new(range.end + 1, max_parallelism - 1)?.key_interval(max_parallelism),
+        );
     }
     if outside.is_empty() {
         return Ok(());

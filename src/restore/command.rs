@@ -76,7 +76,11 @@ pub struct RestoreArgs {
     #[arg(long, env = "REGROUP_RESTORE_STRATEGY", value_enum, default_value_t = Strategy::Ingest)]
     pub strategy: Strategy,
     /// Handles with a smaller overlap fraction cannot be the initial handle (`copy`).
-    #[arg(long, env = "REGROUP_OVERLAP_FRACTION_THRESHOLD", default_value_t = 0.0)]
+    #[arg(
+        long,
+        env = "REGROUP_OVERLAP_FRACTION_THRESHOLD",
+        default_value_t = 0.0
+    )]
     pub overlap_fraction_threshold: f64,
     /// Output format of the summary.
     #[arg(long, env = "REGROUP_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
@@ -191,11 +195,7 @@ pub fn range_plan_text(plan: &RangePlan) -> String {
     )
     .ok();
     for s in &plan.subtasks {
-        let sources: Vec<String> = s
-            .sources
-            .iter()
-            .map(|(i, r)| format!("{i}:{r}"))
-            .collect();
+        let sources: Vec<String> = s.sources.iter().map(|(i, r)| format!("{i}:{r}")).collect();
         writeln!(
             out,
             "{:>7}  {:<14}  {:>10}  {:>7}  {}",

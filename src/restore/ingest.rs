@@ -79,7 +79,9 @@ pub fn ingest_db_generated_files(
     };
     match take_error(code, error) {
         None => Ok(()),
-        Some(message) => Err(Error::Other(format!("rocksdb: ingest {context}: {message}"))),
+        Some(message) => Err(Error::Other(format!(
+            "rocksdb: ingest {context}: {message}"
+        ))),
     }
 }
 

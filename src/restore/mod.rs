@@ -335,10 +335,7 @@ pub async fn restore_subtask(
         .to_string_lossy()
         .into_owned();
     remove_stale_work_dirs(parent, &name);
-    let work = parent.join(format!(
-        ".{name}.restore-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let work = parent.join(format!(".{name}.restore-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&work).map_err(Error::io("create directory", &work))?;
 
     let result = build::build(store, &meta, &plan, &summary.column_families, &work).await;

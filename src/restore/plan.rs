@@ -296,7 +296,10 @@ fn plan_range(
                 ),
                 _ => ((0..h.shared.len()).collect(), true),
             };
-            let bytes = shared_files.iter().map(|&i| h.shared[i].file.size).sum::<u64>()
+            let bytes = shared_files
+                .iter()
+                .map(|&i| h.shared[i].file.size)
+                .sum::<u64>()
                 + if private_files {
                     h.private.iter().map(|p| p.file.size).sum()
                 } else {
@@ -395,11 +398,7 @@ pub fn plan_ranges(max_parallelism: u32, from: Option<u32>, to: u32) -> Result<R
                 let first = subtask_for_key_group(max_parallelism, p, range.start);
                 let last = subtask_for_key_group(max_parallelism, p, range.end);
                 (first..=last)
-                    .filter_map(|s| {
-                        old[s as usize]
-                            .intersection(&range)
-                            .map(|inter| (s, inter))
-                    })
+                    .filter_map(|s| old[s as usize].intersection(&range).map(|inter| (s, inter)))
                     .collect()
             };
             let initial = sources
@@ -620,7 +619,11 @@ mod tests {
         assert_eq!(p.subtasks[0].sources, vec![(0, r(0, 42)), (1, r(43, 63))]);
         assert_eq!(p.subtasks[0].initial, Some(0));
         assert!(plan_ranges(128, None, 0).is_err());
-        assert!(plan_ranges(128, None, 3).unwrap().subtasks[0].sources.is_empty());
+        assert!(
+            plan_ranges(128, None, 3).unwrap().subtasks[0]
+                .sources
+                .is_empty()
+        );
     }
 
     proptest! {

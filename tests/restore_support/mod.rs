@@ -77,10 +77,12 @@ pub fn mutate(backend: &StateBackend, model: &mut Model, version: u32) {
     let mut batch = backend.batch();
     for (state, k) in owned {
         let i: u32 = std::str::from_utf8(&k[4..]).unwrap().parse().unwrap();
-        if (i + version) % 7 == 0 {
-            batch.delete_in_group(&state, backend.key_group_of(&k), &k).unwrap();
+        if (i + version).is_multiple_of(7) {
+            batch
+                .delete_in_group(&state, backend.key_group_of(&k), &k)
+                .unwrap();
             model.remove(&(state, k));
-        } else if (i + version) % 5 == 0 {
+        } else if (i + version).is_multiple_of(5) {
             let v = value(&state, i, version);
             batch.put(&state, &k, &v).unwrap();
             model.insert((state, k), v);
@@ -96,7 +98,11 @@ pub fn contents(backend: &StateBackend) -> Model {
     let mut out = Model::new();
     for state in STATES {
         for (g, k, v) in backend.scan_range(state, backend.range()).unwrap() {
-            assert_eq!(g, backend.key_group_of(&k), "key stored under a wrong key group");
+            assert_eq!(
+                g,
+                backend.key_group_of(&k),
+                "key stored under a wrong key group"
+            );
             assert!(out.insert((state.to_owned(), k), v).is_none());
         }
     }
@@ -121,7 +127,10 @@ pub fn all_keys(backend: &StateBackend) -> usize {
 pub fn assert_files_inside_range(backend: &StateBackend) {
     let m = backend.max_parallelism();
     for f in backend.db().live_files().unwrap() {
-        for k in [f.start_key.as_deref(), f.end_key.as_deref()].into_iter().flatten() {
+        for k in [f.start_key.as_deref(), f.end_key.as_deref()]
+            .into_iter()
+            .flatten()
+        {
             let g = regroup::keygroup::read_key_group_prefix(k, m).unwrap();
             assert!(
                 backend.range().contains(g),
@@ -185,7 +194,14 @@ pub async fn mutate_and_checkpoint(
 }
 
 /// Snapshots subtask `i` of `p` as checkpoint `id` (epoch `id`) and uploads its handle.
-pub async fn snapshot(store: &CheckpointStore, b: &StateBackend, i: u32, p: u32, id: u64, scratch: &Path) {
+pub async fn snapshot(
+    store: &CheckpointStore,
+    b: &StateBackend,
+    i: u32,
+    p: u32,
+    id: u64,
+    scratch: &Path,
+) {
     let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i, p, id);
     let snapshot = snapshotter.capture(b, id, scratch).unwrap();
     snapshotter.upload(snapshot, store).await.unwrap();
