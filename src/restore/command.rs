@@ -82,6 +82,9 @@ pub struct RestoreArgs {
         default_value_t = 0.0
     )]
     pub overlap_fraction_threshold: f64,
+    /// Skip the compaction of the clipped key intervals (the worker compacts them later).
+    #[arg(long, env = "REGROUP_RESTORE_DEFER_COMPACTION")]
+    pub defer_compaction: bool,
     /// Output format of the summary.
     #[arg(long, env = "REGROUP_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -163,6 +166,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         target: args.target,
         strategy: args.strategy,
         overlap_fraction_threshold: args.overlap_fraction_threshold,
+        defer_compaction: args.defer_compaction,
     };
     let summary = restore_subtask(&store, &request).await?;
     match args.output {

@@ -54,6 +54,10 @@ pub struct RestoreRequest {
     pub strategy: Strategy,
     /// See [`PlanOptions::overlap_fraction_threshold`].
     pub overlap_fraction_threshold: f64,
+    /// Skip the compaction of the clipped key intervals: the restore finishes sooner, and the
+    /// worker should call [`compact_outside_range`] once running, else its next checkpoint's
+    /// files reach outside its range and a later restore copies them instead of ingesting.
+    pub defer_compaction: bool,
 }
 
 impl RestoreRequest {
@@ -66,6 +70,7 @@ impl RestoreRequest {
             target: target.to_path_buf(),
             strategy: Strategy::Ingest,
             overlap_fraction_threshold: 0.0,
+            defer_compaction: false,
         }
     }
 
@@ -338,7 +343,15 @@ pub async fn restore_subtask(
     let work = parent.join(format!(".{name}.restore-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&work).map_err(Error::io("create directory", &work))?;
 
-    let result = build::build(store, &meta, &plan, &summary.column_families, &work).await;
+    let result = build::build(
+        store,
+        &meta,
+        &plan,
+        &summary.column_families,
+        &work,
+        !request.defer_compaction,
+    )
+    .await;
     let outcome = match result {
         Ok(stats) => finish(&work, &target, &meta, &plan).map(|()| stats),
         Err(e) => Err(e),
@@ -367,6 +380,17 @@ pub async fn restore_subtask(
         "restore complete"
     );
     Ok(summary)
+}
+
+/// Compacts away what a restore with [`RestoreRequest::defer_compaction`] clipped from the
+/// backend's DB (records and range tombstones outside its range); a no-op when nothing is left.
+pub fn compact_outside_range(backend: &crate::backend::StateBackend) -> Result<()> {
+    build::compact_outside(
+        backend.db(),
+        backend.states(),
+        backend.range(),
+        backend.max_parallelism(),
+    )
 }
 
 /// Column families of the restored DB: those of every input handle, `default` first.
