@@ -33,6 +33,10 @@ pub enum Command {
     /// What a checkpoint store holds: checkpoints, handles, file references, garbage.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Prints the StatefulJob CustomResourceDefinition as YAML (what `crds/` holds).
+    Crd,
+    /// Runs the operator: watches StatefulJobs, coordinates checkpoints, orchestrates rescales.
+    Operator(crate::operator::OperatorArgs),
 }
 
 /// Where a job's checkpoints are.
@@ -125,6 +129,8 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Checkpoints(c) => checkpoints(c).await?,
+        Command::Crd => print!("{}", crate::operator::crd::crd_yaml()?),
+        Command::Operator(args) => crate::operator::run(args).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

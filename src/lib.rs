@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod keygroup;
+pub mod operator;
 pub mod telemetry;
 
 pub use error::{Error, Result};
