@@ -481,11 +481,19 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
         match stage_to_kill {
             // The workers accept the final checkpoint but do not finish it.
             Stage::Checkpointing => workers.hold.store(true, Ordering::SeqCst),
-            // An old pod cannot go away (a finalizer of the test's).
+            // An old pod cannot go away (a finalizer of the test's, and kwok told to keep off).
             Stage::Stopping => {
                 let victim = "restart-0";
                 pod_api
-                    .patch(victim, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"finalizers": ["test.regroup.dev/hold"]}})))
+                    .patch(
+                        victim,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"metadata": {
+                            "finalizers": ["test.regroup.dev/hold"],
+                            // kwok drops finalizers of deleted pods, except of pods run locally.
+                            "labels": {"regroup.dev/run-locally": "true"}
+                        }})),
+                    )
                     .await
                     .unwrap();
             }
@@ -532,7 +540,11 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
                     .patch(
                         "restart-0",
                         &PatchParams::default(),
-                        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+                        &Patch::Merge(serde_json::json!({"metadata": {
+                            "finalizers": null,
+                            // Back to kwok, which completes the deletion.
+                            "labels": {"regroup.dev/run-locally": null}
+                        }})),
                     )
                     .await
                     .unwrap();

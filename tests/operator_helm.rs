@@ -99,7 +99,8 @@ async fn helm_install_creates_the_operator() {
         return;
     }
     let ns = TestNamespace::new(&client, "regroup-helm").await;
-    let release = ns.name.clone();
+    // Unique per run: the ClusterRole is cluster-scoped and named after the release.
+    let release = format!("op-{}", ns.name.rsplit('-').next().unwrap());
     run(Command::new("helm")
         .args(["install", &release])
         .arg(root().join("charts/regroup"))

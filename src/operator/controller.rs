@@ -242,8 +242,6 @@ impl Round {
                     reason: note.reason.to_owned(),
                     message: note.message.clone(),
                 });
-            } else if note.reason == "Running" {
-                self.problem = None;
             }
         }
         self.observe_stage_metrics(&state, &step.state, &t);
@@ -718,13 +716,7 @@ impl Round {
         );
         self.status.last_checkpoint = Some(record);
         self.status.pending_checkpoint = None;
-        if self
-            .problem
-            .as_ref()
-            .is_some_and(|p| p.reason.starts_with("Checkpoint"))
-        {
-            self.problem = None;
-        }
+        self.clear_checkpoint_problem();
         self.save().await?;
         publish(&self.ctx, &self.job, false, "CheckpointCompleted", note).await;
         let pods = self.pods().await?;
@@ -749,6 +741,15 @@ impl Round {
             warn!(error = %e, "retention failed; retried after the next checkpoint");
         }
         Ok(())
+    }
+
+    /// A completed checkpoint ends a Degraded condition that a failed or aborted one started.
+    fn clear_checkpoint_problem(&mut self) {
+        if self.problem.as_ref().is_some_and(|p| {
+            p.reason.starts_with("Checkpoint") || p.reason.starts_with("FinalCheckpoint")
+        }) {
+            self.problem = None;
+        }
     }
 
     /// Records the outcome of the final checkpoint once the rescale moved past it.
@@ -778,6 +779,7 @@ impl Round {
                 m.checkpoint_bytes_total.inc_by(record.bytes_total);
                 m.checkpoint_bytes_new.inc_by(record.bytes_new);
                 self.status.last_checkpoint = Some(record);
+                self.clear_checkpoint_problem();
             }
             FinalCheckpoint::Failed(_) => {
                 let pods = self.pods().await?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use regroup::checkpoint::metadata::{FORMAT_VERSION, SubtaskHandle};
@@ -38,10 +39,13 @@ pub async fn cluster(test: &str) -> Option<Client> {
         );
         return None;
     }
+    regroup::telemetry::init(regroup::telemetry::LogFormat::Text);
+    // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default()
         .await
         .expect("a client from KUBECONFIG");
-    install_crd();
+    install_crd(&client).await;
     Some(client)
 }
 
@@ -60,15 +64,24 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 /// `kubectl apply -f crds/` and waits until the CRD is established.
-pub fn install_crd() {
+pub async fn install_crd(client: &Client) {
     let crds = root().join("crds");
     run(Command::new("kubectl").arg("apply").arg("-f").arg(&crds));
-    run(Command::new("kubectl").args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/statefuljobs.regroup.dev",
-    ]));
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually(
+        "the StatefulJob CRD to be established",
+        Duration::from_secs(60),
+        || async {
+            let crd = api.get("statefuljobs.regroup.dev").await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
+    .await;
 }
 
 /// A fresh namespace, deleted when dropped.
