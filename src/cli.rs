@@ -37,6 +37,18 @@ pub enum Command {
     Crd,
     /// Runs the operator: watches StatefulJobs, coordinates checkpoints, orchestrates rescales.
     Operator(crate::operator::OperatorArgs),
+    /// Runs the reference job's worker: deterministic keyed workload, checkpoint API.
+    Worker(Box<crate::worker::reference::ReferenceWorkerArgs>),
+    /// Checks a completed checkpoint of the reference job against its replayed events.
+    Verify(crate::worker::oracle::VerifyArgs),
+    /// The rescale plan: new key group ranges and, for a stored checkpoint, per new subtask the
+    /// initial handle, the handles merged in and the bytes to download.
+    Plan(crate::restore::command::PlanArgs),
+    /// Builds one subtask's RocksDB from a completed checkpoint (the workers' init container).
+    Restore(crate::restore::command::RestoreArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 /// Where a job's checkpoints are.
@@ -107,8 +119,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -131,6 +142,11 @@ pub async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Checkpoints(c) => checkpoints(c).await?,
         Command::Crd => print!("{}", crate::operator::crd::crd_yaml()?),
         Command::Operator(args) => crate::operator::run(args).await?,
+        Command::Worker(args) => crate::worker::reference::main(*args).await?,
+        Command::Verify(args) => return crate::worker::oracle::main(args).await,
+        Command::Plan(args) => crate::restore::command::run_plan(args).await?,
+        Command::Restore(args) => crate::restore::command::run_restore(args).await?,
+        Command::Bench(c) => crate::bench::run(c).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

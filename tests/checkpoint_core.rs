@@ -145,7 +145,7 @@ async fn incremental_scenario(store: CheckpointStore) {
     backend
         .db()
         .compact_range_cf_opt(&hot, None::<&[u8]>, None::<&[u8]>, &opts);
-    let _ = hot;
+    drop(hot);
     let model2 = model.clone();
     let c2 = checkpoint(&backend, &snapshotter, &store, 2, &scratch).await;
     let h2 = &c2.handles[0];

@@ -40,13 +40,6 @@ fn cluster_var(var: &str, test: &str) -> Option<String> {
     }
 }
 
-/// kube's TLS is rustls, and this crate's dependencies enable both of rustls' crypto providers
-/// (`ring` through kube, `aws-lc-rs` through reqwest), so rustls cannot choose one by itself:
-/// install `ring`, kube's, for the process. A second call (another test) is a no-op.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
@@ -56,7 +49,7 @@ async fn kube_configmap_round_trip() -> anyhow::Result<()> {
     if cluster_var("KUBECONFIG", "kube_configmap_round_trip").is_none() {
         return Ok(());
     }
-    install_crypto_provider();
+    regroup::tls::install_crypto_provider();
     let client = kube::Client::try_default()
         .await
         .context("building a kube client from KUBECONFIG")?;

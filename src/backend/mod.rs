@@ -23,6 +23,9 @@ use crate::keygroup::{
 
 pub use snapshot::{IncrementalSnapshotter, LocalSnapshot};
 
+/// One stored entry: key group, user key (without prefix), value.
+pub type Entry = (u32, Vec<u8>, Vec<u8>);
+
 /// Column family RocksDB always has; regroup keeps job bookkeeping (e.g. source positions) there.
 pub const DEFAULT_STATE: &str = "default";
 
@@ -47,9 +50,6 @@ pub fn write_options() -> WriteOptions {
     w.disable_wal(true);
     w
 }
-
-/// One stored entry: `(key group, user key, value)`.
-pub type StateEntry = (u32, Vec<u8>, Vec<u8>);
 
 /// Keyed state of one subtask, owning one [`KeyGroupRange`].
 pub struct StateBackend {
@@ -155,7 +155,7 @@ impl StateBackend {
         key_group_for_key(key, self.max_parallelism)
     }
 
-    fn cf(&self, state: &str) -> Result<&rocksdb::ColumnFamily> {
+    fn cf(&self, state: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
         self.db.cf_handle(state).ok_or_else(|| {
             Error::invalid(
                 "state",
@@ -206,7 +206,7 @@ impl StateBackend {
         let k = self.stored_key(key_group, key)?;
         let cf = self.cf(state)?;
         self.db
-            .get_cf(cf, k)
+            .get_cf(&cf, k)
             .map_err(Error::rocks(format!("get from state {state}")))
     }
 
@@ -218,16 +218,12 @@ impl StateBackend {
     }
 
     /// Every `(key group, user key, value)` of `state` in the backend's range, in key order.
-    pub fn scan(&self, state: &str) -> Result<Vec<StateEntry>> {
+    pub fn scan(&self, state: &str) -> Result<Vec<Entry>> {
         self.scan_range(state, self.range)
     }
 
     /// Every `(key group, user key, value)` of `state` in `range` (which must be owned).
-    pub fn scan_range(
-        &self,
-        state: &str,
-        range: KeyGroupRange,
-    ) -> Result<Vec<StateEntry>> {
+    pub fn scan_range(&self, state: &str, range: KeyGroupRange) -> Result<Vec<Entry>> {
         if !self.range.covers(&range) {
             return Err(Error::KeyGroupNotOwned {
                 key_group: if self.range.contains(range.start) {
@@ -239,7 +235,7 @@ impl StateBackend {
             });
         }
         let cf = self.cf(state)?;
-        scan_cf(&self.db, cf, range, self.max_parallelism)
+        scan_cf(&self.db, &cf, range, self.max_parallelism)
     }
 
     /// A bounded write batch over this backend.
@@ -257,7 +253,7 @@ impl StateBackend {
         for s in &self.states {
             let cf = self.cf(s)?;
             self.db
-                .flush_cf(cf)
+                .flush_cf(&cf)
                 .map_err(Error::rocks(format!("flush state {s}")))?;
         }
         Ok(())
@@ -270,7 +266,7 @@ impl StateBackend {
         for s in &self.states {
             let cf = self.cf(s)?;
             self.db
-                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+                .compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &opts);
         }
         Ok(())
     }
@@ -282,7 +278,7 @@ pub fn scan_cf(
     cf: &impl rocksdb::AsColumnFamilyRef,
     range: KeyGroupRange,
     max_parallelism: u32,
-) -> Result<Vec<StateEntry>> {
+) -> Result<Vec<Entry>> {
     let (lower, upper) = range.key_interval(max_parallelism);
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(upper);
@@ -326,7 +322,8 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len() + value.len();
-        self.batch.put_cf(cf, k, value);
+        self.batch.put_cf(&cf, k, value);
+        drop(cf);
         self.entries += 1;
         self.maybe_commit()
     }
@@ -336,7 +333,8 @@ impl StateBatch<'_> {
         let k = self.backend.stored_key(key_group, key)?;
         let cf = self.backend.cf(state)?;
         self.bytes += k.len();
-        self.batch.delete_cf(cf, k);
+        self.batch.delete_cf(&cf, k);
+        drop(cf);
         self.entries += 1;
         self.maybe_commit()
     }

@@ -191,11 +191,13 @@ impl IncrementalSnapshotter {
                         s.key_groups = info.key_groups.or(prev.key_groups);
                         reused.push(s);
                     }
-                    _ => to_upload.push(f),
+                    _ => to_upload.push(f.clone()),
                 },
-                None => private_files.push(f),
+                None => private_files.push(f.clone()),
             }
         }
+        // Owned items keep the upload future `Send`: a stream over borrowed items trips rustc's
+        // higher-ranked lifetime inference when the future is spawned.
         let dir = snapshot.dir.clone();
         let uploaded: Vec<SharedFile> = futures::stream::iter(to_upload)
             .map(|f| {

@@ -45,7 +45,7 @@ pub async fn cluster(test: &str) -> Option<Client> {
         .with_test_writer()
         .try_init();
     // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    regroup::tls::install_crypto_provider();
     let client = Client::try_default()
         .await
         .expect("a client from KUBECONFIG");

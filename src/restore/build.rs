@@ -1,0 +1,342 @@
+//! The I/O of a restore: downloads, then the DB built from them (open, copy, ingest, clip).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::StreamExt;
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use tracing::{debug, info};
+
+use super::ingest;
+use super::plan::{InputMethod, PlannedInput, RestoreKind, SubtaskPlan};
+use crate::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
+use crate::checkpoint::store::DOWNLOAD_PARALLELISM;
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SubtaskHandle};
+use crate::error::{Error, Result};
+use crate::keygroup::KeyGroupRange;
+
+/// The directory, inside the work directory, where the new DB is built.
+pub const DB_DIR: &str = "db";
+/// The directory, inside the work directory, where inputs are downloaded.
+const INPUTS_DIR: &str = "inputs";
+
+/// Counters of one build.
+#[derive(Debug, Default)]
+pub struct BuildStats {
+    pub downloaded_files: usize,
+    pub downloaded_bytes: u64,
+    pub ingested_files: usize,
+    pub copied_keys: u64,
+    pub download_seconds: f64,
+    pub build_seconds: f64,
+}
+
+/// Where an input's files go: the DB directory itself for `Whole` and `Base`, else its own.
+fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
+    match input.method {
+        InputMethod::Whole | InputMethod::Base => work.join(DB_DIR),
+        InputMethod::Copy | InputMethod::Ingest => {
+            work.join(INPUTS_DIR).join(input.old_subtask.to_string())
+        }
+    }
+}
+
+/// Builds the DB of `plan` in `work/db`.
+pub async fn build(
+    store: &CheckpointStore,
+    meta: &CheckpointMetadata,
+    plan: &SubtaskPlan,
+    column_families: &[String],
+    work: &Path,
+) -> Result<BuildStats> {
+    let mut stats = BuildStats::default();
+    let started = Instant::now();
+    download(store, meta, plan, work, &mut stats).await?;
+    stats.download_seconds = started.elapsed().as_secs_f64();
+    let building = Instant::now();
+    let work = work.to_path_buf();
+    let meta = meta.clone();
+    let plan = plan.clone();
+    let column_families = column_families.to_vec();
+    let stats = tokio::task::spawn_blocking(move || {
+        merge(&meta, &plan, &column_families, &work, &mut stats)?;
+        stats.build_seconds = building.elapsed().as_secs_f64();
+        Ok::<_, Error>(stats)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("restore task failed: {e}")))??;
+    Ok(stats)
+}
+
+/// Downloads every file the plan needs, verified, with bounded parallelism over all inputs.
+async fn download(
+    store: &CheckpointStore,
+    meta: &CheckpointMetadata,
+    plan: &SubtaskPlan,
+    work: &Path,
+    stats: &mut BuildStats,
+) -> Result<()> {
+    let mut jobs: Vec<(PathBuf, &FileRef, String)> = Vec::new();
+    for input in &plan.inputs {
+        let h = &meta.handles[input.old_subtask as usize];
+        let referenced_in = store
+            .paths()
+            .relative(&store.paths().handle(h.checkpoint_id, h.subtask));
+        let dir = input_dir(work, input);
+        std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+        for &i in &input.shared_files {
+            let f = &h.shared[i];
+            jobs.push((dir.join(&f.local_name), &f.file, referenced_in.clone()));
+        }
+        if input.private_files {
+            for p in &h.private {
+                jobs.push((dir.join(&p.local_name), &p.file, referenced_in.clone()));
+            }
+        }
+    }
+    let total: u64 = jobs.iter().map(|(_, f, _)| f.size).sum();
+    info!(
+        files = jobs.len(),
+        bytes = total,
+        handles = plan.inputs.len(),
+        "downloading"
+    );
+    let mut done_bytes = 0u64;
+    let mut next_report = total / 10;
+    let mut first_error = None;
+    // Every transfer runs to its end (no cancellation mid-write); the first error wins.
+    let mut transfers = futures::stream::iter(jobs.iter())
+        .map(|(local, file, referenced_in)| async move {
+            store
+                .download_file(file, local, referenced_in)
+                .await
+                .map(|()| file.size)
+        })
+        .buffer_unordered(DOWNLOAD_PARALLELISM);
+    while let Some(result) = transfers.next().await {
+        match result {
+            Ok(size) => {
+                done_bytes += size;
+                stats.downloaded_files += 1;
+                if done_bytes >= next_report && total > 0 {
+                    info!(bytes = done_bytes, of = total, "downloaded");
+                    next_report = done_bytes + total / 10;
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    stats.downloaded_bytes = done_bytes;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn open_db(dir: &Path, column_families: &[String]) -> Result<DB> {
+    let descriptors = column_families
+        .iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, db_options()));
+    DB::open_cf_descriptors(&db_options(), dir, descriptors)
+        .map_err(Error::rocks(format!("open {}", dir.display())))
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<std::sync::Arc<rocksdb::BoundColumnFamily<'a>>> {
+    db.cf_handle(name)
+        .ok_or_else(|| Error::Other(format!("column family {name} missing in the new DB")))
+}
+
+/// Builds `work/db` from the downloaded inputs.
+fn merge(
+    meta: &CheckpointMetadata,
+    plan: &SubtaskPlan,
+    column_families: &[String],
+    work: &Path,
+    stats: &mut BuildStats,
+) -> Result<()> {
+    let db_dir = work.join(DB_DIR);
+    std::fs::create_dir_all(&db_dir).map_err(Error::io("create directory", &db_dir))?;
+    let db = open_db(&db_dir, column_families)?;
+    if plan.kind == RestoreKind::Unchanged {
+        // The handle's files are the DB; opening it proves they form one.
+        return Ok(());
+    }
+    let max_parallelism = meta.max_parallelism;
+    for input in plan
+        .inputs
+        .iter()
+        .filter(|i| i.method == InputMethod::Ingest)
+    {
+        let h = &meta.handles[input.old_subtask as usize];
+        stats.ingested_files += ingest_handle(&db, h, input, &input_dir(work, input))?;
+    }
+    for input in plan.inputs.iter().filter(|i| i.method == InputMethod::Copy) {
+        let h = &meta.handles[input.old_subtask as usize];
+        let dir = input_dir(work, input);
+        stats.copied_keys += copy_handle(&db, h, input.intersection, max_parallelism, &dir)?;
+        std::fs::remove_dir_all(&dir).map_err(Error::io("remove", &dir))?;
+    }
+    for name in column_families {
+        let handle = cf(&db, name)?;
+        db.flush_cf(&handle)
+            .map_err(Error::rocks(format!("flush column family {name}")))?;
+    }
+    clip(&db, column_families, plan.range, max_parallelism)?;
+    Ok(())
+}
+
+/// The file number in an SST name such as `000123.sst`, for ordering L0 files oldest first.
+fn file_number(name: &str) -> u64 {
+    name.trim_end_matches(".sst").parse().unwrap_or(u64::MAX)
+}
+
+/// Ingests a handle's downloaded SST files, one call per column family, lowest level first and
+/// within L0 oldest first (the order RocksDB needs to keep newer versions above older ones).
+fn ingest_handle(db: &DB, h: &SubtaskHandle, input: &PlannedInput, dir: &Path) -> Result<usize> {
+    let mut by_cf: std::collections::BTreeMap<&str, Vec<(i32, u64, PathBuf)>> = Default::default();
+    for &i in &input.shared_files {
+        let f = &h.shared[i];
+        let name = f
+            .column_family
+            .as_deref()
+            .unwrap_or(crate::backend::DEFAULT_STATE);
+        by_cf.entry(name).or_default().push((
+            f.level.unwrap_or(0),
+            file_number(&f.local_name),
+            dir.join(&f.local_name),
+        ));
+    }
+    let mut count = 0;
+    for (name, mut files) in by_cf {
+        files.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let paths: Vec<&Path> = files.iter().map(|(_, _, p)| p.as_path()).collect();
+        let handle = cf(db, name)?;
+        let context = format!(
+            "{} files of column family {name} of the handle of subtask {} ({}), checkpoint {}",
+            paths.len(),
+            h.subtask,
+            h.key_group_range,
+            h.checkpoint_id
+        );
+        ingest::ingest_db_generated_files(db, &handle, &paths, &context)?;
+        debug!(%context, "ingested");
+        count += paths.len();
+    }
+    info!(subtask = h.subtask, files = count, "ingested handle");
+    Ok(count)
+}
+
+/// Copies the records of `range` from the handle's DB in `dir` into `db`, in write batches
+/// bounded in entries and bytes, WAL off.
+fn copy_handle(
+    db: &DB,
+    h: &SubtaskHandle,
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    dir: &Path,
+) -> Result<u64> {
+    let context = format!(
+        "the handle of subtask {} ({}) of checkpoint {} in {}",
+        h.subtask,
+        h.key_group_range,
+        h.checkpoint_id,
+        dir.display()
+    );
+    let opts = db_options();
+    let names = DB::list_cf(&opts, dir)
+        .map_err(Error::rocks(format!("list column families of {context}")))?;
+    let source = DB::open_cf_for_read_only(&opts, dir, &names, false)
+        .map_err(Error::rocks(format!("open {context}")))?;
+    let (lower, upper) = range.key_interval(max_parallelism);
+    let mut copied = 0u64;
+    for name in &names {
+        let from = source
+            .cf_handle(name)
+            .ok_or_else(|| Error::Other(format!("column family {name} missing in {context}")))?;
+        let to = cf(db, name)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.clone());
+        ro.fill_cache(false);
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0usize;
+        for item in
+            source.iterator_cf_opt(&from, ro, IteratorMode::From(&lower, Direction::Forward))
+        {
+            let (k, v) = item.map_err(Error::rocks(format!("read {context}")))?;
+            bytes += k.len() + v.len();
+            batch.put_cf(&to, &k, &v);
+            copied += 1;
+            if batch.len() >= BATCH_MAX_ENTRIES || bytes >= BATCH_MAX_BYTES {
+                db.write_opt(std::mem::take(&mut batch), &write_options())
+                    .map_err(Error::rocks(format!("write records of {context}")))?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            db.write_opt(batch, &write_options())
+                .map_err(Error::rocks(format!("write records of {context}")))?;
+        }
+    }
+    info!(subtask = h.subtask, keys = copied, "copied handle");
+    Ok(copied)
+}
+
+/// Removes every key outside `range` from every column family: whole files first
+/// (end-exclusive `DeleteFilesInRange`), then range tombstones, then a compaction of just those
+/// intervals so the tombstones do not survive into later checkpoints (whose files are ingested
+/// next to other handles' files and must not reach outside their range).
+fn clip(
+    db: &DB,
+    column_families: &[String],
+    range: KeyGroupRange,
+    max_parallelism: u32,
+) -> Result<()> {
+    let mut outside = Vec::new();
+    if range.start > 0 {
+        outside.push(KeyGroupRange::new(0, range.start - 1)?.key_interval(max_parallelism));
+    }
+    if range.end + 1 < max_parallelism {
+        outside.push(
+            KeyGroupRange::new(range.end + 1, max_parallelism - 1)?.key_interval(max_parallelism),
+        );
+    }
+    if outside.is_empty() {
+        return Ok(());
+    }
+    let live = db
+        .live_files()
+        .map_err(Error::rocks("list live files of the new DB"))?;
+    let mut compact = rocksdb::CompactOptions::default();
+    compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+    for name in column_families {
+        // Only intervals some file of this column family reaches into need clipping.
+        let reached: Vec<&(Vec<u8>, Vec<u8>)> = outside
+            .iter()
+            .filter(|(lower, upper)| {
+                live.iter().any(|f| {
+                    f.column_family_name == *name
+                        && f.start_key.as_deref().is_none_or(|s| s < upper.as_slice())
+                        && f.end_key.as_deref().is_none_or(|e| e >= lower.as_slice())
+                })
+            })
+            .collect();
+        if reached.is_empty() {
+            continue;
+        }
+        let handle = cf(db, name)?;
+        for (lower, upper) in &reached {
+            let context = format!("column family {name}, keys outside {range}");
+            ingest::delete_files_in_range(db, &handle, lower, upper, &context)?;
+            db.delete_range_cf_opt(&handle, lower, upper, &write_options())
+                .map_err(Error::rocks(format!("delete range of {context}")))?;
+        }
+        db.flush_cf(&handle)
+            .map_err(Error::rocks(format!("flush column family {name}")))?;
+        for (lower, upper) in &reached {
+            db.compact_range_cf_opt(&handle, Some(lower), Some(upper), &compact);
+        }
+    }
+    Ok(())
+}

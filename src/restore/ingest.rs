@@ -1,0 +1,115 @@
+//! Safe wrappers over the C++ shim (`ingest_shim.cc`, built by `build.rs`): ingestion of
+//! DB-generated SST files and an end-exclusive `DeleteFilesInRange`.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::path::Path;
+
+use rocksdb::{AsColumnFamilyRef, AsRawPtr, DB};
+
+use crate::error::{Error, Result};
+
+unsafe extern "C" {
+    fn regroup_ingest_db_generated_files(
+        db: *mut c_void,
+        cf: *mut c_void,
+        paths: *const *const c_char,
+        count: usize,
+        move_files: c_int,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn regroup_delete_files_in_range(
+        db: *mut c_void,
+        cf: *mut c_void,
+        begin: *const c_char,
+        begin_len: usize,
+        end: *const c_char,
+        end_len: usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn regroup_free_error(error: *mut c_char);
+}
+
+fn take_error(code: c_int, error: *mut c_char) -> Option<String> {
+    if code == 0 {
+        return None;
+    }
+    if error.is_null() {
+        return Some("unknown error".to_owned());
+    }
+    // SAFETY: the shim returns a NUL-terminated malloc'ed string, freed right after copying.
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { regroup_free_error(error) };
+    Some(message)
+}
+
+/// Ingests `files` (SST files written by some RocksDB instance, ordered oldest data first: lowest
+/// LSM level first, within L0 oldest first) into column family `cf` of `db`, keeping their
+/// sequence numbers. The files are moved (hard-linked, then unlinked). They must not overlap
+/// data already in `cf`; they may overlap each other. `context` names them in errors.
+pub fn ingest_db_generated_files(
+    db: &DB,
+    cf: &impl AsColumnFamilyRef,
+    files: &[&Path],
+    context: &str,
+) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<CString> = files
+        .iter()
+        .map(|p| {
+            CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::invalid("file path", p.display(), "a path without NUL bytes"))
+        })
+        .collect::<Result<_>>()?;
+    let ptrs: Vec<*const c_char> = paths.iter().map(|p| p.as_ptr()).collect();
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `db` and `cf` outlive the call; the shim reads `ptrs.len()` valid C strings.
+    let code = unsafe {
+        regroup_ingest_db_generated_files(
+            db.as_raw_ptr().cast(),
+            cf.inner().cast(),
+            ptrs.as_ptr(),
+            ptrs.len(),
+            1,
+            &mut error,
+        )
+    };
+    match take_error(code, error) {
+        None => Ok(()),
+        Some(message) => Err(Error::Other(format!(
+            "rocksdb: ingest {context}: {message}"
+        ))),
+    }
+}
+
+/// Drops the SST files outside L0 whose keys all lie in `[begin, end)` (end excluded).
+pub fn delete_files_in_range(
+    db: &DB,
+    cf: &impl AsColumnFamilyRef,
+    begin: &[u8],
+    end: &[u8],
+    context: &str,
+) -> Result<()> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `db`, `cf` and both slices outlive the call.
+    let code = unsafe {
+        regroup_delete_files_in_range(
+            db.as_raw_ptr().cast(),
+            cf.inner().cast(),
+            begin.as_ptr().cast(),
+            begin.len(),
+            end.as_ptr().cast(),
+            end.len(),
+            &mut error,
+        )
+    };
+    match take_error(code, error) {
+        None => Ok(()),
+        Some(message) => Err(Error::Other(format!(
+            "rocksdb: delete files in range of {context}: {message}"
+        ))),
+    }
+}

@@ -1,0 +1,437 @@
+//! Restore: builds one subtask's RocksDB from a completed checkpoint, with or without rescaling.
+//!
+//! [`restore_subtask`] is what the `regroup restore` init container (and any worker or operator
+//! code) calls. Three paths:
+//!
+//! - **local recovery**: the target already holds the result of restoring exactly this
+//!   checkpoint for exactly this range (a marker file written by the restore, plus the names and
+//!   sizes of every file) — nothing is downloaded;
+//! - **unchanged** range: the handle's files are downloaded into place and the DB is opened;
+//! - **rescaled**: the handles intersecting the range are downloaded (only the SST files that
+//!   intersect it, for `ingest`) and merged by [`Strategy::Copy`] or [`Strategy::Ingest`], then
+//!   the DB is clipped to the range.
+//!
+//! The DB is built in a hidden sibling directory of the target and renamed into place only when
+//! complete; on any failure that directory is removed, so the target never holds a partial DB.
+
+mod build;
+pub mod command;
+mod ingest;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId, SharedFile};
+use crate::error::{Error, Result};
+use crate::keygroup::KeyGroupRange;
+
+pub use plan::{
+    InputMethod, PlanOptions, RescalePlan, RestoreKind, Strategy, SubtaskPlan, plan, plan_ranges,
+    plan_subtask,
+};
+
+/// Name of the marker file the restore writes into the DB directory it produced.
+pub const MARKER_FILE: &str = "REGROUP-RESTORE.json";
+
+/// What to restore, and where.
+#[derive(Clone, Debug)]
+pub struct RestoreRequest {
+    /// Checkpoint to restore; `None` means the latest completed one.
+    pub checkpoint: Option<u64>,
+    /// New subtask index.
+    pub subtask: u32,
+    /// New parallelism.
+    pub parallelism: u32,
+    /// Directory of the DB to build. Its parent must exist or be creatable, on the volume the
+    /// worker will use (the DB is built next to it and renamed into place).
+    pub target: PathBuf,
+    /// How the inputs of a rescaling restore are merged.
+    pub strategy: Strategy,
+    /// See [`PlanOptions::overlap_fraction_threshold`].
+    pub overlap_fraction_threshold: f64,
+}
+
+impl RestoreRequest {
+    /// A request with the default strategy (`ingest`) and threshold (0).
+    pub fn new(checkpoint: Option<u64>, subtask: u32, parallelism: u32, target: &Path) -> Self {
+        Self {
+            checkpoint,
+            subtask,
+            parallelism,
+            target: target.to_path_buf(),
+            strategy: Strategy::Ingest,
+            overlap_fraction_threshold: 0.0,
+        }
+    }
+
+    fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            strategy: self.strategy,
+            overlap_fraction_threshold: self.overlap_fraction_threshold,
+        }
+    }
+}
+
+/// Which path a restore took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// The target already held this restore's result; nothing was downloaded.
+    LocalRecovery,
+    /// One handle's files, downloaded into place.
+    Unchanged,
+    /// Several handles merged and clipped.
+    Rescaled,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSummary {
+    /// The job.
+    pub job: JobId,
+    /// The checkpoint restored.
+    pub checkpoint_id: u64,
+    /// New subtask index.
+    pub subtask: u32,
+    /// New parallelism.
+    pub parallelism: u32,
+    /// Key groups of the job.
+    pub max_parallelism: u32,
+    /// Key groups of the restored DB.
+    pub range: KeyGroupRange,
+    /// The path taken.
+    pub mode: RestoreMode,
+    /// The merge strategy (rescaled restores only).
+    pub strategy: Option<Strategy>,
+    /// Old subtask of the initial handle, if any.
+    pub initial: Option<u32>,
+    /// Old subtasks whose handles fed the DB, with how each was used.
+    pub inputs: Vec<(u32, InputMethod)>,
+    /// Column families of the restored DB.
+    pub column_families: Vec<String>,
+    /// Files downloaded.
+    pub downloaded_files: usize,
+    /// Bytes downloaded (0 for local recovery).
+    pub downloaded_bytes: u64,
+    /// SST files of intersecting handles not downloaded because they hold no key of the range.
+    pub skipped_files: usize,
+    /// SST files ingested without rewriting.
+    pub ingested_files: usize,
+    /// Records copied one by one.
+    pub copied_keys: u64,
+    /// Seconds spent downloading.
+    pub download_seconds: f64,
+    /// Seconds spent building the DB after the downloads.
+    pub build_seconds: f64,
+    /// Seconds in all.
+    pub total_seconds: f64,
+    /// Target directory.
+    pub target: PathBuf,
+    /// SST files that the DB holds under their stored names (unchanged restores), which the next
+    /// incremental snapshot may reference instead of uploading
+    /// ([`crate::backend::IncrementalSnapshotter::seed_confirmed`]).
+    #[serde(skip)]
+    pub reusable_files: Vec<SharedFile>,
+}
+
+impl RestoreSummary {
+    /// One human-readable line.
+    pub fn line(&self) -> String {
+        let inputs: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|(s, m)| format!("{s}:{m}"))
+            .collect();
+        format!(
+            "restored checkpoint {} of {} for subtask {}/{} key groups {} into {}: {}{}, inputs [{}], downloaded {} files {} bytes ({} skipped), ingested {} files, copied {} keys, {:.2}s (download {:.2}s, build {:.2}s)",
+            self.checkpoint_id,
+            self.job,
+            self.subtask,
+            self.parallelism,
+            self.range,
+            self.target.display(),
+            match self.mode {
+                RestoreMode::LocalRecovery => "local recovery",
+                RestoreMode::Unchanged => "unchanged range",
+                RestoreMode::Rescaled => "rescaled",
+            },
+            self.strategy.map(|s| format!(" ({s})")).unwrap_or_default(),
+            inputs.join(", "),
+            self.downloaded_files,
+            self.downloaded_bytes,
+            self.skipped_files,
+            self.ingested_files,
+            self.copied_keys,
+            self.total_seconds,
+            self.download_seconds,
+            self.build_seconds,
+        )
+    }
+}
+
+/// The marker a restore leaves in the DB it built: which restore produced it, and its files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreMarker {
+    /// The job.
+    pub job: JobId,
+    /// The checkpoint restored.
+    pub checkpoint_id: u64,
+    /// Key groups of the job.
+    pub max_parallelism: u32,
+    /// Key groups of the DB.
+    pub range: KeyGroupRange,
+    /// Every file of the directory (the marker excepted) with its size, when the restore ended.
+    pub files: BTreeMap<String, u64>,
+}
+
+impl RestoreMarker {
+    fn read(dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(dir.join(MARKER_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(MARKER_FILE);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Json {
+            file: path.display().to_string(),
+            source,
+        })?;
+        std::fs::write(&path, bytes).map_err(Error::io("write", &path))
+    }
+}
+
+/// Names and sizes of the files of `dir`, the marker excepted.
+fn list_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        let entry = entry.map_err(Error::io("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == MARKER_FILE {
+            continue;
+        }
+        let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
+        out.insert(name, meta.len());
+    }
+    Ok(out)
+}
+
+/// True when `dir` holds, untouched, the result of restoring `checkpoint_id` for `range`: the
+/// marker matches and the directory holds exactly the files it lists, with their sizes. A DB
+/// that a worker has opened since (new MANIFEST, LOG, SST files) no longer matches.
+pub fn is_local_copy(
+    dir: &Path,
+    job: &JobId,
+    checkpoint_id: u64,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+) -> bool {
+    let Some(marker) = RestoreMarker::read(dir) else {
+        return false;
+    };
+    marker.job == *job
+        && marker.checkpoint_id == checkpoint_id
+        && marker.max_parallelism == max_parallelism
+        && marker.range == range
+        && list_files(dir).is_ok_and(|files| files == marker.files)
+}
+
+/// Reads the metadata of the requested checkpoint (the latest completed one by default).
+pub async fn resolve_checkpoint(
+    store: &CheckpointStore,
+    checkpoint: Option<u64>,
+) -> Result<CheckpointMetadata> {
+    match checkpoint {
+        Some(id) => store.read_metadata(id).await,
+        None => store.latest_completed().await?.ok_or_else(|| {
+            Error::invalid(
+                "checkpoint",
+                "latest",
+                format!(
+                    "a completed checkpoint, but {} holds none for job {}",
+                    store.url(),
+                    store.job()
+                ),
+            )
+        }),
+    }
+}
+
+/// Builds the DB of `request.subtask` at `request.target` from a completed checkpoint.
+pub async fn restore_subtask(
+    store: &CheckpointStore,
+    request: &RestoreRequest,
+) -> Result<RestoreSummary> {
+    let started = Instant::now();
+    let options = request.plan_options();
+    options.validate()?;
+    let meta = resolve_checkpoint(store, request.checkpoint).await?;
+    let plan = plan_subtask(&meta, request.parallelism, request.subtask, &options)?;
+    let target = absolute(&request.target)?;
+    let mut summary = RestoreSummary {
+        job: meta.job.clone(),
+        checkpoint_id: meta.checkpoint_id,
+        subtask: request.subtask,
+        parallelism: request.parallelism,
+        max_parallelism: meta.max_parallelism,
+        range: plan.range,
+        mode: match plan.kind {
+            RestoreKind::Unchanged => RestoreMode::Unchanged,
+            RestoreKind::Rescaled => RestoreMode::Rescaled,
+        },
+        strategy: (plan.kind == RestoreKind::Rescaled).then_some(request.strategy),
+        initial: plan.initial,
+        inputs: plan
+            .inputs
+            .iter()
+            .map(|i| (i.old_subtask, i.method))
+            .collect(),
+        column_families: column_families(&meta, &plan),
+        downloaded_files: 0,
+        downloaded_bytes: 0,
+        skipped_files: plan.inputs.iter().map(|i| i.skipped_files).sum(),
+        ingested_files: 0,
+        copied_keys: 0,
+        download_seconds: 0.0,
+        build_seconds: 0.0,
+        total_seconds: 0.0,
+        target: target.clone(),
+        reusable_files: Vec::new(),
+    };
+    if plan.kind == RestoreKind::Unchanged {
+        summary.reusable_files = meta.handles[plan.inputs[0].old_subtask as usize]
+            .shared
+            .clone();
+    }
+
+    if is_local_copy(
+        &target,
+        &meta.job,
+        meta.checkpoint_id,
+        meta.max_parallelism,
+        plan.range,
+    ) {
+        summary.mode = RestoreMode::LocalRecovery;
+        summary.strategy = None;
+        summary.skipped_files = 0;
+        summary.total_seconds = started.elapsed().as_secs_f64();
+        info!(target = %target.display(), checkpoint = meta.checkpoint_id, "local recovery: the target already holds this restore");
+        return Ok(summary);
+    }
+
+    let parent = target
+        .parent()
+        .ok_or_else(|| Error::invalid("target", target.display(), "a directory with a parent"))?;
+    std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::invalid("target", target.display(), "a directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    remove_stale_work_dirs(parent, &name);
+    let work = parent.join(format!(".{name}.restore-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&work).map_err(Error::io("create directory", &work))?;
+
+    let result = build::build(store, &meta, &plan, &summary.column_families, &work).await;
+    let outcome = match result {
+        Ok(stats) => finish(&work, &target, &meta, &plan).map(|()| stats),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = std::fs::remove_dir_all(&work)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(dir = %work.display(), error = %e, "cannot remove the restore's work directory");
+    }
+    let stats = outcome?;
+    summary.downloaded_files = stats.downloaded_files;
+    summary.downloaded_bytes = stats.downloaded_bytes;
+    summary.ingested_files = stats.ingested_files;
+    summary.copied_keys = stats.copied_keys;
+    summary.download_seconds = stats.download_seconds;
+    summary.build_seconds = stats.build_seconds;
+    summary.total_seconds = started.elapsed().as_secs_f64();
+    info!(
+        checkpoint = summary.checkpoint_id,
+        subtask = summary.subtask,
+        mode = ?summary.mode,
+        downloaded_bytes = summary.downloaded_bytes,
+        ingested_files = summary.ingested_files,
+        copied_keys = summary.copied_keys,
+        seconds = summary.total_seconds,
+        "restore complete"
+    );
+    Ok(summary)
+}
+
+/// Column families of the restored DB: those of every input handle, `default` first.
+fn column_families(meta: &CheckpointMetadata, plan: &SubtaskPlan) -> Vec<String> {
+    let mut out = vec![crate::backend::DEFAULT_STATE.to_owned()];
+    for input in &plan.inputs {
+        let h = &meta.handles[input.old_subtask as usize];
+        let names = h
+            .column_families
+            .iter()
+            .chain(h.shared.iter().filter_map(|f| f.column_family.as_ref()));
+        for name in names {
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Writes the marker, then renames the finished DB over the target.
+fn finish(work: &Path, target: &Path, meta: &CheckpointMetadata, plan: &SubtaskPlan) -> Result<()> {
+    let db = work.join(build::DB_DIR);
+    let marker = RestoreMarker {
+        job: meta.job.clone(),
+        checkpoint_id: meta.checkpoint_id,
+        max_parallelism: meta.max_parallelism,
+        range: plan.range,
+        files: list_files(&db)?,
+    };
+    marker.write(&db)?;
+    sync_dir(&db)?;
+    if target.exists() {
+        // A stale DB (another checkpoint, another range, or opened since): replaced only now
+        // that the new one is complete.
+        std::fs::remove_dir_all(target).map_err(Error::io("remove", target))?;
+    }
+    std::fs::rename(&db, target).map_err(Error::io("rename into place", target))?;
+    if let Some(parent) = target.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("sync", dir))
+}
+
+/// Removes work directories a killed restore of the same target left behind.
+fn remove_stale_work_dirs(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.restore-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            warn!(dir = %path.display(), "removing the work directory of an interrupted restore");
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(Error::io("resolve", path))
+}

@@ -1,0 +1,294 @@
+//! The worker's HTTP API: checkpoint requests from the operator, health, readiness, metrics.
+//!
+//! Every `/v1/` route needs the job's bearer token; a refused request changes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::Shared;
+use super::auth::{Refusal, admit};
+use super::checkpoints::{Begin, Notice};
+use super::marker::{LocalCheckpointMarker, MARKER_VERSION};
+
+/// Body of `POST /v1/checkpoints`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRequest {
+    /// Checkpoint id, chosen by the operator.
+    pub id: u64,
+    /// Epoch of the worker generation the operator addresses.
+    pub epoch: u64,
+    /// Stop-with-checkpoint: pause processing first and keep it paused.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// Optional body of the complete/abort notices.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeRequest {
+    /// Epoch of the worker generation the operator addresses.
+    pub epoch: Option<u64>,
+}
+
+/// The router of the worker API over `shared`.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/checkpoints", post(trigger))
+        .route("/v1/checkpoints/{id}", get(status))
+        .route("/v1/checkpoints/{id}/complete", post(complete))
+        .route("/v1/checkpoints/{id}/abort", post(abort))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn refused(r: Refusal, what: &str) -> Response {
+    warn!(refused = ?r, request = what, "request refused");
+    let mut resp = error(r.status(), r.message());
+    if r.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static header"),
+        );
+    }
+    resp
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    body: &Bytes,
+    allow_empty: bool,
+) -> Result<T, Box<Response>> {
+    if body.is_empty() && allow_empty {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}; expected JSON like {{\"id\": 7, \"epoch\": 1, \"stop\": false}}"),
+        ))
+    })
+}
+
+async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    // The token is checked before the body is even parsed: no information without it.
+    if let Err(r) = shared.token.check(authorization(&headers)) {
+        return refused(r, "checkpoint");
+    }
+    let req: CheckpointRequest = match parse_body(&body, false) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    if let Err(r) = admit(
+        &shared.token,
+        authorization(&headers),
+        Some(req.epoch),
+        shared.identity.epoch,
+    ) {
+        return refused(r, "checkpoint");
+    }
+    let Some(running) = shared.running.get() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the state is not open yet");
+    };
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the worker is shutting down",
+        );
+    }
+    let begin = shared.table().begin(req.id, req.epoch, req.stop);
+    match begin {
+        Err(e) => return error(e.status(), e.message()),
+        Ok(Begin::Repeat(record)) => {
+            return (StatusCode::ACCEPTED, axum::Json(record)).into_response();
+        }
+        Ok(Begin::Start) => {}
+    }
+    let started = Instant::now();
+    info!(checkpoint = req.id, stop = req.stop, "checkpoint requested");
+    let snapshot = match running.engine.capture(req.id, req.stop).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("native checkpoint failed: {e}");
+            shared.metrics.checkpoints_failed.inc();
+            shared.table().finish(req.id, Err(reason.clone()));
+            return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
+        }
+    };
+    let task_shared = shared.clone();
+    let snapshotter = running.snapshotter.clone();
+    let instance_id = running.backend.instance_id().to_owned();
+    let id = req.id;
+    let stop = req.stop;
+    shared.spawn_upload(async move {
+        let shared = task_shared;
+        if let Some(delay) = shared.upload_delay {
+            tokio::time::sleep(delay).await;
+        }
+        let outcome = snapshotter.upload(snapshot, &shared.store).await;
+        let outcome = match outcome {
+            Ok(handle) => {
+                shared
+                    .metrics
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .checkpoint_uploaded_bytes
+                    .inc_by(handle.bytes_uploaded);
+                shared
+                    .metrics
+                    .checkpoint_size_bytes
+                    .set(handle.bytes_total as i64);
+                shared.metrics.checkpoints_completed.inc();
+                if stop {
+                    let i = &shared.identity;
+                    let marker = LocalCheckpointMarker {
+                        format_version: MARKER_VERSION,
+                        job: i.job.clone(),
+                        checkpoint_id: id,
+                        instance_id,
+                        subtask: i.subtask,
+                        parallelism: i.parallelism,
+                        max_parallelism: i.max_parallelism,
+                        key_group_range: i.range,
+                        epoch: i.epoch,
+                        created_at: chrono::Utc::now(),
+                    };
+                    if let Err(e) = marker.write(&i.state_dir) {
+                        warn!(error = %e, "cannot write the local checkpoint marker");
+                    }
+                }
+                Ok(handle)
+            }
+            Err(e) => {
+                warn!(checkpoint = id, error = %e, "checkpoint upload failed");
+                shared.metrics.checkpoints_failed.inc();
+                Err(e.to_string())
+            }
+        };
+        let effect = shared.table().finish(id, outcome);
+        shared.apply(effect);
+    });
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "id": id, "epoch": req.epoch, "stop": stop, "status": "in_progress" })),
+    )
+        .into_response()
+}
+
+async fn status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    if let Err(r) = shared.token.check(authorization(&headers)) {
+        return refused(r, "checkpoint status");
+    }
+    let table = shared.table();
+    match table.get(id) {
+        Ok(record) => (StatusCode::OK, axum::Json(record.clone())).into_response(),
+        Err(e) => error(e.status(), e.message()),
+    }
+}
+
+async fn complete(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Response {
+    notice(shared, headers, id, body, Notice::Complete)
+}
+
+async fn abort(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Response {
+    notice(shared, headers, id, body, Notice::Abort)
+}
+
+fn notice(shared: Arc<Shared>, headers: HeaderMap, id: u64, body: Bytes, n: Notice) -> Response {
+    if let Err(r) = shared.token.check(authorization(&headers)) {
+        return refused(r, "checkpoint notice");
+    }
+    let req: NoticeRequest = match parse_body(&body, true) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    if let Err(r) = admit(
+        &shared.token,
+        authorization(&headers),
+        req.epoch,
+        shared.identity.epoch,
+    ) {
+        return refused(r, "checkpoint notice");
+    }
+    let effect = shared.table().notify(id, n);
+    match effect {
+        Ok(effect) => {
+            info!(checkpoint = id, notice = ?n, "checkpoint notice");
+            shared.apply(effect);
+            (StatusCode::OK, axum::Json(json!({ "id": id, "notice": n }))).into_response()
+        }
+        Err(e) => error(e.status(), e.message()),
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match shared.running.get() {
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "opening the state"),
+        Some(_) => {
+            let paused_by = shared.table().stopped_by();
+            let body = json!({
+                "epoch": shared.identity.epoch,
+                "subtask": shared.identity.subtask,
+                "keyGroupRange": shared.identity.range,
+                "processing": paused_by.is_none(),
+                "stoppedByCheckpoint": paused_by,
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(running) = shared.running.get() {
+        shared.metrics.keys.set(running.estimated_keys() as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}

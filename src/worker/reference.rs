@@ -1,0 +1,474 @@
+//! The reference job behind `regroup worker`: a deterministic keyed workload whose correct state
+//! is known exactly, so the [`super::oracle`] can prove a checkpoint lost or duplicated nothing.
+//!
+//! Every key group `g` has its own replayable source: event `n` of `g` is a pure function of
+//! `(g, n)` ([`event`]) that picks one of the group's `K` keys ([`KeySpace`]) and a delta. The
+//! job keeps per key a count (`counts` state) and a sum of deltas (`sums` state), and stores the
+//! key group's source position (the next `n`, with `K`) in the `default` state in the same write
+//! batch as the state it produced, so state and position always agree.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::{KeyedJob, Step, WorkerConfig};
+use crate::backend::{DEFAULT_STATE, StateBackend, StateBatch};
+use crate::error::{Error, Result};
+use crate::keygroup::{KeyGroupRange, key_group_for_key};
+
+/// Named state of per-key event counts (u64, big-endian).
+pub const COUNTS: &str = "counts";
+/// Named state of per-key sums of deltas (u64, big-endian).
+pub const SUMS: &str = "sums";
+/// Key (in every key group, `default` state) of the key group's source position.
+pub const POSITION_KEY: &[u8] = b"position";
+/// Seed of the event hash; changing it changes every event.
+const EVENT_SEED: u64 = 0x7265_6772_6f75_7021;
+
+/// `regroup worker`: the reference job on the worker runtime.
+#[derive(Args, Debug, Clone)]
+pub struct ReferenceWorkerArgs {
+    /// Runtime configuration.
+    #[command(flatten)]
+    pub runtime: WorkerConfig,
+    /// Workload.
+    #[command(flatten)]
+    pub job: ReferenceJobArgs,
+}
+
+/// The reference workload's knobs.
+#[derive(Args, Debug, Clone)]
+pub struct ReferenceJobArgs {
+    /// Events per second of this worker; 0 = as fast as possible (still yielding between steps).
+    #[arg(long, env = "REGROUP_RATE", default_value_t = 1000)]
+    pub rate: u64,
+    /// Distinct keys in each key group (fixed for the life of the job's state).
+    #[arg(long, env = "REGROUP_KEYS_PER_GROUP", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keys_per_group: u32,
+    /// Events of one key group applied per step (one write batch).
+    #[arg(long, env = "REGROUP_EVENTS_PER_STEP", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub events_per_step: u32,
+}
+
+/// One event of a key group's source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Index of the key among the group's keys.
+    pub key_index: u32,
+    /// Amount added to the key's sum.
+    pub delta: u64,
+}
+
+/// Event `n` of key group `g` when each group has `keys_per_group` keys: a pure function.
+pub fn event(g: u32, n: u64, keys_per_group: u32) -> Event {
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&g.to_be_bytes());
+    bytes[4..].copy_from_slice(&n.to_be_bytes());
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, EVENT_SEED);
+    Event {
+        key_index: (h % u64::from(keys_per_group)) as u32,
+        delta: (h >> 40) % 1000 + 1,
+    }
+}
+
+/// The keys of every key group: the first `K` names `key-<c>` (c = 0, 1, ...) whose hash falls
+/// into that group. Derived from `(M, K)` alone, so the oracle computes the same table.
+#[derive(Debug)]
+pub struct KeySpace {
+    keys_per_group: u32,
+    groups: Vec<Vec<String>>,
+}
+
+impl KeySpace {
+    /// The key space of `max_parallelism` key groups with `keys_per_group` keys each.
+    pub fn new(max_parallelism: u32, keys_per_group: u32) -> Self {
+        let m = max_parallelism as usize;
+        let k = keys_per_group as usize;
+        let mut groups: Vec<Vec<String>> = vec![Vec::with_capacity(k); m];
+        let mut missing = m * k;
+        let mut c: u64 = 0;
+        while missing > 0 {
+            let key = format!("key-{c}");
+            let g = key_group_for_key(key.as_bytes(), max_parallelism) as usize;
+            if groups[g].len() < k {
+                groups[g].push(key);
+                missing -= 1;
+            }
+            c += 1;
+        }
+        Self {
+            keys_per_group,
+            groups,
+        }
+    }
+
+    /// Keys per key group.
+    pub fn keys_per_group(&self) -> u32 {
+        self.keys_per_group
+    }
+
+    /// The keys of key group `g`.
+    pub fn keys(&self, g: u32) -> &[String] {
+        &self.groups[g as usize]
+    }
+}
+
+/// A key group's source position as stored: the next event index and `K`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Index of the next event to apply: events `0..next` are in the state.
+    pub next: u64,
+    /// Keys per key group the state was built with.
+    pub keys_per_group: u32,
+}
+
+impl Position {
+    /// 12 bytes: `next` then `keys_per_group`, big-endian.
+    pub fn encode(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&self.next.to_be_bytes());
+        b[8..].copy_from_slice(&self.keys_per_group.to_be_bytes());
+        b
+    }
+
+    /// Parses [`Position::encode`]'s output.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let b: &[u8; 12] = bytes.try_into().ok()?;
+        Some(Self {
+            next: u64::from_be_bytes(b[..8].try_into().ok()?),
+            keys_per_group: u32::from_be_bytes(b[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// Decodes a stored u64 counter value.
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The state events `0..next` of key group `g` produce: per key, (count, sum).
+pub fn expected_state(keys: &KeySpace, g: u32, next: u64) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let names = keys.keys(g);
+    for n in 0..next {
+        let e = event(g, n, keys.keys_per_group());
+        let v = out.entry(names[e.key_index as usize].clone()).or_default();
+        v.0 += 1;
+        v.1 += e.delta;
+    }
+    out
+}
+
+/// The reference job: applies each owned key group's events, round-robin, paced to a rate.
+pub struct ReferenceJob {
+    args: ReferenceJobArgs,
+    keys: Arc<KeySpace>,
+    range: KeyGroupRange,
+    positions: Vec<u64>,
+    cursor: u32,
+    started: Option<Instant>,
+    applied: u64,
+}
+
+impl ReferenceJob {
+    /// The job for the key groups of `range` out of `max_parallelism`.
+    pub fn new(args: ReferenceJobArgs, max_parallelism: u32, range: KeyGroupRange) -> Self {
+        let keys = Arc::new(KeySpace::new(max_parallelism, args.keys_per_group));
+        Self {
+            args,
+            keys,
+            range,
+            positions: vec![0; range.len() as usize],
+            cursor: 0,
+            started: None,
+            applied: 0,
+        }
+    }
+
+    /// Events the rate allows now, at most one step's worth; `Err(wait)` until enough are due
+    /// for a step of reasonable size (a step costs reads and a batch write, whatever its size).
+    fn budget(&mut self) -> std::result::Result<u64, Duration> {
+        let per_step = u64::from(self.args.events_per_step);
+        let rate = self.args.rate;
+        if rate == 0 {
+            return Ok(per_step);
+        }
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let elapsed = started.elapsed().as_secs_f64();
+        let due = (elapsed * rate as f64) as u64;
+        let owed = due.saturating_sub(self.applied);
+        // At most 50 ms worth of events per step, so slow rates still progress smoothly.
+        let min_step = per_step.min((rate / 20).max(1));
+        if owed >= min_step {
+            Ok(owed.min(per_step))
+        } else {
+            let next_due = (self.applied + min_step) as f64 / rate as f64;
+            Err(Duration::from_secs_f64((next_due - elapsed).max(0.0005)))
+        }
+    }
+}
+
+impl KeyedJob for ReferenceJob {
+    fn states(&self) -> Vec<String> {
+        vec![COUNTS.to_owned(), SUMS.to_owned()]
+    }
+
+    fn open(&mut self, backend: &StateBackend) -> Result<()> {
+        let stored = backend.scan(DEFAULT_STATE)?;
+        let mut found = vec![false; self.range.len() as usize];
+        for (g, key, value) in &stored {
+            if key.as_slice() != POSITION_KEY {
+                continue;
+            }
+            let p = Position::decode(value).ok_or_else(|| Error::Corrupt {
+                file: backend.dir().display().to_string(),
+                detail: format!("position of key group {g} is not 12 bytes"),
+            })?;
+            if p.keys_per_group != self.args.keys_per_group {
+                return Err(Error::invalid(
+                    "keys per group",
+                    self.args.keys_per_group,
+                    format!(
+                        "{} (the state was built with that many keys per key group; it is fixed for the life of the job)",
+                        p.keys_per_group
+                    ),
+                ));
+            }
+            let i = (g - self.range.start) as usize;
+            self.positions[i] = p.next;
+            found[i] = true;
+        }
+        let present = found.iter().filter(|f| **f).count();
+        if present == 0 {
+            // First start: every owned key group begins at event 0, recorded so that a lost key
+            // group is detectable later.
+            let mut batch = backend.batch();
+            let start = Position {
+                next: 0,
+                keys_per_group: self.args.keys_per_group,
+            };
+            for g in self.range.iter() {
+                batch.put_in_group(DEFAULT_STATE, g, POSITION_KEY, &start.encode())?;
+            }
+            batch.commit()?;
+        } else if present < found.len() {
+            let missing =
+                self.range.start + found.iter().position(|f| !f).expect("some are missing") as u32;
+            return Err(Error::Corrupt {
+                file: backend.dir().display().to_string(),
+                detail: format!(
+                    "the restored state holds positions of {present} of the {} key groups of {}; key group {missing} has none (lost in the restore?)",
+                    found.len(),
+                    self.range
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, backend: &StateBackend, batch: &mut StateBatch<'_>) -> Result<Step> {
+        let budget = match self.budget() {
+            Ok(b) => b,
+            Err(wait) => {
+                return Ok(Step {
+                    events: 0,
+                    idle: Some(wait),
+                });
+            }
+        };
+        let g = self.range.start + self.cursor;
+        self.cursor = (self.cursor + 1) % self.range.len();
+        let i = (g - self.range.start) as usize;
+        let first = self.positions[i];
+        let names = self.keys.keys(g);
+        let mut deltas: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for n in first..first + budget {
+            let e = event(g, n, self.args.keys_per_group);
+            let d = deltas.entry(e.key_index).or_default();
+            d.0 += 1;
+            d.1 += e.delta;
+        }
+        for (key_index, (count, sum)) in deltas {
+            let key = names[key_index as usize].as_bytes();
+            let old_count = read_u64(backend, COUNTS, g, key)?;
+            let old_sum = read_u64(backend, SUMS, g, key)?;
+            batch.put_in_group(COUNTS, g, key, &(old_count + count).to_be_bytes())?;
+            batch.put_in_group(SUMS, g, key, &(old_sum + sum).to_be_bytes())?;
+        }
+        let next = first + budget;
+        let position = Position {
+            next,
+            keys_per_group: self.args.keys_per_group,
+        };
+        batch.put_in_group(DEFAULT_STATE, g, POSITION_KEY, &position.encode())?;
+        self.positions[i] = next;
+        self.applied += budget;
+        Ok(Step {
+            events: budget,
+            idle: None,
+        })
+    }
+}
+
+fn read_u64(backend: &StateBackend, state: &str, g: u32, key: &[u8]) -> Result<u64> {
+    match backend.get_in_group(state, g, key)? {
+        None => Ok(0),
+        Some(v) => decode_u64(&v).ok_or_else(|| Error::Corrupt {
+            file: backend.dir().display().to_string(),
+            detail: format!(
+                "value of {:?} in state {state} is not 8 bytes",
+                String::from_utf8_lossy(key)
+            ),
+        }),
+    }
+}
+
+/// Body of `regroup worker`.
+pub async fn main(args: ReferenceWorkerArgs) -> Result<()> {
+    let identity = args.runtime.identity()?;
+    let job = ReferenceJob::new(args.job, identity.max_parallelism, identity.range);
+    super::run(args.runtime, job, super::termination_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_a_pure_function_of_group_and_index() {
+        assert_eq!(event(3, 17, 8), event(3, 17, 8));
+        let es: Vec<Event> = (0..1000).map(|n| event(5, n, 8)).collect();
+        assert!(
+            es.iter()
+                .all(|e| e.key_index < 8 && (1..=1000).contains(&e.delta))
+        );
+        // Every key of the group is hit, and groups differ.
+        let hit: std::collections::BTreeSet<u32> = es.iter().map(|e| e.key_index).collect();
+        assert_eq!(hit.len(), 8);
+        assert_ne!(
+            (0..50).map(|n| event(5, n, 8)).collect::<Vec<_>>(),
+            (0..50).map(|n| event(6, n, 8)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn key_space_keys_hash_to_their_group() {
+        for (m, k) in [(128, 8), (4096, 2), (7, 3)] {
+            let ks = KeySpace::new(m, k);
+            for g in 0..m {
+                assert_eq!(ks.keys(g).len(), k as usize);
+                for key in ks.keys(g) {
+                    assert_eq!(key_group_for_key(key.as_bytes(), m), g);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn position_round_trip() {
+        let p = Position {
+            next: 123_456_789,
+            keys_per_group: 8,
+        };
+        assert_eq!(Position::decode(&p.encode()), Some(p));
+        assert_eq!(Position::decode(b"short"), None);
+    }
+
+    fn args(rate: u64) -> ReferenceJobArgs {
+        ReferenceJobArgs {
+            rate,
+            keys_per_group: 4,
+            events_per_step: 16,
+        }
+    }
+
+    #[test]
+    fn steps_produce_the_expected_state_and_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = KeyGroupRange::for_subtask(16, 2, 1).unwrap();
+        let mut job = ReferenceJob::new(args(0), 16, range);
+        let backend = StateBackend::open(dir.path(), 16, range, &[COUNTS, SUMS]).unwrap();
+        job.open(&backend).unwrap();
+        for _ in 0..37 {
+            let mut batch = backend.batch();
+            let s = job.step(&backend, &mut batch).unwrap();
+            assert_eq!(s.events, 16);
+            batch.commit().unwrap();
+        }
+        let keys = KeySpace::new(16, 4);
+        let positions = backend.scan(DEFAULT_STATE).unwrap();
+        assert_eq!(positions.len(), range.len() as usize);
+        let total: u64 = positions
+            .iter()
+            .map(|(_, _, v)| Position::decode(v).unwrap().next)
+            .sum();
+        assert_eq!(total, 37 * 16);
+        for (g, _, v) in positions {
+            let next = Position::decode(&v).unwrap().next;
+            let expected = expected_state(&keys, g, next);
+            for (key, (count, sum)) in expected {
+                let got_c = backend
+                    .get_in_group(COUNTS, g, key.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                let got_s = backend
+                    .get_in_group(SUMS, g, key.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(decode_u64(&got_c), Some(count));
+                assert_eq!(decode_u64(&got_s), Some(sum));
+            }
+        }
+    }
+
+    #[test]
+    fn reopen_continues_and_refuses_other_key_counts_and_partial_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = KeyGroupRange::for_subtask(16, 1, 0).unwrap();
+        {
+            let backend = StateBackend::open(dir.path(), 16, range, &[COUNTS, SUMS]).unwrap();
+            let mut job = ReferenceJob::new(args(0), 16, range);
+            job.open(&backend).unwrap();
+            let mut batch = backend.batch();
+            job.step(&backend, &mut batch).unwrap();
+            batch.commit().unwrap();
+            backend.flush().unwrap();
+        }
+        let backend = StateBackend::open(dir.path(), 16, range, &[]).unwrap();
+        let mut job = ReferenceJob::new(args(0), 16, range);
+        job.open(&backend).unwrap();
+        assert_eq!(job.positions[0], 16);
+        let mut other = ReferenceJob::new(
+            ReferenceJobArgs {
+                keys_per_group: 5,
+                ..args(0)
+            },
+            16,
+            range,
+        );
+        let e = other.open(&backend).unwrap_err();
+        assert!(e.to_string().contains("keys per group"), "{e}");
+        // A key group without a position (e.g. lost in a restore) is refused, not reset.
+        let mut b = backend.batch();
+        b.delete_in_group(DEFAULT_STATE, 9, POSITION_KEY).unwrap();
+        b.commit().unwrap();
+        let e = ReferenceJob::new(args(0), 16, range)
+            .open(&backend)
+            .unwrap_err();
+        assert!(e.to_string().contains("key group 9 has none"), "{e}");
+    }
+
+    #[test]
+    fn rate_limits_with_an_idle_wait() {
+        let mut job = ReferenceJob::new(args(10), 16, KeyGroupRange::new(0, 15).unwrap());
+        // At 10 events/s nothing is due at the very start: the job asks to wait.
+        match job.budget() {
+            Err(wait) => assert!(wait > Duration::ZERO),
+            Ok(n) => assert!(n <= 1),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! A missing file, a checksum mismatch and a failed download each fail the restore with an
+//! error naming the file, and leave neither a target nor temporary files.
+
+mod restore_support;
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+};
+use regroup::Error;
+use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
+use regroup::restore::{RestoreRequest, Strategy, restore_subtask};
+use restore_support::*;
+
+/// An in-memory store whose `get` of one path fails, as a flaky network would.
+#[derive(Debug)]
+struct FailingGets {
+    inner: InMemory,
+    fail: std::sync::Mutex<Option<ObjectPath>>,
+}
+
+impl fmt::Display for FailingGets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FailingGets({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FailingGets {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        if self.fail.lock().unwrap().as_ref() == Some(location) {
+            return Err(object_store::Error::Generic {
+                store: "FailingGets",
+                source: "connection reset by peer".into(),
+            });
+        }
+        self.inner.get_opts(location, options).await
+    }
+    async fn get_ranges(
+        &self,
+        location: &ObjectPath,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    fn list_with_offset(
+        &self,
+        prefix: Option<&ObjectPath>,
+        offset: &ObjectPath,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+    async fn rename_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+/// A checkpoint at parallelism 2 in a store whose gets can be made to fail.
+async fn setup(root: &std::path::Path) -> (Arc<FailingGets>, CheckpointStore, CheckpointMetadata) {
+    let faulty = Arc::new(FailingGets {
+        inner: InMemory::new(),
+        fail: Default::default(),
+    });
+    let store = CheckpointStore::new(faulty.clone(), ObjectPath::from("faults"), job());
+    let model = initial_model(1500);
+    let backends = workers(&root.join("gen0"), 128, 2, &model);
+    let meta = checkpoint(&store, &backends, 1, 1, 128, &root.join("s")).await;
+    (faulty, store, meta)
+}
+
+/// Restores subtask 1 of 3 (fed by both handles) with `strategy` into `root/state/db`,
+/// expecting a failure; checks nothing is left in `root/state`.
+async fn failing_restore(
+    store: &CheckpointStore,
+    root: &std::path::Path,
+    strategy: Strategy,
+) -> Error {
+    let parent = root.join("state");
+    std::fs::create_dir_all(&parent).unwrap();
+    let mut request = RestoreRequest::new(Some(1), 1, 3, &parent.join("db"));
+    request.strategy = strategy;
+    let e = restore_subtask(store, &request).await.unwrap_err();
+    assert_eq!(
+        entries(&parent),
+        Vec::<std::path::PathBuf>::new(),
+        "restore left files behind after: {e}"
+    );
+    e
+}
+
+/// An SST file of handle 1 that the restore of subtask 1 of 3 needs.
+fn needed_file(meta: &CheckpointMetadata) -> String {
+    meta.handles[1]
+        .shared
+        .iter()
+        .map(|s| s.file.path.clone())
+        .next_back()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn missing_file() {
+    let root = tempdir();
+    let (_, store, meta) = setup(root.path()).await;
+    let path = needed_file(&meta);
+    let location = store.paths().resolve(&path, "test").unwrap();
+    store.object_store().delete(&location).await.unwrap();
+    for strategy in [Strategy::Ingest, Strategy::Copy] {
+        let e = failing_restore(&store, root.path(), strategy).await;
+        assert!(matches!(e, Error::MissingFile { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&path) && text.contains("chk-1/handles/1.json"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn checksum_mismatch() {
+    let root = tempdir();
+    let (_, store, meta) = setup(root.path()).await;
+    let path = needed_file(&meta);
+    let location = store.paths().resolve(&path, "test").unwrap();
+    let mut bytes = store
+        .object_store()
+        .get(&location)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    store
+        .object_store()
+        .put(&location, bytes.into())
+        .await
+        .unwrap();
+    for strategy in [Strategy::Ingest, Strategy::Copy] {
+        let e = failing_restore(&store, root.path(), strategy).await;
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&path) && text.contains("checksum"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn failed_download() {
+    let root = tempdir();
+    let (faulty, store, meta) = setup(root.path()).await;
+    let path = needed_file(&meta);
+    let location = store.paths().resolve(&path, "test").unwrap();
+    *faulty.fail.lock().unwrap() = Some(location.clone());
+    for strategy in [Strategy::Ingest, Strategy::Copy] {
+        let e = failing_restore(&store, root.path(), strategy).await;
+        assert!(matches!(e, Error::Store { .. }), "{e}");
+        assert!(e.is_retryable());
+        let text = e.to_string();
+        assert!(
+            text.contains(location.as_ref()) && text.contains("connection reset"),
+            "{text}"
+        );
+    }
+    // Once the store recovers, the same restore succeeds and an old target is replaced only
+    // by a complete DB.
+    *faulty.fail.lock().unwrap() = None;
+    let target = root.path().join("state").join("db");
+    let summary = restore(&store, 1, 1, 3, &target, Strategy::Ingest).await;
+    assert!(summary.downloaded_bytes > 0);
+    assert_eq!(entries(&root.path().join("state")), vec![target]);
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_value() {
+    let root = tempdir();
+    let (_, store, _) = setup(root.path()).await;
+    let target = root.path().join("t");
+    let e = restore_subtask(&store, &RestoreRequest::new(Some(1), 3, 3, &target))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("subtask = 3"), "{e}");
+    let e = restore_subtask(&store, &RestoreRequest::new(Some(1), 0, 129, &target))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("parallelism = 129"), "{e}");
+    let e = restore_subtask(&store, &RestoreRequest::new(Some(9), 0, 1, &target))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("chk-9/_metadata.json"), "{e}");
+    let mut request = RestoreRequest::new(Some(1), 0, 1, &target);
+    request.overlap_fraction_threshold = -1.0;
+    let e = restore_subtask(&store, &request).await.unwrap_err();
+    assert!(
+        e.to_string().contains("overlap fraction threshold = -1"),
+        "{e}"
+    );
+    assert!(!target.exists());
+}

@@ -1,0 +1,232 @@
+//! Restores with and without rescaling against an oracle: after every restore, every key of the
+//! data set is present exactly once, in the subtask that owns its key group, with its value;
+//! `copy` and `ingest` build DBs with identical contents.
+
+mod restore_support;
+
+use regroup::backend::StateBackend;
+use regroup::checkpoint::CheckpointStore;
+use regroup::keygroup::KeyGroupRange;
+use regroup::restore::{InputMethod, RestoreMode, RestoreRequest, Strategy, restore_subtask};
+use restore_support::*;
+
+/// Runs a chain of rescales: workers at `parallelisms[0]` hold the data set; each step
+/// restores every subtask of the next parallelism from the last checkpoint with `ingest` and
+/// (where `compare_copy` says) `copy`, checks each against the oracle and both against each
+/// other, then mutates the DB one of the strategies built (alternating, so both kinds of DB are
+/// checkpointed and restored again) and checkpoints it for the next step. The last checkpoint
+/// is restored at the same parallelism.
+async fn rescale_chain(
+    m: u32,
+    parallelisms: &[u32],
+    keys: u32,
+    compare_copy: impl Fn(u32, u32) -> bool,
+) {
+    let root = tempdir();
+    let url = format!("file://{}/store", root.path().display());
+    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let scratch = root.path().join("scratch");
+    let mut model = initial_model(keys);
+    let dirs: Vec<_> = workers(&root.path().join("gen0"), m, parallelisms[0], &model)
+        .into_iter()
+        .map(|b| b.dir().to_path_buf())
+        .collect();
+    let mut meta = mutate_and_checkpoint(&store, &dirs, &mut model, 1, 1, m, &scratch).await;
+    let steps: Vec<(u32, u32)> = parallelisms
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .chain(std::iter::once((
+            *parallelisms.last().unwrap(),
+            *parallelisms.last().unwrap(),
+        )))
+        .collect();
+    for (step, &(from, to)) in steps.iter().enumerate() {
+        let id = step as u64 + 1;
+        assert_eq!((meta.checkpoint_id, meta.parallelism), (id, from));
+        let last = step + 1 == steps.len();
+        let chain = if step % 2 == 0 {
+            Strategy::Ingest
+        } else {
+            Strategy::Copy
+        };
+        let gen_dir = root.path().join(format!("gen{}", step + 1));
+        let expected_all = model.clone();
+        let mut seen = Model::new();
+        for i in 0..to {
+            let range = KeyGroupRange::for_subtask(m, to, i).unwrap();
+            let expected = owned(&expected_all, m, to, i);
+            let mut restored = Vec::new();
+            for strategy in [Strategy::Ingest, Strategy::Copy] {
+                if strategy != chain && (last || !compare_copy(to, i)) {
+                    continue;
+                }
+                let target = gen_dir.join(format!("{strategy}-{i}"));
+                let summary = restore(&store, id, i, to, &target, strategy).await;
+                assert_eq!(summary.range, range);
+                let rescaled = meta.handles.iter().all(|h| h.key_group_range != range);
+                assert_eq!(
+                    summary.mode,
+                    if rescaled {
+                        RestoreMode::Rescaled
+                    } else {
+                        RestoreMode::Unchanged
+                    }
+                );
+                if rescaled && strategy == Strategy::Ingest {
+                    assert!(
+                        summary
+                            .inputs
+                            .iter()
+                            .all(|(_, m)| *m == InputMethod::Ingest),
+                        "{summary:?}"
+                    );
+                }
+                let backend = StateBackend::open(&target, m, range, &STATES).unwrap();
+                let got = contents(&backend);
+                assert_eq!(
+                    all_keys(&backend),
+                    got.len(),
+                    "{from}→{to} subtask {i} ({strategy}) holds keys outside {range}"
+                );
+                assert_files_inside_range(&backend);
+                assert_eq!(
+                    got.len(),
+                    expected.len(),
+                    "{from}→{to} subtask {i} ({strategy}): wrong number of keys"
+                );
+                assert!(
+                    got == expected,
+                    "{from}→{to} subtask {i} ({strategy}): contents differ from the oracle"
+                );
+                restored.push((strategy, got, backend));
+            }
+            if let [(_, a, _), (_, b, _)] = &restored[..] {
+                assert!(a == b, "copy and ingest differ for {from}→{to} subtask {i}");
+            }
+            let (_, got, backend) = restored.into_iter().find(|(s, _, _)| *s == chain).unwrap();
+            for (k, v) in got {
+                assert!(
+                    seen.insert(k, v).is_none(),
+                    "a key restored into two subtasks"
+                );
+            }
+            if !last {
+                // The next checkpoint of this subtask, taken while its DB is open anyway.
+                mutate(&backend, &mut model, id as u32 + 1);
+                snapshot(&store, &backend, i, to, id + 1, &scratch).await;
+            }
+        }
+        assert!(
+            seen == expected_all,
+            "{from}→{to}: the union of the new subtasks is not the data set"
+        );
+        if !last {
+            meta = store
+                .try_complete(id + 1, id + 1, to, m)
+                .await
+                .unwrap()
+                .expect("every handle is in");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescale_1_3_7_2_1() {
+    rescale_chain(128, &[1, 3, 7, 2, 1], 4000, |_, _| true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_parallelism_4_4() {
+    rescale_chain(128, &[4, 4], 2000, |_, _| true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescale_5_128() {
+    // One key group per new subtask; copy is compared on every 8th to keep the test short.
+    rescale_chain(128, &[5, 128], 3000, |_, i| i % 8 == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescale_3_1000_7_two_byte_prefix() {
+    rescale_chain(4096, &[3, 1000, 7], 3000, |to, i| to < 1000 || i % 100 == 0).await;
+}
+
+/// A restore whose range equals a handle's range reuses its files; a second restore into the
+/// same target downloads nothing; a DB a worker has opened since is restored again.
+#[tokio::test]
+async fn local_recovery_downloads_nothing() {
+    let root = tempdir();
+    let url = format!("file://{}/store", root.path().display());
+    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let model = initial_model(2000);
+    let backends = workers(&root.path().join("gen0"), 128, 2, &model);
+    let meta = checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
+    drop(backends);
+    let target = root.path().join("state").join("db");
+
+    let first = restore(&store, 1, 1, 2, &target, Strategy::Ingest).await;
+    assert_eq!(first.mode, RestoreMode::Unchanged);
+    assert_eq!(first.downloaded_bytes, meta.handles[1].bytes_total);
+    assert_eq!(first.reusable_files, meta.handles[1].shared);
+    println!("{}", first.line());
+
+    let second = restore(&store, 1, 1, 2, &target, Strategy::Ingest).await;
+    assert_eq!(second.mode, RestoreMode::LocalRecovery);
+    assert_eq!(second.downloaded_bytes, 0);
+    assert_eq!(second.downloaded_files, 0);
+    {
+        let b = StateBackend::open(&target, 128, second.range, &STATES).unwrap();
+        assert!(contents(&b) == owned(&model, 128, 2, 1));
+        b.put("counts", b"written-after-restore", b"1").ok();
+    }
+    // The worker opened (and wrote to) the DB: it is no longer the checkpoint's state.
+    let third = restore(&store, 1, 1, 2, &target, Strategy::Ingest).await;
+    assert_eq!(third.mode, RestoreMode::Unchanged);
+    assert!(third.downloaded_bytes > 0);
+    let b = StateBackend::open(&target, 128, third.range, &STATES).unwrap();
+    assert!(
+        contents(&b) == owned(&model, 128, 2, 1),
+        "the post-restore write is gone"
+    );
+    drop(b);
+
+    // Local recovery applies to a rescaled restore's result too, but not to another range.
+    let rescaled = root.path().join("rescaled");
+    let a = restore(&store, 1, 0, 3, &rescaled, Strategy::Ingest).await;
+    assert_eq!(a.mode, RestoreMode::Rescaled);
+    let b = restore(&store, 1, 0, 3, &rescaled, Strategy::Copy).await;
+    assert_eq!(
+        (b.mode, b.downloaded_bytes),
+        (RestoreMode::LocalRecovery, 0)
+    );
+    let c = restore(&store, 1, 1, 3, &rescaled, Strategy::Ingest).await;
+    assert_eq!(c.mode, RestoreMode::Rescaled);
+    let backend = StateBackend::open(&rescaled, 128, c.range, &STATES).unwrap();
+    assert!(contents(&backend) == owned(&model, 128, 3, 1));
+    // Nothing but the targets is left beside them.
+    assert_eq!(entries(&root.path().join("state")), vec![target.clone()]);
+}
+
+/// The overlap-fraction threshold makes `copy` start from an empty DB; contents are the same.
+#[tokio::test]
+async fn threshold_starts_from_an_empty_db() {
+    let root = tempdir();
+    let store =
+        CheckpointStore::from_url(&format!("file://{}/store", root.path().display()), job())
+            .unwrap();
+    let model = initial_model(1500);
+    let backends = workers(&root.path().join("gen0"), 128, 1, &model);
+    checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
+    drop(backends);
+    let target = root.path().join("t");
+    let mut request = RestoreRequest::new(Some(1), 1, 2, &target);
+    request.strategy = Strategy::Copy;
+    request.overlap_fraction_threshold = 0.9;
+    let summary = restore_subtask(&store, &request).await.unwrap();
+    assert_eq!(summary.initial, None);
+    assert_eq!(summary.inputs, vec![(0, InputMethod::Copy)]);
+    assert!(summary.copied_keys > 0);
+    let backend = StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
+    assert!(contents(&backend) == owned(&model, 128, 2, 1));
+    assert_files_inside_range(&backend);
+}

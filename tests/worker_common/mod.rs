@@ -1,0 +1,387 @@
+//! Shared harness of the worker process tests: real `regroup worker` processes on 127.0.0.x, a
+//! `file://` checkpoint store in a temporary directory, checkpoints driven over HTTP and
+//! completed the way the operator does it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup::worker::checkpoints::{CheckpointRecord, CheckpointStatus, Notice};
+use regroup::worker::client::WorkerClient;
+use regroup::worker::db_dir;
+use serde_json::{Value, json};
+
+/// Number of key groups of every test job.
+pub const M: u32 = 128;
+/// The token the workers accept.
+pub const TOKEN: &str = "test-token-5c1e";
+
+/// Longest wait for anything a worker does (start, checkpoint); a test fails beyond it.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A job's store, token and worker processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub store_url: String,
+    pub job: JobId,
+    pub store: CheckpointStore,
+    pub client: reqwest::Client,
+    /// The typed client the operator uses.
+    pub api: WorkerClient,
+    token_file: PathBuf,
+    /// First address octet; subtask i listens on 127.0.0.(base + i).
+    ip_base: u8,
+}
+
+/// One running `regroup worker`.
+pub struct Worker {
+    pub subtask: u32,
+    pub url: String,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Extra flags for one worker.
+#[derive(Clone, Default)]
+pub struct WorkerOptions {
+    pub upload_delay: Option<&'static str>,
+}
+
+impl Cluster {
+    pub fn new(job: &str, ip_base: u8) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("store");
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let store_url = format!("file://{}", store_dir.display());
+        let job: JobId = job.parse().unwrap();
+        let store = CheckpointStore::from_url(&store_url, job.clone()).unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        Self {
+            dir,
+            store_url,
+            job,
+            store,
+            client: reqwest::Client::new(),
+            api: WorkerClient::new(TOKEN, Duration::from_secs(30)).unwrap(),
+            token_file,
+            ip_base,
+        }
+    }
+
+    /// A fresh state directory for `subtask` of generation `epoch`.
+    pub fn state_dir(&self, epoch: u64, subtask: u32) -> PathBuf {
+        let d = self.dir.path().join(format!("state-e{epoch}-s{subtask}"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Starts `regroup worker` and waits until it is ready.
+    pub async fn start(
+        &self,
+        subtask: u32,
+        parallelism: u32,
+        epoch: u64,
+        state_dir: &Path,
+        options: &WorkerOptions,
+    ) -> Worker {
+        let log = state_dir.with_extension("log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let ip = format!("127.0.0.{}:0", u32::from(self.ip_base) + subtask);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regroup"));
+        cmd.args([
+            "worker",
+            "--store",
+            &self.store_url,
+            "--job",
+            &self.job.to_string(),
+        ])
+        .args(["--subtask", &subtask.to_string()])
+        .args(["--parallelism", &parallelism.to_string()])
+        .args(["--max-parallelism", &M.to_string()])
+        .args(["--epoch", &epoch.to_string()])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--token-file")
+        .arg(&self.token_file)
+        .args(["--listen", &ip, "--rate", "4000", "--keys-per-group", "4"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+        if let Some(d) = options.upload_delay {
+            cmd.args(["--fault-upload-delay", d]);
+        }
+        let mut child = cmd.spawn().expect("start regroup worker");
+        let stdout = child.stdout.take().unwrap();
+        let log_for_error = log.clone();
+        let line = tokio::time::timeout(
+            PATIENCE,
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line).unwrap();
+                line
+            }),
+        )
+        .await
+        .expect("worker did not print its address")
+        .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log_for_error).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        let worker = Worker {
+            subtask,
+            url,
+            state_dir: state_dir.to_path_buf(),
+            log,
+            child,
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !self.is_ready(&worker).await {
+            if tokio::time::Instant::now() > deadline {
+                Self::give_up(&worker, "ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worker
+    }
+
+    /// Starts a generation of `parallelism` workers on the given state directories.
+    pub async fn start_all(
+        &self,
+        parallelism: u32,
+        epoch: u64,
+        dirs: &[PathBuf],
+        options: &[WorkerOptions],
+    ) -> Vec<Worker> {
+        let mut out = Vec::new();
+        for s in 0..parallelism {
+            let o = options.get(s as usize).cloned().unwrap_or_default();
+            out.push(
+                self.start(s, parallelism, epoch, &dirs[s as usize], &o)
+                    .await,
+            );
+        }
+        out
+    }
+
+    fn give_up(w: &Worker, what: &str) -> ! {
+        panic!(
+            "worker {} not {what} in time; log:\n{}",
+            w.subtask,
+            std::fs::read_to_string(&w.log).unwrap_or_default()
+        )
+    }
+
+    async fn is_ready(&self, w: &Worker) -> bool {
+        let r = self.client.get(format!("{}/readyz", w.url)).send().await;
+        matches!(r, Ok(r) if r.status() == 200)
+    }
+
+    /// Events the worker reports as processed.
+    pub async fn events_processed(&self, w: &Worker) -> u64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", w.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("regroup_worker_events_processed_total "))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0)
+    }
+
+    /// Waits until every worker has processed at least `events` events.
+    pub async fn wait_processing(&self, workers: &[Worker], events: u64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        for w in workers {
+            while self.events_processed(w).await < events {
+                if tokio::time::Instant::now() > deadline {
+                    Self::give_up(w, "processing");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// `POST /v1/checkpoints` with the given token (None: no header).
+    pub async fn post_checkpoint(
+        &self,
+        w: &Worker,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/v1/checkpoints", w.url))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /v1/checkpoints/{id}`.
+    pub async fn checkpoint_status(&self, w: &Worker, id: u64) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}/v1/checkpoints/{id}", w.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST /v1/checkpoints/{id}/{complete|abort}`.
+    pub async fn notify(&self, w: &Worker, id: u64, what: &str, epoch: u64) -> u16 {
+        self.client
+            .post(format!("{}/v1/checkpoints/{id}/{what}", w.url))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "epoch": epoch }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Requests checkpoint `id` from every worker (without waiting for the uploads).
+    pub async fn trigger(&self, workers: &[Worker], id: u64, epoch: u64, stop: bool) {
+        for w in workers {
+            let r = self.api.trigger(&w.url, id, epoch, stop).await.unwrap();
+            assert_eq!(r, Ok(()), "checkpoint {id} on subtask {}", w.subtask);
+        }
+    }
+
+    /// Waits until `w` reports checkpoint `id` completed; panics if it failed.
+    pub async fn wait_handle(&self, w: &Worker, id: u64) -> CheckpointRecord {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let record = self.api.status(&w.url, id).await.unwrap().unwrap();
+            match &record.status {
+                CheckpointStatus::Completed { .. } => return record,
+                CheckpointStatus::InProgress => {}
+                CheckpointStatus::Failed { reason } => {
+                    panic!("checkpoint {id} failed on subtask {}: {reason}", w.subtask)
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "checkpoint {id} too slow"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A whole checkpoint the operator's way: trigger every worker, wait for every handle,
+    /// write `_metadata.json` (`try_complete`), then tell every worker it completed.
+    pub async fn checkpoint(
+        &self,
+        workers: &[Worker],
+        id: u64,
+        epoch: u64,
+        stop: bool,
+    ) -> CheckpointMetadata {
+        self.trigger(workers, id, epoch, stop).await;
+        for w in workers {
+            self.wait_handle(w, id).await;
+        }
+        let meta = self
+            .store
+            .try_complete(id, epoch, workers.len() as u32, M)
+            .await
+            .unwrap()
+            .expect("every handle is in");
+        for w in workers {
+            let r = self.api.notify(&w.url, id, Notice::Complete, epoch).await;
+            assert_eq!(r.unwrap(), Ok(()));
+        }
+        meta
+    }
+
+    /// SIGTERM to every worker; each must exit successfully.
+    pub fn stop_all(&self, workers: Vec<Worker>) {
+        for mut w in workers {
+            let pid = w.child.id().to_string();
+            let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(ok.success());
+            let status = w.child.wait().unwrap();
+            assert!(
+                status.success(),
+                "worker {} exited with {status}; log:\n{}",
+                w.subtask,
+                std::fs::read_to_string(&w.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+impl Worker {
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Builds `<dir>/db` for `subtask` of `parallelism` from completed checkpoint `meta` with
+/// `regroup restore` (the workers' init container), merging handles by `strategy`.
+pub fn restore_into(
+    c: &Cluster,
+    meta: &CheckpointMetadata,
+    subtask: u32,
+    parallelism: u32,
+    dir: &Path,
+    strategy: &str,
+) {
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .args([
+            "restore",
+            "--store",
+            &c.store_url,
+            "--job",
+            &c.job.to_string(),
+        ])
+        .args(["--checkpoint", &meta.checkpoint_id.to_string()])
+        .args(["--subtask", &subtask.to_string()])
+        .args(["--parallelism", &parallelism.to_string()])
+        .args(["--strategy", strategy])
+        .arg("--target")
+        .arg(db_dir(dir))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "regroup restore of subtask {subtask}/{parallelism} from checkpoint {} failed:\n{}{}",
+        meta.checkpoint_id,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,119 @@
+//! Worker processes through checkpoints, stop-with-checkpoint, restores with a new parallelism
+//! through `regroup restore` and restarts; the oracle verifies every checkpoint against the
+//! replayed events.
+
+mod worker_common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use regroup::checkpoint::CheckpointMetadata;
+use regroup::worker::marker::LocalCheckpointMarker;
+use regroup::worker::oracle::verify;
+use worker_common::{Cluster, restore_into};
+
+/// Runs generations of workers at the given parallelisms, each restored from the previous
+/// generation's stop-with-checkpoint.
+async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &str) {
+    let c = Cluster::new(&format!("tests/{name}"), ip_base);
+    let mut id = 0;
+    let mut last: Option<CheckpointMetadata> = None;
+    let mut restored_events = 0;
+    for (generation, &p) in parallelisms.iter().enumerate() {
+        let epoch = generation as u64 + 1;
+        let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(epoch, s)).collect();
+        if let Some(meta) = &last {
+            for s in 0..p {
+                restore_into(&c, meta, s, p, &dirs[s as usize], strategy);
+            }
+        }
+        let workers = c.start_all(p, epoch, &dirs, &[]).await;
+
+        // A regular checkpoint while processing.
+        c.wait_processing(&workers, 200).await;
+        id += 1;
+        let meta = c.checkpoint(&workers, id, epoch, false).await;
+        assert_eq!(meta.parallelism, p);
+        let v = verify(&c.store, Some(id)).await.unwrap();
+        assert!(v.ok(), "{v}");
+        assert!(
+            v.events() >= restored_events + 200 * u64::from(p),
+            "the restored state was not continued: {v}"
+        );
+
+        // Stop-with-checkpoint: final, processing stays paused.
+        c.wait_processing(&workers, 400).await;
+        id += 1;
+        let stop = c.checkpoint(&workers, id, epoch, true).await;
+        let v = verify(&c.store, Some(id)).await.unwrap();
+        assert!(v.ok(), "{v}");
+        let mut processed = 0;
+        for w in &workers {
+            processed += c.events_processed(w).await;
+            let ready: serde_json::Value = c
+                .client
+                .get(format!("{}/readyz", w.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(ready["processing"], false, "{ready}");
+            let marker = LocalCheckpointMarker::read(&w.state_dir)
+                .unwrap()
+                .expect("a marker after stop-with-checkpoint");
+            assert_eq!(marker.checkpoint_id, id);
+            assert_eq!(
+                marker.key_group_range,
+                stop.handles[w.subtask as usize].key_group_range
+            );
+            assert_eq!(
+                marker.instance_id,
+                stop.handles[w.subtask as usize].instance_id
+            );
+            assert_eq!(marker.epoch, epoch);
+        }
+        // Everything this generation processed is in the final checkpoint, nothing after it.
+        assert_eq!(v.events(), restored_events + processed, "{v}");
+        restored_events = v.events();
+        c.stop_all(workers);
+        last = Some(stop);
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .args([
+            "verify",
+            "--store",
+            &c.store_url,
+            "--job",
+            &c.job.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("OK: checkpoint {id} ")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescale_2_3_1() {
+    run_sequence("seq-231", 10, &[2, 3, 1], "ingest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescale_1_4_2_by_copy() {
+    run_sequence("seq-142", 20, &[1, 4, 2], "copy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_parallelism_3_3() {
+    run_sequence("seq-33", 30, &[3, 3], "ingest").await;
+}
