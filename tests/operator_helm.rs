@@ -1,0 +1,246 @@
+//! The Helm chart: lint (with its values schema), its CRD equals `crds/`, and an install on the
+//! real API server creates what the operator needs.
+
+mod operator_support;
+
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::Api;
+use operator_support::{TestNamespace, cluster, root, run};
+
+#[test]
+fn chart_crd_is_the_generated_crd() {
+    let chart =
+        std::fs::read_to_string(root().join("charts/regroup/crds/statefuljob.yaml")).unwrap();
+    let generated = regroup::operator::crd::crd_yaml().unwrap();
+    assert!(
+        chart == generated,
+        "charts/regroup/crds/statefuljob.yaml differs from `regroup crd`; copy crds/statefuljob.yaml there"
+    );
+}
+
+#[test]
+fn argocd_patch_embeds_the_health_check() {
+    let lua = std::fs::read_to_string(root().join("config/argocd/health.lua")).unwrap();
+    let patch = std::fs::read_to_string(root().join("config/argocd/argocd-cm-patch.yaml")).unwrap();
+    let value: serde_json::Value = serde_saphyr::from_str(&patch).unwrap();
+    let embedded = value["data"]["resource.customizations.health.regroup.dev_StatefulJob"]
+        .as_str()
+        .unwrap();
+    assert_eq!(embedded.trim_end(), lua.trim_end());
+}
+
+fn helm_available(test: &str) -> bool {
+    let found = Command::new("helm")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !std::env::var("REGROUP_REQUIRE_CLUSTER").is_ok_and(|v| v == "1"),
+            "{test}: helm is not on PATH (eval \"$(e2e/cluster env)\")"
+        );
+        eprintln!("{test}: skipped, helm is not on PATH");
+    }
+    found
+}
+
+#[test]
+fn helm_lint_passes_and_the_schema_refuses_bad_values() {
+    if !helm_available("helm_lint_passes_and_the_schema_refuses_bad_values") {
+        return;
+    }
+    let chart = root().join("charts/regroup");
+    run(Command::new("helm").arg("lint").arg("--strict").arg(&chart));
+    run(Command::new("helm")
+        .arg("lint")
+        .arg("--strict")
+        .arg(&chart)
+        .args([
+            "--set",
+            "watchNamespaces={a,b}",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+        ]));
+    let out = Command::new("helm")
+        .arg("lint")
+        .arg(&chart)
+        .args(["--set", "replicas=0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "replicas=0 accepted");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("replicas"), "{text}");
+
+    // Namespaced mode renders Roles and no ClusterRole.
+    let rendered = run(Command::new("helm")
+        .arg("template")
+        .arg("r")
+        .arg(&chart)
+        .args(["--set", "watchNamespaces={team-a}"]));
+    assert!(
+        rendered.contains("kind: Role") && !rendered.contains("kind: ClusterRole"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("--namespace=team-a"));
+}
+
+#[tokio::test]
+async fn helm_install_creates_the_operator() {
+    let Some(client) = cluster("helm_install_creates_the_operator").await else {
+        return;
+    };
+    if !helm_available("helm_install_creates_the_operator") {
+        return;
+    }
+    let ns = TestNamespace::new(&client, "regroup-helm").await;
+    // Unique per run: the ClusterRole is cluster-scoped and named after the release.
+    let release = format!("op-{}", ns.name.rsplit('-').next().unwrap());
+    run(Command::new("helm")
+        .args(["install", &release])
+        .arg(root().join("charts/regroup"))
+        .args(["--namespace", &ns.name, "--wait", "--timeout", "120s"]));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = deployments
+        .get(&format!("{release}-regroup"))
+        .await
+        .unwrap();
+    let spec = d.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let args = spec.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.contains(&"--leader-elect".to_owned()), "{args:?}");
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role = roles.get(&format!("{release}-regroup")).await.unwrap();
+    let rules = role.rules.unwrap();
+    // Least privilege: no wildcard, secrets only get/create, pods read-only.
+    for r in &rules {
+        assert!(!r.verbs.contains(&"*".to_owned()), "{r:?}");
+        assert!(
+            !r.resources.as_ref().unwrap().contains(&"*".to_owned()),
+            "{r:?}"
+        );
+    }
+    let secrets = rules
+        .iter()
+        .find(|r| {
+            r.resources
+                .as_ref()
+                .unwrap()
+                .contains(&"secrets".to_owned())
+        })
+        .unwrap();
+    assert_eq!(secrets.verbs, vec!["get", "create"]);
+    run(Command::new("helm").args(["uninstall", &release, "--namespace", &ns.name]));
+}
+
+/// A JSON value as a Lua table constructor.
+fn lua(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "nil".into(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => format!("{s:?}"),
+        serde_json::Value::Array(items) => {
+            format!(
+                "{{{}}}",
+                items.iter().map(lua).collect::<Vec<_>>().join(", ")
+            )
+        }
+        serde_json::Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs the Argo CD health check on `obj` with a Lua interpreter; `None` when there is none.
+fn health(obj: serde_json::Value) -> Option<(String, String)> {
+    let script = root().join("config/argocd/health.lua");
+    let program = format!(
+        "obj = {}\nlocal hs = dofile({:?})\nio.write(hs.status, '|', hs.message)",
+        lua(&obj),
+        script.display().to_string()
+    );
+    let out = Command::new("lua5.4")
+        .arg("-e")
+        .arg(&program)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, message) = text.split_once('|').unwrap();
+    Some((status.to_owned(), message.to_owned()))
+}
+
+#[test]
+fn argocd_health_check_reads_the_conditions() {
+    let condition = |t: &str, s: &str, reason: &str, message: &str| serde_json::json!({"type": t, "status": s, "reason": reason, "message": message});
+    let job = |generation: i64, status: serde_json::Value| serde_json::json!({"metadata": {"generation": generation}, "status": status});
+    let Some(fresh) = health(serde_json::json!({"metadata": {"generation": 1}})) else {
+        eprintln!("argocd_health_check_reads_the_conditions: skipped, no lua5.4 on PATH");
+        return;
+    };
+    assert_eq!(fresh.0, "Progressing");
+    let running = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Running", "conditions": [
+            condition("Ready", "True", "WorkersReady", "3 workers of epoch 1 ready"),
+            condition("Progressing", "False", "Stable", "no rescale in progress"),
+            condition("Degraded", "False", "AsExpected", "no problem observed"),
+        ]}),
+    );
+    assert_eq!(
+        health(running.clone()).unwrap(),
+        ("Healthy".into(), "3 workers of epoch 1 ready".into())
+    );
+    // A spec the operator has not seen yet is not healthy yet.
+    let mut stale = running.clone();
+    stale["metadata"]["generation"] = 3.into();
+    assert_eq!(health(stale).unwrap().0, "Progressing");
+    let rescaling = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Restoring", "conditions": [
+            condition("Ready", "False", "Restoring", "phase Restoring"),
+            condition("Progressing", "True", "Restoring", "Scale: 3 -> 5 workers"),
+            condition("Degraded", "False", "AsExpected", "no problem observed"),
+        ]}),
+    );
+    assert_eq!(
+        health(rescaling).unwrap(),
+        ("Progressing".into(), "Scale: 3 -> 5 workers".into())
+    );
+    let degraded = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Running", "conditions": [
+            condition("Ready", "True", "WorkersReady", "ready"),
+            condition("Degraded", "True", "CheckpointAborted", "checkpoint 7 aborted"),
+        ]}),
+    );
+    assert_eq!(
+        health(degraded).unwrap(),
+        (
+            "Degraded".into(),
+            "CheckpointAborted: checkpoint 7 aborted".into()
+        )
+    );
+    let suspended = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Suspended", "conditions": []}),
+    );
+    assert_eq!(health(suspended).unwrap().0, "Suspended");
+}
