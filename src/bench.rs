@@ -110,6 +110,10 @@ async fn source_state(
     }
     for (i, b) in backends.iter().enumerate() {
         b.flush()?;
+        // Let the compactions the flush triggered end first, as a stopping worker's would:
+        // else they delete, after the checkpoint, files the checkpoint references, and the
+        // kept-volume scenarios download those instead of reusing them.
+        wait_for_compactions(b)?;
         let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i as u32, p, 1);
         let snapshot = snapshotter.capture(b, 1, &dir.join("scratch"))?;
         snapshotter.upload(snapshot, &store).await?;
@@ -243,6 +247,22 @@ async fn reuse_scenario(
         std::fs::remove_dir_all(volume).map_err(Error::io("remove", volume))?;
     }
     Ok((m, copy_seconds))
+}
+
+/// Waits until the backend's DB has no compaction pending or running.
+fn wait_for_compactions(b: &StateBackend) -> Result<()> {
+    let property = |name: &str| {
+        b.db()
+            .property_int_value(name)
+            .map_err(Error::rocks(format!("read {name}")))
+            .map(|v| v.unwrap_or(0))
+    };
+    while property("rocksdb.compaction-pending")? > 0
+        || property("rocksdb.num-running-compactions")? > 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn count_keys(target: &Path, range: KeyGroupRange) -> Result<u64> {
@@ -535,6 +555,11 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     for (name, (m, copy_seconds)) in &reuse {
         let ratio = if m.summary.downloaded_bytes == 0 {
             "n/a (nothing downloaded)".to_owned()
+        } else if m.summary.local_fallbacks > 0 {
+            format!(
+                "n/a ({} local files unusable, downloaded instead)",
+                m.summary.local_fallbacks
+            )
         } else {
             format!(
                 "{:.2}× the plain copy ({copy_seconds:.2}s)",

@@ -280,7 +280,8 @@ async fn same_parallelism_kept_volume_downloads_only_private_files() {
     check(&target, &v.model, 2, 1);
 }
 
-/// A local file whose content differs from the handle's is not used: downloaded, verified.
+/// A local file whose content differs from the handle's, or that is missing, is not used:
+/// downloaded instead, verified.
 #[tokio::test]
 async fn tampered_local_file_is_downloaded_instead() {
     let v = Volumes::new(2).await;
@@ -292,13 +293,28 @@ async fn tampered_local_file_is_downloaded_instead() {
     // A new inode: the stored copy may share the old one.
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, &bytes).unwrap();
+    // Another file of the handle compacted away after the checkpoint: missing locally.
+    let gone = &v.meta.handles[0].shared[1].local_name;
+    std::fs::remove_file(Volumes::db(v.root.path(), 0).join(gone)).unwrap();
     let target = v.target(0, 2, true);
     let s = v.restore(1, 0, 1, &target).await.unwrap();
     println!("{}", s.line());
     assert_eq!(s.local_handle, Some(0));
-    assert_eq!(s.local_fallbacks, 1);
-    assert_eq!(s.reused_files, v.meta.handles[0].shared.len() - 1);
-    assert!(s.line().contains("1 local files unusable"));
+    assert_eq!(s.local_fallbacks, 2);
+    assert_eq!(s.reused_files, v.meta.handles[0].shared.len() - 2);
+    let h = &v.meta.handles[0].shared;
+    assert_eq!(
+        s.downloaded_bytes,
+        plan_subtask(&v.meta, 1, 0, &PlanOptions::default())
+            .unwrap()
+            .bytes_to_download
+            - s.reused_bytes
+    );
+    assert_eq!(
+        s.reused_bytes,
+        h.iter().skip(2).map(|f| f.file.size).sum::<u64>()
+    );
+    assert!(s.line().contains("2 local files unusable"));
     check(&target, &v.model, 1, 0);
 }
 

@@ -11,8 +11,16 @@
 //!   intersect it, for `ingest`) and merged by [`Strategy::Copy`] or [`Strategy::Ingest`], then
 //!   the DB is clipped to the range.
 //!
+//! - **local state reused**: when the target's parent (the pod's volume) holds the DB a worker
+//!   left after a stop-with-checkpoint, and its marker (`checkpoint-marker.json`, see
+//!   [`crate::worker::marker`]) names a handle of the restored checkpoint (same job, checkpoint
+//!   and DB instance), that handle is preferred as the initial one and the SST files the plan
+//!   needs from it are hard-linked from the local DB after checking size and checksum (any that
+//!   do not verify or cannot be linked are downloaded, and logged); only the rest is fetched.
+//!
 //! The DB is built in a hidden sibling directory of the target and renamed into place only when
-//! complete; on any failure that directory is removed, so the target never holds a partial DB.
+//! complete; on any failure that directory is removed, so the target never holds a partial DB
+//! and a reused local DB (only ever hard-linked from) stays intact for a retry.
 
 mod build;
 pub mod command;
@@ -299,17 +307,19 @@ pub async fn restore_subtask(
     let meta = resolve_checkpoint(store, request.checkpoint).await?;
     let target = absolute(&request.target)?;
     // The volume's state directory: the DB a previous pod of this ordinal left, and its marker.
-    let state_dir = target.parent().map(Path::to_path_buf);
-    let local = if is_local_copy(
+    let range =
+        KeyGroupRange::for_subtask(meta.max_parallelism, request.parallelism, request.subtask)?;
+    let local_copy = is_local_copy(
         &target,
         &meta.job,
         meta.checkpoint_id,
         meta.max_parallelism,
-        KeyGroupRange::for_subtask(meta.max_parallelism, request.parallelism, request.subtask)?,
-    ) {
+        range,
+    );
+    let local = if local_copy {
         None
     } else {
-        state_dir.as_deref().and_then(|d| local::find(d, &meta))
+        target.parent().and_then(|d| local::find(d, &meta))
     };
     let plan = plan_subtask_with_local(
         &meta,
@@ -358,13 +368,7 @@ pub async fn restore_subtask(
             .clone();
     }
 
-    if is_local_copy(
-        &target,
-        &meta.job,
-        meta.checkpoint_id,
-        meta.max_parallelism,
-        plan.range,
-    ) {
+    if local_copy {
         summary.mode = RestoreMode::LocalRecovery;
         summary.strategy = None;
         summary.skipped_files = 0;
