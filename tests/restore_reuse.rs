@@ -419,3 +419,44 @@ async fn crash_in_a_reusing_restore_leaves_the_old_db_and_a_retry_works() {
     check(&db, &v.model, 1, 0);
     assert_eq!(LocalCheckpointMarker::read(&vol).unwrap(), None);
 }
+
+/// A local DB on another file system than the restore's work directory (here: the volume's
+/// `db` a symbolic link to a directory elsewhere) cannot be hard-linked from: its files are
+/// downloaded instead, and the restore succeeds.
+#[tokio::test]
+async fn local_db_on_another_device_is_downloaded_instead() {
+    use std::os::unix::fs::MetadataExt;
+    let v = Volumes::new(2).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = Volumes::db(v.root.path(), 0);
+    let moved = elsewhere.path().join("db");
+    // `rename` cannot cross devices: copy the DB over, then link it back.
+    std::fs::create_dir(&moved).unwrap();
+    for e in std::fs::read_dir(&db).unwrap().flatten() {
+        std::fs::copy(e.path(), moved.join(e.file_name())).unwrap();
+    }
+    std::fs::remove_dir_all(&db).unwrap();
+    std::os::unix::fs::symlink(&moved, &db).unwrap();
+    let cross =
+        std::fs::metadata(&moved).unwrap().dev() != std::fs::metadata(v.root.path()).unwrap().dev();
+
+    let s = v.restore(1, 0, 1, &db).await.unwrap();
+    println!("cross-device {cross}: {}", s.line());
+    assert_eq!(s.local_handle, Some(0));
+    let files = v.meta.handles[0].shared.len();
+    if cross {
+        assert_eq!((s.reused_files, s.local_fallbacks), (0, files));
+    } else {
+        assert_eq!((s.reused_files, s.local_fallbacks), (files, 0));
+    }
+    assert_eq!(
+        s.downloaded_bytes + s.reused_bytes,
+        plan_subtask(&v.meta, 1, 0, &PlanOptions::default())
+            .unwrap()
+            .bytes_to_download
+    );
+    check(&db, &v.model, 1, 0);
+    // The symbolic link was replaced by the new DB; the directory it pointed to is untouched.
+    assert!(!std::fs::symlink_metadata(&db).unwrap().is_symlink());
+    assert!(moved.join(&v.meta.handles[0].shared[0].local_name).exists());
+}

@@ -83,12 +83,14 @@ pub async fn build(
     Ok(stats)
 }
 
-/// Hard-links `source` to `dest` after checking its size and checksum against `file`; the
-/// reason it cannot be used otherwise. Never copies: a copy costs what a download does.
+/// Hard-links `source` to `dest` and checks its size and checksum against `file`; the reason
+/// it cannot be used otherwise (the caller removes `dest`). Never copies: a copy costs what a
+/// download does. Linking first (the same inode either way) spares reading a file that cannot
+/// be linked, e.g. across devices.
 fn link_verified(source: &Path, dest: &Path, file: &FileRef) -> std::result::Result<(), String> {
-    let (size, checksum) = checksum_file(source).map_err(|e| e.to_string())?;
-    verify(file, size, checksum).map_err(|e| format!("local copy differs: {e}"))?;
-    std::fs::hard_link(source, dest).map_err(|e| format!("cannot hard-link: {e}"))
+    std::fs::hard_link(source, dest).map_err(|e| format!("cannot hard-link: {e}"))?;
+    let (size, checksum) = checksum_file(dest).map_err(|e| e.to_string())?;
+    verify(file, size, checksum).map_err(|e| format!("local copy differs: {e}"))
 }
 
 /// Hard-links the local DB's copies of `files` (each verified) into place; returns those that
