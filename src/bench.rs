@@ -4,7 +4,10 @@
 //! written with the backend at parallelism 2 (for scale-in) and 1 (for scale-out) and
 //! checkpointed with the real snapshotter into a `file://` store. Then, one after another:
 //! scale-in 2→1 and scale-out 1→2 with `copy` and with `ingest`, and the raw limit: `cp` of the
-//! same bytes the restore downloaded. Every restored DB's key count is checked.
+//! same bytes the restore downloaded. Then the same rescales with pods that keep their volumes
+//! (the old worker's DB and its checkpoint marker, reused by hard links) against fresh pods,
+//! each beside a plain copy of exactly the bytes it downloads. Every restored DB's key count
+//! is checked.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,10 +16,15 @@ use clap::{Args, Subcommand};
 use rocksdb::IteratorMode;
 
 use crate::backend::{IncrementalSnapshotter, StateBackend};
+use crate::checkpoint::FileRef;
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, key_group_for_key, subtask_for_key_group};
-use crate::restore::{RestoreRequest, RestoreSummary, Strategy, restore_subtask};
+use crate::restore::{
+    PlanOptions, RestoreRequest, RestoreSummary, Strategy, SubtaskPlan, plan_subtask_with_local,
+    restore_subtask,
+};
+use crate::worker::marker::{LocalCheckpointMarker, MARKER_VERSION};
 
 /// `regroup bench ...`
 #[derive(Subcommand, Debug)]
@@ -102,6 +110,10 @@ async fn source_state(
     }
     for (i, b) in backends.iter().enumerate() {
         b.flush()?;
+        // Let the compactions the flush triggered end first, as a stopping worker's would:
+        // else they delete, after the checkpoint, files the checkpoint references, and the
+        // kept-volume scenarios download those instead of reusing them.
+        wait_for_compactions(b)?;
         let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i as u32, p, 1);
         let snapshot = snapshotter.capture(b, 1, &dir.join("scratch"))?;
         snapshotter.upload(snapshot, &store).await?;
@@ -110,12 +122,147 @@ async fn source_state(
         .try_complete(1, 1, p, MAX_PARALLELISM)
         .await?
         .ok_or_else(|| Error::Other("benchmark checkpoint did not complete".into()))?;
+    // The workers' DBs stay (closed, at the checkpoint): the kept-volume scenarios start from
+    // hard-linked clones of them.
     drop(backends);
-    for i in 0..p {
-        let d = dir.join(format!("p{p}-w{i}"));
-        std::fs::remove_dir_all(&d).map_err(Error::io("remove", &d))?;
-    }
     Ok((store, meta))
+}
+
+/// A pod volume that kept the DB of old subtask `i` of `meta` (a hard-linked clone of the
+/// source worker's DB, so each scenario gets its own) with the worker's checkpoint marker;
+/// returns the target of a restore on it.
+fn kept_volume(dir: &Path, meta: &CheckpointMetadata, i: u32, name: &str) -> Result<PathBuf> {
+    let p = meta.parallelism;
+    let source = dir.join(format!("p{p}-w{i}"));
+    let volume = dir.join(format!("volume-{name}"));
+    let db = volume.join(crate::worker::DB_DIR);
+    std::fs::create_dir_all(&db).map_err(Error::io("create directory", &db))?;
+    for entry in std::fs::read_dir(&source).map_err(Error::io("list", &source))? {
+        let entry = entry.map_err(Error::io("list", &source))?;
+        let to = db.join(entry.file_name());
+        std::fs::hard_link(entry.path(), &to).map_err(Error::io("hard-link", &to))?;
+    }
+    let h = &meta.handles[i as usize];
+    LocalCheckpointMarker {
+        format_version: MARKER_VERSION,
+        job: meta.job.clone(),
+        checkpoint_id: meta.checkpoint_id,
+        instance_id: h.instance_id.clone(),
+        subtask: i,
+        parallelism: p,
+        max_parallelism: meta.max_parallelism,
+        key_group_range: h.key_group_range,
+        epoch: h.epoch,
+        created_at: chrono::Utc::now(),
+    }
+    .write(&volume)?;
+    Ok(db)
+}
+
+/// The stored files a restore of `plan` downloads (every needed file not expected locally).
+fn files_to_download<'a>(meta: &'a CheckpointMetadata, plan: &SubtaskPlan) -> Vec<&'a FileRef> {
+    let mut out = Vec::new();
+    for input in &plan.inputs {
+        let h = &meta.handles[input.old_subtask as usize];
+        if !input.local {
+            out.extend(input.shared_files.iter().map(|&f| &h.shared[f].file));
+        }
+        if input.private_files {
+            out.extend(h.private.iter().map(|p| &p.file));
+        }
+    }
+    out
+}
+
+/// `cp` of `files` from the store into a fresh directory (one sub-directory per file, names
+/// repeat across handles), then `sync`; returns the seconds for both.
+fn plain_copy(store_root: &Path, job: &JobId, files: &[&FileRef], dir: &Path) -> Result<f64> {
+    let job_root = store_root.join(&job.namespace).join(&job.name);
+    let started = Instant::now();
+    if !files.is_empty() {
+        std::fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+        let status = std::process::Command::new("cp")
+            .arg("--backup=numbered")
+            .args(files.iter().map(|f| job_root.join(&f.path)))
+            .arg(dir)
+            .status()
+            .map_err(Error::io("run cp", dir))?;
+        if !status.success() {
+            return Err(Error::Other(format!(
+                "cp into {} failed: {status}",
+                dir.display()
+            )));
+        }
+        let status = std::process::Command::new("sync")
+            .arg("-f")
+            .arg(dir)
+            .status()
+            .map_err(Error::io("run sync", dir))?;
+        if !status.success() {
+            return Err(Error::Other(format!(
+                "sync of {} failed: {status}",
+                dir.display()
+            )));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(Error::io("remove", dir))?;
+    }
+    Ok(seconds)
+}
+
+/// One reuse scenario: a restore of `subtask` of `parallelism` into `target` (a kept volume or
+/// a fresh directory), and the plain copy of the bytes it was to download.
+#[allow(clippy::too_many_arguments)]
+async fn reuse_scenario(
+    store: &CheckpointStore,
+    store_root: &Path,
+    meta: &CheckpointMetadata,
+    subtask: u32,
+    parallelism: u32,
+    local: Option<u32>,
+    target: &Path,
+    expected_keys: u64,
+    scratch: &Path,
+) -> Result<(Measured, f64)> {
+    let plan = plan_subtask_with_local(meta, parallelism, subtask, &PlanOptions::default(), local)?;
+    let copy_seconds = plain_copy(
+        store_root,
+        store.job(),
+        &files_to_download(meta, &plan),
+        scratch,
+    )?;
+    let m = measure(
+        store,
+        subtask,
+        parallelism,
+        Strategy::Ingest,
+        false,
+        target,
+        expected_keys,
+    )
+    .await?;
+    if let Some(volume) = target.parent() {
+        std::fs::remove_dir_all(volume).map_err(Error::io("remove", volume))?;
+    }
+    Ok((m, copy_seconds))
+}
+
+/// Waits until the backend's DB has no compaction pending or running.
+fn wait_for_compactions(b: &StateBackend) -> Result<()> {
+    let property = |name: &str| {
+        b.db()
+            .property_int_value(name)
+            .map_err(Error::rocks(format!("read {name}")))
+            .map(|v| v.unwrap_or(0))
+    };
+    while property("rocksdb.compaction-pending")? > 0
+        || property("rocksdb.num-running-compactions")? > 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn count_keys(target: &Path, range: KeyGroupRange) -> Result<u64> {
@@ -138,6 +285,8 @@ fn count_keys(target: &Path, range: KeyGroupRange) -> Result<u64> {
 struct Measured {
     seconds: f64,
     summary: RestoreSummary,
+    /// Bytes of the SST files of the restored DB.
+    range_bytes: u64,
 }
 
 async fn measure(
@@ -156,13 +305,33 @@ async fn measure(
     let summary = restore_subtask(store, &request).await?;
     let seconds = started.elapsed().as_secs_f64();
     let keys = count_keys(target, summary.range)?;
+    let range_bytes = sst_bytes(target)?;
     if keys != expected_keys {
         return Err(Error::Other(format!(
             "benchmark restore of subtask {subtask}/{parallelism} ({strategy}) holds {keys} keys, expected {expected_keys}"
         )));
     }
     std::fs::remove_dir_all(target).map_err(Error::io("remove", target))?;
-    Ok(Measured { seconds, summary })
+    Ok(Measured {
+        seconds,
+        summary,
+        range_bytes,
+    })
+}
+
+/// Bytes of the SST files of the DB in `dir`: the size of its range's state.
+fn sst_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        let entry = entry.map_err(Error::io("list", dir))?;
+        if entry.file_name().to_string_lossy().ends_with(".sst") {
+            total += entry
+                .metadata()
+                .map_err(Error::io("stat", entry.path()))?
+                .len();
+        }
+    }
+    Ok(total)
 }
 
 /// `cp` of every SST file of the checkpoint's handles (what an `ingest` scale-in downloads)
@@ -276,6 +445,49 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     }
     let (cp, cp_sync, cp_bytes) = raw_copy(&store_root, &meta2, store2.job(), &dir.join("raw"))?;
 
+    // Local state reused: pods keeping their volumes (old subtask i's DB at the checkpoint,
+    // with its marker, on new subtask i's volume) against fresh pods; each beside a plain
+    // copy of the bytes it downloads.
+    let plain = dir.join("plain");
+    let fresh = |name: &str| dir.join(format!("volume-{name}")).join("db");
+    let mut reuse = Vec::new();
+    let t = kept_volume(&dir, &meta2, 0, "in-kept")?;
+    reuse.push((
+        "2→1 kept volume".to_owned(),
+        reuse_scenario(
+            &store2,
+            &store_root,
+            &meta2,
+            0,
+            1,
+            Some(0),
+            &t,
+            keys,
+            &plain,
+        )
+        .await?,
+    ));
+    let t = fresh("in-fresh");
+    reuse.push((
+        "2→1 fresh pod".to_owned(),
+        reuse_scenario(&store2, &store_root, &meta2, 0, 1, None, &t, keys, &plain).await?,
+    ));
+    for i in 0..2u32 {
+        let n = half[i as usize];
+        if i == 0 {
+            let t = kept_volume(&dir, &meta1, 0, "out-kept")?;
+            reuse.push((
+                "1→2 kept volume, subtask 0".to_owned(),
+                reuse_scenario(&store1, &store_root, &meta1, 0, 2, Some(0), &t, n, &plain).await?,
+            ));
+        }
+        let t = fresh(&format!("out-fresh-{i}"));
+        reuse.push((
+            format!("1→2 fresh pod, subtask {i}"),
+            reuse_scenario(&store1, &store_root, &meta1, i, 2, None, &t, n, &plain).await?,
+        ));
+    }
+
     let line = |out: &mut String, name: &str, m: &Measured| {
         writeln!(
             out,
@@ -332,6 +544,32 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
             "  scale-out subtask {i}: ingest is {:.1}× faster than copy; {:.1}× with the compaction deferred",
             copy_out[i].seconds / ingest_out[i].seconds,
             copy_out[i].seconds / deferred_out[i].seconds
+        )
+        .ok();
+    }
+    writeln!(
+        out,
+        "local state reused (ingest; 'plain copy' = cp + sync of exactly the downloaded files):"
+    )
+    .ok();
+    for (name, (m, copy_seconds)) in &reuse {
+        let ratio = if m.summary.downloaded_bytes == 0 {
+            "n/a (nothing downloaded)".to_owned()
+        } else if m.summary.local_fallbacks > 0 {
+            format!(
+                "n/a ({} local files unusable, downloaded instead)",
+                m.summary.local_fallbacks
+            )
+        } else {
+            format!(
+                "{:.2}× the plain copy ({copy_seconds:.2}s)",
+                m.seconds / copy_seconds
+            )
+        };
+        writeln!(
+            out,
+            "  {name:<28} {:>8.2}s  downloaded {:>12} B  reused locally {:>12} B  new range {:>12} B  {ratio}",
+            m.seconds, m.summary.downloaded_bytes, m.summary.reused_bytes, m.range_bytes
         )
         .ok();
     }

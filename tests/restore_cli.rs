@@ -90,6 +90,15 @@ async fn plan_and_restore_a_stored_checkpoint() {
     );
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols[4], "1", "initial handle: {line}");
+    // Bytes to fetch beside the bytes of the whole intersecting handles (both old handles).
+    assert!(out.contains("HANDLE BYTES"), "{out}");
+    assert_eq!(
+        cols[7],
+        (meta.handles[0].bytes_total + meta.handles[1].bytes_total).to_string(),
+        "bytes of the intersecting handles: {line}"
+    );
+    let fetched: u64 = cols[6].parse().unwrap();
+    assert!(fetched > 0 && fetched <= meta.handles[0].bytes_total + meta.handles[1].bytes_total);
     let (ok, json, err) = regroup(
         &[
             "plan",
@@ -111,6 +120,11 @@ async fn plan_and_restore_a_stored_checkpoint() {
         v["subtasks"][1]["bytesToDownload"],
         meta.handles[1].bytes_total
     );
+    assert_eq!(
+        v["subtasks"][1]["bytesOfHandles"],
+        meta.handles[1].bytes_total
+    );
+    assert_eq!(v["subtasks"][1]["bytesLocal"], 0);
 
     // The init container: everything from the environment.
     let target = root.path().join("pod-1").join("db");

@@ -5,12 +5,13 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, ReadOptions, WriteBatch};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::ingest;
+use super::local::LocalSource;
 use super::plan::{InputMethod, PlannedInput, RestoreKind, SubtaskPlan};
 use crate::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
-use crate::checkpoint::store::DOWNLOAD_PARALLELISM;
+use crate::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
@@ -31,6 +32,12 @@ pub struct BuildStats {
     pub ingested_files: usize,
     /// Records copied one by one.
     pub copied_keys: u64,
+    /// Files hard-linked from the local DB instead of downloaded.
+    pub reused_files: usize,
+    /// Bytes of those files.
+    pub reused_bytes: u64,
+    /// Local files found unusable (missing, other size or checksum, not linkable), downloaded.
+    pub local_fallbacks: usize,
     /// Seconds spent downloading (and syncing the downloads).
     pub download_seconds: f64,
     /// Seconds spent building the DB from the downloads.
@@ -55,10 +62,11 @@ pub async fn build(
     column_families: &[String],
     work: &Path,
     compact: bool,
+    local: Option<&LocalSource>,
 ) -> Result<BuildStats> {
     let mut stats = BuildStats::default();
     let started = Instant::now();
-    download(store, meta, plan, work, &mut stats).await?;
+    download(store, meta, plan, work, local, &mut stats).await?;
     stats.download_seconds = started.elapsed().as_secs_f64();
     let building = Instant::now();
     let work = work.to_path_buf();
@@ -75,15 +83,67 @@ pub async fn build(
     Ok(stats)
 }
 
-/// Downloads every file the plan needs, verified, with bounded parallelism over all inputs.
+/// Hard-links `source` to `dest` and checks its size and checksum against `file`; the reason
+/// it cannot be used otherwise (the caller removes `dest`). Never copies: a copy costs what a
+/// download does. Linking first (the same inode either way) spares reading a file that cannot
+/// be linked, e.g. across devices.
+fn link_verified(source: &Path, dest: &Path, file: &FileRef) -> std::result::Result<(), String> {
+    std::fs::hard_link(source, dest).map_err(|e| format!("cannot hard-link: {e}"))?;
+    let (size, checksum) = checksum_file(dest).map_err(|e| e.to_string())?;
+    verify(file, size, checksum).map_err(|e| format!("local copy differs: {e}"))
+}
+
+/// Hard-links the local DB's copies of `files` (each verified) into place; returns those that
+/// must be downloaded instead.
+async fn link_local<'a>(
+    local: &LocalSource,
+    files: Vec<(PathBuf, &'a FileRef, String, &'a str)>,
+    stats: &mut BuildStats,
+) -> Vec<(PathBuf, &'a FileRef, String)> {
+    let mut results = futures::stream::iter(files)
+        .map(|(dest, file, referenced_in, name)| {
+            let source = local.db.join(name);
+            let target = dest.clone();
+            let expected = file.clone();
+            async move {
+                let outcome =
+                    tokio::task::spawn_blocking(move || link_verified(&source, &target, &expected))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("verification task failed: {e}")));
+                (dest, file, referenced_in, name, outcome)
+            }
+        })
+        .buffer_unordered(DOWNLOAD_PARALLELISM);
+    let mut rest = Vec::new();
+    while let Some((dest, file, referenced_in, name, outcome)) = results.next().await {
+        match outcome {
+            Ok(()) => {
+                stats.reused_files += 1;
+                stats.reused_bytes += file.size;
+            }
+            Err(why) => {
+                warn!(file = name, db = %local.db.display(), reason = %why, "local file not used: downloading it instead");
+                stats.local_fallbacks += 1;
+                let _ = std::fs::remove_file(&dest);
+                rest.push((dest, file, referenced_in));
+            }
+        }
+    }
+    rest
+}
+
+/// Downloads every file the plan needs, verified, with bounded parallelism over all inputs;
+/// the SST files of a local input are hard-linked from the local DB when they verify.
 async fn download(
     store: &CheckpointStore,
     meta: &CheckpointMetadata,
     plan: &SubtaskPlan,
     work: &Path,
+    local: Option<&LocalSource>,
     stats: &mut BuildStats,
 ) -> Result<()> {
     let mut jobs: Vec<(PathBuf, &FileRef, String)> = Vec::new();
+    let mut local_jobs: Vec<(PathBuf, &FileRef, String, &str)> = Vec::new();
     for input in &plan.inputs {
         let h = &meta.handles[input.old_subtask as usize];
         let referenced_in = store
@@ -91,15 +151,33 @@ async fn download(
             .relative(&store.paths().handle(h.checkpoint_id, h.subtask));
         let dir = input_dir(work, input);
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+        let from_local = input.local && local.is_some_and(|l| l.old_subtask == input.old_subtask);
         for &i in &input.shared_files {
             let f = &h.shared[i];
-            jobs.push((dir.join(&f.local_name), &f.file, referenced_in.clone()));
+            let dest = dir.join(&f.local_name);
+            if from_local {
+                local_jobs.push((dest, &f.file, referenced_in.clone(), &f.local_name));
+            } else {
+                jobs.push((dest, &f.file, referenced_in.clone()));
+            }
         }
         if input.private_files {
             for p in &h.private {
                 jobs.push((dir.join(&p.local_name), &p.file, referenced_in.clone()));
             }
         }
+    }
+    if let Some(local) = local
+        && !local_jobs.is_empty()
+    {
+        let candidates = local_jobs.len();
+        jobs.extend(link_local(local, local_jobs, stats).await);
+        info!(
+            files = stats.reused_files,
+            bytes = stats.reused_bytes,
+            of = candidates,
+            "hard-linked from the local DB"
+        );
     }
     let total: u64 = jobs.iter().map(|(_, f, _)| f.size).sum();
     info!(

@@ -219,19 +219,20 @@ pub fn rescale_plan_text(plan: &RescalePlan) -> String {
     let mut out = String::new();
     writeln!(
         out,
-        "checkpoint {}: parallelism {} → {}, max parallelism {}, strategy {}, {} bytes to download in all",
+        "checkpoint {}: parallelism {} → {}, max parallelism {}, strategy {}, {} bytes to download in all ({} bytes in the whole intersecting handles)",
         plan.checkpoint_id,
         plan.from_parallelism,
         plan.to_parallelism,
         plan.max_parallelism,
         plan.strategy,
-        plan.bytes_to_download()
+        plan.bytes_to_download(),
+        plan.bytes_of_handles()
     )
     .ok();
     writeln!(
         out,
-        "{:>7}  {:<14}  {:<9}  {:>7}  {:>14}  INPUTS (old subtask: key groups taken, method, files, bytes)",
-        "SUBTASK", "KEY GROUPS", "KIND", "INITIAL", "BYTES"
+        "{:>7}  {:<14}  {:<9}  {:>7}  {:>5}  {:>14}  {:>14}  INPUTS (old subtask: key groups taken, method, files, bytes)",
+        "SUBTASK", "KEY GROUPS", "KIND", "INITIAL", "FILES", "BYTES", "HANDLE BYTES"
     )
     .ok();
     for s in &plan.subtasks {
@@ -245,21 +246,32 @@ pub fn rescale_plan_text(plan: &RescalePlan) -> String {
                 } else {
                     String::new()
                 };
+                let local = if i.local {
+                    format!(", {} B local", i.local_bytes)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{}:{} {} {} SST{}{} {} B",
+                    "{}:{} {} {} SST{}{} {} B{}",
                     i.old_subtask,
                     i.intersection,
                     i.method,
                     files,
                     if i.private_files { " + private" } else { "" },
                     skipped,
-                    i.bytes
+                    i.bytes,
+                    local
                 )
             })
             .collect();
+        let files: usize = s
+            .inputs
+            .iter()
+            .map(|i| i.shared_files.len() + usize::from(i.private_files))
+            .sum();
         writeln!(
             out,
-            "{:>7}  {:<14}  {:<9}  {:>7}  {:>14}  {}",
+            "{:>7}  {:<14}  {:<9}  {:>7}  {:>5}  {:>14}  {:>14}  {}",
             s.subtask,
             s.range.to_string(),
             match s.kind {
@@ -267,7 +279,9 @@ pub fn rescale_plan_text(plan: &RescalePlan) -> String {
                 super::RestoreKind::Rescaled => "rescaled",
             },
             s.initial.map_or("empty".to_owned(), |i| i.to_string()),
+            files,
             s.bytes_to_download,
+            s.bytes_of_handles,
             inputs.join("; ")
         )
         .ok();

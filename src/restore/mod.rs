@@ -11,12 +11,21 @@
 //!   intersect it, for `ingest`) and merged by [`Strategy::Copy`] or [`Strategy::Ingest`], then
 //!   the DB is clipped to the range.
 //!
+//! - **local state reused**: when the target's parent (the pod's volume) holds the DB a worker
+//!   left after a stop-with-checkpoint, and its marker (`checkpoint-marker.json`, see
+//!   [`crate::worker::marker`]) names a handle of the restored checkpoint (same job, checkpoint
+//!   and DB instance), that handle is preferred as the initial one and the SST files the plan
+//!   needs from it are hard-linked from the local DB after checking size and checksum (any that
+//!   do not verify or cannot be linked are downloaded, and logged); only the rest is fetched.
+//!
 //! The DB is built in a hidden sibling directory of the target and renamed into place only when
-//! complete; on any failure that directory is removed, so the target never holds a partial DB.
+//! complete; on any failure that directory is removed, so the target never holds a partial DB
+//! and a reused local DB (only ever hard-linked from) stays intact for a retry.
 
 mod build;
 pub mod command;
 mod ingest;
+pub mod local;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -29,10 +38,11 @@ use tracing::{info, warn};
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId, SharedFile};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
+use local::LocalSource;
 
 pub use plan::{
     InputMethod, PlanOptions, RescalePlan, RestoreKind, Strategy, SubtaskPlan, plan, plan_ranges,
-    plan_subtask,
+    plan_subtask, plan_subtask_with_local,
 };
 
 /// Name of the marker file the restore writes into the DB directory it produced.
@@ -124,6 +134,14 @@ pub struct RestoreSummary {
     pub downloaded_files: usize,
     /// Bytes downloaded (0 for local recovery).
     pub downloaded_bytes: u64,
+    /// Old subtask whose handle's DB was found on the volume and reused, if any.
+    pub local_handle: Option<u32>,
+    /// SST files hard-linked from the local DB instead of downloaded.
+    pub reused_files: usize,
+    /// Bytes of those files.
+    pub reused_bytes: u64,
+    /// Local files that did not verify (or could not be linked) and were downloaded instead.
+    pub local_fallbacks: usize,
     /// SST files of intersecting handles not downloaded because they hold no key of the range.
     pub skipped_files: usize,
     /// SST files ingested without rewriting.
@@ -154,7 +172,7 @@ impl RestoreSummary {
             .map(|(s, m)| format!("{s}:{m}"))
             .collect();
         format!(
-            "restored checkpoint {} of {} for subtask {}/{} key groups {} into {}: {}{}, inputs [{}], downloaded {} files {} bytes ({} skipped), ingested {} files, copied {} keys, {:.2}s (download {:.2}s, build {:.2}s)",
+            "restored checkpoint {} of {} for subtask {}/{} key groups {} into {}: {}{}, inputs [{}], downloaded {} files {} bytes ({} skipped), reused locally {} files {} bytes{}{}, ingested {} files, copied {} keys, {:.2}s (download {:.2}s, build {:.2}s)",
             self.checkpoint_id,
             self.job,
             self.subtask,
@@ -171,6 +189,16 @@ impl RestoreSummary {
             self.downloaded_files,
             self.downloaded_bytes,
             self.skipped_files,
+            self.reused_files,
+            self.reused_bytes,
+            self.local_handle
+                .map(|s| format!(" (handle {s})"))
+                .unwrap_or_default(),
+            if self.local_fallbacks > 0 {
+                format!(", {} local files unusable", self.local_fallbacks)
+            } else {
+                String::new()
+            },
             self.ingested_files,
             self.copied_keys,
             self.total_seconds,
@@ -277,8 +305,29 @@ pub async fn restore_subtask(
     let options = request.plan_options();
     options.validate()?;
     let meta = resolve_checkpoint(store, request.checkpoint).await?;
-    let plan = plan_subtask(&meta, request.parallelism, request.subtask, &options)?;
     let target = absolute(&request.target)?;
+    // The volume's state directory: the DB a previous pod of this ordinal left, and its marker.
+    let range =
+        KeyGroupRange::for_subtask(meta.max_parallelism, request.parallelism, request.subtask)?;
+    let local_copy = is_local_copy(
+        &target,
+        &meta.job,
+        meta.checkpoint_id,
+        meta.max_parallelism,
+        range,
+    );
+    let local = if local_copy {
+        None
+    } else {
+        target.parent().and_then(|d| local::find(d, &meta))
+    };
+    let plan = plan_subtask_with_local(
+        &meta,
+        request.parallelism,
+        request.subtask,
+        &options,
+        local.as_ref().map(|l| l.old_subtask),
+    )?;
     let mut summary = RestoreSummary {
         job: meta.job.clone(),
         checkpoint_id: meta.checkpoint_id,
@@ -300,6 +349,10 @@ pub async fn restore_subtask(
         column_families: column_families(&meta, &plan),
         downloaded_files: 0,
         downloaded_bytes: 0,
+        local_handle: None,
+        reused_files: 0,
+        reused_bytes: 0,
+        local_fallbacks: 0,
         skipped_files: plan.inputs.iter().map(|i| i.skipped_files).sum(),
         ingested_files: 0,
         copied_keys: 0,
@@ -315,13 +368,7 @@ pub async fn restore_subtask(
             .clone();
     }
 
-    if is_local_copy(
-        &target,
-        &meta.job,
-        meta.checkpoint_id,
-        meta.max_parallelism,
-        plan.range,
-    ) {
+    if local_copy {
         summary.mode = RestoreMode::LocalRecovery;
         summary.strategy = None;
         summary.skipped_files = 0;
@@ -350,10 +397,11 @@ pub async fn restore_subtask(
         &summary.column_families,
         &work,
         !request.defer_compaction,
+        local.as_ref(),
     )
     .await;
     let outcome = match result {
-        Ok(stats) => finish(&work, &target, &meta, &plan).map(|()| stats),
+        Ok(stats) => finish(&work, &target, &meta, &plan, local.as_ref()).map(|()| stats),
         Err(e) => Err(e),
     };
     if let Err(e) = std::fs::remove_dir_all(&work)
@@ -364,6 +412,10 @@ pub async fn restore_subtask(
     let stats = outcome?;
     summary.downloaded_files = stats.downloaded_files;
     summary.downloaded_bytes = stats.downloaded_bytes;
+    summary.local_handle = local.as_ref().map(|l| l.old_subtask);
+    summary.reused_files = stats.reused_files;
+    summary.reused_bytes = stats.reused_bytes;
+    summary.local_fallbacks = stats.local_fallbacks;
     summary.ingested_files = stats.ingested_files;
     summary.copied_keys = stats.copied_keys;
     summary.download_seconds = stats.download_seconds;
@@ -374,6 +426,7 @@ pub async fn restore_subtask(
         subtask = summary.subtask,
         mode = ?summary.mode,
         downloaded_bytes = summary.downloaded_bytes,
+        reused_bytes = summary.reused_bytes,
         ingested_files = summary.ingested_files,
         copied_keys = summary.copied_keys,
         seconds = summary.total_seconds,
@@ -411,8 +464,16 @@ fn column_families(meta: &CheckpointMetadata, plan: &SubtaskPlan) -> Vec<String>
     out
 }
 
-/// Writes the marker, then renames the finished DB over the target.
-fn finish(work: &Path, target: &Path, meta: &CheckpointMetadata, plan: &SubtaskPlan) -> Result<()> {
+/// Writes the marker, then renames the finished DB over the target; the DB it replaces (and a
+/// local DB it reused) is removed only now that the new one is complete, its checkpoint marker
+/// first, so that no crash leaves a marker naming a DB that no longer equals the checkpoint.
+fn finish(
+    work: &Path,
+    target: &Path,
+    meta: &CheckpointMetadata,
+    plan: &SubtaskPlan,
+    local: Option<&LocalSource>,
+) -> Result<()> {
     let db = work.join(build::DB_DIR);
     let marker = RestoreMarker {
         job: meta.job.clone(),
@@ -423,6 +484,13 @@ fn finish(work: &Path, target: &Path, meta: &CheckpointMetadata, plan: &SubtaskP
     };
     marker.write(&db)?;
     sync_dir(&db)?;
+    let state_dir = target.parent();
+    let target_is_marked_db = state_dir.is_some_and(|d| d.join(crate::worker::DB_DIR) == target);
+    if let Some(d) = state_dir
+        && (target_is_marked_db || local.is_some())
+    {
+        crate::worker::marker::LocalCheckpointMarker::remove(d)?;
+    }
     if target.exists() {
         // A stale DB (another checkpoint, another range, or opened since): replaced only now
         // that the new one is complete.
@@ -431,6 +499,12 @@ fn finish(work: &Path, target: &Path, meta: &CheckpointMetadata, plan: &SubtaskP
     std::fs::rename(&db, target).map_err(Error::io("rename into place", target))?;
     if let Some(parent) = target.parent() {
         sync_dir(parent)?;
+    }
+    if let Some(l) = local
+        && l.db != target
+        && l.db.exists()
+    {
+        std::fs::remove_dir_all(&l.db).map_err(Error::io("remove the reused local DB", &l.db))?;
     }
     Ok(())
 }

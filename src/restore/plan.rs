@@ -141,8 +141,13 @@ pub struct PlannedInput {
     pub private_files: bool,
     /// SST files of the handle skipped because their key groups lie outside the new range.
     pub skipped_files: usize,
-    /// Bytes of the files to download.
+    /// Bytes of the files the input needs (downloaded or reused locally).
     pub bytes: u64,
+    /// True when this handle's DB is on the pod's own volume: its SST files are expected to be
+    /// hard-linked from there (each verified first), only the rest downloaded.
+    pub local: bool,
+    /// Bytes of this input's SST files expected from the local DB (0 unless `local`).
+    pub local_bytes: u64,
 }
 
 /// The plan of one new subtask.
@@ -159,8 +164,13 @@ pub struct SubtaskPlan {
     pub inputs: Vec<PlannedInput>,
     /// Old subtask index of the initial handle; `None` means start from an empty DB.
     pub initial: Option<u32>,
-    /// Bytes to download in all.
+    /// Bytes to download in all (those expected from a local DB excepted).
     pub bytes_to_download: u64,
+    /// Bytes expected to be reused from a local DB instead of downloaded.
+    pub bytes_local: u64,
+    /// Bytes of every file of every intersecting handle: what a restore that fetches whole
+    /// handles (Flink's) would download.
+    pub bytes_of_handles: u64,
 }
 
 impl SubtaskPlan {
@@ -194,6 +204,11 @@ impl RescalePlan {
     pub fn bytes_to_download(&self) -> u64 {
         self.subtasks.iter().map(|s| s.bytes_to_download).sum()
     }
+
+    /// Bytes of the whole intersecting handles, summed over the new subtasks.
+    pub fn bytes_of_handles(&self) -> u64 {
+        self.subtasks.iter().map(|s| s.bytes_of_handles).sum()
+    }
 }
 
 /// True when an SST file may hold keys of `range` (a file without a recorded span may hold any).
@@ -222,9 +237,22 @@ pub fn plan_subtask(
     subtask: u32,
     options: &PlanOptions,
 ) -> Result<SubtaskPlan> {
+    plan_subtask_with_local(meta, parallelism, subtask, options, None)
+}
+
+/// Plans the restore of `subtask` of `parallelism` from `meta` when the DB of the handle of old
+/// subtask `local` is on the pod's volume: that handle, if it intersects the range, is the
+/// initial handle (it costs no download) and its SST files are expected from the local DB.
+pub fn plan_subtask_with_local(
+    meta: &CheckpointMetadata,
+    parallelism: u32,
+    subtask: u32,
+    options: &PlanOptions,
+    local: Option<u32>,
+) -> Result<SubtaskPlan> {
     options.validate()?;
     let range = KeyGroupRange::for_subtask(meta.max_parallelism, parallelism, subtask)?;
-    Ok(plan_range(&meta.handles, subtask, range, options))
+    Ok(plan_range(&meta.handles, subtask, range, options, local))
 }
 
 /// Plans every new subtask of `parallelism` from `meta`.
@@ -238,7 +266,7 @@ pub fn plan(
     let subtasks = ranges(meta.max_parallelism, parallelism)?
         .into_iter()
         .enumerate()
-        .map(|(i, range)| plan_range(&meta.handles, i as u32, range, options))
+        .map(|(i, range)| plan_range(&meta.handles, i as u32, range, options, None))
         .collect();
     Ok(RescalePlan {
         checkpoint_id: meta.checkpoint_id,
@@ -255,24 +283,43 @@ fn plan_range(
     subtask: u32,
     range: KeyGroupRange,
     options: &PlanOptions,
+    local: Option<u32>,
 ) -> SubtaskPlan {
+    let shared_bytes = |h: &SubtaskHandle, files: &[usize]| -> u64 {
+        files.iter().map(|&i| h.shared[i].file.size).sum()
+    };
+    let bytes_of_handles = handles
+        .iter()
+        .filter(|h| h.key_group_range.intersection(&range).is_some())
+        .map(|h| h.files().map(|f| f.size).sum::<u64>())
+        .sum();
     if let Some(h) = handles.iter().find(|h| h.key_group_range == range) {
+        let shared_files: Vec<usize> = (0..h.shared.len()).collect();
+        let is_local = local == Some(h.subtask);
         let input = PlannedInput {
             old_subtask: h.subtask,
             handle_range: h.key_group_range,
             intersection: range,
             overlap_fraction: 1.0,
             method: InputMethod::Whole,
-            shared_files: (0..h.shared.len()).collect(),
             private_files: true,
             skipped_files: 0,
             bytes: h.files().map(|f| f.size).sum(),
+            local: is_local,
+            local_bytes: if is_local {
+                shared_bytes(h, &shared_files)
+            } else {
+                0
+            },
+            shared_files,
         };
         return SubtaskPlan {
             subtask,
             range,
             kind: RestoreKind::Unchanged,
-            bytes_to_download: input.bytes,
+            bytes_to_download: input.bytes - input.local_bytes,
+            bytes_local: input.local_bytes,
+            bytes_of_handles,
             initial: Some(h.subtask),
             inputs: vec![input],
         };
@@ -305,6 +352,7 @@ fn plan_range(
                 } else {
                     0
                 };
+            let is_local = local == Some(h.subtask);
             Some(PlannedInput {
                 old_subtask: h.subtask,
                 handle_range: h.key_group_range,
@@ -312,6 +360,12 @@ fn plan_range(
                 overlap_fraction,
                 method,
                 skipped_files: h.shared.len() - shared_files.len(),
+                local: is_local,
+                local_bytes: if is_local {
+                    shared_bytes(h, &shared_files)
+                } else {
+                    0
+                },
                 shared_files,
                 private_files,
                 bytes,
@@ -319,7 +373,13 @@ fn plan_range(
         })
         .collect();
     inputs.sort_by_key(|i| i.old_subtask);
-    let initial = choose_initial(&inputs, options.overlap_fraction_threshold);
+    // A local input costs no download: it is the natural initial handle (the base DB of
+    // `copy`) when the threshold allows it.
+    let initial = inputs
+        .iter()
+        .find(|i| i.local && i.overlap_fraction >= options.overlap_fraction_threshold)
+        .map(|i| i.old_subtask)
+        .or_else(|| choose_initial(&inputs, options.overlap_fraction_threshold));
     if options.strategy == Strategy::Copy
         && let Some(base) = inputs.iter_mut().find(|i| Some(i.old_subtask) == initial)
     {
@@ -329,7 +389,9 @@ fn plan_range(
         subtask,
         range,
         kind: RestoreKind::Rescaled,
-        bytes_to_download: inputs.iter().map(|i| i.bytes).sum(),
+        bytes_to_download: inputs.iter().map(|i| i.bytes - i.local_bytes).sum(),
+        bytes_local: inputs.iter().map(|i| i.local_bytes).sum(),
+        bytes_of_handles,
         initial,
         inputs,
     }
@@ -517,6 +579,62 @@ mod tests {
     }
 
     #[test]
+    fn a_local_handle_is_preferred_and_not_downloaded() {
+        // 3 → 2 at M = 6: new 0 = [0,2] takes [0,1] of old 0 and [2,2] of old 1; without a
+        // local DB old 0 (larger intersection) is the initial handle.
+        let meta = checkpoint(6, 3, 2);
+        let copy = PlanOptions {
+            strategy: Strategy::Copy,
+            overlap_fraction_threshold: 0.0,
+        };
+        let remote = plan_subtask(&meta, 2, 0, &copy).unwrap();
+        assert_eq!(remote.initial, Some(0));
+        assert_eq!(remote.bytes_local, 0);
+        assert_eq!(remote.bytes_to_download, remote.bytes_of_handles);
+        // With old 1's DB on the volume, old 1 is the base and its SSTs are not downloaded.
+        let local = plan_subtask_with_local(&meta, 2, 0, &copy, Some(1)).unwrap();
+        assert_eq!(local.initial, Some(1));
+        let base = local.initial_input().unwrap();
+        assert!(base.local);
+        assert_eq!(base.method, InputMethod::Base);
+        assert_eq!(base.local_bytes, 1000 + 1001);
+        assert_eq!(local.bytes_local, 1000 + 1001);
+        assert_eq!(
+            local.bytes_to_download,
+            remote.bytes_to_download - local.bytes_local
+        );
+        // A local handle that does not intersect the range changes nothing.
+        let other = plan_subtask_with_local(&meta, 2, 0, &copy, Some(2)).unwrap();
+        assert_eq!(other, remote);
+        // A threshold above its overlap fraction keeps it from being the initial handle, but
+        // its files are still reused.
+        let strict = PlanOptions {
+            strategy: Strategy::Copy,
+            overlap_fraction_threshold: 0.9,
+        };
+        let held = plan_subtask_with_local(&meta, 2, 0, &strict, Some(1)).unwrap();
+        assert_eq!(held.initial, Some(0));
+        assert_eq!(held.bytes_local, 1000 + 1001);
+        // Unchanged ranges: the local handle's SSTs are reused, its private files downloaded.
+        let same = plan_subtask_with_local(&meta, 3, 1, &PlanOptions::default(), Some(1)).unwrap();
+        assert_eq!(same.kind, RestoreKind::Unchanged);
+        assert_eq!(same.bytes_local, 1000 + 1001);
+        assert_eq!(same.bytes_to_download, 16);
+    }
+
+    #[test]
+    fn ingest_fetches_fewer_bytes_than_whole_handles() {
+        // 1 → 2: each new subtask needs only the files of its half.
+        let meta = checkpoint(8, 1, 4);
+        let plan = plan(&meta, 2, &PlanOptions::default()).unwrap();
+        for s in &plan.subtasks {
+            assert_eq!(s.bytes_of_handles, 1000 + 1001 + 1002 + 1003 + 16);
+        }
+        assert_eq!(plan.subtasks[0].bytes_to_download, 1000 + 1001);
+        assert_eq!(plan.subtasks[1].bytes_to_download, 1002 + 1003);
+    }
+
+    #[test]
     fn scale_in_picks_the_larger_intersection() {
         // M=128, 3 → 2: new [0,63] gets old 0 [0,42] (43) and old 1 [43,85] (21).
         let meta = checkpoint(128, 3, 1);
@@ -539,7 +657,7 @@ mod tests {
         let mut meta = checkpoint(16, 2, 1);
         meta.handles[0].key_group_range = r(0, 9);
         meta.handles[1].key_group_range = r(10, 15);
-        let inputs = plan_range(&meta.handles, 0, r(6, 13), &PlanOptions::default()).inputs;
+        let inputs = plan_range(&meta.handles, 0, r(6, 13), &PlanOptions::default(), None).inputs;
         assert_eq!(inputs[0].intersection.len(), inputs[1].intersection.len());
         // B's fraction 4/6 beats A's 4/10.
         assert_eq!(choose_initial(&inputs, 0.0), Some(1));

@@ -1,0 +1,179 @@
+//! Local state reused across a rescale: the DB a worker left on its volume after a
+//! stop-with-checkpoint, named by its [`LocalCheckpointMarker`], and which handle it equals.
+
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::checkpoint::CheckpointMetadata;
+use crate::worker::marker::LocalCheckpointMarker;
+
+/// A local DB that equals one handle of the checkpoint being restored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSource {
+    /// Directory of the local DB (`<state-dir>/db`).
+    pub db: PathBuf,
+    /// Old subtask of the handle it equals.
+    pub old_subtask: u32,
+}
+
+/// Which handle of `meta` the DB named by `marker` equals, or why it equals none: same job,
+/// same checkpoint, and the handle of the marker's subtask written by the marker's DB instance
+/// over the marker's key groups.
+pub fn matching_handle(
+    marker: &LocalCheckpointMarker,
+    meta: &CheckpointMetadata,
+) -> std::result::Result<u32, String> {
+    if marker.job != meta.job {
+        return Err(format!("it is of job {}, not {}", marker.job, meta.job));
+    }
+    if marker.checkpoint_id != meta.checkpoint_id {
+        return Err(format!(
+            "it equals checkpoint {}, not the restored checkpoint {}",
+            marker.checkpoint_id, meta.checkpoint_id
+        ));
+    }
+    let Some(h) = meta.handles.iter().find(|h| h.subtask == marker.subtask) else {
+        return Err(format!(
+            "checkpoint {} has no handle of subtask {}",
+            meta.checkpoint_id, marker.subtask
+        ));
+    };
+    if h.instance_id != marker.instance_id {
+        return Err(format!(
+            "it is DB instance {}, the handle of subtask {} was written by instance {}",
+            marker.instance_id, h.subtask, h.instance_id
+        ));
+    }
+    if h.key_group_range != marker.key_group_range || meta.max_parallelism != marker.max_parallelism
+    {
+        return Err(format!(
+            "it holds key groups {} of {}, the handle of subtask {} holds {} of {}",
+            marker.key_group_range,
+            marker.max_parallelism,
+            h.subtask,
+            h.key_group_range,
+            meta.max_parallelism
+        ));
+    }
+    Ok(h.subtask)
+}
+
+/// The local DB in `state_dir` usable for restoring `meta`, if any; logs why one is not used.
+pub fn find(state_dir: &Path, meta: &CheckpointMetadata) -> Option<LocalSource> {
+    let marker = match LocalCheckpointMarker::read(state_dir) {
+        Ok(Some(m)) => m,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(dir = %state_dir.display(), error = %e, "local checkpoint marker unreadable: local state not used");
+            return None;
+        }
+    };
+    let db = state_dir.join(crate::worker::DB_DIR);
+    match matching_handle(&marker, meta) {
+        Ok(old_subtask) if db.is_dir() => {
+            info!(db = %db.display(), old_subtask, checkpoint = meta.checkpoint_id, "local DB equals a handle of the checkpoint: its files are reused");
+            Some(LocalSource { db, old_subtask })
+        }
+        Ok(_) => {
+            warn!(db = %db.display(), "local checkpoint marker without its DB: local state not used");
+            None
+        }
+        Err(why) => {
+            info!(dir = %state_dir.display(), reason = %why, "local DB not used");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::SubtaskHandle;
+    use crate::checkpoint::metadata::FORMAT_VERSION;
+    use crate::keygroup::{KeyGroupRange, ranges};
+    use crate::worker::marker::MARKER_VERSION;
+
+    fn meta() -> CheckpointMetadata {
+        let handles = ranges(8, 2)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| SubtaskHandle {
+                format_version: FORMAT_VERSION,
+                job: "ns/job".parse().unwrap(),
+                checkpoint_id: 5,
+                epoch: 1,
+                subtask: i as u32,
+                parallelism: 2,
+                max_parallelism: 8,
+                key_group_range: range,
+                instance_id: format!("inst{i}"),
+                column_families: vec!["default".into()],
+                shared: vec![],
+                private: vec![],
+                bytes_total: 0,
+                bytes_uploaded: 0,
+                created_at: chrono::Utc::now(),
+            })
+            .collect();
+        CheckpointMetadata {
+            format_version: FORMAT_VERSION,
+            job: "ns/job".parse().unwrap(),
+            checkpoint_id: 5,
+            epoch: 1,
+            parallelism: 2,
+            max_parallelism: 8,
+            completed_at: chrono::Utc::now(),
+            handles,
+        }
+    }
+
+    fn marker() -> LocalCheckpointMarker {
+        LocalCheckpointMarker {
+            format_version: MARKER_VERSION,
+            job: "ns/job".parse().unwrap(),
+            checkpoint_id: 5,
+            instance_id: "inst1".into(),
+            subtask: 1,
+            parallelism: 2,
+            max_parallelism: 8,
+            key_group_range: KeyGroupRange::for_subtask(8, 2, 1).unwrap(),
+            epoch: 1,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_marker_matches_only_its_own_handle() {
+        let meta = meta();
+        assert_eq!(matching_handle(&marker(), &meta), Ok(1));
+        let mut other_job = marker();
+        other_job.job = "ns/other".parse().unwrap();
+        assert!(
+            matching_handle(&other_job, &meta)
+                .unwrap_err()
+                .contains("ns/other")
+        );
+        let mut older = marker();
+        older.checkpoint_id = 4;
+        assert!(
+            matching_handle(&older, &meta)
+                .unwrap_err()
+                .contains("checkpoint 4")
+        );
+        let mut instance = marker();
+        instance.instance_id = "inst0".into();
+        assert!(
+            matching_handle(&instance, &meta)
+                .unwrap_err()
+                .contains("inst0")
+        );
+        let mut subtask = marker();
+        subtask.subtask = 2;
+        assert!(matching_handle(&subtask, &meta).is_err());
+        let mut range = marker();
+        range.key_group_range = KeyGroupRange::for_subtask(8, 2, 0).unwrap();
+        assert!(matching_handle(&range, &meta).is_err());
+    }
+}

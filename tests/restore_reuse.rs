@@ -1,0 +1,462 @@
+//! Local state reused across a rescale (issue 9), against the oracle: pods that keep their
+//! volumes (old subtask i's state directory, holding its DB as of a stop-with-checkpoint and
+//! the worker's marker, becomes new subtask i's volume) hard-link the files they have and
+//! download only the rest; fresh pods download everything. After every restore every key is
+//! present once, in its owner, with its value. Plus: a tampered local file, markers of an older
+//! checkpoint and of another job, and a crash in the middle of a reusing restore.
+
+mod restore_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use regroup::backend::StateBackend;
+use regroup::checkpoint::store::checksum_file;
+use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
+use regroup::keygroup::KeyGroupRange;
+use regroup::restore::{PlanOptions, RestoreRequest, plan_subtask, restore_subtask};
+use regroup::worker::marker::{LocalCheckpointMarker, MARKER_VERSION};
+use restore_support::*;
+
+const M: u32 = 128;
+const KEYS: u32 = 3000;
+
+/// Old workers whose DBs live on volumes `root/vol{i}` (DB in `db/`), checkpointed as
+/// checkpoint 1, each volume with the marker a stop-with-checkpoint leaves. Each worker then
+/// writes (and flushes) a key the checkpoint does not hold, as a worker kept running after the
+/// checkpoint would: only files named in the handle may be reused.
+struct Volumes {
+    root: tempfile::TempDir,
+    store: CheckpointStore,
+    model: Model,
+    meta: CheckpointMetadata,
+    /// The writes after the checkpoint, in no checkpoint yet.
+    after: Model,
+}
+
+impl Volumes {
+    async fn new(p: u32) -> Self {
+        let root = tempdir();
+        let url = format!("file://{}/store", root.path().display());
+        let store = CheckpointStore::from_url(&url, job()).unwrap();
+        let scratch = root.path().join("scratch");
+        let mut model = initial_model(KEYS);
+        let mut instances = Vec::new();
+        for i in 0..p {
+            let range = KeyGroupRange::for_subtask(M, p, i).unwrap();
+            let b = StateBackend::open(&Self::db(root.path(), i), M, range, &STATES).unwrap();
+            load(&b, &model);
+            instances.push(b.instance_id().to_owned());
+            drop(b);
+        }
+        for i in 0..p {
+            let range = KeyGroupRange::for_subtask(M, p, i).unwrap();
+            let b = StateBackend::open(&Self::db(root.path(), i), M, range, &STATES).unwrap();
+            mutate(&b, &mut model, 1);
+            snapshot(&store, &b, i, p, 1, &scratch).await;
+            instances[i as usize] = b.instance_id().to_owned();
+        }
+        let meta = store
+            .try_complete(1, 1, p, M)
+            .await
+            .unwrap()
+            .expect("every handle is in");
+        for i in 0..p {
+            let range = KeyGroupRange::for_subtask(M, p, i).unwrap();
+            LocalCheckpointMarker {
+                format_version: MARKER_VERSION,
+                job: job(),
+                checkpoint_id: 1,
+                instance_id: meta.handles[i as usize].instance_id.clone(),
+                subtask: i,
+                parallelism: p,
+                max_parallelism: M,
+                key_group_range: range,
+                epoch: 1,
+                created_at: chrono::Utc::now(),
+            }
+            .write(&Self::vol(root.path(), i))
+            .unwrap();
+        }
+        let mut v = Self {
+            root,
+            store,
+            model,
+            meta,
+            after: Model::new(),
+        };
+        v.after = v.write_after_checkpoint(p);
+        v
+    }
+
+    fn vol(root: &Path, i: u32) -> PathBuf {
+        root.join(format!("vol{i}"))
+    }
+
+    fn db(root: &Path, i: u32) -> PathBuf {
+        Self::vol(root, i).join("db")
+    }
+
+    /// A post-checkpoint write in every old DB, flushed into a new SST file.
+    fn write_after_checkpoint(&self, p: u32) -> Model {
+        let mut after = Model::new();
+        for i in 0..p {
+            let range = KeyGroupRange::for_subtask(M, p, i).unwrap();
+            let b = StateBackend::open(&Self::db(self.root.path(), i), M, range, &STATES).unwrap();
+            let owned_key = self
+                .model
+                .keys()
+                .find(|(_, k)| range.contains(b.key_group_of(k)))
+                .unwrap()
+                .clone();
+            let value = b"written after the checkpoint".to_vec();
+            b.put(&owned_key.0, &owned_key.1, &value).unwrap();
+            b.flush().unwrap();
+            after.insert(owned_key, value);
+        }
+        after
+    }
+
+    /// Restores subtask `i` of `p` from checkpoint `id` into `target`.
+    async fn restore(
+        &self,
+        id: u64,
+        i: u32,
+        p: u32,
+        target: &Path,
+    ) -> regroup::Result<regroup::restore::RestoreSummary> {
+        let request = RestoreRequest::new(Some(id), i, p, target);
+        restore_subtask(&self.store, &request).await
+    }
+
+    /// Where new subtask `i` restores: the old volume `i` if kept, else a fresh one.
+    fn target(&self, i: u32, from: u32, keep: bool) -> PathBuf {
+        if keep && i < from {
+            Self::db(self.root.path(), i)
+        } else {
+            self.root.path().join(format!("fresh{i}")).join("db")
+        }
+    }
+}
+
+/// The restored DB of subtask `i` of `p` at `target` holds exactly its part of `model`.
+fn check(target: &Path, model: &Model, p: u32, i: u32) -> Model {
+    let range = KeyGroupRange::for_subtask(M, p, i).unwrap();
+    let backend = StateBackend::open(target, M, range, &STATES).unwrap();
+    let got = contents(&backend);
+    assert_eq!(
+        all_keys(&backend),
+        got.len(),
+        "subtask {i}/{p} holds keys outside {range}"
+    );
+    let expected = owned(model, M, p, i);
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "subtask {i}/{p}: wrong key count"
+    );
+    assert!(
+        got == expected,
+        "subtask {i}/{p}: contents differ from the oracle"
+    );
+    got
+}
+
+/// Name, size and checksum of every file of `dir`.
+fn fingerprint(dir: &Path) -> BTreeMap<String, (u64, regroup::checkpoint::Checksum)> {
+    entries(dir)
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                checksum_file(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Rescales `from` → `to`, with pods keeping their volumes or fresh ones, and checks every
+/// new subtask against the oracle and its bytes against the plan.
+async fn rescale(from: u32, to: u32, keep: bool) {
+    let v = Volumes::new(from).await;
+    let mut seen = Model::new();
+    let (mut reused, mut downloaded) = (0u64, 0u64);
+    for i in 0..to {
+        let target = v.target(i, from, keep);
+        let summary = v.restore(1, i, to, &target).await.unwrap();
+        println!("{from}→{to} keep={keep}: {}", summary.line());
+        let remote = plan_subtask(&v.meta, to, i, &PlanOptions::default()).unwrap();
+        let local = keep && i < from;
+        assert_eq!(summary.local_fallbacks, 0);
+        if local {
+            // Every new range here intersects old subtask i's: its SSTs come from the volume.
+            assert_eq!(summary.local_handle, Some(i));
+            let input = remote.inputs.iter().find(|x| x.old_subtask == i).unwrap();
+            assert_eq!(summary.reused_files, input.shared_files.len());
+            let local_bytes: u64 = input
+                .shared_files
+                .iter()
+                .map(|&f| v.meta.handles[i as usize].shared[f].file.size)
+                .sum();
+            assert!(local_bytes > 0);
+            assert_eq!(summary.reused_bytes, local_bytes);
+            assert_eq!(
+                summary.downloaded_bytes,
+                remote.bytes_to_download - local_bytes
+            );
+            // The marker went with the old DB; nothing else is left on the volume.
+            let vol = Volumes::vol(v.root.path(), i);
+            assert_eq!(LocalCheckpointMarker::read(&vol).unwrap(), None);
+            assert_eq!(entries(&vol), vec![target.clone()]);
+        } else {
+            assert_eq!(summary.local_handle, None);
+            assert_eq!((summary.reused_files, summary.reused_bytes), (0, 0));
+            assert_eq!(summary.downloaded_bytes, remote.bytes_to_download);
+        }
+        reused += summary.reused_bytes;
+        downloaded += summary.downloaded_bytes;
+        for (k, val) in check(&target, &v.model, to, i) {
+            assert!(seen.insert(k, val).is_none(), "a key restored twice");
+        }
+    }
+    assert!(
+        seen == v.model,
+        "{from}→{to}: the union is not the data set"
+    );
+    println!("{from}→{to} keep={keep}: reused {reused} B, downloaded {downloaded} B");
+}
+
+#[tokio::test]
+async fn scale_in_2_1_fresh() {
+    rescale(2, 1, false).await;
+}
+
+#[tokio::test]
+async fn scale_in_2_1_kept_volumes() {
+    rescale(2, 1, true).await;
+}
+
+#[tokio::test]
+async fn scale_in_4_3_fresh() {
+    rescale(4, 3, false).await;
+}
+
+#[tokio::test]
+async fn scale_in_4_3_kept_volumes() {
+    rescale(4, 3, true).await;
+}
+
+#[tokio::test]
+async fn scale_out_1_2_fresh() {
+    rescale(1, 2, false).await;
+}
+
+#[tokio::test]
+async fn scale_out_1_2_kept_volumes() {
+    rescale(1, 2, true).await;
+}
+
+#[tokio::test]
+async fn scale_out_3_4_fresh() {
+    rescale(3, 4, false).await;
+}
+
+#[tokio::test]
+async fn scale_out_3_4_kept_volumes() {
+    rescale(3, 4, true).await;
+}
+
+#[tokio::test]
+async fn same_parallelism_kept_volume_downloads_only_private_files() {
+    let v = Volumes::new(2).await;
+    let target = v.target(1, 2, true);
+    let s = v.restore(1, 1, 2, &target).await.unwrap();
+    let h = &v.meta.handles[1];
+    assert_eq!(s.reused_files, h.shared.len());
+    assert_eq!(
+        s.downloaded_bytes,
+        h.private.iter().map(|p| p.file.size).sum::<u64>()
+    );
+    check(&target, &v.model, 2, 1);
+}
+
+/// A local file whose content differs from the handle's, or that is missing, is not used:
+/// downloaded instead, verified.
+#[tokio::test]
+async fn tampered_local_file_is_downloaded_instead() {
+    let v = Volumes::new(2).await;
+    let name = &v.meta.handles[0].shared[0].local_name;
+    let path = Volumes::db(v.root.path(), 0).join(name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    // A new inode: the stored copy may share the old one.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    // Another file of the handle compacted away after the checkpoint: missing locally.
+    let gone = &v.meta.handles[0].shared[1].local_name;
+    std::fs::remove_file(Volumes::db(v.root.path(), 0).join(gone)).unwrap();
+    let target = v.target(0, 2, true);
+    let s = v.restore(1, 0, 1, &target).await.unwrap();
+    println!("{}", s.line());
+    assert_eq!(s.local_handle, Some(0));
+    assert_eq!(s.local_fallbacks, 2);
+    assert_eq!(s.reused_files, v.meta.handles[0].shared.len() - 2);
+    let h = &v.meta.handles[0].shared;
+    assert_eq!(
+        s.downloaded_bytes,
+        plan_subtask(&v.meta, 1, 0, &PlanOptions::default())
+            .unwrap()
+            .bytes_to_download
+            - s.reused_bytes
+    );
+    assert_eq!(
+        s.reused_bytes,
+        h.iter().skip(2).map(|f| f.file.size).sum::<u64>()
+    );
+    assert!(s.line().contains("2 local files unusable"));
+    check(&target, &v.model, 1, 0);
+}
+
+/// A marker naming an older checkpoint than the one restored is ignored.
+#[tokio::test]
+async fn marker_of_an_older_checkpoint_is_ignored() {
+    let mut v = Volumes::new(2).await;
+    // A second checkpoint of the same DBs (with their post-checkpoint writes); the volumes
+    // keep checkpoint 1's markers.
+    v.model.extend(std::mem::take(&mut v.after));
+    let dirs: Vec<PathBuf> = (0..2).map(|i| Volumes::db(v.root.path(), i)).collect();
+    let scratch = v.root.path().join("scratch");
+    let meta = mutate_and_checkpoint(&v.store, &dirs, &mut v.model, 2, 2, M, &scratch).await;
+    assert_eq!(meta.checkpoint_id, 2);
+    let marker = LocalCheckpointMarker::read(&Volumes::vol(v.root.path(), 0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(marker.checkpoint_id, 1);
+    let target = v.target(0, 2, true);
+    let s = v.restore(2, 0, 1, &target).await.unwrap();
+    assert_eq!(s.local_handle, None);
+    assert_eq!((s.reused_files, s.reused_bytes), (0, 0));
+    assert_eq!(
+        s.downloaded_bytes,
+        plan_subtask(&meta, 1, 0, &PlanOptions::default())
+            .unwrap()
+            .bytes_to_download
+    );
+    check(&target, &v.model, 1, 0);
+    // The DB it named was replaced: the marker is gone with it.
+    assert_eq!(
+        LocalCheckpointMarker::read(&Volumes::vol(v.root.path(), 0)).unwrap(),
+        None
+    );
+}
+
+/// A marker of another job is ignored, even with the same checkpoint id and ranges.
+#[tokio::test]
+async fn marker_of_another_job_is_ignored() {
+    let v = Volumes::new(2).await;
+    let vol = Volumes::vol(v.root.path(), 0);
+    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
+    marker.job = "tests/another".parse().unwrap();
+    marker.write(&vol).unwrap();
+    let target = v.target(0, 2, true);
+    let s = v.restore(1, 0, 1, &target).await.unwrap();
+    assert_eq!(s.local_handle, None);
+    assert_eq!(s.reused_bytes, 0);
+    check(&target, &v.model, 1, 0);
+}
+
+/// Finds the stored copy of `relative` (a path relative to the job directory) under `store`.
+fn stored(store_dir: &Path, relative: &str) -> PathBuf {
+    fn walk(dir: &Path, relative: &str) -> Option<PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Some(f) = walk(&p, relative) {
+                    return Some(f);
+                }
+            } else if p.to_string_lossy().ends_with(relative) {
+                return Some(p);
+            }
+        }
+        None
+    }
+    walk(store_dir, relative).unwrap_or_else(|| panic!("{relative} not in the store"))
+}
+
+/// A restore that fails after linking the local files (a remote file of another input is
+/// missing) leaves the old local DB and its marker intact; once the file is back, a retry
+/// reuses the local DB and succeeds.
+#[tokio::test]
+async fn crash_in_a_reusing_restore_leaves_the_old_db_and_a_retry_works() {
+    let v = Volumes::new(2).await;
+    let vol = Volumes::vol(v.root.path(), 0);
+    let db = Volumes::db(v.root.path(), 0);
+    let before = fingerprint(&db);
+    let marker = LocalCheckpointMarker::read(&vol).unwrap();
+    assert!(marker.is_some());
+    let missing = stored(
+        &v.root.path().join("store"),
+        &v.meta.handles[1].shared[0].file.path,
+    );
+    let aside = v.root.path().join("aside");
+    std::fs::rename(&missing, &aside).unwrap();
+
+    let err = v.restore(1, 0, 1, &db).await.unwrap_err();
+    println!("failed as expected: {err}");
+    assert_eq!(fingerprint(&db), before, "the old local DB changed");
+    assert_eq!(LocalCheckpointMarker::read(&vol).unwrap(), marker);
+    assert_eq!(
+        entries(&vol),
+        vec![vol.join("checkpoint-marker.json"), db.clone()],
+        "a failed restore left something behind"
+    );
+
+    std::fs::rename(&aside, &missing).unwrap();
+    let s = v.restore(1, 0, 1, &db).await.unwrap();
+    assert_eq!(s.local_handle, Some(0));
+    assert_eq!(s.reused_files, v.meta.handles[0].shared.len());
+    check(&db, &v.model, 1, 0);
+    assert_eq!(LocalCheckpointMarker::read(&vol).unwrap(), None);
+}
+
+/// A local DB on another file system than the restore's work directory (here: the volume's
+/// `db` a symbolic link to a directory elsewhere) cannot be hard-linked from: its files are
+/// downloaded instead, and the restore succeeds.
+#[tokio::test]
+async fn local_db_on_another_device_is_downloaded_instead() {
+    use std::os::unix::fs::MetadataExt;
+    let v = Volumes::new(2).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = Volumes::db(v.root.path(), 0);
+    let moved = elsewhere.path().join("db");
+    // `rename` cannot cross devices: copy the DB over, then link it back.
+    std::fs::create_dir(&moved).unwrap();
+    for e in std::fs::read_dir(&db).unwrap().flatten() {
+        std::fs::copy(e.path(), moved.join(e.file_name())).unwrap();
+    }
+    std::fs::remove_dir_all(&db).unwrap();
+    std::os::unix::fs::symlink(&moved, &db).unwrap();
+    let cross =
+        std::fs::metadata(&moved).unwrap().dev() != std::fs::metadata(v.root.path()).unwrap().dev();
+
+    let s = v.restore(1, 0, 1, &db).await.unwrap();
+    println!("cross-device {cross}: {}", s.line());
+    assert_eq!(s.local_handle, Some(0));
+    let files = v.meta.handles[0].shared.len();
+    if cross {
+        assert_eq!((s.reused_files, s.local_fallbacks), (0, files));
+    } else {
+        assert_eq!((s.reused_files, s.local_fallbacks), (files, 0));
+    }
+    assert_eq!(
+        s.downloaded_bytes + s.reused_bytes,
+        plan_subtask(&v.meta, 1, 0, &PlanOptions::default())
+            .unwrap()
+            .bytes_to_download
+    );
+    check(&db, &v.model, 1, 0);
+    // The symbolic link was replaced by the new DB; the directory it pointed to is untouched.
+    assert!(!std::fs::symlink_metadata(&db).unwrap().is_symlink());
+    assert!(moved.join(&v.meta.handles[0].shared[0].local_name).exists());
+}
