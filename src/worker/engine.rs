@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::KeyedJob;
 use super::metrics::WorkerMetrics;
@@ -167,6 +167,11 @@ impl<J: KeyedJob> Loop<J> {
                         checkpoint = id,
                         "processing paused for stop-with-checkpoint"
                     );
+                    // The next restore may reuse this DB's files (issue 9): background
+                    // compactions must not delete what the final checkpoint references.
+                    if let Err(e) = self.backend.db().disable_file_deletions() {
+                        warn!(error = %e, "cannot disable file deletions; local reuse may fall back to downloads");
+                    }
                 }
                 let started = Instant::now();
                 let r = self.snapshotter.capture(&self.backend, id, &self.scratch);
