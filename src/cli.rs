@@ -45,6 +45,10 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Prints the StatefulJob CustomResourceDefinition as YAML (what `crds/` holds).
+    Crd,
+    /// Runs the operator: watches StatefulJobs, coordinates checkpoints, orchestrates rescales.
+    Operator(crate::operator::OperatorArgs),
 }
 
 /// Where a job's checkpoints are.
@@ -141,6 +145,8 @@ pub async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Plan(args) => crate::restore::command::run_plan(args).await?,
         Command::Restore(args) => crate::restore::command::run_restore(args).await?,
         Command::Bench(c) => crate::bench::run(c).await?,
+        Command::Crd => print!("{}", crate::operator::crd::crd_yaml()?),
+        Command::Operator(args) => crate::operator::run(args).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod keygroup;
+pub mod operator;
 pub mod podrunner;
 pub mod restore;
 pub mod telemetry;

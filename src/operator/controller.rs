@@ -1,0 +1,875 @@
+//! The reconciler: observe → [`lifecycle::next`] → record status → act.
+//!
+//! Every round reads the recorded status, the spec, the job's pods and the store, computes the
+//! next lifecycle state, writes it to status (server-side apply) *before* acting, publishes an
+//! Event per transition, then makes the world match the recorded state's [`Work`]. It never
+//! writes `spec`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use super::coordinator::{
+    self, CheckpointRequest, Decision, Notice, WorkerClient, WorkerTarget, open_store,
+};
+use super::crd::{PendingCheckpoint, Phase, StatefulJob, StatefulJobStatus};
+use super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Observed, Work};
+use super::metrics::{OperatorMetrics, label};
+use super::resources::{
+    self, EPOCH_LABEL, FIELD_MANAGER, Generation, JOB_LABEL, POD_INDEX_LABEL, TOKEN_KEY,
+};
+use super::status::{self, Problem};
+use crate::checkpoint::{CheckpointStore, JobId};
+
+/// Finalizer the operator puts on every StatefulJob.
+pub const FINALIZER: &str = "regroup.dev/cleanup";
+
+/// Errors of one reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or failed a request.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// regroup failed (store, invalid spec, worker call).
+    #[error(transparent)]
+    Regroup(#[from] crate::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl ReconcileError {
+    /// A short kind, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "kube",
+            ReconcileError::Regroup(crate::Error::InvalidInput { .. }) => "invalid_spec",
+            ReconcileError::Regroup(e) if e.is_retryable() => "store",
+            ReconcileError::Regroup(_) => "regroup",
+            ReconcileError::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+type Result<T, E = ReconcileError> = std::result::Result<T, E>;
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The workers' checkpoint API.
+    pub workers: Arc<dyn WorkerClient>,
+    /// Metrics.
+    pub metrics: Arc<OperatorMetrics>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Requeue interval while something is in progress.
+    pub busy_requeue: Duration,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(
+        client: Client,
+        workers: Arc<dyn WorkerClient>,
+        metrics: Arc<OperatorMetrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "regroup-operator".to_owned(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            workers,
+            metrics,
+            busy_requeue: Duration::from_secs(2),
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Reconciles one StatefulJob (wrapped in the finalizer).
+#[instrument(skip_all, fields(job = %format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())))]
+pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciles.inc();
+    let ns = job.namespace().unwrap_or_default();
+    let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, job, |event| async {
+        match event {
+            finalizer::Event::Apply(job) => Round::new(job, ctx.clone()).await?.run().await,
+            finalizer::Event::Cleanup(job) => cleanup(job, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Finalizer(other.to_string()),
+    })
+}
+
+/// Counts the failure and retries with a delay.
+pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    warn!(job = %job.name_any(), error = %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&label("kind", error.kind()))
+        .inc();
+    if error.kind() == "invalid_spec" {
+        // Waits for a change of the spec (which triggers a reconcile) rather than spinning.
+        Action::requeue(Duration::from_secs(300))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
+    // Owned objects go with the job (owner references); checkpoints stay in the store.
+    if let Some(p) = job
+        .status
+        .as_ref()
+        .and_then(|s| s.pending_checkpoint.clone())
+    {
+        info!(
+            checkpoint = p.id,
+            "job deleted with a checkpoint in flight; it stays incomplete"
+        );
+    }
+    publish(
+        &ctx,
+        &job,
+        false,
+        "Deleted",
+        "job deleted; its checkpoints stay in the store".to_owned(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn publish(ctx: &Context, job: &StatefulJob, warning: bool, reason: &str, note: String) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        warn!(error = %e, reason, "event not published");
+    }
+}
+
+/// One reconciliation of one job.
+struct Round {
+    job: Arc<StatefulJob>,
+    ctx: Arc<Context>,
+    ns: String,
+    status: StatefulJobStatus,
+    store: CheckpointStore,
+    token: String,
+    problem: Option<Problem>,
+}
+
+impl Round {
+    async fn new(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Self> {
+        let ns = job.namespace().unwrap_or_default();
+        let job_id = JobId::new(&ns, &job.name_any())?;
+        let settings = match &job.spec.storage.secret_ref {
+            Some(r) => secret_settings(&ctx.client, &ns, &r.name).await?,
+            None => BTreeMap::new(),
+        };
+        let store = open_store(&job.spec.storage.url, job_id, &settings)?;
+        let status = job.status.clone().unwrap_or_default();
+        let problem = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+            .map(|c| Problem {
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            });
+        Ok(Self {
+            job,
+            ctx,
+            ns,
+            status,
+            store,
+            token: String::new(),
+            problem,
+        })
+    }
+
+    async fn run(mut self) -> Result<Action> {
+        let job = self.job.clone();
+        let interval = job.spec.checkpointing.interval()?;
+        let timeout = job.spec.checkpointing.timeout()?;
+        self.token = self.ensure_token().await?;
+        self.apply(&resources::service(&job)?).await?;
+
+        let state = JobState::from_status(job.status.as_ref());
+        let desired = Desired {
+            parallelism: job.spec.parallelism,
+            suspend: job.spec.suspend,
+            template_hash: resources::template_hash(&job.spec.template),
+        };
+        let observed = self.observe(&state, timeout).await?;
+        let t = now();
+        let step = lifecycle::next(&state, &desired, &observed, &t);
+
+        for note in &step.notes {
+            info!(reason = note.reason, "{}", note.message);
+            if note.warning {
+                self.problem = Some(Problem {
+                    reason: note.reason.to_owned(),
+                    message: note.message.clone(),
+                });
+            }
+        }
+        self.observe_stage_metrics(&state, &step.state, &t);
+        if let Work::FinalCheckpoint {
+            id,
+            epoch,
+            parallelism,
+        } = state.work()
+            && !matches!(step.state.work(), Work::FinalCheckpoint { .. })
+        {
+            self.finish_final_checkpoint(id, epoch, parallelism, &observed.final_checkpoint, &t)
+                .await?;
+        }
+        step.state.write_to(&mut self.status);
+        self.save().await?;
+        for note in &step.notes {
+            publish(
+                &self.ctx,
+                &job,
+                note.warning,
+                note.reason,
+                note.message.clone(),
+            )
+            .await;
+        }
+
+        let requeue = self.act(&step.state, interval, timeout).await?;
+        Ok(Action::requeue(requeue))
+    }
+
+    fn observe_stage_metrics(&self, before: &JobState, after: &JobState, t: &Time) {
+        let Some(r) = &before.rescale else { return };
+        let left = after.rescale.as_ref().is_none_or(|a| a.stage != r.stage);
+        if left {
+            let secs = t.0.duration_since(r.stage_started.0).as_secs_f64().max(0.0);
+            self.ctx
+                .metrics
+                .rescale_stage_duration
+                .get_or_create(&label("stage", r.stage.as_str()))
+                .observe(secs);
+        }
+        if after.rescale.is_none() {
+            self.ctx
+                .metrics
+                .rescales
+                .get_or_create(&label("reason", r.reason.as_str()))
+                .inc();
+        }
+    }
+
+    /// Writes the whole status (server-side apply, forced: the operator owns status).
+    async fn save(&mut self) -> Result<()> {
+        let job = &self.job;
+        self.status.selector = Some(resources::selector_string(job));
+        self.status.observed_generation = job.metadata.generation;
+        let state = JobState::from_status(Some(&self.status));
+        self.status.conditions = status::conditions(
+            &self.status.conditions,
+            &state,
+            self.problem.as_ref(),
+            job.metadata.generation,
+            &now(),
+        );
+        if job.status.as_ref() == Some(&self.status) {
+            return Ok(());
+        }
+        let api: Api<StatefulJob> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let patch = serde_json::json!({
+            "apiVersion": "regroup.dev/v1alpha1",
+            "kind": "StatefulJob",
+            "status": self.status,
+        });
+        api.patch_status(
+            &job.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn apply<K>(&self, obj: &K) -> Result<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let mut value =
+            serde_json::to_value(obj).map_err(|e| crate::Error::Other(e.to_string()))?;
+        value["apiVersion"] = serde_json::Value::String(K::api_version(&()).into_owned());
+        value["kind"] = serde_json::Value::String(K::kind(&()).into_owned());
+        Ok(api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&value),
+            )
+            .await?)
+    }
+
+    /// The job's bearer token: the one in its Secret, or a new one written there.
+    async fn ensure_token(&self) -> Result<String> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = resources::token_secret_name(&self.job);
+        if let Some(s) = api.get_opt(&name).await?
+            && let Some(t) = s.data.as_ref().and_then(|d| d.get(TOKEN_KEY))
+            && !t.0.is_empty()
+        {
+            return Ok(String::from_utf8_lossy(&t.0).into_owned());
+        }
+        let token = resources::new_token();
+        let secret = resources::token_secret(&self.job, &token)?;
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(token),
+            // Created concurrently (another round): use that one.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let s = api.get(&name).await?;
+                Ok(s.data
+                    .and_then(|d| {
+                        d.get(TOKEN_KEY)
+                            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+                    })
+                    .unwrap_or_default())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pods(&self) -> Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&resources::selector_string(&self.job));
+        Ok(api.list(&lp).await?.items)
+    }
+
+    async fn observe(&self, state: &JobState, timeout: Duration) -> Result<Observed> {
+        let pods = self.pods().await?;
+        let of_epoch = |p: &&Pod| {
+            p.labels().get(EPOCH_LABEL).map(String::as_str)
+                == Some(state.epoch.to_string().as_str())
+                && p.metadata.deletion_timestamp.is_none()
+        };
+        let condition = |p: &Pod, t: &str| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
+        };
+        let initialized = pods
+            .iter()
+            .filter(of_epoch)
+            .filter(|p| condition(p, "Initialized"))
+            .count() as u32;
+        let ready = pods
+            .iter()
+            .filter(of_epoch)
+            .filter(|p| condition(p, "Ready"))
+            .count() as u32;
+        let ids = self.store.checkpoint_ids().await?;
+        let latest_completed = ids.iter().rev().find(|(_, done)| *done).map(|(id, _)| *id);
+        let store_ids: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
+        let next_checkpoint_id = coordinator::next_checkpoint_id(
+            &store_ids,
+            [
+                self.status.last_checkpoint.as_ref().map(|c| c.id),
+                self.status.pending_checkpoint.as_ref().map(|c| c.id),
+                state.rescale.as_ref().and_then(|r| r.final_checkpoint),
+            ],
+        );
+        let final_checkpoint = match (state.work(), &state.rescale) {
+            (
+                Work::FinalCheckpoint {
+                    id,
+                    epoch,
+                    parallelism,
+                },
+                Some(r),
+            ) => {
+                let completed = ids.contains(&(id, true))
+                    || self
+                        .store
+                        .try_complete(id, epoch, parallelism, self.job.spec.max_parallelism)
+                        .await?
+                        .is_some();
+                if completed {
+                    let workers = self.workers(&pods, epoch, parallelism).unwrap_or_default();
+                    coordinator::notify_all(
+                        self.ctx.workers.as_ref(),
+                        &workers,
+                        &self.token,
+                        id,
+                        epoch,
+                        Notice::Complete,
+                    )
+                    .await;
+                }
+                coordinator::final_outcome(
+                    id,
+                    completed,
+                    self.status.pending_checkpoint.as_ref(),
+                    &r.stage_started,
+                    &now(),
+                    timeout,
+                )
+            }
+            _ => FinalCheckpoint::InProgress,
+        };
+        Ok(Observed {
+            pods: pods.len() as u32,
+            initialized,
+            ready,
+            final_checkpoint,
+            latest_completed,
+            next_checkpoint_id,
+        })
+    }
+
+    /// The workers of `epoch`, one per subtask `0..parallelism`, with their pod IPs.
+    fn workers(
+        &self,
+        pods: &[Pod],
+        epoch: u64,
+        parallelism: u32,
+    ) -> crate::Result<Vec<WorkerTarget>> {
+        let job_id = self.store.job().clone();
+        (0..parallelism)
+            .map(|subtask| {
+                let pod = pods.iter().find(|p| {
+                    p.labels().get(EPOCH_LABEL) == Some(&epoch.to_string())
+                        && p.labels().get(POD_INDEX_LABEL) == Some(&subtask.to_string())
+                        && p.metadata.deletion_timestamp.is_none()
+                });
+                let ip = pod
+                    .and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.pod_ip.clone())
+                    .ok_or_else(|| {
+                        crate::Error::Other(format!(
+                            "worker {subtask} of {job_id} (epoch {epoch}) has no pod with an IP"
+                        ))
+                    })?;
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip
+                };
+                Ok(WorkerTarget {
+                    job: job_id.clone(),
+                    subtask,
+                    parallelism,
+                    base_url: format!("http://{host}:{}", resources::WORKER_PORT),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes the world match the recorded state; returns when to look again.
+    async fn act(
+        &mut self,
+        state: &JobState,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let busy = self.ctx.busy_requeue;
+        match state.work() {
+            Work::Nothing => Ok(Duration::from_secs(60)),
+            Work::StopWorkers => {
+                self.scale_to_zero().await?;
+                Ok(if state.rescale.is_some() {
+                    busy
+                } else {
+                    Duration::from_secs(60)
+                })
+            }
+            Work::RunWorkers {
+                epoch,
+                parallelism,
+                checkpoint,
+            } => {
+                let generation = Generation {
+                    epoch,
+                    parallelism,
+                    checkpoint,
+                };
+                self.apply(&resources::statefulset(&self.job, &generation)?)
+                    .await?;
+                Ok(busy)
+            }
+            Work::FinalCheckpoint {
+                id,
+                epoch,
+                parallelism,
+            } => {
+                let already = self
+                    .status
+                    .pending_checkpoint
+                    .as_ref()
+                    .is_some_and(|p| p.id == id);
+                if !already {
+                    self.abort_pending("superseded by the final checkpoint of a rescale")
+                        .await?;
+                    self.start_checkpoint(id, epoch, parallelism, true).await?;
+                }
+                Ok(busy)
+            }
+            Work::Checkpoints { epoch, parallelism } => {
+                let decision = coordinator::periodic(
+                    &now(),
+                    interval,
+                    timeout,
+                    epoch,
+                    self.status.last_checkpoint_attempt.as_ref(),
+                    self.status.pending_checkpoint.as_ref(),
+                    self.job.spec.checkpoint_trigger.as_deref(),
+                    self.status.checkpoint_trigger.as_deref(),
+                    coordinator::next_checkpoint_id(
+                        &self
+                            .store
+                            .checkpoint_ids()
+                            .await?
+                            .iter()
+                            .map(|(i, _)| *i)
+                            .collect::<Vec<_>>(),
+                        [
+                            self.status.last_checkpoint.as_ref().map(|c| c.id),
+                            self.status.pending_checkpoint.as_ref().map(|c| c.id),
+                        ],
+                    ),
+                );
+                match decision {
+                    Decision::Wait(d) => Ok(d.min(Duration::from_secs(30))),
+                    Decision::Trigger { id, on_demand } => {
+                        if on_demand {
+                            self.status.checkpoint_trigger =
+                                self.job.spec.checkpoint_trigger.clone();
+                        }
+                        self.start_checkpoint(id, epoch, parallelism, false).await?;
+                        Ok(busy)
+                    }
+                    Decision::Poll { id } => {
+                        self.poll_checkpoint(id, epoch, parallelism, timeout)
+                            .await?;
+                        Ok(busy)
+                    }
+                    Decision::Abort { id, reason } => {
+                        self.abort_pending(&reason).await?;
+                        let _ = id;
+                        Ok(busy)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn scale_to_zero(&self) -> Result<()> {
+        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = resources::statefulset_name(&self.job);
+        let Some(sts) = api.get_opt(&name).await? else {
+            return Ok(());
+        };
+        if sts.spec.replicas == Some(0) {
+            return Ok(());
+        }
+        // A merge patch of replicas only: an apply of a partial object would drop the fields
+        // the operator applied before.
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records checkpoint `id` as pending, then asks every worker of `epoch` to take it.
+    async fn start_checkpoint(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        parallelism: u32,
+        stop: bool,
+    ) -> Result<()> {
+        let t = now();
+        self.status.pending_checkpoint = Some(PendingCheckpoint {
+            id,
+            epoch,
+            started: t.clone(),
+            stop,
+            failure: None,
+        });
+        self.status.last_checkpoint_attempt = Some(t);
+        self.save().await?;
+        let pods = self.pods().await?;
+        let request = CheckpointRequest { id, epoch, stop };
+        let result = match self.workers(&pods, epoch, parallelism) {
+            Ok(workers) => {
+                coordinator::trigger_all(self.ctx.workers.as_ref(), &workers, &self.token, &request)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                info!(checkpoint = id, epoch, stop, "checkpoint triggered");
+                publish(
+                    &self.ctx,
+                    &self.job,
+                    false,
+                    "CheckpointTriggered",
+                    format!(
+                        "checkpoint {id} of epoch {epoch} triggered on {parallelism} workers{}",
+                        if stop { " (stop)" } else { "" }
+                    ),
+                )
+                .await;
+            }
+            Err(e) => {
+                let message = format!("checkpoint {id} could not start: {e}");
+                if let Some(p) = self.status.pending_checkpoint.as_mut() {
+                    p.failure = Some(e.to_string());
+                }
+                self.ctx
+                    .metrics
+                    .checkpoints
+                    .get_or_create(&label("outcome", "failed"))
+                    .inc();
+                self.problem = Some(Problem {
+                    reason: "CheckpointFailed".to_owned(),
+                    message: message.clone(),
+                });
+                self.save().await?;
+                publish(&self.ctx, &self.job, true, "CheckpointFailed", message).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll_checkpoint(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        parallelism: u32,
+        timeout: Duration,
+    ) -> Result<()> {
+        let Some(meta) = self
+            .store
+            .try_complete(id, epoch, parallelism, self.job.spec.max_parallelism)
+            .await?
+        else {
+            return Ok(());
+        };
+        let t = now();
+        let started = self
+            .status
+            .pending_checkpoint
+            .as_ref()
+            .map(|p| p.started.clone());
+        let record = coordinator::record(&meta, started.as_ref(), &t);
+        let m = &self.ctx.metrics;
+        m.checkpoints
+            .get_or_create(&label("outcome", "completed"))
+            .inc();
+        m.checkpoint_duration.observe(record.duration_seconds);
+        m.checkpoint_bytes_total.inc_by(record.bytes_total);
+        m.checkpoint_bytes_new.inc_by(record.bytes_new);
+        let note = format!(
+            "checkpoint {id} completed: {} bytes ({} new) in {:.1}s",
+            record.bytes_total, record.bytes_new, record.duration_seconds
+        );
+        self.status.last_checkpoint = Some(record);
+        self.status.pending_checkpoint = None;
+        self.clear_checkpoint_problem();
+        self.save().await?;
+        publish(&self.ctx, &self.job, false, "CheckpointCompleted", note).await;
+        let pods = self.pods().await?;
+        if let Ok(workers) = self.workers(&pods, epoch, parallelism) {
+            coordinator::notify_all(
+                self.ctx.workers.as_ref(),
+                &workers,
+                &self.token,
+                id,
+                epoch,
+                Notice::Complete,
+            )
+            .await;
+        }
+        if let Err(e) = coordinator::retain_and_collect(
+            &self.store,
+            self.job.spec.checkpointing.retain,
+            timeout,
+        )
+        .await
+        {
+            warn!(error = %e, "retention failed; retried after the next checkpoint");
+        }
+        Ok(())
+    }
+
+    /// A completed checkpoint ends a Degraded condition that a failed or aborted one started.
+    fn clear_checkpoint_problem(&mut self) {
+        if self.problem.as_ref().is_some_and(|p| {
+            p.reason.starts_with("Checkpoint") || p.reason.starts_with("FinalCheckpoint")
+        }) {
+            self.problem = None;
+        }
+    }
+
+    /// Records the outcome of the final checkpoint once the rescale moved past it.
+    async fn finish_final_checkpoint(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        parallelism: u32,
+        outcome: &FinalCheckpoint,
+        t: &Time,
+    ) -> Result<()> {
+        let started = self
+            .status
+            .pending_checkpoint
+            .as_ref()
+            .filter(|p| p.id == id)
+            .map(|p| p.started.clone());
+        match outcome {
+            FinalCheckpoint::Completed(id) => {
+                let meta = self.store.read_metadata(*id).await?;
+                let record = coordinator::record(&meta, started.as_ref(), t);
+                let m = &self.ctx.metrics;
+                m.checkpoints
+                    .get_or_create(&label("outcome", "completed"))
+                    .inc();
+                m.checkpoint_duration.observe(record.duration_seconds);
+                m.checkpoint_bytes_total.inc_by(record.bytes_total);
+                m.checkpoint_bytes_new.inc_by(record.bytes_new);
+                self.status.last_checkpoint = Some(record);
+                self.clear_checkpoint_problem();
+            }
+            FinalCheckpoint::Failed(_) => {
+                let pods = self.pods().await?;
+                if let Ok(workers) = self.workers(&pods, epoch, parallelism) {
+                    coordinator::notify_all(
+                        self.ctx.workers.as_ref(),
+                        &workers,
+                        &self.token,
+                        id,
+                        epoch,
+                        Notice::Abort,
+                    )
+                    .await;
+                }
+                self.ctx
+                    .metrics
+                    .checkpoints
+                    .get_or_create(&label("outcome", "aborted"))
+                    .inc();
+            }
+            FinalCheckpoint::InProgress => {}
+        }
+        self.status.pending_checkpoint = None;
+        Ok(())
+    }
+
+    /// Drops the pending checkpoint (if any) and tells its workers.
+    async fn abort_pending(&mut self, reason: &str) -> Result<()> {
+        let Some(p) = self.status.pending_checkpoint.clone() else {
+            return Ok(());
+        };
+        let pods = self.pods().await?;
+        let parallelism = self.status.parallelism;
+        if let Ok(workers) = self.workers(&pods, p.epoch, parallelism) {
+            coordinator::notify_all(
+                self.ctx.workers.as_ref(),
+                &workers,
+                &self.token,
+                p.id,
+                p.epoch,
+                Notice::Abort,
+            )
+            .await;
+        }
+        self.status.pending_checkpoint = None;
+        self.ctx
+            .metrics
+            .checkpoints
+            .get_or_create(&label("outcome", "aborted"))
+            .inc();
+        let message = format!("checkpoint {} aborted: {reason}", p.id);
+        if !p.stop && self.status.phase == Some(Phase::Running) && p.failure.is_none() {
+            self.problem = Some(Problem {
+                reason: "CheckpointAborted".to_owned(),
+                message: message.clone(),
+            });
+        }
+        self.save().await?;
+        publish(&self.ctx, &self.job, true, "CheckpointAborted", message).await;
+        Ok(())
+    }
+}
+
+/// The storage Secret's keys and values.
+async fn secret_settings(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = api.get_opt(name).await?.ok_or_else(|| {
+        crate::Error::invalid(
+            "spec.storage.secretRef.name",
+            name,
+            format!("the name of an existing Secret in namespace {ns}"),
+        )
+    })?;
+    let mut out = BTreeMap::new();
+    for (k, v) in secret.data.unwrap_or_default() {
+        out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+    }
+    for (k, v) in secret.string_data.unwrap_or_default() {
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Maps a worker pod to its job.
+pub fn pod_to_job(pod: Pod) -> Option<kube::runtime::reflector::ObjectRef<StatefulJob>> {
+    let name = pod.labels().get(JOB_LABEL)?.clone();
+    let ns = pod.namespace()?;
+    Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+}

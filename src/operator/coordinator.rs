@@ -1,0 +1,600 @@
+//! Checkpoint coordination: when to trigger, the calls to the workers' HTTP API, completion
+//! from the store, timeouts and aborts, retention and garbage collection.
+//!
+//! The decisions ([`periodic`], [`final_outcome`]) are pure. The store, not operator memory, is
+//! the record: a checkpoint is complete when `_metadata.json` exists, which
+//! [`CheckpointStore::try_complete`] writes once every handle of the epoch is in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::crd::{CheckpointRecord, PendingCheckpoint};
+use super::lifecycle::FinalCheckpoint;
+use crate::checkpoint::registry::{GcPlan, RetentionPolicy, collect_garbage};
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use crate::error::{Error, Result};
+
+/// One worker of the current generation, as the coordinator addresses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerTarget {
+    /// The job.
+    pub job: JobId,
+    /// The worker's subtask index (its pod index).
+    pub subtask: u32,
+    /// Number of workers of the generation.
+    pub parallelism: u32,
+    /// Base URL of its checkpoint API, `http://<pod IP>:8080`.
+    pub base_url: String,
+}
+
+/// Body of `POST /v1/checkpoints`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckpointRequest {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Epoch of the addressed generation (the worker refuses another).
+    pub epoch: u64,
+    /// Stop processing after the checkpoint (the final checkpoint of a rescale).
+    pub stop: bool,
+}
+
+/// What the operator tells a worker after the fact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// `_metadata.json` was written: the worker may release what the checkpoint pinned.
+    Complete,
+    /// The checkpoint will never complete.
+    Abort,
+}
+
+impl Notice {
+    /// The path segment of the notice.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notice::Complete => "complete",
+            Notice::Abort => "abort",
+        }
+    }
+}
+
+/// The workers' checkpoint API. A trait so that tests against a real API server, whose pods are
+/// not real processes, can substitute workers that write real handles to a real store.
+#[async_trait]
+pub trait WorkerClient: Send + Sync {
+    /// Asks `worker` to take checkpoint `request`; Ok once it accepted.
+    async fn trigger(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        request: &CheckpointRequest,
+    ) -> Result<()>;
+    /// Tells `worker` that checkpoint `id` completed or was aborted.
+    async fn notify(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        id: u64,
+        epoch: u64,
+        notice: Notice,
+    ) -> Result<()>;
+}
+
+/// [`WorkerClient`] over HTTP with a bearer token.
+#[derive(Clone, Debug)]
+pub struct HttpWorkerClient {
+    http: reqwest::Client,
+}
+
+impl HttpWorkerClient {
+    /// A client whose requests time out after `timeout`.
+    pub fn new(timeout: Duration) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { http })
+    }
+}
+
+async fn check(
+    worker: &WorkerTarget,
+    what: &str,
+    resp: std::result::Result<reqwest::Response, reqwest::Error>,
+) -> Result<()> {
+    let resp = resp.map_err(|e| {
+        Error::Other(format!(
+            "worker {} of {} ({}): {what} failed: {e}",
+            worker.subtask, worker.job, worker.base_url
+        ))
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Err(Error::Other(format!(
+        "worker {} of {} ({}) refused {what}: HTTP {status}: {}",
+        worker.subtask,
+        worker.job,
+        worker.base_url,
+        body.chars().take(300).collect::<String>()
+    )))
+}
+
+#[async_trait]
+impl WorkerClient for HttpWorkerClient {
+    async fn trigger(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        request: &CheckpointRequest,
+    ) -> Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/checkpoints", worker.base_url))
+            .bearer_auth(token)
+            .json(request)
+            .send()
+            .await;
+        check(worker, &format!("checkpoint {}", request.id), resp).await
+    }
+
+    async fn notify(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        id: u64,
+        epoch: u64,
+        notice: Notice,
+    ) -> Result<()> {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1/checkpoints/{id}/{}",
+                worker.base_url,
+                notice.as_str()
+            ))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "epoch": epoch }))
+            .send()
+            .await;
+        check(
+            worker,
+            &format!("{} of checkpoint {id}", notice.as_str()),
+            resp,
+        )
+        .await
+    }
+}
+
+/// Asks every worker to take the checkpoint, concurrently. The first refusal is returned; the
+/// checkpoint cannot complete then.
+pub async fn trigger_all(
+    client: &dyn WorkerClient,
+    workers: &[WorkerTarget],
+    token: &str,
+    request: &CheckpointRequest,
+) -> Result<()> {
+    let results =
+        futures::future::join_all(workers.iter().map(|w| client.trigger(w, token, request))).await;
+    results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+}
+
+/// Sends a notice to every worker, concurrently; failures are logged, not returned: the store
+/// already holds the truth and workers also learn it from the next checkpoint.
+pub async fn notify_all(
+    client: &dyn WorkerClient,
+    workers: &[WorkerTarget],
+    token: &str,
+    id: u64,
+    epoch: u64,
+    notice: Notice,
+) {
+    let results = futures::future::join_all(
+        workers
+            .iter()
+            .map(|w| client.notify(w, token, id, epoch, notice)),
+    )
+    .await;
+    for r in results {
+        if let Err(e) = r {
+            warn!(checkpoint = id, error = %e, "notice not delivered");
+        }
+    }
+}
+
+/// What to do about checkpoints of running workers this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing until this much time has passed.
+    Wait(Duration),
+    /// Record a pending checkpoint `id`, then trigger it.
+    Trigger {
+        /// The new checkpoint's id.
+        id: u64,
+        /// Whether spec.checkpointTrigger asked for it (its value is then recorded as acted on).
+        on_demand: bool,
+    },
+    /// Ask the store whether pending checkpoint `id` is complete.
+    Poll {
+        /// The pending checkpoint.
+        id: u64,
+    },
+    /// Give up on pending checkpoint `id`.
+    Abort {
+        /// The pending checkpoint.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn elapsed(since: &Time, now: &Time) -> Duration {
+    let d = now.0.duration_since(since.0);
+    Duration::try_from(d).unwrap_or_default()
+}
+
+/// The periodic and on-demand checkpoint decision for running workers of `epoch`.
+#[allow(clippy::too_many_arguments)]
+pub fn periodic(
+    now: &Time,
+    interval: Duration,
+    timeout: Duration,
+    epoch: u64,
+    last_attempt: Option<&Time>,
+    pending: Option<&PendingCheckpoint>,
+    requested_trigger: Option<&str>,
+    acted_trigger: Option<&str>,
+    next_id: u64,
+) -> Decision {
+    if let Some(p) = pending {
+        if p.epoch != epoch {
+            return Decision::Abort {
+                id: p.id,
+                reason: format!(
+                    "taken by epoch {}, the workers are now epoch {epoch}",
+                    p.epoch
+                ),
+            };
+        }
+        if let Some(f) = &p.failure {
+            return Decision::Abort {
+                id: p.id,
+                reason: f.clone(),
+            };
+        }
+        if elapsed(&p.started, now) >= timeout {
+            return Decision::Abort {
+                id: p.id,
+                reason: format!(
+                    "not completed within {}",
+                    humantime::format_duration(timeout)
+                ),
+            };
+        }
+        return Decision::Poll { id: p.id };
+    }
+    if requested_trigger.is_some() && requested_trigger != acted_trigger {
+        return Decision::Trigger {
+            id: next_id,
+            on_demand: true,
+        };
+    }
+    match last_attempt {
+        Some(t) if elapsed(t, now) < interval => Decision::Wait(interval - elapsed(t, now)),
+        _ => Decision::Trigger {
+            id: next_id,
+            on_demand: false,
+        },
+    }
+}
+
+/// The outcome of the final checkpoint `id`, from what the store said (`completed`), the
+/// recorded pending checkpoint and the time since the stage started.
+pub fn final_outcome(
+    id: u64,
+    completed: bool,
+    pending: Option<&PendingCheckpoint>,
+    stage_started: &Time,
+    now: &Time,
+    timeout: Duration,
+) -> FinalCheckpoint {
+    if completed {
+        return FinalCheckpoint::Completed(id);
+    }
+    if let Some(p) = pending.filter(|p| p.id == id)
+        && let Some(f) = &p.failure
+    {
+        return FinalCheckpoint::Failed(f.clone());
+    }
+    if elapsed(stage_started, now) >= timeout {
+        return FinalCheckpoint::Failed(format!(
+            "not completed within {}",
+            humantime::format_duration(timeout)
+        ));
+    }
+    FinalCheckpoint::InProgress
+}
+
+/// The next checkpoint id: above every id in the store and every id recorded in status.
+pub fn next_checkpoint_id(
+    store_ids: &[u64],
+    recorded: impl IntoIterator<Item = Option<u64>>,
+) -> u64 {
+    store_ids
+        .iter()
+        .copied()
+        .chain(recorded.into_iter().flatten())
+        .max()
+        .map_or(1, |m| m + 1)
+}
+
+/// The status record of a completed checkpoint.
+pub fn record(meta: &CheckpointMetadata, started: Option<&Time>, now: &Time) -> CheckpointRecord {
+    CheckpointRecord {
+        id: meta.checkpoint_id,
+        time: now.clone(),
+        epoch: meta.epoch,
+        bytes_total: meta.bytes_total(),
+        bytes_new: meta.bytes_uploaded(),
+        duration_seconds: started.map_or(0.0, |s| elapsed(s, now).as_secs_f64()),
+    }
+}
+
+/// Applies retention after a completed checkpoint: keeps `retain` completed checkpoints and
+/// deletes what nothing retained references. Unreferenced files younger than the checkpoint
+/// timeout are kept: they may be uploads of a checkpoint still in flight.
+pub async fn retain_and_collect(
+    store: &CheckpointStore,
+    retain: u32,
+    timeout: Duration,
+) -> Result<GcPlan> {
+    let policy = RetentionPolicy {
+        retain: retain.max(1) as usize,
+        grace: timeout,
+    };
+    let plan = collect_garbage(store, policy, false).await?;
+    info!(job = %store.job(), deleted = plan.deletions.len(), bytes = plan.bytes(), "retention applied");
+    Ok(plan)
+}
+
+/// Opens a job's store with the settings of its storage Secret (keys such as AWS_ACCESS_KEY_ID,
+/// AWS_ENDPOINT, AWS_ALLOW_HTTP; case does not matter; unknown keys are ignored) on top of the
+/// operator's own environment.
+pub fn open_store(
+    url: &str,
+    job: JobId,
+    settings: &BTreeMap<String, String>,
+) -> Result<CheckpointStore> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| Error::invalid("spec.storage.url", url, e.to_string()))?;
+    let invalid = |e: object_store::Error| Error::invalid("spec.storage.url", url, e.to_string());
+    let configured = |k: &str| k.to_ascii_lowercase();
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        _ if settings.is_empty() => return CheckpointStore::from_url(url, job),
+        "s3" => {
+            let b = settings.iter().fold(
+                object_store::aws::AmazonS3Builder::from_env().with_url(url),
+                |b, (k, v)| match configured(k).parse() {
+                    Ok(key) => b.with_config(key, v),
+                    Err(_) => b,
+                },
+            );
+            Arc::new(b.build().map_err(invalid)?)
+        }
+        "gs" => {
+            let b = settings.iter().fold(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
+                |b, (k, v)| match configured(k).parse() {
+                    Ok(key) => b.with_config(key, v),
+                    Err(_) => b,
+                },
+            );
+            Arc::new(b.build().map_err(invalid)?)
+        }
+        "az" => {
+            let b = settings.iter().fold(
+                object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
+                |b, (k, v)| match configured(k).parse() {
+                    Ok(key) => b.with_config(key, v),
+                    Err(_) => b,
+                },
+            );
+            Arc::new(b.build().map_err(invalid)?)
+        }
+        _ => return CheckpointStore::from_url(url, job),
+    };
+    let prefix = Path::from_url_path(parsed.path())
+        .map_err(|e| Error::invalid("spec.storage.url", url, e.to_string()))?;
+    Ok(CheckpointStore::new(store, prefix, job))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    fn pending(id: u64, epoch: u64, started: i64) -> PendingCheckpoint {
+        PendingCheckpoint {
+            id,
+            epoch,
+            started: t(started),
+            stop: false,
+            failure: None,
+        }
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn periodic_schedule() {
+        // Never attempted: now.
+        assert_eq!(
+            periodic(&t(1000), MIN, 10 * MIN, 1, None, None, None, None, 4),
+            Decision::Trigger {
+                id: 4,
+                on_demand: false
+            }
+        );
+        // Attempted 20 s ago: wait the remaining 40 s.
+        assert_eq!(
+            periodic(
+                &t(1000),
+                MIN,
+                10 * MIN,
+                1,
+                Some(&t(980)),
+                None,
+                None,
+                None,
+                4
+            ),
+            Decision::Wait(Duration::from_secs(40))
+        );
+        assert_eq!(
+            periodic(
+                &t(1040),
+                MIN,
+                10 * MIN,
+                1,
+                Some(&t(980)),
+                None,
+                None,
+                None,
+                4
+            ),
+            Decision::Trigger {
+                id: 4,
+                on_demand: false
+            }
+        );
+        // A new trigger value: now, even within the interval; the same value again: not.
+        assert_eq!(
+            periodic(
+                &t(1000),
+                MIN,
+                10 * MIN,
+                1,
+                Some(&t(990)),
+                None,
+                Some("a"),
+                None,
+                5
+            ),
+            Decision::Trigger {
+                id: 5,
+                on_demand: true
+            }
+        );
+        assert_eq!(
+            periodic(
+                &t(1000),
+                MIN,
+                10 * MIN,
+                1,
+                Some(&t(990)),
+                None,
+                Some("a"),
+                Some("a"),
+                5
+            ),
+            Decision::Wait(Duration::from_secs(50))
+        );
+    }
+
+    #[test]
+    fn pending_checkpoints() {
+        let p = pending(3, 2, 1000);
+        assert_eq!(
+            periodic(
+                &t(1100),
+                MIN,
+                10 * MIN,
+                2,
+                None,
+                Some(&p),
+                Some("new"),
+                None,
+                9
+            ),
+            Decision::Poll { id: 3 },
+            "one checkpoint at a time, the trigger waits"
+        );
+        match periodic(&t(1600), MIN, 10 * MIN, 2, None, Some(&p), None, None, 9) {
+            Decision::Abort { id: 3, reason } => assert!(reason.contains("10m"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        match periodic(&t(1100), MIN, 10 * MIN, 3, None, Some(&p), None, None, 9) {
+            Decision::Abort { id: 3, reason } => assert!(reason.contains("epoch 2"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        let mut failed = p.clone();
+        failed.failure = Some("worker 1 refused".into());
+        assert_eq!(
+            periodic(
+                &t(1100),
+                MIN,
+                10 * MIN,
+                2,
+                None,
+                Some(&failed),
+                None,
+                None,
+                9
+            ),
+            Decision::Abort {
+                id: 3,
+                reason: "worker 1 refused".into()
+            }
+        );
+    }
+
+    #[test]
+    fn final_checkpoint_outcomes() {
+        let p = pending(7, 1, 1000);
+        assert_eq!(
+            final_outcome(7, true, Some(&p), &t(1000), &t(5000), MIN),
+            FinalCheckpoint::Completed(7)
+        );
+        assert_eq!(
+            final_outcome(7, false, Some(&p), &t(1000), &t(1030), MIN),
+            FinalCheckpoint::InProgress
+        );
+        assert!(matches!(
+            final_outcome(7, false, Some(&p), &t(1000), &t(1060), MIN),
+            FinalCheckpoint::Failed(_)
+        ));
+        let mut failed = p.clone();
+        failed.failure = Some("refused".into());
+        assert_eq!(
+            final_outcome(7, false, Some(&failed), &t(1000), &t(1001), MIN),
+            FinalCheckpoint::Failed("refused".into())
+        );
+        // A failure recorded for another checkpoint does not count.
+        failed.id = 6;
+        assert_eq!(
+            final_outcome(7, false, Some(&failed), &t(1000), &t(1001), MIN),
+            FinalCheckpoint::InProgress
+        );
+    }
+
+    #[test]
+    fn next_ids() {
+        assert_eq!(next_checkpoint_id(&[], [None]), 1);
+        assert_eq!(next_checkpoint_id(&[1, 2, 5], [Some(3)]), 6);
+        assert_eq!(next_checkpoint_id(&[1], [Some(8), None]), 9);
+    }
+}

@@ -1,0 +1,785 @@
+//! The `StatefulJob` custom resource (`regroup.dev/v1alpha1`): spec, status and the CRD.
+//!
+//! The schema is generated from these types; the API server enforces every rule written here
+//! (OpenAPI ranges and patterns, plus CEL rules where the schema alone cannot say it), so a bad
+//! spec is refused at `kubectl apply` with a message that names the field. `crds/` holds the
+//! output of [`crd_yaml`], checked in.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    EmptyDirVolumeSource, PersistentVolumeClaimSpec, PodTemplateSpec,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// API group of regroup's resources.
+pub const GROUP: &str = "regroup.dev";
+/// Largest `maxParallelism` (number of key groups) a job may have.
+pub const MAX_KEY_GROUPS: u32 = 32768;
+/// Go-style durations as the API server checks them: `30s`, `5m`, `1h30m`, `500ms`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Desired state of a stateful, key-partitioned job.
+// Each printcolumn(...) repeats `type_ = ...`: one column each, not a duplicate.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "regroup.dev",
+    version = "v1alpha1",
+    kind = "StatefulJob",
+    namespaced,
+    shortname = "sj",
+    category = "all",
+    status = "StatefulJobStatus",
+    derive = "PartialEq",
+    doc = "A stateful, key-partitioned job whose state regroup checkpoints into an object store and redistributes when its parallelism changes.",
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.parallelism",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Parallelism",
+        type_ = "integer",
+        json_path = ".spec.parallelism",
+        description = "Desired number of workers"
+    ),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.parallelism",
+        description = "Number of workers of the running generation"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Last Checkpoint",
+        type_ = "integer",
+        json_path = ".status.lastCheckpoint.id",
+        description = "Id of the newest completed checkpoint"
+    ),
+    printcolumn(
+        name = "Checkpoint Age",
+        type_ = "date",
+        json_path = ".status.lastCheckpoint.time",
+        priority = 1,
+        description = "When the newest checkpoint completed"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.parallelism <= self.maxParallelism",
+        "message": "parallelism must not exceed maxParallelism (the number of key groups): a worker owns at least one key group",
+        "fieldPath": ".parallelism",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct StatefulJobSpec {
+    /// Number of workers (subtasks). Changing it rescales the job: final checkpoint, stop,
+    /// restore into the new number of workers. Between 1 and maxParallelism. Target of the scale
+    /// subresource (`kubectl scale`, HorizontalPodAutoscaler).
+    #[schemars(range(min = 1, max = 32768))]
+    pub parallelism: u32,
+
+    /// Number of key groups: the upper bound of parallelism and the unit of state redistribution.
+    /// Fixed for the life of the job (state is partitioned by it); between 1 and 32768.
+    #[serde(default = "default_max_parallelism")]
+    #[schemars(range(min = 1, max = 32768))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self == oldSelf",
+            "message": "maxParallelism is immutable: the job's state is partitioned into this many key groups",
+            "reason": "FieldValueForbidden"
+        }
+    ]))]
+    pub max_parallelism: u32,
+
+    /// Pod template of a worker. regroup adds the restore init container, the state volume, the
+    /// worker environment (REGROUP_SUBTASK, REGROUP_PARALLELISM, REGROUP_MAX_PARALLELISM,
+    /// REGROUP_EPOCH, REGROUP_STORE, REGROUP_JOB, REGROUP_TOKEN_FILE) and its labels. The first
+    /// container is the worker; it serves the checkpoint API on port 8080.
+    pub template: PodTemplateSpec,
+
+    /// Where checkpoints are stored.
+    pub storage: Storage,
+
+    /// When and how checkpoints are taken.
+    #[serde(default)]
+    pub checkpointing: Checkpointing,
+
+    /// How workers rebuild their state from a checkpoint.
+    #[serde(default)]
+    pub restore: Restore,
+
+    /// Stops the job with a final checkpoint and scales it to zero while true; resuming restores
+    /// from that checkpoint.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Any new value requests one checkpoint now (for example a timestamp or a UUID); the value
+    /// acted on is recorded in status.checkpointTrigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_trigger: Option<String>,
+
+    /// The per-worker volume mounted at /state that holds the worker's RocksDB. A persistent
+    /// volume claim per worker by default (kept through rescales, so a worker that keeps its
+    /// ordinal reuses its local files); emptyDir on request.
+    #[serde(default)]
+    pub state_volume: StateVolume,
+}
+
+fn default_max_parallelism() -> u32 {
+    128
+}
+
+/// Location of and credentials for the checkpoint store.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Object store URL below which the job's checkpoints live (as <url>/<namespace>/<name>/):
+    /// s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or file:///PATH (a path
+    /// every worker and the operator share).
+    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.matches('^(file:///|s3://[^/]+|gs://[^/]+|az://[^/]+)')",
+            "message": "storage.url must be s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] or file:///PATH",
+            "reason": "FieldValueInvalid"
+        }
+    ]))]
+    pub url: String,
+
+    /// Secret in the job's namespace whose keys are passed to the workers and used by the operator
+    /// as object store settings (for example AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP). Credentials are only accepted this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+}
+
+/// A Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Checkpoint schedule, timeout and retention.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpointing {
+    /// Time between the start of periodic checkpoints, e.g. 30s, 5m, 1h.
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: String,
+
+    /// A checkpoint not completed within this time is aborted, e.g. 10m.
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: String,
+
+    /// Completed checkpoints kept in the store, newest first; older ones and files only they
+    /// reference are deleted.
+    #[serde(default = "default_retain")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub retain: u32,
+}
+
+fn default_interval() -> String {
+    "5m".to_owned()
+}
+fn default_timeout() -> String {
+    "10m".to_owned()
+}
+fn default_retain() -> u32 {
+    3
+}
+
+impl Default for Checkpointing {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            timeout: default_timeout(),
+            retain: default_retain(),
+        }
+    }
+}
+
+impl Checkpointing {
+    /// The checkpoint interval; the API server already checked its form.
+    pub fn interval(&self) -> Result<Duration> {
+        parse_duration("spec.checkpointing.interval", &self.interval)
+    }
+
+    /// The checkpoint timeout.
+    pub fn timeout(&self) -> Result<Duration> {
+        parse_duration("spec.checkpointing.timeout", &self.timeout)
+    }
+}
+
+/// Parses a duration of the CRD's form (`30s`, `5m`, `1h30m`, `500ms`), naming `field` on error.
+pub fn parse_duration(field: &str, value: &str) -> Result<Duration> {
+    let well_formed = {
+        let mut rest = value;
+        let mut ok = !rest.is_empty();
+        while ok && !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            let number = &rest[..digits];
+            rest = &rest[digits..];
+            let unit = ["ms", "s", "m", "h"]
+                .into_iter()
+                .find(|u| rest.starts_with(u));
+            ok = !number.is_empty()
+                && number.parse::<f64>().is_ok()
+                && !number.starts_with('.')
+                && unit.is_some();
+            if let Some(u) = unit {
+                rest = &rest[u.len()..];
+            }
+        }
+        ok
+    };
+    let parsed = well_formed
+        .then(|| humantime::parse_duration(value).ok())
+        .flatten();
+    match parsed {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(Error::invalid(
+            field,
+            format!("{value:?}"),
+            "a positive duration such as 30s, 5m, 1h30m or 500ms",
+        )),
+    }
+}
+
+/// How restored state is built when the key group ranges change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Restore {
+    /// ingest (default): build the new DB from the checkpoint's SST files and clip it to the new
+    /// range; copy: read every record of the overlapping key groups and write it anew.
+    #[serde(default)]
+    pub strategy: RestoreStrategy,
+
+    /// With ingest, a source handle whose key groups overlap the new range by less than this
+    /// fraction is copied record by record instead of ingested whole (0 to 1).
+    #[serde(default = "default_overlap")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub overlap_fraction_threshold: f64,
+
+    /// Image of the restore init container (it runs `regroup restore`); defaults to the image of
+    /// the template's first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+fn default_overlap() -> f64 {
+    0.5
+}
+
+impl Default for Restore {
+    fn default() -> Self {
+        Self {
+            strategy: RestoreStrategy::default(),
+            overlap_fraction_threshold: default_overlap(),
+            image: None,
+        }
+    }
+}
+
+/// How a rescaled worker's DB is rebuilt.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RestoreStrategy {
+    /// Ingest the checkpoint's SST files, then delete the key groups outside the new range.
+    #[default]
+    Ingest,
+    /// Copy the records of the new range from each overlapping checkpoint DB.
+    Copy,
+}
+
+impl RestoreStrategy {
+    /// The value passed to `regroup restore --strategy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreStrategy::Ingest => "ingest",
+            RestoreStrategy::Copy => "copy",
+        }
+    }
+}
+
+/// The per-worker volume at /state. At most one of `claim` and `emptyDir`; a claim of 1Gi when
+/// neither is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(has(self.claim) && has(self.emptyDir))",
+        "message": "stateVolume takes at most one of claim and emptyDir"
+    }
+]))]
+pub struct StateVolume {
+    /// Spec of each worker's persistent volume claim (from volumeClaimTemplates, retained when
+    /// scaled down or deleted). Default: ReadWriteOnce, 1Gi, the default storage class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<PersistentVolumeClaimSpec>,
+
+    /// Use a pod-local emptyDir instead of a claim: every restart restores from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirVolumeSource>,
+}
+
+/// Observed state, written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulJobStatus {
+    /// Lifecycle phase: Pending, Running, Checkpointing, Stopping, Restoring, RollingForward or
+    /// Suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Number of workers of the current generation (0 while stopped); source of the scale
+    /// subresource's status.replicas.
+    #[serde(default)]
+    pub parallelism: u32,
+
+    /// Fencing epoch of the current worker generation; increases every time the set of workers
+    /// is replaced.
+    #[serde(default)]
+    pub epoch: u64,
+
+    /// Label selector of the workers, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// metadata.generation of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Hash of the pod template the current generation runs; a different hash of the spec's
+    /// template restarts the workers from a checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_hash: Option<String>,
+
+    /// The newest completed checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointRecord>,
+
+    /// When the last checkpoint was triggered, whether it completed or not; periodic
+    /// checkpoints are spaced by spec.checkpointing.interval from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint_attempt: Option<Time>,
+
+    /// The checkpoint being taken, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_checkpoint: Option<PendingCheckpoint>,
+
+    /// The rescale (or start, suspend, resume, restart) in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescale: Option<RescaleStatus>,
+
+    /// The spec.checkpointTrigger value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_trigger: Option<String>,
+
+    /// Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Lifecycle phase of a job, as shown by `kubectl get sj`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing started yet.
+    Pending,
+    /// Workers of the current epoch are all ready.
+    Running,
+    /// Taking the final checkpoint before the workers are replaced.
+    Checkpointing,
+    /// Waiting until no worker of the old epoch exists.
+    Stopping,
+    /// New workers are restoring their state.
+    Restoring,
+    /// Restored workers are starting.
+    RollingForward,
+    /// Scaled to zero with a final checkpoint (spec.suspend).
+    Suspended,
+}
+
+impl Phase {
+    /// The name as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Checkpointing => "Checkpointing",
+            Phase::Stopping => "Stopping",
+            Phase::Restoring => "Restoring",
+            Phase::RollingForward => "RollingForward",
+            Phase::Suspended => "Suspended",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A completed checkpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointRecord {
+    /// Checkpoint id.
+    pub id: u64,
+    /// When it completed.
+    pub time: Time,
+    /// Epoch of the workers that took it.
+    pub epoch: u64,
+    /// Bytes of all files it references.
+    pub bytes_total: u64,
+    /// Bytes uploaded for it (the rest was shared with earlier checkpoints).
+    pub bytes_new: u64,
+    /// Seconds from trigger to completion.
+    pub duration_seconds: f64,
+}
+
+/// A checkpoint in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCheckpoint {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Epoch of the workers asked to take it.
+    pub epoch: u64,
+    /// When the workers were asked.
+    pub started: Time,
+    /// Whether the workers stop processing after it (the final checkpoint of a rescale).
+    #[serde(default)]
+    pub stop: bool,
+    /// Why it failed, once it has (a worker refused it, or it timed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// A rescale in progress: final checkpoint, stop, restore, roll forward.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RescaleStatus {
+    /// Parallelism before (0 when nothing ran).
+    pub from: u32,
+    /// Target parallelism (0 to suspend).
+    pub to: u32,
+    /// The stage in progress.
+    pub stage: Stage,
+    /// Why the workers are being replaced.
+    pub reason: RescaleReason,
+    /// The checkpoint the new workers restore from (none: start empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    /// Id of the final (stop-with-checkpoint) checkpoint, once requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_checkpoint: Option<u64>,
+    /// When the rescale started.
+    pub started: Time,
+    /// When the current stage started.
+    pub stage_started: Time,
+}
+
+/// A stage of a rescale, in order.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Stage {
+    /// Final checkpoint of the running workers.
+    Checkpointing,
+    /// Scale to zero and wait until no old worker exists.
+    Stopping,
+    /// Epoch + 1, new workers restore their key group ranges.
+    Restoring,
+    /// Restored workers start; done when all are ready.
+    RollingForward,
+}
+
+impl Stage {
+    /// The phase shown while this stage runs.
+    pub fn phase(self) -> Phase {
+        match self {
+            Stage::Checkpointing => Phase::Checkpointing,
+            Stage::Stopping => Phase::Stopping,
+            Stage::Restoring => Phase::Restoring,
+            Stage::RollingForward => Phase::RollingForward,
+        }
+    }
+
+    /// Every stage, in order.
+    pub const ALL: [Stage; 4] = [
+        Stage::Checkpointing,
+        Stage::Stopping,
+        Stage::Restoring,
+        Stage::RollingForward,
+    ];
+
+    /// The name as written in status and metrics.
+    pub fn as_str(self) -> &'static str {
+        self.phase().as_str()
+    }
+}
+
+/// Why the set of workers is being replaced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RescaleReason {
+    /// First start of the job.
+    Start,
+    /// spec.parallelism changed.
+    Scale,
+    /// The pod template changed at unchanged parallelism.
+    TemplateChange,
+    /// spec.suspend became true.
+    Suspend,
+    /// spec.suspend became false.
+    Resume,
+}
+
+impl RescaleReason {
+    /// The name as written in status and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RescaleReason::Start => "Start",
+            RescaleReason::Scale => "Scale",
+            RescaleReason::TemplateChange => "TemplateChange",
+            RescaleReason::Suspend => "Suspend",
+            RescaleReason::Resume => "Resume",
+        }
+    }
+}
+
+/// The CRD as installed: the derived one, without the descriptions of the embedded Kubernetes
+/// types (pod template, claim, emptyDir). Those are documented upstream and would make the CRD
+/// too large for `kubectl apply` (its last-applied annotation is limited to 256 KiB).
+pub fn crd() -> CustomResourceDefinition {
+    let crd = StatefulJob::crd();
+    let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
+    for version in value["spec"]["versions"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        let spec = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        strip_nested_descriptions(&mut spec["template"]);
+        strip_nested_descriptions(&mut spec["stateVolume"]["properties"]["claim"]);
+        strip_nested_descriptions(&mut spec["stateVolume"]["properties"]["emptyDir"]);
+    }
+    serde_json::from_value(value).expect("the CRD still deserialises")
+}
+
+/// Removes every `description` below `schema`, keeping its own.
+fn strip_nested_descriptions(schema: &mut serde_json::Value) {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        for (key, value) in map.iter_mut() {
+            if key != "description" {
+                strip(value);
+            }
+        }
+    }
+}
+
+/// The CRD as YAML, exactly as checked in under `crds/`.
+pub fn crd_yaml() -> Result<String> {
+    serde_saphyr::to_string(&crd())
+        .map_err(|e| Error::Other(format!("cannot render the CRD as YAML: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> serde_json::Value {
+        let crd = crd();
+        let v = serde_json::to_value(&crd.spec.versions[0]).unwrap();
+        v["schema"]["openAPIV3Schema"].clone()
+    }
+
+    #[test]
+    fn checked_in_crd_matches_the_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/statefuljob.yaml");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = crd_yaml().unwrap();
+        assert!(
+            checked_in == generated,
+            "crds/statefuljob.yaml differs from `regroup crd`; regenerate it with \
+             `cargo run -- crd > crds/statefuljob.yaml`"
+        );
+    }
+
+    #[test]
+    fn fits_kubectl_apply() {
+        // kubectl apply keeps the whole object in an annotation limited to 256 KiB.
+        let len = serde_json::to_vec(&crd()).unwrap().len();
+        assert!(len < 200 * 1024, "the CRD is {len} bytes");
+    }
+
+    #[test]
+    fn names_subresources_and_columns() {
+        let crd = crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("statefuljobs.regroup.dev")
+        );
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["sj".to_owned()]));
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        let sub = v.subresources.as_ref().unwrap();
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().unwrap();
+        assert_eq!(scale.spec_replicas_path, ".spec.parallelism");
+        assert_eq!(scale.status_replicas_path, ".status.parallelism");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        let columns: Vec<&str> = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        for c in ["Parallelism", "Phase", "Last Checkpoint", "Age"] {
+            assert!(columns.contains(&c), "column {c} missing from {columns:?}");
+        }
+    }
+
+    #[test]
+    fn schema_carries_the_rules() {
+        let s = schema();
+        let spec = &s["properties"]["spec"];
+        assert_eq!(
+            spec["properties"]["parallelism"]["minimum"].as_f64(),
+            Some(1.0)
+        );
+        assert_eq!(
+            spec["properties"]["parallelism"]["maximum"].as_f64(),
+            Some(32768.0)
+        );
+        assert_eq!(
+            spec["properties"]["maxParallelism"]["maximum"].as_f64(),
+            Some(32768.0)
+        );
+        assert_eq!(
+            spec["properties"]["maxParallelism"]["x-kubernetes-validations"][0]["rule"],
+            "self == oldSelf"
+        );
+        assert_eq!(
+            spec["x-kubernetes-validations"][0]["rule"],
+            "self.parallelism <= self.maxParallelism"
+        );
+        let url = &spec["properties"]["storage"]["properties"]["url"];
+        assert!(
+            url["x-kubernetes-validations"][0]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("s3://")
+        );
+        assert_eq!(
+            spec["properties"]["checkpointing"]["properties"]["interval"]["pattern"],
+            DURATION_PATTERN
+        );
+        let required: Vec<&str> = spec["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert!(required.contains(&"parallelism") && required.contains(&"storage"));
+        // Every field of our own types is documented (the template's come from Kubernetes).
+        fn documented(path: &str, v: &serde_json::Value) {
+            if let Some(props) = v["properties"].as_object() {
+                for (name, p) in props {
+                    let here = format!("{path}.{name}");
+                    assert!(
+                        p["description"].as_str().is_some_and(|d| !d.is_empty()),
+                        "{here} has no description"
+                    );
+                    if name != "template"
+                        && name != "claim"
+                        && name != "emptyDir"
+                        && name != "conditions"
+                    {
+                        documented(&here, p);
+                    }
+                }
+            }
+        }
+        documented("spec", spec);
+        documented("status", &s["properties"]["status"]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("f", "30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            parse_duration("f", "1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("f", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in ["", "5", "s", "5 m", "-5s", "0s", "5d", ".5s", "5mins"] {
+            let e = parse_duration("spec.checkpointing.interval", bad).unwrap_err();
+            assert!(
+                e.to_string().contains("spec.checkpointing.interval"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_defaults() {
+        let spec: StatefulJobSpec = serde_json::from_value(serde_json::json!({
+            "parallelism": 2,
+            "template": {"spec": {"containers": [{"name": "worker", "image": "regroup:dev"}]}},
+            "storage": {"url": "s3://bucket/jobs"}
+        }))
+        .unwrap();
+        assert_eq!(spec.max_parallelism, 128);
+        assert_eq!(spec.checkpointing, Checkpointing::default());
+        assert_eq!(
+            spec.checkpointing.interval().unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(spec.restore.strategy, RestoreStrategy::Ingest);
+        assert!(!spec.suspend);
+        assert_eq!(spec.state_volume, StateVolume::default());
+    }
+}

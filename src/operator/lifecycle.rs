@@ -1,0 +1,1132 @@
+//! The job lifecycle as pure transitions: what the next recorded state is, given the recorded
+//! state, the spec and what the operator observed.
+//!
+//! A rescale (and start, suspend, resume, template change) runs the stages of architecture.md:
+//! `Checkpointing` (final checkpoint of the running workers; on failure the latest completed
+//! one) → `Stopping` (no worker of the old epoch left) → `Restoring` (epoch + 1, new workers
+//! restore their key group ranges) → `RollingForward` (all new workers ready) → `Running`.
+//! The controller records the state [`next`] returns *before* it acts on it, and what it does
+//! depends only on that recorded state ([`JobState::work`]), so an operator restarted at any
+//! point resumes the same rescale.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::crd::{Phase, RescaleReason, RescaleStatus, Stage, StatefulJobStatus};
+
+/// The part of the status the lifecycle owns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobState {
+    /// Current phase; `Pending` before anything ran.
+    pub phase: Phase,
+    /// Workers of the current generation (0 while none runs).
+    pub parallelism: u32,
+    /// Fencing epoch of the current (or upcoming, while restoring) generation.
+    pub epoch: u64,
+    /// Hash of the pod template of the current generation.
+    pub template_hash: Option<String>,
+    /// The rescale in progress.
+    pub rescale: Option<RescaleStatus>,
+}
+
+impl JobState {
+    /// The lifecycle part of a recorded status (an absent status is `Pending`).
+    pub fn from_status(status: Option<&StatefulJobStatus>) -> Self {
+        match status {
+            Some(s) => Self {
+                phase: s.phase.unwrap_or(Phase::Pending),
+                parallelism: s.parallelism,
+                epoch: s.epoch,
+                template_hash: s.template_hash.clone(),
+                rescale: s.rescale.clone(),
+            },
+            None => Self::pending(),
+        }
+    }
+
+    /// A job nothing has been done for yet.
+    pub fn pending() -> Self {
+        Self {
+            phase: Phase::Pending,
+            parallelism: 0,
+            epoch: 0,
+            template_hash: None,
+            rescale: None,
+        }
+    }
+
+    /// Writes the lifecycle part into `status`.
+    pub fn write_to(&self, status: &mut StatefulJobStatus) {
+        status.phase = Some(self.phase);
+        status.parallelism = self.parallelism;
+        status.epoch = self.epoch;
+        status.template_hash = self.template_hash.clone();
+        status.rescale = self.rescale.clone();
+    }
+
+    /// What the recorded state asks the controller to make true.
+    pub fn work(&self) -> Work {
+        match &self.rescale {
+            Some(r) => match r.stage {
+                Stage::Checkpointing => Work::FinalCheckpoint {
+                    id: r.final_checkpoint.unwrap_or_default(),
+                    epoch: self.epoch,
+                    parallelism: self.parallelism,
+                },
+                Stage::Stopping => Work::StopWorkers,
+                Stage::Restoring | Stage::RollingForward => Work::RunWorkers {
+                    epoch: self.epoch,
+                    parallelism: r.to,
+                    checkpoint: r.checkpoint,
+                },
+            },
+            None => match self.phase {
+                Phase::Running => Work::Checkpoints {
+                    epoch: self.epoch,
+                    parallelism: self.parallelism,
+                },
+                Phase::Suspended => Work::StopWorkers,
+                _ => Work::Nothing,
+            },
+        }
+    }
+}
+
+/// What the recorded state requires of the world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Nothing yet.
+    Nothing,
+    /// The running workers take checkpoint `id` and stop.
+    FinalCheckpoint {
+        /// Checkpoint id recorded for the final checkpoint.
+        id: u64,
+        /// Epoch of the workers.
+        epoch: u64,
+        /// Number of workers.
+        parallelism: u32,
+    },
+    /// The StatefulSet has zero replicas.
+    StopWorkers,
+    /// The StatefulSet runs `parallelism` workers of `epoch` restoring from `checkpoint`.
+    RunWorkers {
+        /// Epoch of the generation.
+        epoch: u64,
+        /// Number of workers.
+        parallelism: u32,
+        /// Checkpoint to restore (none: start empty).
+        checkpoint: Option<u64>,
+    },
+    /// Periodic and on-demand checkpoints of the running workers.
+    Checkpoints {
+        /// Epoch of the workers.
+        epoch: u64,
+        /// Number of workers.
+        parallelism: u32,
+    },
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// spec.parallelism.
+    pub parallelism: u32,
+    /// spec.suspend.
+    pub suspend: bool,
+    /// Hash of spec.template (see `resources::template_hash`).
+    pub template_hash: String,
+}
+
+impl Desired {
+    /// Workers wanted: 0 while suspended.
+    pub fn target(&self) -> u32 {
+        if self.suspend { 0 } else { self.parallelism }
+    }
+}
+
+/// The outcome of the final checkpoint, as the coordinator observed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinalCheckpoint {
+    /// Not all handles are in yet and the timeout has not passed.
+    InProgress,
+    /// `_metadata.json` of the checkpoint exists.
+    Completed(u64),
+    /// It timed out or a worker reported failure.
+    Failed(String),
+}
+
+/// What the operator observed this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// Pods of the job that exist, of any epoch (terminating ones included).
+    pub pods: u32,
+    /// Pods of the current epoch whose init containers (the restore) have finished.
+    pub initialized: u32,
+    /// Pods of the current epoch that are ready.
+    pub ready: u32,
+    /// Outcome of the final checkpoint, when one is being taken.
+    pub final_checkpoint: FinalCheckpoint,
+    /// Newest completed checkpoint in the store.
+    pub latest_completed: Option<u64>,
+    /// Id the next checkpoint gets (above every id in the store and in status).
+    pub next_checkpoint_id: u64,
+}
+
+/// A transition worth a Kubernetes Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// PascalCase reason.
+    pub reason: &'static str,
+    /// What happened, for humans.
+    pub message: String,
+    /// Warning (true) or Normal.
+    pub warning: bool,
+}
+
+impl Note {
+    fn normal(reason: &'static str, message: String) -> Self {
+        Self {
+            reason,
+            message,
+            warning: false,
+        }
+    }
+
+    fn warning(reason: &'static str, message: String) -> Self {
+        Self {
+            reason,
+            message,
+            warning: true,
+        }
+    }
+}
+
+/// The next state and the transitions that led to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The state to record.
+    pub state: JobState,
+    /// One note per transition taken.
+    pub notes: Vec<Note>,
+}
+
+/// Takes every transition that applies now, in order (a start goes straight to `Restoring`; a
+/// stage whose condition already holds is passed through in the same step, up to the start of
+/// a new epoch, whose pods were not observed yet), and returns the state to record.
+pub fn next(state: &JobState, desired: &Desired, observed: &Observed, now: &Time) -> Step {
+    let mut current = state.clone();
+    let mut notes = Vec::new();
+    // Each transition strictly advances; the bound guards against a cycle introduced by a bug.
+    for _ in 0..8 {
+        match transition(&current, desired, observed, now) {
+            Some((s, note)) => {
+                notes.push(note);
+                let new_epoch = s.epoch != current.epoch;
+                current = s;
+                // The pod counts observed were of the previous epoch: wait for a new look.
+                if new_epoch {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    Step {
+        state: current,
+        notes,
+    }
+}
+
+fn rescale(
+    from: u32,
+    to: u32,
+    stage: Stage,
+    reason: RescaleReason,
+    checkpoint: Option<u64>,
+    final_checkpoint: Option<u64>,
+    now: &Time,
+) -> RescaleStatus {
+    RescaleStatus {
+        from,
+        to,
+        stage,
+        reason,
+        checkpoint,
+        final_checkpoint,
+        started: now.clone(),
+        stage_started: now.clone(),
+    }
+}
+
+/// One transition, or `None` when the state stays.
+fn transition(
+    s: &JobState,
+    desired: &Desired,
+    observed: &Observed,
+    now: &Time,
+) -> Option<(JobState, Note)> {
+    let target = desired.target();
+    let Some(r) = &s.rescale else {
+        return steady(s, desired, observed, now);
+    };
+    let mut next = s.clone();
+    let mut r2 = r.clone();
+    let enter = |r2: &mut RescaleStatus, stage: Stage| {
+        r2.stage = stage;
+        r2.stage_started = now.clone();
+    };
+    match r.stage {
+        Stage::Checkpointing => {
+            // A new target only changes where the rescale ends; the final checkpoint stands.
+            r2.to = target;
+            match &observed.final_checkpoint {
+                FinalCheckpoint::InProgress => {
+                    if r2.to == r.to {
+                        return None;
+                    }
+                    next.rescale = Some(r2);
+                    Some((next, retarget(r, target)))
+                }
+                FinalCheckpoint::Completed(id) => {
+                    r2.checkpoint = Some(*id);
+                    enter(&mut r2, Stage::Stopping);
+                    next.phase = Phase::Stopping;
+                    next.rescale = Some(r2);
+                    Some((
+                        next,
+                        Note::normal(
+                            "FinalCheckpointCompleted",
+                            format!(
+                                "final checkpoint {id} completed; stopping the workers of epoch {}",
+                                s.epoch
+                            ),
+                        ),
+                    ))
+                }
+                FinalCheckpoint::Failed(why) => {
+                    r2.checkpoint = observed.latest_completed;
+                    enter(&mut r2, Stage::Stopping);
+                    next.phase = Phase::Stopping;
+                    next.rescale = Some(r2);
+                    let fallback = match observed.latest_completed {
+                        Some(id) => format!("falling back to the latest completed checkpoint {id}"),
+                        None => {
+                            "no checkpoint ever completed: the new workers start with empty state"
+                                .to_owned()
+                        }
+                    };
+                    Some((
+                        next,
+                        Note::warning(
+                            "FinalCheckpointFailed",
+                            format!(
+                                "final checkpoint {} failed ({why}); {fallback}",
+                                r.final_checkpoint.unwrap_or_default()
+                            ),
+                        ),
+                    ))
+                }
+            }
+        }
+        Stage::Stopping => {
+            r2.to = target;
+            if observed.pods > 0 {
+                if r2.to == r.to {
+                    return None;
+                }
+                next.rescale = Some(r2);
+                return Some((next, retarget(r, target)));
+            }
+            next.parallelism = 0;
+            if r2.to == 0 {
+                next.phase = Phase::Suspended;
+                next.rescale = None;
+                return Some((
+                    next,
+                    Note::normal(
+                        "Suspended",
+                        format!(
+                            "all workers stopped; resuming restores from checkpoint {}",
+                            describe(r.checkpoint)
+                        ),
+                    ),
+                ));
+            }
+            next.epoch = s.epoch + 1;
+            next.phase = Phase::Restoring;
+            next.template_hash = Some(desired.template_hash.clone());
+            enter(&mut r2, Stage::Restoring);
+            next.rescale = Some(r2.clone());
+            Some((
+                next,
+                Note::normal(
+                    "Restoring",
+                    format!(
+                        "epoch {}: {} workers restore from checkpoint {}",
+                        s.epoch + 1,
+                        r2.to,
+                        describe(r2.checkpoint)
+                    ),
+                ),
+            ))
+        }
+        Stage::Restoring | Stage::RollingForward => {
+            let template_changed =
+                s.template_hash.as_deref() != Some(desired.template_hash.as_str());
+            if target != r.to || template_changed {
+                // The workers starting now were built for another target: stop them, then
+                // restore again from the same checkpoint (never two generations at once).
+                r2.to = target;
+                enter(&mut r2, Stage::Stopping);
+                next.phase = Phase::Stopping;
+                next.rescale = Some(r2);
+                let why = if target != r.to {
+                    format!("target changed from {} to {target}", r.to)
+                } else {
+                    "pod template changed".to_owned()
+                };
+                return Some((
+                    next,
+                    Note::normal(
+                        "RescaleRestarted",
+                        format!(
+                            "{why} during {}; stopping epoch {} and restoring again from checkpoint {}",
+                            r.stage.as_str(),
+                            s.epoch,
+                            describe(r.checkpoint)
+                        ),
+                    ),
+                ));
+            }
+            if r.stage == Stage::Restoring {
+                if observed.initialized < r.to && observed.ready < r.to {
+                    return None;
+                }
+                enter(&mut r2, Stage::RollingForward);
+                next.phase = Phase::RollingForward;
+                next.rescale = Some(r2);
+                return Some((
+                    next,
+                    Note::normal(
+                        "RollingForward",
+                        format!(
+                            "all {} workers of epoch {} restored their state",
+                            r.to, s.epoch
+                        ),
+                    ),
+                ));
+            }
+            if observed.ready < r.to {
+                return None;
+            }
+            next.phase = Phase::Running;
+            next.parallelism = r.to;
+            next.rescale = None;
+            Some((
+                next,
+                Note::normal(
+                    "Running",
+                    format!(
+                        "{} complete: {} workers of epoch {} ready (was {})",
+                        r.reason.as_str(),
+                        r.to,
+                        s.epoch,
+                        r.from
+                    ),
+                ),
+            ))
+        }
+    }
+}
+
+/// Transitions out of a state without a rescale in progress.
+fn steady(
+    s: &JobState,
+    desired: &Desired,
+    observed: &Observed,
+    now: &Time,
+) -> Option<(JobState, Note)> {
+    let target = desired.target();
+    let mut next = s.clone();
+    // Straight to Restoring: nothing runs that could be checkpointed or stopped.
+    let start = |next: &mut JobState, reason: RescaleReason| {
+        let checkpoint = observed.latest_completed;
+        next.epoch = s.epoch + 1;
+        next.phase = Phase::Restoring;
+        next.parallelism = 0;
+        next.template_hash = Some(desired.template_hash.clone());
+        next.rescale = Some(rescale(
+            0,
+            target,
+            Stage::Restoring,
+            reason,
+            checkpoint,
+            None,
+            now,
+        ));
+        Note::normal(
+            if reason == RescaleReason::Start {
+                "Starting"
+            } else {
+                "Resuming"
+            },
+            format!(
+                "epoch {}: {target} workers restore from checkpoint {}",
+                s.epoch + 1,
+                describe(checkpoint)
+            ),
+        )
+    };
+    match s.phase {
+        Phase::Pending => {
+            if target == 0 {
+                next.phase = Phase::Suspended;
+                return Some((
+                    next,
+                    Note::normal(
+                        "Suspended",
+                        "created suspended; no worker started".to_owned(),
+                    ),
+                ));
+            }
+            let note = start(&mut next, RescaleReason::Start);
+            Some((next, note))
+        }
+        Phase::Suspended => {
+            if target == 0 {
+                return None;
+            }
+            let note = start(&mut next, RescaleReason::Resume);
+            Some((next, note))
+        }
+        // Running; also a stage phase left without a rescale record, which only a hand-edited
+        // status produces: treat it as running workers.
+        _ => {
+            let template_changed =
+                s.template_hash.as_deref() != Some(desired.template_hash.as_str());
+            let reason = if desired.suspend {
+                RescaleReason::Suspend
+            } else if target != s.parallelism {
+                RescaleReason::Scale
+            } else if template_changed {
+                RescaleReason::TemplateChange
+            } else {
+                if s.phase != Phase::Running {
+                    next.phase = Phase::Running;
+                    return Some((next, Note::normal("Running", "workers running".to_owned())));
+                }
+                return None;
+            };
+            let id = observed.next_checkpoint_id;
+            next.phase = Phase::Checkpointing;
+            next.rescale = Some(rescale(
+                s.parallelism,
+                target,
+                Stage::Checkpointing,
+                reason,
+                None,
+                Some(id),
+                now,
+            ));
+            let what = match reason {
+                RescaleReason::Suspend => "suspending".to_owned(),
+                RescaleReason::TemplateChange => {
+                    format!("pod template changed; restarting {} workers", s.parallelism)
+                }
+                _ => format!("rescaling from {} to {target} workers", s.parallelism),
+            };
+            Some((
+                next,
+                Note::normal(
+                    "Checkpointing",
+                    format!("{what}: final checkpoint {id} of epoch {}", s.epoch),
+                ),
+            ))
+        }
+    }
+}
+
+fn retarget(r: &RescaleStatus, target: u32) -> Note {
+    Note::normal(
+        "RescaleRetargeted",
+        format!(
+            "target changed from {} to {target} during {}",
+            r.to,
+            r.stage.as_str()
+        ),
+    )
+}
+
+fn describe(checkpoint: Option<u64>) -> String {
+    match checkpoint {
+        Some(id) => id.to_string(),
+        None => "none (empty state)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn later() -> Time {
+        Time(Timestamp::from_second(1_800_000_060).unwrap())
+    }
+
+    fn desired(p: u32) -> Desired {
+        Desired {
+            parallelism: p,
+            suspend: false,
+            template_hash: "t1".into(),
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            pods: 0,
+            initialized: 0,
+            ready: 0,
+            final_checkpoint: FinalCheckpoint::InProgress,
+            latest_completed: None,
+            next_checkpoint_id: 1,
+        }
+    }
+
+    fn running(p: u32, epoch: u64) -> JobState {
+        JobState {
+            phase: Phase::Running,
+            parallelism: p,
+            epoch,
+            template_hash: Some("t1".into()),
+            rescale: None,
+        }
+    }
+
+    fn stage(s: &JobState) -> Option<Stage> {
+        s.rescale.as_ref().map(|r| r.stage)
+    }
+
+    /// The phase always agrees with the rescale stage.
+    fn consistent(s: &JobState) {
+        match &s.rescale {
+            Some(r) => assert_eq!(s.phase, r.stage.phase(), "{s:?}"),
+            None => assert!(
+                matches!(s.phase, Phase::Running | Phase::Suspended | Phase::Pending),
+                "{s:?}"
+            ),
+        }
+    }
+
+    #[test]
+    fn start_goes_straight_to_restoring_then_runs() {
+        let d = desired(3);
+        let mut o = observed();
+        o.latest_completed = None;
+        let step = next(&JobState::pending(), &d, &o, &now());
+        let s = step.state;
+        consistent(&s);
+        assert_eq!(s.phase, Phase::Restoring);
+        assert_eq!(s.epoch, 1);
+        let r = s.rescale.clone().unwrap();
+        assert_eq!(
+            (r.from, r.to, r.reason, r.checkpoint),
+            (0, 3, RescaleReason::Start, None)
+        );
+        assert_eq!(
+            s.work(),
+            Work::RunWorkers {
+                epoch: 1,
+                parallelism: 3,
+                checkpoint: None
+            }
+        );
+        assert_eq!(step.notes[0].reason, "Starting");
+        // Two of three restored: stays.
+        o.pods = 3;
+        o.initialized = 2;
+        assert_eq!(next(&s, &d, &o, &now()).state, s);
+        o.initialized = 3;
+        let s = next(&s, &d, &o, &now()).state;
+        assert_eq!(s.phase, Phase::RollingForward);
+        consistent(&s);
+        o.ready = 3;
+        let step = next(&s, &d, &o, &now());
+        assert_eq!(step.state, running(3, 1));
+        assert_eq!(step.notes.last().unwrap().reason, "Running");
+        assert_eq!(
+            step.state.work(),
+            Work::Checkpoints {
+                epoch: 1,
+                parallelism: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_recreated_job_starts_from_the_stores_latest_checkpoint() {
+        let mut o = observed();
+        o.latest_completed = Some(41);
+        let s = next(&JobState::pending(), &desired(2), &o, &now()).state;
+        assert_eq!(s.rescale.unwrap().checkpoint, Some(41));
+    }
+
+    #[test]
+    fn full_rescale_walks_every_stage_in_order() {
+        let d = desired(5);
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 3;
+        o.initialized = 3;
+        o.next_checkpoint_id = 8;
+        o.latest_completed = Some(7);
+        let s0 = running(3, 4);
+        let step = next(&s0, &d, &o, &now());
+        let s1 = step.state;
+        consistent(&s1);
+        assert_eq!(s1.phase, Phase::Checkpointing);
+        let r = s1.rescale.clone().unwrap();
+        assert_eq!((r.from, r.to, r.reason), (3, 5, RescaleReason::Scale));
+        assert_eq!(r.final_checkpoint, Some(8));
+        assert_eq!(
+            s1.work(),
+            Work::FinalCheckpoint {
+                id: 8,
+                epoch: 4,
+                parallelism: 3
+            }
+        );
+        // In progress: nothing moves, even a round later.
+        assert_eq!(next(&s1, &d, &o, &later()).state, s1);
+        o.final_checkpoint = FinalCheckpoint::Completed(8);
+        let s2 = next(&s1, &d, &o, &later()).state;
+        consistent(&s2);
+        assert_eq!(stage(&s2), Some(Stage::Stopping));
+        assert_eq!(s2.rescale.as_ref().unwrap().checkpoint, Some(8));
+        assert_eq!(s2.rescale.as_ref().unwrap().stage_started, later());
+        assert_eq!(s2.rescale.as_ref().unwrap().started, now());
+        assert_eq!(s2.work(), Work::StopWorkers);
+        assert_eq!(
+            s2.epoch, 4,
+            "the epoch moves only when the old workers are gone"
+        );
+        // Old pods still there (terminating): stays.
+        assert_eq!(next(&s2, &d, &o, &later()).state, s2);
+        o.pods = 0;
+        o.ready = 0;
+        o.initialized = 0;
+        let s3 = next(&s2, &d, &o, &later()).state;
+        consistent(&s3);
+        assert_eq!(stage(&s3), Some(Stage::Restoring));
+        assert_eq!(s3.epoch, 5);
+        assert_eq!(s3.parallelism, 0);
+        assert_eq!(
+            s3.work(),
+            Work::RunWorkers {
+                epoch: 5,
+                parallelism: 5,
+                checkpoint: Some(8)
+            }
+        );
+        o.pods = 5;
+        o.initialized = 5;
+        let s4 = next(&s3, &d, &o, &later()).state;
+        assert_eq!(stage(&s4), Some(Stage::RollingForward));
+        assert_eq!(
+            s4.work(),
+            s3.work(),
+            "rolling forward keeps the same StatefulSet"
+        );
+        o.ready = 4;
+        assert_eq!(next(&s4, &d, &o, &later()).state, s4);
+        o.ready = 5;
+        let s5 = next(&s4, &d, &o, &later()).state;
+        assert_eq!(s5, running(5, 5));
+    }
+
+    #[test]
+    fn one_step_passes_through_stages_whose_condition_already_holds() {
+        // Restarted operator: the final checkpoint completed and the pods are gone already.
+        let d = desired(2);
+        let mut o = observed();
+        o.final_checkpoint = FinalCheckpoint::Completed(3);
+        o.latest_completed = Some(3);
+        let mut s = running(4, 2);
+        s.phase = Phase::Checkpointing;
+        s.rescale = Some(rescale(
+            4,
+            2,
+            Stage::Checkpointing,
+            RescaleReason::Scale,
+            None,
+            Some(3),
+            &now(),
+        ));
+        let step = next(&s, &d, &o, &later());
+        assert_eq!(stage(&step.state), Some(Stage::Restoring));
+        assert_eq!(step.state.epoch, 3);
+        let reasons: Vec<_> = step.notes.iter().map(|n| n.reason).collect();
+        assert_eq!(reasons, ["FinalCheckpointCompleted", "Restoring"]);
+    }
+
+    #[test]
+    fn failed_final_checkpoint_falls_back_to_latest_completed() {
+        let d = desired(2);
+        let mut o = observed();
+        o.pods = 4;
+        o.latest_completed = Some(6);
+        o.final_checkpoint = FinalCheckpoint::Failed("timed out after 10m".into());
+        let mut s = running(4, 2);
+        s.phase = Phase::Checkpointing;
+        s.rescale = Some(rescale(
+            4,
+            2,
+            Stage::Checkpointing,
+            RescaleReason::Scale,
+            None,
+            Some(9),
+            &now(),
+        ));
+        let step = next(&s, &d, &o, &later());
+        assert_eq!(stage(&step.state), Some(Stage::Stopping));
+        assert_eq!(step.state.rescale.as_ref().unwrap().checkpoint, Some(6));
+        let note = &step.notes[0];
+        assert!(note.warning);
+        assert!(
+            note.message
+                .contains("checkpoint 9 failed (timed out after 10m)"),
+            "{}",
+            note.message
+        );
+        assert!(note.message.contains("latest completed checkpoint 6"));
+        // Without any completed checkpoint the new workers start empty, and say so.
+        o.latest_completed = None;
+        let step = next(&s, &d, &o, &later());
+        assert_eq!(step.state.rescale.as_ref().unwrap().checkpoint, None);
+        assert!(step.notes[0].message.contains("empty state"));
+    }
+
+    #[test]
+    fn new_target_mid_rescale() {
+        let mut o = observed();
+        o.pods = 3;
+        // During the final checkpoint: the target moves, the checkpoint stands.
+        let mut s = running(3, 1);
+        s.phase = Phase::Checkpointing;
+        s.rescale = Some(rescale(
+            3,
+            5,
+            Stage::Checkpointing,
+            RescaleReason::Scale,
+            None,
+            Some(2),
+            &now(),
+        ));
+        let step = next(&s, &desired(6), &o, &later());
+        let r = step.state.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.to, r.final_checkpoint, r.started),
+            (Stage::Checkpointing, 6, Some(2), now())
+        );
+        assert_eq!(step.notes[0].reason, "RescaleRetargeted");
+        // During stopping: the same.
+        let mut s = step.state;
+        s.phase = Phase::Stopping;
+        s.rescale.as_mut().unwrap().stage = Stage::Stopping;
+        s.rescale.as_mut().unwrap().checkpoint = Some(2);
+        let step = next(&s, &desired(7), &o, &later());
+        assert_eq!(step.state.rescale.as_ref().unwrap().to, 7);
+        assert_eq!(stage(&step.state), Some(Stage::Stopping));
+        // During restoring and rolling forward: stop the new workers, restore again from the
+        // same checkpoint at a later epoch.
+        for st in [Stage::Restoring, Stage::RollingForward] {
+            let mut s = running(0, 2);
+            s.phase = st.phase();
+            s.rescale = Some(rescale(
+                3,
+                5,
+                st,
+                RescaleReason::Scale,
+                Some(2),
+                Some(2),
+                &now(),
+            ));
+            let mut o = observed();
+            o.pods = 5;
+            o.initialized = 5;
+            o.ready = 5;
+            let step = next(&s, &desired(4), &o, &later());
+            assert_eq!(stage(&step.state), Some(Stage::Stopping), "{st:?}");
+            assert_eq!(step.state.rescale.as_ref().unwrap().to, 4);
+            assert_eq!(step.state.epoch, 2);
+            assert_eq!(step.notes[0].reason, "RescaleRestarted");
+            o.pods = 0;
+            let s = next(&step.state, &desired(4), &o, &later()).state;
+            assert_eq!(stage(&s), Some(Stage::Restoring));
+            assert_eq!(s.epoch, 3);
+            assert_eq!(
+                s.work(),
+                Work::RunWorkers {
+                    epoch: 3,
+                    parallelism: 4,
+                    checkpoint: Some(2)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn suspend_and_resume() {
+        let mut o = observed();
+        o.pods = 2;
+        o.ready = 2;
+        o.next_checkpoint_id = 5;
+        let mut d = desired(2);
+        d.suspend = true;
+        let s = next(&running(2, 3), &d, &o, &now()).state;
+        let r = s.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.to, r.reason),
+            (Stage::Checkpointing, 0, RescaleReason::Suspend)
+        );
+        o.final_checkpoint = FinalCheckpoint::Completed(5);
+        o.latest_completed = Some(5);
+        o.pods = 0;
+        let step = next(&s, &d, &o, &now());
+        let s = step.state;
+        assert_eq!(s.phase, Phase::Suspended);
+        assert_eq!((s.parallelism, s.epoch, s.rescale.clone()), (0, 3, None));
+        assert_eq!(s.work(), Work::StopWorkers);
+        assert_eq!(step.notes.last().unwrap().reason, "Suspended");
+        // Stays suspended; a template change while suspended waits for the resume.
+        d.template_hash = "t2".into();
+        assert!(next(&s, &d, &o, &now()).notes.is_empty());
+        // Resume with a new parallelism: straight to restoring from the final checkpoint.
+        d.suspend = false;
+        d.parallelism = 3;
+        let step = next(&s, &d, &o, &later());
+        let s = step.state;
+        let r = s.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.from, r.to, r.reason, r.checkpoint),
+            (Stage::Restoring, 0, 3, RescaleReason::Resume, Some(5))
+        );
+        assert_eq!(s.epoch, 4);
+        assert_eq!(s.template_hash.as_deref(), Some("t2"));
+        assert_eq!(step.notes[0].reason, "Resuming");
+    }
+
+    #[test]
+    fn created_suspended_starts_nothing() {
+        let mut d = desired(3);
+        d.suspend = true;
+        let s = next(&JobState::pending(), &d, &observed(), &now()).state;
+        assert_eq!(
+            (s.phase, s.epoch, s.work()),
+            (Phase::Suspended, 0, Work::StopWorkers)
+        );
+    }
+
+    #[test]
+    fn suspend_mid_rescale_ends_suspended() {
+        let mut d = desired(5);
+        d.suspend = true;
+        let mut s = running(0, 2);
+        s.phase = Phase::Restoring;
+        s.rescale = Some(rescale(
+            3,
+            5,
+            Stage::Restoring,
+            RescaleReason::Scale,
+            Some(2),
+            Some(2),
+            &now(),
+        ));
+        let mut o = observed();
+        o.pods = 5;
+        let s = next(&s, &d, &o, &now()).state;
+        assert_eq!(
+            (stage(&s), s.rescale.as_ref().unwrap().to),
+            (Some(Stage::Stopping), 0)
+        );
+        o.pods = 0;
+        let s = next(&s, &d, &o, &now()).state;
+        assert_eq!((s.phase, s.epoch), (Phase::Suspended, 2));
+    }
+
+    #[test]
+    fn template_change_at_same_parallelism_restarts_from_a_checkpoint() {
+        let mut d = desired(3);
+        d.template_hash = "t2".into();
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 3;
+        o.next_checkpoint_id = 12;
+        let s = next(&running(3, 7), &d, &o, &now()).state;
+        let r = s.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.from, r.to, r.reason, r.final_checkpoint),
+            (
+                Stage::Checkpointing,
+                3,
+                3,
+                RescaleReason::TemplateChange,
+                Some(12)
+            )
+        );
+        assert_eq!(
+            s.template_hash.as_deref(),
+            Some("t1"),
+            "recorded only when applied"
+        );
+        o.final_checkpoint = FinalCheckpoint::Completed(12);
+        o.pods = 0;
+        let s = next(&s, &d, &o, &now()).state;
+        assert_eq!((stage(&s), s.epoch), (Some(Stage::Restoring), 8));
+        assert_eq!(s.template_hash.as_deref(), Some("t2"));
+        // A further template change while restoring restarts the restore.
+        d.template_hash = "t3".into();
+        o.pods = 3;
+        let s = next(&s, &d, &o, &now()).state;
+        assert_eq!(stage(&s), Some(Stage::Stopping));
+    }
+
+    #[test]
+    fn steady_running_does_nothing() {
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 3;
+        let step = next(&running(3, 1), &desired(3), &o, &now());
+        assert_eq!(step.state, running(3, 1));
+        assert!(step.notes.is_empty());
+    }
+
+    #[test]
+    fn status_round_trip() {
+        let mut s = running(3, 2);
+        s.phase = Phase::Stopping;
+        s.rescale = Some(rescale(
+            3,
+            4,
+            Stage::Stopping,
+            RescaleReason::Scale,
+            Some(1),
+            Some(1),
+            &now(),
+        ));
+        let mut status = StatefulJobStatus::default();
+        s.write_to(&mut status);
+        assert_eq!(JobState::from_status(Some(&status)), s);
+        assert_eq!(JobState::from_status(None), JobState::pending());
+    }
+
+    /// Every reachable state, driven by every sequence of a small alphabet of events, keeps the
+    /// invariants: the phase agrees with the stage, the epoch never decreases and only moves on
+    /// entering Restoring, Running means the target is met by ready workers, and no two
+    /// generations overlap (Restoring is only entered with no pod left).
+    #[test]
+    fn exhaustive_invariants() {
+        #[derive(Clone, Copy, Debug)]
+        enum Ev {
+            Target(u32),
+            Suspend(bool),
+            Template(u8),
+            Pods(u32),
+            Init,
+            Ready,
+            FinalOk,
+            FinalFail,
+        }
+        let alphabet = [
+            Ev::Target(1),
+            Ev::Target(3),
+            Ev::Suspend(true),
+            Ev::Suspend(false),
+            Ev::Template(2),
+            Ev::Pods(0),
+            Ev::Init,
+            Ev::Ready,
+            Ev::FinalOk,
+            Ev::FinalFail,
+        ];
+        let mut runs = 0;
+        let len = 5;
+        let total = alphabet.len().pow(len);
+        for mut code in 0..total {
+            let mut d = desired(2);
+            let mut o = observed();
+            let mut s = JobState::pending();
+            for _ in 0..len {
+                let ev = alphabet[code % alphabet.len()];
+                code /= alphabet.len();
+                match ev {
+                    Ev::Target(p) => d.parallelism = p,
+                    Ev::Suspend(b) => d.suspend = b,
+                    Ev::Template(t) => d.template_hash = format!("t{t}"),
+                    Ev::Pods(n) => {
+                        o.pods = n;
+                        o.initialized = o.initialized.min(n);
+                        o.ready = o.ready.min(n);
+                    }
+                    Ev::Init => {
+                        if let Work::RunWorkers { parallelism, .. } = s.work() {
+                            o.pods = parallelism;
+                            o.initialized = parallelism;
+                        }
+                    }
+                    Ev::Ready => {
+                        if let Work::RunWorkers { parallelism, .. } = s.work() {
+                            o.pods = parallelism;
+                            o.initialized = parallelism;
+                            o.ready = parallelism;
+                        }
+                    }
+                    Ev::FinalOk => {
+                        if let Work::FinalCheckpoint { id, .. } = s.work() {
+                            o.final_checkpoint = FinalCheckpoint::Completed(id);
+                            o.latest_completed = Some(id);
+                            o.next_checkpoint_id = id + 1;
+                        }
+                    }
+                    Ev::FinalFail => o.final_checkpoint = FinalCheckpoint::Failed("x".into()),
+                }
+                let step = next(&s, &d, &o, &now());
+                let n = &step.state;
+                consistent(n);
+                assert!(n.epoch >= s.epoch);
+                if n.epoch != s.epoch {
+                    assert_eq!(n.epoch, s.epoch + 1);
+                    assert_eq!(stage(n), Some(Stage::Restoring));
+                    assert_eq!(o.pods, 0, "two generations would overlap: {s:?} -> {n:?}");
+                }
+                if n.phase == Phase::Running && s.phase != Phase::Running {
+                    assert_eq!(n.parallelism, d.target());
+                    assert!(o.ready >= n.parallelism);
+                }
+                if n.phase == Phase::Suspended {
+                    assert_eq!(n.parallelism, 0);
+                    assert!(d.suspend);
+                }
+                // Every change of state is explained by a note.
+                assert_eq!(n != &s, !step.notes.is_empty(), "{s:?} -> {n:?}");
+                if stage(&s).is_some_and(|x| x == Stage::Checkpointing)
+                    && stage(n) == Some(Stage::Checkpointing)
+                {
+                    assert_eq!(
+                        n.rescale.as_ref().unwrap().final_checkpoint,
+                        s.rescale.as_ref().unwrap().final_checkpoint
+                    );
+                }
+                s = step.state;
+                // Outcomes refer to one final checkpoint; a new one starts fresh.
+                if !matches!(s.work(), Work::FinalCheckpoint { .. }) {
+                    o.final_checkpoint = FinalCheckpoint::InProgress;
+                }
+            }
+            runs += 1;
+        }
+        assert_eq!(runs, total);
+    }
+}

@@ -1,0 +1,232 @@
+//! The operator: the `StatefulJob` resource, pure builders and lifecycle transitions, and the
+//! controller that drives them (see architecture.md, "Rescaling").
+
+pub mod controller;
+pub mod coordinator;
+pub mod crd;
+pub mod lease;
+pub mod lifecycle;
+pub mod metrics;
+pub mod resources;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use kube::runtime::{Controller, watcher};
+use tracing::{debug, error, info, warn};
+
+use self::controller::{Context, error_policy, pod_to_job, reconcile};
+use self::coordinator::HttpWorkerClient;
+use self::crd::StatefulJob;
+use self::lease::LeaseLock;
+use self::metrics::OperatorMetrics;
+use crate::error::{Error, Result};
+
+/// `regroup operator`
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Namespaces to watch (comma-separated or repeated); all namespaces when absent.
+    #[arg(long = "namespace", env = "REGROUP_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Address of the /metrics and /healthz endpoint.
+    #[arg(long, env = "REGROUP_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: SocketAddr,
+    /// Act only while holding the leader Lease (run two replicas, one active).
+    #[arg(long, env = "REGROUP_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace from POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "regroup-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease and in Events (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a leader Lease lasts without renewal, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = crate::cli::parse_duration)]
+    pub lease_duration: Duration,
+    /// Timeout of one call to a worker's checkpoint API, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    pub worker_timeout: Duration,
+}
+
+fn kube_err(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
+    move |e| Error::Other(format!("{what}: {e}"))
+}
+
+/// Runs the operator until SIGTERM/SIGINT (or until it loses the leader Lease).
+pub async fn run(args: OperatorArgs) -> Result<()> {
+    let client = Client::try_default().await.map_err(kube_err(
+        "cannot configure the Kubernetes client (in-cluster or KUBECONFIG)",
+    ))?;
+    // Fail fast when the CRD is missing: nothing could be watched.
+    let scopes: Vec<Api<StatefulJob>> = if args.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        args.namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    for api in scopes {
+        api.list(&ListParams::default().limit(1)).await.map_err(kube_err(
+            "cannot list StatefulJobs; is the CRD installed (kubectl apply -f crds/) and may this service account list them?",
+        ))?;
+    }
+    let metrics = Arc::new(OperatorMetrics::default());
+    let server = tokio::spawn(serve(args.metrics_address, metrics.clone()));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("regroup-{}", uuid::Uuid::new_v4()));
+    let lock = args.leader_elect.then(|| {
+        LeaseLock::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            args.lease_duration,
+        )
+    });
+    if let Some(lock) = &lock {
+        info!(identity = %identity, "waiting for the leader lease");
+        tokio::select! {
+            _ = lock.acquire() => {}
+            _ = shutdown_signal() => { server.abort(); return Ok(()); }
+        }
+        metrics.leader.set(1);
+    }
+    let workers = Arc::new(HttpWorkerClient::new(args.worker_timeout)?);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        workers,
+        metrics.clone(),
+        Some(identity),
+    ));
+    let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = futures::future::join_all(
+        namespaces
+            .into_iter()
+            .map(|ns| run_controller(client.clone(), ns, ctx.clone())),
+    );
+    match &lock {
+        Some(lock) => {
+            tokio::select! {
+                _ = controllers => {}
+                _ = lock.keep() => {
+                    error!("lost the leader lease; exiting so that no two replicas act");
+                    server.abort();
+                    return Err(Error::Other("lost the leader lease".to_owned()));
+                }
+            }
+            lock.release().await;
+        }
+        None => {
+            controllers.await;
+        }
+    }
+    server.abort();
+    info!("operator stopped");
+    Ok(())
+}
+
+/// Runs the StatefulJob controller for one namespace (`None`: all) until a shutdown signal.
+/// Tests run it with their own [`Context`] (and worker client) and abort it to simulate a crash.
+pub async fn run_controller(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=regroup");
+    info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "controller starting"
+    );
+    Controller::new(
+        api::<StatefulJob>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(&client, &namespace), managed.clone())
+    .owns(api::<Service>(&client, &namespace), managed)
+    .watches(
+        api::<Pod>(&client, &namespace),
+        watcher::Config::default().labels(resources::JOB_LABEL),
+        pod_to_job,
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((obj, _)) => debug!(job = %obj, "reconciled"),
+            Err(e) => warn!(error = %e, "reconcile failed"),
+        }
+    })
+    .await;
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Serves `/metrics` and `/healthz`.
+async fn serve(address: SocketAddr, metrics: Arc<OperatorMetrics>) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        );
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => {
+            info!(%address, "serving /metrics and /healthz");
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+            {
+                error!(error = %e, "metrics server failed");
+            }
+        }
+        Err(e) => error!(%address, error = %e, "cannot bind the metrics address"),
+    }
+}

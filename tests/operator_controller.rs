@@ -1,0 +1,620 @@
+//! The operator against a real kube-apiserver (+ controller-manager, scheduler, kwok pods):
+//! owned objects, checkpoints, the rescale stages, suspend/resume, the fallback when the final
+//! checkpoint fails, and restarts of the operator in every stage.
+//!
+//! The pods are kwok's (nothing runs in them), so the workers' HTTP API is replaced by
+//! [`FakeWorkers`], which writes handles to a real file-system store; everything else (the
+//! API server, the StatefulSet controller, the store, `_metadata.json`) is real.
+
+mod operator_support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use operator_support::*;
+use regroup::checkpoint::CheckpointStore;
+use regroup::operator::controller::Context;
+use regroup::operator::crd::{Phase, Stage, StatefulJob};
+use regroup::operator::metrics::OperatorMetrics;
+use regroup::operator::resources::{EPOCH_LABEL, JOB_LABEL};
+use regroup::operator::run_controller;
+use tokio::task::JoinHandle;
+
+const M: u32 = 16;
+const LONG: Duration = Duration::from_secs(120);
+
+/// An operator running in this process, killable.
+struct Operator {
+    task: JoinHandle<()>,
+}
+
+impl Operator {
+    fn start(client: &Client, ns: &str, workers: Arc<FakeWorkers>) -> Self {
+        let mut ctx = Context::new(
+            client.clone(),
+            workers,
+            Arc::new(OperatorMetrics::default()),
+            Some("test".into()),
+        );
+        ctx.busy_requeue = Duration::from_millis(300);
+        let task = tokio::spawn(run_controller(
+            client.clone(),
+            Some(ns.to_owned()),
+            Arc::new(ctx),
+        ));
+        Self { task }
+    }
+
+    /// Kills it wherever it is (mid-request included), like a crashed pod.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn create_job(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    p: u32,
+    store: &std::path::Path,
+) -> Api<StatefulJob> {
+    let api: Api<StatefulJob> = Api::namespaced(client.clone(), ns);
+    let url = format!("file://{}", store.display());
+    let job: StatefulJob = serde_json::from_value(job_yaml(name, p, M, &url)).unwrap();
+    api.create(&PostParams::default(), &job).await.unwrap();
+    api
+}
+
+async fn pods(client: &Client, ns: &str, name: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}")))
+        .await
+        .unwrap()
+        .items
+}
+
+fn stage(j: &StatefulJob) -> Option<Stage> {
+    j.status.as_ref()?.rescale.as_ref().map(|r| r.stage)
+}
+
+/// Waits until the job runs `p` workers of a later epoch than `after`, and the StatefulSet
+/// agrees.
+async fn wait_running(
+    client: &Client,
+    api: &Api<StatefulJob>,
+    name: &str,
+    p: u32,
+    after: u64,
+) -> StatefulJob {
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &api_namespace(api));
+    eventually(
+        &format!("{name} running {p} workers after epoch {after}"),
+        LONG,
+        || async {
+            let j = api.get(name).await.ok()?;
+            let s = j.status.clone()?;
+            let set = sts.get(name).await.ok()?;
+            (s.phase == Some(Phase::Running)
+                && s.parallelism == p
+                && s.epoch > after
+                && set.spec.replicas == Some(p as i32))
+            .then_some(j)
+        },
+    )
+    .await
+}
+
+fn api_namespace(api: &Api<StatefulJob>) -> String {
+    // Api does not expose its namespace; the tests keep one namespace per Api.
+    api.resource_url()
+        .split('/')
+        .nth(5)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn env_value(sts: &StatefulSet, container: &str, name: &str, init: bool) -> Option<String> {
+    let pod = sts.spec.template.spec.as_ref()?;
+    let list = if init {
+        pod.init_containers.as_ref()?
+    } else {
+        &pod.containers
+    };
+    let c = list.iter().find(|c| c.name == container)?;
+    c.env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
+    let api: Api<K8sEvent> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<K8sEvent> = api.list(&ListParams::default()).await.unwrap().items;
+    list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    list.into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_runs_checkpoints_rescales_and_suspends() {
+    let Some(client) = cluster("a_job_runs_checkpoints_rescales_and_suspends").await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "regroup-op").await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let workers = FakeWorkers::new(store_dir.path(), M);
+    let operator = Operator::start(&client, &ns.name, workers.clone());
+    let api = create_job(&client, &ns.name, "orders", 3, store_dir.path()).await;
+
+    // Start: epoch 1, three workers, nothing to restore.
+    let job = wait_running(&client, &api, "orders", 3, 0).await;
+    assert_eq!(job.status.as_ref().unwrap().epoch, 1);
+    assert!(job.finalizers().contains(&"regroup.dev/cleanup".to_owned()));
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let set = sts.get("orders").await.unwrap();
+    let spec = set.spec.clone();
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    assert_eq!(
+        spec.update_strategy.as_ref().unwrap().type_.as_deref(),
+        Some("OnDelete")
+    );
+    assert_eq!(spec.service_name.as_deref(), Some("orders"));
+    assert_eq!(
+        env_value(&set, "worker", "REGROUP_EPOCH", false).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        env_value(&set, "worker", "REGROUP_PARALLELISM", false).as_deref(),
+        Some("3")
+    );
+    assert!(
+        spec.template
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .is_none(),
+        "nothing to restore at the first start"
+    );
+    assert_eq!(set.owner_references()[0].kind, "StatefulJob");
+    let svc: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(
+        svc.get("orders")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .cluster_ip
+            .as_deref(),
+        Some("None")
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let token = secrets.get("orders-token").await.unwrap().data.unwrap()["token"]
+        .0
+        .clone();
+    assert_eq!(token.len(), 64);
+    assert_eq!(
+        job.status.as_ref().unwrap().selector.as_deref(),
+        Some("regroup.dev/job=orders")
+    );
+
+    // The first periodic checkpoint completes in the store and is recorded.
+    let job = eventually("a completed checkpoint in status", LONG, || async {
+        let j = api.get("orders").await.ok()?;
+        j.status.as_ref()?.last_checkpoint.is_some().then_some(j)
+    })
+    .await;
+    let first = job
+        .status
+        .as_ref()
+        .unwrap()
+        .last_checkpoint
+        .clone()
+        .unwrap();
+    let store = CheckpointStore::from_url(
+        &format!("file://{}", store_dir.path().display()),
+        job_id(&ns.name, "orders"),
+    )
+    .unwrap();
+    let meta = store.read_metadata(first.id).await.unwrap();
+    assert_eq!(
+        (meta.epoch, meta.parallelism, meta.handles.len()),
+        (1, 3, 3)
+    );
+
+    // An on-demand checkpoint through the trigger nonce.
+    api.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"checkpointTrigger": "now-1"}})),
+    )
+    .await
+    .unwrap();
+    let job = eventually("the on-demand checkpoint", LONG, || async {
+        let j = api.get("orders").await.ok()?;
+        let s = j.status.as_ref()?;
+        (s.checkpoint_trigger.as_deref() == Some("now-1")
+            && s.last_checkpoint.as_ref()?.id > first.id)
+            .then_some(j)
+    })
+    .await;
+    let second = job
+        .status
+        .as_ref()
+        .unwrap()
+        .last_checkpoint
+        .clone()
+        .unwrap();
+
+    // kubectl scale: through every stage to 5 workers at epoch 2, restored from the final checkpoint.
+    run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=5"]));
+    let mut seen: Vec<Phase> = Vec::new();
+    let start = std::time::Instant::now();
+    let job = loop {
+        let j = api.get("orders").await.unwrap();
+        let s = j.status.clone().unwrap();
+        if let Some(p) = s.phase
+            && seen.last() != Some(&p)
+        {
+            seen.push(p);
+        }
+        if s.phase == Some(Phase::Running) && s.parallelism == 5 {
+            break j;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "no rescale to 5 within {LONG:?}: phases {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let status = job.status.clone().unwrap();
+    assert_eq!(status.epoch, 2);
+    let last = status.last_checkpoint.clone().unwrap();
+    assert!(last.id > second.id, "the final checkpoint is recorded");
+    let final_meta = store.read_metadata(last.id).await.unwrap();
+    assert_eq!(
+        (final_meta.epoch, final_meta.parallelism),
+        (1, 3),
+        "taken by the old workers"
+    );
+    let set = sts.get("orders").await.unwrap();
+    assert_eq!(set.spec.replicas, Some(5));
+    assert_eq!(
+        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        Some(last.id.to_string())
+    );
+    assert_eq!(
+        env_value(&set, "regroup-restore", "REGROUP_PARALLELISM", true).as_deref(),
+        Some("5")
+    );
+    let live = pods(&client, &ns.name, "orders").await;
+    let live: Vec<&Pod> = live
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 5);
+    assert!(
+        live.iter().all(|p| p.labels()[EPOCH_LABEL] == "2"),
+        "only the new epoch runs"
+    );
+    // Stages are recorded in order (a fast stage may pass between two polls).
+    let order = [
+        Phase::Running,
+        Phase::Checkpointing,
+        Phase::Stopping,
+        Phase::Restoring,
+        Phase::RollingForward,
+        Phase::Running,
+    ];
+    let mut at = 0;
+    for p in &seen {
+        let i = order[at..]
+            .iter()
+            .position(|o| o == p)
+            .map(|i| i + at)
+            .unwrap_or_else(|| panic!("phases out of order: {seen:?}"));
+        at = i;
+    }
+    let table =
+        run(Command::new("kubectl").args(["-n", &ns.name, "get", "sj", "orders", "--no-headers"]));
+    let cols: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(&cols[..4], &["orders", "5", "5", "Running"], "{table}");
+    let reasons: Vec<String> = events(&client, &ns.name)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    for r in [
+        "Starting",
+        "Running",
+        "CheckpointCompleted",
+        "Checkpointing",
+        "FinalCheckpointCompleted",
+        "Restoring",
+        "RollingForward",
+    ] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event in {reasons:?}"
+        );
+    }
+
+    // The final checkpoint fails: fall back to the latest completed one, with a warning.
+    workers.refuse.store(true, Ordering::SeqCst);
+    run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=2"]));
+    let job = wait_running(&client, &api, "orders", 2, 2).await;
+    let set = sts.get("orders").await.unwrap();
+    assert_eq!(
+        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        Some(last.id.to_string())
+    );
+    let degraded = job
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "FinalCheckpointFailed")
+    );
+    let evs = events(&client, &ns.name).await;
+    let warning = evs
+        .iter()
+        .find(|(r, _)| r == "FinalCheckpointFailed")
+        .expect("a FinalCheckpointFailed event");
+    assert!(
+        warning
+            .1
+            .contains(&format!("latest completed checkpoint {}", last.id)),
+        "{}",
+        warning.1
+    );
+    workers.refuse.store(false, Ordering::SeqCst);
+
+    // Suspend: final checkpoint, zero replicas; resume restores from it.
+    api.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .unwrap();
+    let job = wait_phase(&api, "orders", Phase::Suspended).await;
+    let suspended = job.status.clone().unwrap();
+    assert_eq!(suspended.parallelism, 0);
+    assert_eq!(sts.get("orders").await.unwrap().spec.replicas, Some(0));
+    let suspend_checkpoint = suspended.last_checkpoint.unwrap().id;
+    assert!(suspend_checkpoint > last.id);
+    api.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .unwrap();
+    wait_running(&client, &api, "orders", 2, suspended.epoch).await;
+    let set = sts.get("orders").await.unwrap();
+    assert_eq!(
+        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        Some(suspend_checkpoint.to_string())
+    );
+
+    // A template change at the same parallelism replaces the workers from a checkpoint.
+    let before = api.get("orders").await.unwrap().status.unwrap();
+    api.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"template": {"metadata": {"labels": {"rev": "2"}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_running(&client, &api, "orders", 2, before.epoch).await;
+    let live = pods(&client, &ns.name, "orders").await;
+    assert!(
+        live.iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .all(|p| p.labels().get("rev").map(String::as_str) == Some("2"))
+    );
+
+    // The operator never wrote the spec: only the test's field managers own spec fields.
+    let job = api.get("orders").await.unwrap();
+    for mf in job.metadata.managed_fields.unwrap_or_default() {
+        let owns_spec = mf
+            .fields_v1
+            .as_ref()
+            .is_some_and(|f| f.0.get("f:spec").is_some());
+        if mf.manager.as_deref() == Some("regroup") {
+            assert!(!owns_spec, "the operator owns spec fields: {mf:?}");
+        }
+    }
+
+    operator.kill().await;
+    api.delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// Holds the job in `stage` (see each arm), kills the operator there, lets the world move on,
+/// starts a new operator and checks that it completes the same rescale.
+#[tokio::test]
+async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
+    let Some(client) = cluster("an_operator_restarted_in_any_stage_completes_the_rescale").await
+    else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "regroup-restart").await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let workers = FakeWorkers::new(store_dir.path(), M);
+    let mut operator = Operator::start(&client, &ns.name, workers.clone());
+    let api = create_job(&client, &ns.name, "restart", 2, store_dir.path()).await;
+    wait_running(&client, &api, "restart", 2, 0).await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+
+    let mut target = 2;
+    for stage_to_kill in [
+        Stage::Checkpointing,
+        Stage::Stopping,
+        Stage::Restoring,
+        Stage::RollingForward,
+    ] {
+        let before = api.get("restart").await.unwrap().status.unwrap();
+        target += 1;
+        // Hold the job in the stage.
+        match stage_to_kill {
+            // The workers accept the final checkpoint but do not finish it.
+            Stage::Checkpointing => workers.hold.store(true, Ordering::SeqCst),
+            // An old pod cannot go away (a finalizer of the test's, and kwok told to keep off).
+            Stage::Stopping => {
+                let victim = "restart-0";
+                pod_api
+                    .patch(
+                        victim,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"metadata": {
+                            "finalizers": ["test.regroup.dev/hold"],
+                            // kwok drops finalizers of deleted pods, except of pods run locally.
+                            "labels": {"regroup.dev/run-locally": "true"}
+                        }})),
+                    )
+                    .await
+                    .unwrap();
+            }
+            // No pod may be created.
+            Stage::Restoring | Stage::RollingForward => {
+                let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "hold"}, "spec": {"hard": {"pods": "0"}}
+                }))
+                .unwrap();
+                quotas.create(&PostParams::default(), &quota).await.unwrap();
+                eventually("the quota to be counted", LONG, || async {
+                    let q = quotas.get("hold").await.ok()?;
+                    q.status?.hard.is_some().then_some(())
+                })
+                .await;
+            }
+        }
+        api.patch(
+            "restart",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"parallelism": target}})),
+        )
+        .await
+        .unwrap();
+        let wait_for = if stage_to_kill == Stage::RollingForward {
+            Stage::Restoring
+        } else {
+            stage_to_kill
+        };
+        let held = eventually(&format!("stage {wait_for:?}"), LONG, || async {
+            let j = api.get("restart").await.ok()?;
+            (stage(&j) == Some(wait_for)).then_some(j)
+        })
+        .await;
+        operator.kill().await;
+        let recorded = held.status.clone().unwrap().rescale.unwrap();
+        assert_eq!(recorded.to, target);
+
+        // The world moves on while no operator runs.
+        match stage_to_kill {
+            Stage::Checkpointing => workers.release().await,
+            Stage::Stopping => {
+                pod_api
+                    .patch(
+                        "restart-0",
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"metadata": {
+                            "finalizers": null,
+                            // Back to kwok, which completes the deletion.
+                            "labels": {"regroup.dev/run-locally": null}
+                        }})),
+                    )
+                    .await
+                    .unwrap();
+            }
+            Stage::Restoring => {
+                quotas
+                    .delete("hold", &DeleteParams::default())
+                    .await
+                    .unwrap();
+            }
+            Stage::RollingForward => {
+                // Pods come up and restore (kwok: initialized and ready at once); then the test
+                // takes readiness away so that the new operator finds them initialized, not ready.
+                quotas
+                    .delete("hold", &DeleteParams::default())
+                    .await
+                    .unwrap();
+                let epoch = held.status.as_ref().unwrap().epoch.to_string();
+                eventually("the new pods", LONG, || async {
+                    let ps = pods(&client, &ns.name, "restart").await;
+                    let ready = ps
+                        .iter()
+                        .filter(|p| p.labels().get(EPOCH_LABEL) == Some(&epoch))
+                        .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+                        .count();
+                    (ready == target as usize).then_some(())
+                })
+                .await;
+                for p in pods(&client, &ns.name, "restart").await {
+                    set_ready(&pod_api, &p.name_any(), false).await;
+                }
+                operator = Operator::start(&client, &ns.name, workers.clone());
+                wait_phase(&api, "restart", Phase::RollingForward).await;
+                operator.kill().await;
+                for p in pods(&client, &ns.name, "restart").await {
+                    set_ready(&pod_api, &p.name_any(), true).await;
+                }
+            }
+        }
+
+        operator = Operator::start(&client, &ns.name, workers.clone());
+        let job = wait_running(&client, &api, "restart", target, before.epoch).await;
+        let status = job.status.unwrap();
+        assert_eq!(
+            status.epoch,
+            before.epoch + 1,
+            "{stage_to_kill:?}: one new generation, not two"
+        );
+        let checkpoint = recorded.checkpoint.or(recorded.final_checkpoint).unwrap();
+        let set: StatefulSet = Api::namespaced(client.clone(), &ns.name)
+            .get("restart")
+            .await
+            .unwrap();
+        assert_eq!(
+            env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+            Some(checkpoint.to_string()),
+            "{stage_to_kill:?}: restored from the checkpoint recorded before the restart"
+        );
+    }
+    operator.kill().await;
+}
+
+async fn set_ready(api: &Api<Pod>, name: &str, ready: bool) {
+    let status = if ready { "True" } else { "False" };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"status": {"conditions": [
+        {"type": "Ready", "status": status, "lastTransitionTime": now},
+        {"type": "ContainersReady", "status": status, "lastTransitionTime": now}
+    ]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,127 @@
+//! The StatefulJob CRD on a real kube-apiserver: what it accepts, what it refuses and with
+//! which message, the scale subresource and the printer columns.
+
+mod operator_support;
+
+use std::process::Command;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use operator_support::{TestNamespace, cluster, job_yaml, run};
+use regroup::operator::crd::StatefulJob;
+
+fn job(value: serde_json::Value) -> StatefulJob {
+    serde_json::from_value(value).expect("a StatefulJob")
+}
+
+/// Creates the job and returns the API server's refusal message.
+async fn refused(api: &Api<StatefulJob>, value: serde_json::Value) -> String {
+    match api.create(&PostParams::default(), &job(value)).await {
+        Ok(j) => panic!("accepted an invalid StatefulJob: {:?}", j.spec),
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            e.message
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_validates_statefuljobs() {
+    let Some(client) = cluster("the_api_server_validates_statefuljobs").await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "regroup-crd").await;
+    let api: Api<StatefulJob> = Api::namespaced(client.clone(), &ns.name);
+
+    // Parallelism 0.
+    let msg = refused(&api, job_yaml("zero", 0, 16, "s3://bucket/jobs")).await;
+    assert!(msg.contains("spec.parallelism"), "{msg}");
+    assert!(
+        msg.contains("should be greater than or equal to 1"),
+        "{msg}"
+    );
+
+    // Above maxParallelism: the CEL rule's message, naming the field.
+    let msg = refused(&api, job_yaml("above", 17, 16, "s3://bucket/jobs")).await;
+    assert!(
+        msg.contains("parallelism must not exceed maxParallelism"),
+        "{msg}"
+    );
+    assert!(msg.contains("spec.parallelism"), "{msg}");
+
+    // maxParallelism above the limit.
+    let msg = refused(&api, job_yaml("huge", 1, 40000, "s3://bucket/jobs")).await;
+    assert!(msg.contains("spec.maxParallelism"), "{msg}");
+    assert!(msg.contains("32768"), "{msg}");
+
+    // An unsupported storage URL scheme, and a bucket-less one.
+    for url in [
+        "http://example.com/x",
+        "s3://",
+        "memory://x",
+        "ftp://host/dir",
+    ] {
+        let msg = refused(&api, job_yaml("badurl", 1, 16, url)).await;
+        assert!(msg.contains("spec.storage.url"), "{url}: {msg}");
+        assert!(msg.contains("s3://BUCKET"), "{url}: {msg}");
+    }
+
+    // Malformed durations.
+    let mut bad = job_yaml("baddur", 1, 16, "s3://bucket/jobs");
+    bad["spec"]["checkpointing"]["interval"] = "5 minutes".into();
+    let msg = refused(&api, bad).await;
+    assert!(msg.contains("spec.checkpointing.interval"), "{msg}");
+
+    // Both state volume kinds at once.
+    let mut both = job_yaml("both", 1, 16, "s3://bucket/jobs");
+    both["spec"]["stateVolume"]["claim"] = serde_json::json!({"accessModes": ["ReadWriteOnce"]});
+    let msg = refused(&api, both).await;
+    assert!(msg.contains("at most one of claim and emptyDir"), "{msg}");
+
+    // A valid job is accepted, with defaults filled in by the schema's consumer (the operator).
+    let ok = api
+        .create(
+            &PostParams::default(),
+            &job(job_yaml("ok", 2, 16, "file:///tmp/regroup")),
+        )
+        .await
+        .expect("a valid StatefulJob is accepted");
+    assert_eq!(ok.spec.parallelism, 2);
+
+    // maxParallelism cannot change.
+    let err = api
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"maxParallelism": 32}})),
+        )
+        .await
+        .expect_err("maxParallelism changed");
+    let msg = err.to_string();
+    assert!(msg.contains("maxParallelism is immutable"), "{msg}");
+
+    // parallelism can change, through the scale subresource too (kubectl scale, HPA).
+    run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/ok", "--replicas=5"]));
+    assert_eq!(api.get("ok").await.unwrap().spec.parallelism, 5);
+    let scale = api.get_scale("ok").await.unwrap();
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(5));
+    // ...but not past maxParallelism.
+    let out = Command::new("kubectl")
+        .args(["-n", &ns.name, "scale", "sj/ok", "--replicas=17"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("parallelism must not exceed maxParallelism"),
+        "{stderr}"
+    );
+
+    // Short name and printer columns.
+    let table = run(Command::new("kubectl").args(["-n", &ns.name, "get", "sj"]));
+    let header = table.lines().next().unwrap();
+    for column in ["NAME", "PARALLELISM", "PHASE", "LAST CHECKPOINT", "AGE"] {
+        assert!(header.contains(column), "{column} missing in {header:?}");
+    }
+    assert!(table.contains("ok"), "{table}");
+}

@@ -1,0 +1,294 @@
+//! Shared by the operator tests against a real kube-apiserver (`e2e/cluster up`, then
+//! `eval "$(e2e/cluster env)"`). Without KUBECONFIG the tests print why and pass, unless
+//! REGROUP_REQUIRE_CLUSTER=1, which makes a missing cluster a failure.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use regroup::checkpoint::metadata::{FORMAT_VERSION, SubtaskHandle};
+use regroup::checkpoint::{CheckpointStore, JobId};
+use regroup::keygroup::KeyGroupRange;
+use regroup::operator::coordinator::{CheckpointRequest, Notice, WorkerClient, WorkerTarget};
+use regroup::operator::crd::{Phase, StatefulJob};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A client for the test cluster, or `None` (with a message) when there is none and none is
+/// required.
+pub async fn cluster(test: &str) -> Option<Client> {
+    let required = std::env::var("REGROUP_REQUIRE_CLUSTER").is_ok_and(|v| v == "1");
+    if std::env::var_os("KUBECONFIG").is_none() {
+        assert!(
+            !required,
+            "{test}: REGROUP_REQUIRE_CLUSTER=1 but KUBECONFIG is unset; run e2e/cluster up and eval \"$(e2e/cluster env)\""
+        );
+        eprintln!(
+            "{test}: skipped, KUBECONFIG is unset (e2e/cluster up; eval \"$(e2e/cluster env)\")"
+        );
+        return None;
+    }
+    regroup::telemetry::init(regroup::telemetry::LogFormat::Text);
+    // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .expect("a client from KUBECONFIG");
+    install_crd(&client).await;
+    Some(client)
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl apply -f crds/` and waits until the CRD is established.
+pub async fn install_crd(client: &Client) {
+    let crds = root().join("crds");
+    run(Command::new("kubectl").arg("apply").arg("-f").arg(&crds));
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually(
+        "the StatefulJob CRD to be established",
+        Duration::from_secs(60),
+        || async {
+            let crd = api.get("statefuljobs.regroup.dev").await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
+    .await;
+}
+
+/// A fresh namespace, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        api.create(&PostParams::default(), &ns).await.unwrap();
+        Self {
+            name,
+            client: client.clone(),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let name = self.name.clone();
+        // Best effort: a leftover namespace only costs space in the test cluster.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
+        }
+    }
+}
+
+/// A StatefulJob spec for tests: pod-local state (no volume provisioner in the test cluster).
+pub fn job_yaml(
+    name: &str,
+    parallelism: u32,
+    max_parallelism: u32,
+    store_url: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "regroup.dev/v1alpha1",
+        "kind": "StatefulJob",
+        "metadata": {"name": name},
+        "spec": {
+            "parallelism": parallelism,
+            "maxParallelism": max_parallelism,
+            "storage": {"url": store_url},
+            "checkpointing": {"interval": "1h", "timeout": "10m", "retain": 2},
+            "stateVolume": {"emptyDir": {}},
+            "template": {"spec": {"containers": [{
+                "name": "worker", "image": "regroup:test", "args": ["worker"]
+            }]}}
+        }
+    })
+}
+
+/// Polls `f` every 200 ms until it returns Some, failing after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the job's phase is `phase` and returns the job.
+pub async fn wait_phase(api: &Api<StatefulJob>, name: &str, phase: Phase) -> StatefulJob {
+    eventually(
+        &format!("{name} in phase {phase}"),
+        Duration::from_secs(120),
+        || async {
+            let j = api.get(name).await.ok()?;
+            (j.status.as_ref()?.phase == Some(phase)).then_some(j)
+        },
+    )
+    .await
+}
+
+/// Workers that are not processes: on a checkpoint request they write a (file-less) handle
+/// of the right key group range to the real store, as a worker would after its upload. A gate
+/// holds them back; a switch makes them refuse.
+pub struct FakeWorkers {
+    pub store_root: String,
+    pub max_parallelism: u32,
+    pub hold: AtomicBool,
+    pub refuse: AtomicBool,
+    pub triggers: AtomicUsize,
+    pub notices: Mutex<Vec<(u64, u32, Notice)>>,
+    held: Mutex<Vec<(WorkerTarget, CheckpointRequest)>>,
+}
+
+impl FakeWorkers {
+    pub fn new(store_root: &Path, max_parallelism: u32) -> Arc<Self> {
+        Arc::new(Self {
+            store_root: format!("file://{}", store_root.display()),
+            max_parallelism,
+            hold: AtomicBool::new(false),
+            refuse: AtomicBool::new(false),
+            triggers: AtomicUsize::new(0),
+            notices: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Writes the handles of every held request.
+    pub async fn release(&self) {
+        self.hold.store(false, Ordering::SeqCst);
+        let held: Vec<_> = std::mem::take(&mut *self.held.lock().unwrap());
+        for (w, r) in held {
+            self.write_handle(&w, &r).await;
+        }
+    }
+
+    async fn write_handle(&self, worker: &WorkerTarget, request: &CheckpointRequest) {
+        let store = CheckpointStore::from_url(&self.store_root, worker.job.clone()).unwrap();
+        let range =
+            KeyGroupRange::for_subtask(self.max_parallelism, worker.parallelism, worker.subtask)
+                .unwrap();
+        let handle = SubtaskHandle {
+            format_version: FORMAT_VERSION,
+            job: worker.job.clone(),
+            checkpoint_id: request.id,
+            epoch: request.epoch,
+            subtask: worker.subtask,
+            parallelism: worker.parallelism,
+            max_parallelism: self.max_parallelism,
+            key_group_range: range,
+            instance_id: format!("fake-{}-{}", request.epoch, worker.subtask),
+            column_families: vec!["default".into()],
+            shared: vec![],
+            private: vec![],
+            bytes_total: 0,
+            bytes_uploaded: 0,
+            created_at: chrono::Utc::now(),
+        };
+        match store.write_handle(&handle).await {
+            Ok(()) | Err(regroup::Error::AlreadyExists { .. }) => {}
+            Err(e) => panic!("fake worker cannot write its handle: {e}"),
+        }
+    }
+}
+
+#[async_trait]
+impl WorkerClient for FakeWorkers {
+    async fn trigger(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        request: &CheckpointRequest,
+    ) -> regroup::Result<()> {
+        assert_eq!(token.len(), 64, "the operator sends the job's token");
+        self.triggers.fetch_add(1, Ordering::SeqCst);
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(regroup::Error::Other(format!(
+                "worker {} refuses (test)",
+                worker.subtask
+            )));
+        }
+        if self.hold.load(Ordering::SeqCst) {
+            self.held
+                .lock()
+                .unwrap()
+                .push((worker.clone(), request.clone()));
+            return Ok(());
+        }
+        self.write_handle(worker, request).await;
+        Ok(())
+    }
+
+    async fn notify(
+        &self,
+        worker: &WorkerTarget,
+        _token: &str,
+        id: u64,
+        _epoch: u64,
+        notice: Notice,
+    ) -> regroup::Result<()> {
+        self.notices
+            .lock()
+            .unwrap()
+            .push((id, worker.subtask, notice));
+        Ok(())
+    }
+}
+
+/// The job id of `name` in `ns`.
+pub fn job_id(ns: &str, name: &str) -> JobId {
+    JobId::new(ns, name).unwrap()
+}
+
+/// The name of any object, for messages.
+pub fn names<K: kube::Resource>(items: &[K]) -> Vec<String> {
+    items.iter().map(|i| i.name_any()).collect()
+}
