@@ -433,6 +433,20 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
             .all(|p| p.labels().get("rev").map(String::as_str) == Some("2"))
     );
 
+    // Retention: the newest `retain` (2) completed checkpoints stay, older ones are collected.
+    let completed = store.completed_ids().await.unwrap();
+    let newest = api
+        .get("orders")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .last_checkpoint
+        .unwrap()
+        .id;
+    assert_eq!(completed.len(), 2, "{completed:?}");
+    assert_eq!(completed.last(), Some(&newest));
+
     // The operator never wrote the spec: only the test's field managers own spec fields.
     let job = api.get("orders").await.unwrap();
     for mf in job.metadata.managed_fields.unwrap_or_default() {

@@ -140,3 +140,107 @@ async fn helm_install_creates_the_operator() {
     assert_eq!(secrets.verbs, vec!["get", "create"]);
     run(Command::new("helm").args(["uninstall", &release, "--namespace", &ns.name]));
 }
+
+/// A JSON value as a Lua table constructor.
+fn lua(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "nil".into(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => format!("{s:?}"),
+        serde_json::Value::Array(items) => {
+            format!(
+                "{{{}}}",
+                items.iter().map(lua).collect::<Vec<_>>().join(", ")
+            )
+        }
+        serde_json::Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs the Argo CD health check on `obj` with a Lua interpreter; `None` when there is none.
+fn health(obj: serde_json::Value) -> Option<(String, String)> {
+    let script = root().join("config/argocd/health.lua");
+    let program = format!(
+        "obj = {}\nlocal hs = dofile({:?})\nio.write(hs.status, '|', hs.message)",
+        lua(&obj),
+        script.display().to_string()
+    );
+    let out = Command::new("lua5.4")
+        .arg("-e")
+        .arg(&program)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, message) = text.split_once('|').unwrap();
+    Some((status.to_owned(), message.to_owned()))
+}
+
+#[test]
+fn argocd_health_check_reads_the_conditions() {
+    let condition = |t: &str, s: &str, reason: &str, message: &str| serde_json::json!({"type": t, "status": s, "reason": reason, "message": message});
+    let job = |generation: i64, status: serde_json::Value| serde_json::json!({"metadata": {"generation": generation}, "status": status});
+    let Some(fresh) = health(serde_json::json!({"metadata": {"generation": 1}})) else {
+        eprintln!("argocd_health_check_reads_the_conditions: skipped, no lua5.4 on PATH");
+        return;
+    };
+    assert_eq!(fresh.0, "Progressing");
+    let running = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Running", "conditions": [
+            condition("Ready", "True", "WorkersReady", "3 workers of epoch 1 ready"),
+            condition("Progressing", "False", "Stable", "no rescale in progress"),
+            condition("Degraded", "False", "AsExpected", "no problem observed"),
+        ]}),
+    );
+    assert_eq!(
+        health(running.clone()).unwrap(),
+        ("Healthy".into(), "3 workers of epoch 1 ready".into())
+    );
+    // A spec the operator has not seen yet is not healthy yet.
+    let mut stale = running.clone();
+    stale["metadata"]["generation"] = 3.into();
+    assert_eq!(health(stale).unwrap().0, "Progressing");
+    let rescaling = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Restoring", "conditions": [
+            condition("Ready", "False", "Restoring", "phase Restoring"),
+            condition("Progressing", "True", "Restoring", "Scale: 3 -> 5 workers"),
+            condition("Degraded", "False", "AsExpected", "no problem observed"),
+        ]}),
+    );
+    assert_eq!(
+        health(rescaling).unwrap(),
+        ("Progressing".into(), "Scale: 3 -> 5 workers".into())
+    );
+    let degraded = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Running", "conditions": [
+            condition("Ready", "True", "WorkersReady", "ready"),
+            condition("Degraded", "True", "CheckpointAborted", "checkpoint 7 aborted"),
+        ]}),
+    );
+    assert_eq!(
+        health(degraded).unwrap(),
+        (
+            "Degraded".into(),
+            "CheckpointAborted: checkpoint 7 aborted".into()
+        )
+    );
+    let suspended = job(
+        2,
+        serde_json::json!({"observedGeneration": 2, "phase": "Suspended", "conditions": []}),
+    );
+    assert_eq!(health(suspended).unwrap().0, "Suspended");
+}

@@ -780,6 +780,16 @@ impl Round {
                 m.checkpoint_bytes_new.inc_by(record.bytes_new);
                 self.status.last_checkpoint = Some(record);
                 self.clear_checkpoint_problem();
+                let timeout = self.job.spec.checkpointing.timeout()?;
+                if let Err(e) = coordinator::retain_and_collect(
+                    &self.store,
+                    self.job.spec.checkpointing.retain,
+                    timeout,
+                )
+                .await
+                {
+                    warn!(error = %e, "retention failed; retried after the next checkpoint");
+                }
             }
             FinalCheckpoint::Failed(_) => {
                 let pods = self.pods().await?;
