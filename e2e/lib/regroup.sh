@@ -160,6 +160,17 @@ verify_job() {
     return 1
   fi
   say "verify $ns/$name checkpoint $id: $(head -n 1 <<<"$out")"
+  # The oracle checks each key group against its own position; that no progress was lost
+  # (positions never go back, e.g. a restore that left a worker an older or empty DB) is
+  # checked here: the events of a newer checkpoint are at least those of an older one.
+  local events seen_file=$SUMMARY_FILE.events.$ns.$name prev_id=0 prev_events=0
+  events=$(head -n 1 <<<"$out" | sed -n 's/.* \([0-9][0-9]*\) events$/\1/p')
+  [[ -f $seen_file ]] && read -r prev_id prev_events <"$seen_file"
+  if ((id >= prev_id && events < prev_events)); then
+    fail "$ns/$name lost progress: checkpoint $id holds $events events, the earlier checkpoint $prev_id held $prev_events"
+    return 1
+  fi
+  ((id < prev_id)) || echo "$id $events" >"$seen_file"
   check_status "$ns" "$name"
 }
 
