@@ -61,7 +61,7 @@ spec:
       name: $name-s3
   checkpointing:
     interval: 10s
-    timeout: 60s
+    timeout: 20s
     retain: 3
   template:
     metadata:
