@@ -33,6 +33,10 @@ pub enum Command {
     /// What a checkpoint store holds: checkpoints, handles, file references, garbage.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Prints the StatefulJob CustomResourceDefinition as YAML (what `crds/` holds).
+    Crd,
+    /// Runs the operator: watches StatefulJobs, coordinates checkpoints, orchestrates rescales.
+    Operator(crate::operator::OperatorArgs),
     /// Runs the reference job's worker: deterministic keyed workload, checkpoint API.
     Worker(Box<crate::worker::reference::ReferenceWorkerArgs>),
     /// Checks a completed checkpoint of the reference job against its replayed events.
@@ -45,10 +49,6 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
-    /// Prints the StatefulJob CustomResourceDefinition as YAML (what `crds/` holds).
-    Crd,
-    /// Runs the operator: watches StatefulJobs, coordinates checkpoints, orchestrates rescales.
-    Operator(crate::operator::OperatorArgs),
 }
 
 /// Where a job's checkpoints are.
@@ -140,13 +140,13 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Checkpoints(c) => checkpoints(c).await?,
+        Command::Crd => print!("{}", crate::operator::crd::crd_yaml()?),
+        Command::Operator(args) => crate::operator::run(args).await?,
         Command::Worker(args) => crate::worker::reference::main(*args).await?,
         Command::Verify(args) => return crate::worker::oracle::main(args).await,
         Command::Plan(args) => crate::restore::command::run_plan(args).await?,
         Command::Restore(args) => crate::restore::command::run_restore(args).await?,
         Command::Bench(c) => crate::bench::run(c).await?,
-        Command::Crd => print!("{}", crate::operator::crd::crd_yaml()?),
-        Command::Operator(args) => crate::operator::run(args).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -433,6 +433,30 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
             .all(|p| p.labels().get("rev").map(String::as_str) == Some("2"))
     );
 
+    // A worker pod is lost while running: every worker restarts from the latest checkpoint at
+    // a new epoch (the StatefulSet's replacement alone would hold older state than its peers).
+    let before = api.get("orders").await.unwrap().status.unwrap();
+    assert_eq!(before.worker_pods.len(), 2, "{:?}", before.worker_pods);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pod_api
+        .delete("orders-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let job = wait_running(&client, &api, "orders", 2, before.epoch).await;
+    let latest = before.last_checkpoint.unwrap().id;
+    let set = sts.get("orders").await.unwrap();
+    assert_eq!(
+        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        Some(latest.to_string())
+    );
+    assert_eq!(job.status.unwrap().epoch, before.epoch + 1);
+    let evs = events(&client, &ns.name).await;
+    assert!(
+        evs.iter()
+            .any(|(r, n)| r == "WorkerLost" && n.contains(&format!("checkpoint {latest}"))),
+        "{evs:?}"
+    );
+
     // Retention: the newest `retain` (2) completed checkpoints stay, older ones are collected.
     let completed = store.completed_ids().await.unwrap();
     let newest = api

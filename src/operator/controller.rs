@@ -76,6 +76,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Requeue interval while something is in progress.
     pub busy_requeue: Duration,
+    /// (job uid, checkpoint id) this process asked the workers for; a pending checkpoint not in
+    /// it was recorded by an earlier process, which may have stopped before asking.
+    pub triggered: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
 }
 
 impl Context {
@@ -96,6 +99,7 @@ impl Context {
             workers,
             metrics,
             busy_requeue: Duration::from_secs(2),
+            triggered: Default::default(),
         }
     }
 }
@@ -231,7 +235,7 @@ impl Round {
             suspend: job.spec.suspend,
             template_hash: resources::template_hash(&job.spec.template),
         };
-        let observed = self.observe(&state, timeout).await?;
+        let (observed, ready_pods) = self.observe(&state, timeout).await?;
         let t = now();
         let step = lifecycle::next(&state, &desired, &observed, &t);
 
@@ -256,6 +260,11 @@ impl Round {
                 .await?;
         }
         step.state.write_to(&mut self.status);
+        if step.state.phase != Phase::Running {
+            self.status.worker_pods.clear();
+        } else if state.phase != Phase::Running {
+            self.status.worker_pods = ready_pods;
+        }
         self.save().await?;
         for note in &step.notes {
             publish(
@@ -381,7 +390,12 @@ impl Round {
         Ok(api.list(&lp).await?.items)
     }
 
-    async fn observe(&self, state: &JobState, timeout: Duration) -> Result<Observed> {
+    /// What the lifecycle needs, and the UIDs of the ready workers of the current epoch.
+    async fn observe(
+        &self,
+        state: &JobState,
+        timeout: Duration,
+    ) -> Result<(Observed, Vec<String>)> {
         let pods = self.pods().await?;
         let of_epoch = |p: &&Pod| {
             p.labels().get(EPOCH_LABEL).map(String::as_str)
@@ -453,14 +467,27 @@ impl Round {
             }
             _ => FinalCheckpoint::InProgress,
         };
-        Ok(Observed {
-            pods: pods.len() as u32,
-            initialized,
-            ready,
-            final_checkpoint,
-            latest_completed,
-            next_checkpoint_id,
-        })
+        let at_epoch: Vec<&Pod> = pods.iter().filter(of_epoch).collect();
+        let worker_lost = (state.phase == Phase::Running && state.rescale.is_none())
+            .then(|| lost_worker(&self.status.worker_pods, &at_epoch))
+            .flatten();
+        let ready_pods = at_epoch
+            .iter()
+            .filter(|p| condition(p, "Ready"))
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        Ok((
+            Observed {
+                pods: pods.len() as u32,
+                initialized,
+                ready,
+                final_checkpoint,
+                latest_completed,
+                next_checkpoint_id,
+                worker_lost,
+            },
+            ready_pods,
+        ))
     }
 
     /// The workers of `epoch`, one per subtask `0..parallelism`, with their pod IPs.
@@ -547,6 +574,9 @@ impl Round {
                     self.abort_pending("superseded by the final checkpoint of a rescale")
                         .await?;
                     self.start_checkpoint(id, epoch, parallelism, true).await?;
+                } else if !self.triggered_here(id) {
+                    // Recorded by an operator that stopped before (or while) asking the workers.
+                    self.trigger(id, epoch, parallelism, true).await?;
                 }
                 Ok(busy)
             }
@@ -585,6 +615,9 @@ impl Round {
                         Ok(busy)
                     }
                     Decision::Poll { id } => {
+                        if !self.triggered_here(id) {
+                            self.trigger(id, epoch, parallelism, false).await?;
+                        }
                         self.poll_checkpoint(id, epoch, parallelism, timeout)
                             .await?;
                         Ok(busy)
@@ -637,6 +670,28 @@ impl Round {
         });
         self.status.last_checkpoint_attempt = Some(t);
         self.save().await?;
+        self.trigger(id, epoch, parallelism, stop).await
+    }
+
+    /// Whether this process already asked the workers for checkpoint `id` of this job.
+    fn triggered_here(&self, id: u64) -> bool {
+        let key = (self.job.uid().unwrap_or_default(), id);
+        self.ctx
+            .triggered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+    }
+
+    /// Asks every worker of `epoch` for the recorded checkpoint `id` (again, after a restart:
+    /// workers answer a repeated request for the same id as the first). A refusal is recorded
+    /// in the pending checkpoint.
+    async fn trigger(&mut self, id: u64, epoch: u64, parallelism: u32, stop: bool) -> Result<()> {
+        self.ctx
+            .triggered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((self.job.uid().unwrap_or_default(), id));
         let pods = self.pods().await?;
         let request = CheckpointRequest { id, epoch, stop };
         let result = match self.workers(&pods, epoch, parallelism) {
@@ -853,6 +908,41 @@ impl Round {
     }
 }
 
+/// Why a worker of the running generation counts as lost, if one does: a recorded pod is gone
+/// or terminating, a pod not recorded took a worker's place, or a worker container restarted.
+/// `recorded` are the pod UIDs of the generation when it became ready (none: nothing to check);
+/// `live` are the generation's pods that are not terminating.
+pub fn lost_worker(recorded: &[String], live: &[&Pod]) -> Option<String> {
+    if recorded.is_empty() {
+        return None;
+    }
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    if let Some(gone) = recorded
+        .iter()
+        .find(|r| !live.iter().any(|p| &uid(p) == *r))
+    {
+        return Some(format!("worker pod {gone} is gone"));
+    }
+    for p in live {
+        if !recorded.contains(&uid(p)) {
+            return Some(format!("worker pod {} was replaced", p.name_any()));
+        }
+        let restarts: i32 = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+            .unwrap_or(0);
+        if restarts > 0 {
+            return Some(format!(
+                "worker pod {} restarted its containers {restarts} times",
+                p.name_any()
+            ));
+        }
+    }
+    None
+}
+
 /// The storage Secret's keys and values.
 async fn secret_settings(
     client: &Client,
@@ -882,4 +972,43 @@ pub fn pod_to_job(pod: Pod) -> Option<kube::runtime::reflector::ObjectRef<Statef
     let name = pod.labels().get(JOB_LABEL)?.clone();
     let ns = pod.namespace()?;
     Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, uid: &str, restarts: i32) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": uid},
+            "status": {"containerStatuses": [{
+                "name": "worker", "image": "i", "imageID": "", "ready": true,
+                "restartCount": restarts
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn lost_workers() {
+        let recorded = vec!["u0".to_owned(), "u1".to_owned()];
+        let (a, b) = (pod("j-0", "u0", 0), pod("j-1", "u1", 0));
+        assert_eq!(lost_worker(&recorded, &[&a, &b]), None);
+        assert_eq!(
+            lost_worker(&[], &[&a]),
+            None,
+            "nothing recorded, nothing to compare"
+        );
+        let gone = lost_worker(&recorded, &[&a]).unwrap();
+        assert!(gone.contains("u1") && gone.contains("gone"), "{gone}");
+        let replacement = pod("j-1", "u9", 0);
+        let replaced = lost_worker(&recorded, &[&a, &replacement]).unwrap();
+        assert!(replaced.contains("u1 is gone"), "{replaced}");
+        let restarted = pod("j-1", "u1", 2);
+        let msg = lost_worker(&recorded, &[&a, &restarted]).unwrap();
+        assert!(
+            msg.contains("j-1 restarted its containers 2 times"),
+            "{msg}"
+        );
+    }
 }

@@ -598,3 +598,119 @@ mod tests {
         assert_eq!(next_checkpoint_id(&[1], [Some(8), None]), 9);
     }
 }
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    type Seen = Arc<Mutex<Vec<(String, Option<String>, String)>>>;
+
+    /// A stand-in worker API that records requests and answers like the worker: 202 for a
+    /// checkpoint, 200 for notices, 409 for checkpoint id 99.
+    async fn server(seen: Seen) -> String {
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        let app =
+            axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
+                let seen = seen.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    seen.lock()
+                        .unwrap()
+                        .push((uri.path().to_owned(), auth, body.clone()));
+                    if body.contains("\"id\":99") {
+                        (
+                            StatusCode::CONFLICT,
+                            "{\"error\":\"checkpoint 99 exists with another epoch\"}",
+                        )
+                    } else if uri.path() == "/v1/checkpoints" {
+                        (StatusCode::ACCEPTED, "{}")
+                    } else {
+                        (StatusCode::OK, "{}")
+                    }
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn http_client_speaks_the_worker_api() {
+        let seen: Seen = Default::default();
+        let base_url = server(seen.clone()).await;
+        let client = HttpWorkerClient::new(Duration::from_secs(5)).unwrap();
+        let worker = WorkerTarget {
+            job: "ns/j".parse().unwrap(),
+            subtask: 2,
+            parallelism: 3,
+            base_url,
+        };
+        let request = CheckpointRequest {
+            id: 7,
+            epoch: 4,
+            stop: true,
+        };
+        client.trigger(&worker, "tok", &request).await.unwrap();
+        client
+            .notify(&worker, "tok", 7, 4, Notice::Complete)
+            .await
+            .unwrap();
+        client
+            .notify(&worker, "tok", 7, 4, Notice::Abort)
+            .await
+            .unwrap();
+        let refused = client
+            .trigger(&worker, "tok", &CheckpointRequest { id: 99, ..request })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("worker 2 of ns/j") && refused.contains("409"),
+            "{refused}"
+        );
+        assert!(refused.contains("another epoch"), "{refused}");
+        let seen = seen.lock().unwrap().clone();
+        let bearer = Some("Bearer tok".to_owned());
+        assert_eq!(
+            seen[0],
+            (
+                "/v1/checkpoints".to_owned(),
+                bearer.clone(),
+                r#"{"id":7,"epoch":4,"stop":true}"#.to_owned()
+            )
+        );
+        assert_eq!(
+            seen[1],
+            (
+                "/v1/checkpoints/7/complete".to_owned(),
+                bearer.clone(),
+                r#"{"epoch":4}"#.to_owned()
+            )
+        );
+        assert_eq!(
+            seen[2],
+            (
+                "/v1/checkpoints/7/abort".to_owned(),
+                bearer,
+                r#"{"epoch":4}"#.to_owned()
+            )
+        );
+
+        // Nobody listening: the error names the worker.
+        let gone = WorkerTarget {
+            base_url: "http://127.0.0.1:9".into(),
+            ..worker
+        };
+        let e = client
+            .trigger(&gone, "tok", &request)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker 2 of ns/j (http://127.0.0.1:9)"), "{e}");
+    }
+}

@@ -397,6 +397,11 @@ pub struct StatefulJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescale: Option<RescaleStatus>,
 
+    /// UIDs of the worker pods of the running generation, recorded when it became ready; a
+    /// worker pod not among them (or one of them gone) means a worker was lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_pods: Vec<String>,
+
     /// The spec.checkpointTrigger value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_trigger: Option<String>,
@@ -557,6 +562,8 @@ pub enum RescaleReason {
     Suspend,
     /// spec.suspend became false.
     Resume,
+    /// A worker of the running generation was lost; all restart from the latest checkpoint.
+    Recovery,
 }
 
 impl RescaleReason {
@@ -568,6 +575,7 @@ impl RescaleReason {
             RescaleReason::TemplateChange => "TemplateChange",
             RescaleReason::Suspend => "Suspend",
             RescaleReason::Resume => "Resume",
+            RescaleReason::Recovery => "Recovery",
         }
     }
 }

@@ -169,6 +169,9 @@ pub struct Observed {
     pub latest_completed: Option<u64>,
     /// Id the next checkpoint gets (above every id in the store and in status).
     pub next_checkpoint_id: u64,
+    /// A worker of the running generation is gone, replaced or restarted (see
+    /// `controller::lost_workers`): the others hold state the replacement cannot have.
+    pub worker_lost: Option<String>,
 }
 
 /// A transition worth a Kubernetes Event.
@@ -501,6 +504,34 @@ fn steady(
         // Running; also a stage phase left without a rescale record, which only a hand-edited
         // status produces: treat it as running workers.
         _ => {
+            if let Some(what) = &observed.worker_lost
+                && s.phase == Phase::Running
+            {
+                // Global recovery: every worker restarts from the latest completed checkpoint
+                // (a final checkpoint cannot succeed without the lost worker).
+                let checkpoint = observed.latest_completed;
+                next.phase = Phase::Stopping;
+                next.rescale = Some(rescale(
+                    s.parallelism,
+                    target,
+                    Stage::Stopping,
+                    RescaleReason::Recovery,
+                    checkpoint,
+                    None,
+                    now,
+                ));
+                return Some((
+                    next,
+                    Note::warning(
+                        "WorkerLost",
+                        format!(
+                            "{what}; restarting all workers of epoch {} from checkpoint {}",
+                            s.epoch,
+                            describe(checkpoint)
+                        ),
+                    ),
+                ));
+            }
             let template_changed =
                 s.template_hash.as_deref() != Some(desired.template_hash.as_str());
             let reason = if desired.suspend {
@@ -592,6 +623,7 @@ mod tests {
             final_checkpoint: FinalCheckpoint::InProgress,
             latest_completed: None,
             next_checkpoint_id: 1,
+            worker_lost: None,
         }
     }
 
@@ -994,6 +1026,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_worker_restarts_every_worker_from_the_latest_checkpoint() {
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 2;
+        o.latest_completed = Some(4);
+        o.worker_lost = Some("pod x-1 was replaced".into());
+        let step = next(&running(3, 2), &desired(3), &o, &now());
+        let r = step.state.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.reason, r.checkpoint, r.from, r.to),
+            (Stage::Stopping, RescaleReason::Recovery, Some(4), 3, 3)
+        );
+        assert!(step.notes[0].warning && step.notes[0].message.contains("x-1"));
+        // Stopping, then a new epoch from checkpoint 4.
+        o.pods = 0;
+        o.worker_lost = None;
+        let s = next(&step.state, &desired(3), &o, &now()).state;
+        assert_eq!((stage(&s), s.epoch), (Some(Stage::Restoring), 3));
+        assert_eq!(
+            s.work(),
+            Work::RunWorkers {
+                epoch: 3,
+                parallelism: 3,
+                checkpoint: Some(4)
+            }
+        );
+        // Lost workers mid-rescale are the rescale's business (the new generation replaces them).
+        o.worker_lost = Some("x".into());
+        o.pods = 3;
+        assert_eq!(next(&s, &desired(3), &o, &now()).state, s);
+    }
+
+    #[test]
     fn steady_running_does_nothing() {
         let mut o = observed();
         o.pods = 3;
@@ -1038,6 +1103,7 @@ mod tests {
             Ready,
             FinalOk,
             FinalFail,
+            Lost,
         }
         let alphabet = [
             Ev::Target(1),
@@ -1050,6 +1116,7 @@ mod tests {
             Ev::Ready,
             Ev::FinalOk,
             Ev::FinalFail,
+            Ev::Lost,
         ];
         let mut runs = 0;
         let len = 5;
@@ -1091,6 +1158,7 @@ mod tests {
                         }
                     }
                     Ev::FinalFail => o.final_checkpoint = FinalCheckpoint::Failed("x".into()),
+                    Ev::Lost => o.worker_lost = Some("lost".into()),
                 }
                 let step = next(&s, &d, &o, &now());
                 let n = &step.state;
@@ -1120,6 +1188,7 @@ mod tests {
                     );
                 }
                 s = step.state;
+                o.worker_lost = None;
                 // Outcomes refer to one final checkpoint; a new one starts fresh.
                 if !matches!(s.work(), Work::FinalCheckpoint { .. }) {
                     o.final_checkpoint = FinalCheckpoint::InProgress;

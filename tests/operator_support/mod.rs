@@ -39,9 +39,13 @@ pub async fn cluster(test: &str) -> Option<Client> {
         );
         return None;
     }
-    regroup::telemetry::init(regroup::telemetry::LogFormat::Text);
+    // Logs go through the test harness (shown for failing tests); RUST_LOG selects them.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    regroup::tls::install_crypto_provider();
     let client = Client::try_default()
         .await
         .expect("a client from KUBECONFIG");
