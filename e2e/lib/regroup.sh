@@ -97,32 +97,36 @@ EOF
 
 sj() { kubectl get sj "$2" -n "$1" -o json; }
 
+now_ms() { date +%s%3N; }
+# Milliseconds as seconds with one decimal.
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+
 # Waits until NS/NAME runs PARALLELISM workers of its current spec; prints the phases it saw
 # with the time spent in each (the rescale time by stage) and records them in SUMMARY.
 wait_running() {
   local ns=$1 name=$2 want=$3 label=${4:-} start now j phase par gen obs last="" t_last stages=""
-  start=$(date +%s.%N)
+  start=$(now_ms)
   t_last=$start
   while :; do
-    now=$(date +%s.%N)
+    now=$(now_ms)
     if j=$(sj "$ns" "$name" 2>/dev/null); then
       read -r phase par gen obs < <(jq -r '[.status.phase // "-", .status.parallelism // 0,
         .metadata.generation, .status.observedGeneration // 0] | @tsv' <<<"$j")
       if [[ $phase != "$last" ]]; then
-        [[ -n $last ]] && stages+="$last $(printf %.1f "$(echo "$now - $t_last" | bc)")s, "
+        [[ -n $last ]] && stages+="$last $(secs $((now - t_last)))s, "
         last=$phase
         t_last=$now
       fi
       if [[ $phase == Running && $par == "$want" && $gen == "$obs" ]] &&
         [[ $(jq -r '.status.rescale // empty' <<<"$j") == "" ]]; then
         local total
-        total=$(printf %.1f "$(echo "$now - $start" | bc)")
+        total=$(secs $((now - start)))
         say "$ns/$name Running at parallelism $want after ${total}s (${stages%, })"
         [[ -z $label ]] || summary "rescale $label: ${total}s [${stages%, }]"
         return 0
       fi
     fi
-    if (($(echo "$now - $start > $WAIT" | bc))); then
+    if ((now - start > WAIT * 1000)); then
       fail "$ns/$name not Running at parallelism $want within ${WAIT}s (phase $phase, parallelism $par, generation $gen observed $obs): $(jq -c .status <<<"$j")"
       return 1
     fi
