@@ -117,6 +117,20 @@ async fn the_api_server_validates_statefuljobs() {
         "{stderr}"
     );
 
+    // The samples in config/samples are valid StatefulJobs.
+    let samples = operator_support::root().join("config/samples");
+    let out = run(Command::new("kubectl")
+        .args(["-n", &ns.name, "apply", "--dry-run=server", "-f"])
+        .arg(&samples));
+    assert!(
+        out.contains("statefuljob.regroup.dev/wordcount created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("statefuljob.regroup.dev/ephemeral created"),
+        "{out}"
+    );
+
     // Short name and printer columns.
     let table = run(Command::new("kubectl").args(["-n", &ns.name, "get", "sj"]));
     let header = table.lines().next().unwrap();

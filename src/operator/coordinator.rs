@@ -87,47 +87,48 @@ pub trait WorkerClient: Send + Sync {
     ) -> Result<()>;
 }
 
-/// [`WorkerClient`] over HTTP with a bearer token.
-#[derive(Clone, Debug)]
+/// [`WorkerClient`] over HTTP: the worker's own typed client (`worker::client`), one per token.
+#[derive(Debug)]
 pub struct HttpWorkerClient {
-    http: reqwest::Client,
+    timeout: Duration,
+    clients: std::sync::Mutex<BTreeMap<String, crate::worker::client::WorkerClient>>,
 }
 
 impl HttpWorkerClient {
     /// A client whose requests time out after `timeout`.
     pub fn new(timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http })
+        Ok(Self {
+            timeout,
+            clients: Default::default(),
+        })
+    }
+
+    fn client(&self, token: &str) -> Result<crate::worker::client::WorkerClient> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(token) {
+            return Ok(c.clone());
+        }
+        let c = crate::worker::client::WorkerClient::new(token, self.timeout)?;
+        clients.insert(token.to_owned(), c.clone());
+        Ok(c)
     }
 }
 
-async fn check(
+/// The answer of a worker as this crate's error, naming the worker, the job and the request.
+fn answer(
     worker: &WorkerTarget,
     what: &str,
-    resp: std::result::Result<reqwest::Response, reqwest::Error>,
+    result: Result<std::result::Result<(), crate::worker::client::Refused>>,
 ) -> Result<()> {
-    let resp = resp.map_err(|e| {
-        Error::Other(format!(
-            "worker {} of {} ({}): {what} failed: {e}",
-            worker.subtask, worker.job, worker.base_url
-        ))
-    })?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(());
+    let name = format!(
+        "worker {} of {} ({})",
+        worker.subtask, worker.job, worker.base_url
+    );
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(refused)) => Err(Error::Other(format!("{name} refused {what}: {refused:?}"))),
+        Err(e) => Err(Error::Other(format!("{name}: {what} failed: {e}"))),
     }
-    let body = resp.text().await.unwrap_or_default();
-    Err(Error::Other(format!(
-        "worker {} of {} ({}) refused {what}: HTTP {status}: {}",
-        worker.subtask,
-        worker.job,
-        worker.base_url,
-        body.chars().take(300).collect::<String>()
-    )))
 }
 
 #[async_trait]
@@ -138,14 +139,11 @@ impl WorkerClient for HttpWorkerClient {
         token: &str,
         request: &CheckpointRequest,
     ) -> Result<()> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/checkpoints", worker.base_url))
-            .bearer_auth(token)
-            .json(request)
-            .send()
+        let result = self
+            .client(token)?
+            .trigger(&worker.base_url, request.id, request.epoch, request.stop)
             .await;
-        check(worker, &format!("checkpoint {}", request.id), resp).await
+        answer(worker, &format!("checkpoint {}", request.id), result)
     }
 
     async fn notify(
@@ -156,23 +154,19 @@ impl WorkerClient for HttpWorkerClient {
         epoch: u64,
         notice: Notice,
     ) -> Result<()> {
-        let resp = self
-            .http
-            .post(format!(
-                "{}/v1/checkpoints/{id}/{}",
-                worker.base_url,
-                notice.as_str()
-            ))
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "epoch": epoch }))
-            .send()
+        let their = match notice {
+            Notice::Complete => crate::worker::checkpoints::Notice::Complete,
+            Notice::Abort => crate::worker::checkpoints::Notice::Abort,
+        };
+        let result = self
+            .client(token)?
+            .notify(&worker.base_url, id, their, epoch)
             .await;
-        check(
+        answer(
             worker,
             &format!("{} of checkpoint {id}", notice.as_str()),
-            resp,
+            result,
         )
-        .await
     }
 }
 
@@ -670,36 +664,22 @@ mod http_tests {
             .unwrap_err()
             .to_string();
         assert!(
-            refused.contains("worker 2 of ns/j") && refused.contains("409"),
+            refused.contains("worker 2 of ns/j") && refused.contains("Conflict"),
             "{refused}"
         );
         assert!(refused.contains("another epoch"), "{refused}");
         let seen = seen.lock().unwrap().clone();
         let bearer = Some("Bearer tok".to_owned());
-        assert_eq!(
-            seen[0],
-            (
-                "/v1/checkpoints".to_owned(),
-                bearer.clone(),
-                r#"{"id":7,"epoch":4,"stop":true}"#.to_owned()
-            )
-        );
-        assert_eq!(
-            seen[1],
-            (
-                "/v1/checkpoints/7/complete".to_owned(),
-                bearer.clone(),
-                r#"{"epoch":4}"#.to_owned()
-            )
-        );
-        assert_eq!(
-            seen[2],
-            (
-                "/v1/checkpoints/7/abort".to_owned(),
-                bearer,
-                r#"{"epoch":4}"#.to_owned()
-            )
-        );
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        let expected = [
+            ("/v1/checkpoints", r#"{"id":7,"epoch":4,"stop":true}"#),
+            ("/v1/checkpoints/7/complete", r#"{"epoch":4}"#),
+            ("/v1/checkpoints/7/abort", r#"{"epoch":4}"#),
+        ];
+        for ((path, auth, body), (want_path, want_body)) in seen.iter().zip(expected) {
+            assert_eq!((path.as_str(), auth), (want_path, &bearer));
+            assert_eq!(json(body), json(want_body), "{path}");
+        }
 
         // Nobody listening: the error names the worker.
         let gone = WorkerTarget {
