@@ -221,7 +221,12 @@ pub fn restore_container(
             subtask_env(),
             env("REGROUP_PARALLELISM", generation.parallelism),
             env("REGROUP_MAX_PARALLELISM", job.spec.max_parallelism),
-            env("REGROUP_TARGET", STATE_DIR),
+            // The worker opens <state dir>/db (worker::db_dir): restoring into the state dir
+            // itself would leave the worker its old or an empty DB.
+            env(
+                "REGROUP_TARGET",
+                crate::worker::db_dir(std::path::Path::new(STATE_DIR)).display(),
+            ),
             env(
                 "REGROUP_RESTORE_STRATEGY",
                 job.spec.restore.strategy.as_str(),
@@ -664,7 +669,7 @@ mod tests {
         assert_eq!(value(&e, "REGROUP_JOB"), "prod/orders");
         assert_eq!(value(&e, "REGROUP_CHECKPOINT"), "12");
         assert_eq!(value(&e, "REGROUP_PARALLELISM"), "5");
-        assert_eq!(value(&e, "REGROUP_TARGET"), "/state");
+        assert_eq!(value(&e, "REGROUP_TARGET"), "/state/db");
         assert_eq!(value(&e, "REGROUP_RESTORE_STRATEGY"), "copy");
         assert_eq!(value(&e, "REGROUP_OVERLAP_FRACTION_THRESHOLD"), "0.25");
         assert!(e["REGROUP_SUBTASK"].value_from.is_some());

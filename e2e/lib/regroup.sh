@@ -1,0 +1,203 @@
+# Helpers of e2e/run and e2e/demo: install the operator, create jobs, wait for them, verify.
+# Sourced; expects `eval "$(e2e/cluster env)"` done, CARGO_TARGET_DIR set and ROOT the repository.
+
+REGROUP=${CARGO_TARGET_DIR:-$ROOT/target}/debug/regroup
+OPERATOR_NS=${REGROUP_E2E_OPERATOR_NS:-regroup-system}
+WAIT=${REGROUP_E2E_WAIT:-240}
+SUMMARY_FILE=${SUMMARY_FILE:-$(mktemp)}
+# Records a line of the run's summary.
+summary() { echo "$*" >>"$SUMMARY_FILE"; }
+
+say() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+fail() {
+  say "FAIL: $*"
+  return 1
+}
+
+# Installs the CRD (from the chart's crds/) and the operator with `helm install`: two replicas
+# with leader election, run by the pod runner as local processes (command [regroup], the
+# run-locally label, metrics bound to the pod's IP since pods share the host's network).
+install_operator() {
+  say "helm install regroup (namespace $OPERATOR_NS)"
+  helm upgrade --install regroup "$ROOT/charts/regroup" -n "$OPERATOR_NS" --create-namespace \
+    --set image.repository=regroup --set 'command={regroup}' \
+    --set-string 'podLabels.regroup\.dev/run-locally=true' \
+    --set 'metrics.bindAddress=$(POD_IP)' --set logFormat=text \
+    --set-string 'logLevel=info\,regroup=debug' --set leaderElection.leaseDuration=10s \
+    --set nodeSelector.type=kwok --wait --timeout 120s >/dev/null
+  kubectl wait --for condition=Established crd/statefuljobs.regroup.dev --timeout=60s >/dev/null
+  say "operator ready: $(kubectl get pods -n "$OPERATOR_NS" -o name | tr '\n' ' ')"
+}
+
+# The StatefulJob NAME in NS at PARALLELISM, storing into STORE, with the MinIO credentials in a
+# Secret; the worker template is run by the pod runner (`regroup worker`, bound to its pod IP).
+job_manifest() {
+  local ns=$1 name=$2 parallelism=$3 store=$4 rate=${5:-300} marker=${6:-a}
+  cat <<EOF
+apiVersion: v1
+kind: Secret
+metadata:
+  name: $name-s3
+  namespace: $ns
+type: Opaque
+stringData:
+  AWS_ACCESS_KEY_ID: "$AWS_ACCESS_KEY_ID"
+  AWS_SECRET_ACCESS_KEY: "$AWS_SECRET_ACCESS_KEY"
+  AWS_REGION: "$AWS_REGION"
+  AWS_ENDPOINT: "$AWS_ENDPOINT"
+  AWS_ALLOW_HTTP: "true"
+---
+apiVersion: regroup.dev/v1alpha1
+kind: StatefulJob
+metadata:
+  name: $name
+  namespace: $ns
+spec:
+  parallelism: $parallelism
+  maxParallelism: 128
+  storage:
+    url: $store
+    secretRef:
+      name: $name-s3
+  checkpointing:
+    interval: 10s
+    timeout: 20s
+    retain: 3
+  template:
+    metadata:
+      labels:
+        regroup.dev/run-locally: "true"
+      annotations:
+        e2e.regroup.dev/marker: "$marker"
+    spec:
+      nodeSelector:
+        type: kwok
+      terminationGracePeriodSeconds: 20
+      containers:
+        - name: worker
+          image: regroup:e2e
+          command: [regroup]
+          args: [worker]
+          env:
+            - name: POD_IP
+              valueFrom:
+                fieldRef:
+                  fieldPath: status.podIP
+            - name: REGROUP_LISTEN
+              value: \$(POD_IP):8080
+            - name: REGROUP_RATE
+              value: "$rate"
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: 8080
+            periodSeconds: 1
+EOF
+}
+
+sj() { kubectl get sj "$2" -n "$1" -o json; }
+
+now_ms() { date +%s%3N; }
+# Milliseconds as seconds with one decimal.
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+
+# Waits until NS/NAME runs PARALLELISM workers of its current spec; prints the phases it saw
+# with the time spent in each (the rescale time by stage) and records them in SUMMARY.
+wait_running() {
+  local ns=$1 name=$2 want=$3 label=${4:-} start now j phase par gen obs last="" t_last stages=""
+  start=$(now_ms)
+  t_last=$start
+  while :; do
+    now=$(now_ms)
+    if j=$(sj "$ns" "$name" 2>/dev/null); then
+      read -r phase par gen obs < <(jq -r '[.status.phase // "-", .status.parallelism // 0,
+        .metadata.generation, .status.observedGeneration // 0] | @tsv' <<<"$j")
+      if [[ $phase != "$last" ]]; then
+        [[ -n $last ]] && stages+="$last $(secs $((now - t_last)))s, "
+        last=$phase
+        t_last=$now
+      fi
+      if [[ $phase == Running && $par == "$want" && $gen == "$obs" ]] &&
+        [[ $(jq -r '.status.rescale // empty' <<<"$j") == "" ]]; then
+        local total
+        total=$(secs $((now - start)))
+        say "$ns/$name Running at parallelism $want after ${total}s (${stages%, })"
+        [[ -z $label ]] || summary "rescale $label: ${total}s [${stages%, }]"
+        return 0
+      fi
+    fi
+    if ((now - start > WAIT * 1000)); then
+      fail "$ns/$name not Running at parallelism $want within ${WAIT}s (phase $phase, parallelism $par, generation $gen observed $obs): $(jq -c .status <<<"$j")"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+last_checkpoint() { sj "$1" "$2" | jq -r '.status.lastCheckpoint.id // 0'; }
+
+# Waits for a completed checkpoint newer than AFTER (default: the current one); prints its id.
+wait_checkpoint() {
+  local ns=$1 name=$2 after=${3:-} id i
+  [[ -n $after ]] || after=$(last_checkpoint "$ns" "$name")
+  for ((i = 0; i < WAIT * 2; i++)); do
+    id=$(last_checkpoint "$ns" "$name")
+    if ((id > after)); then
+      echo "$id"
+      return 0
+    fi
+    sleep 0.5
+  done
+  fail "$ns/$name: no checkpoint completed after $after within ${WAIT}s: $(sj "$ns" "$name" | jq -c .status)"
+}
+
+store_url() { sj "$1" "$2" | jq -r .spec.storage.url; }
+
+# Verifies checkpoint ID (default: a newer one than the current, awaited) of NS/NAME with the
+# oracle, then checks status against the cluster.
+verify_job() {
+  local ns=$1 name=$2 id=${3:-} out
+  [[ -n $id ]] || id=$(wait_checkpoint "$ns" "$name")
+  if ! out=$("$REGROUP" verify --store "$(store_url "$ns" "$name")" --job "$ns/$name" --checkpoint "$id" 2>&1); then
+    echo "$out" >&2
+    fail "regroup verify of $ns/$name checkpoint $id"
+    return 1
+  fi
+  say "verify $ns/$name checkpoint $id: $(head -n 1 <<<"$out")"
+  # The oracle checks each key group against its own position; that no progress was lost
+  # (positions never go back, e.g. a restore that left a worker an older or empty DB) is
+  # checked here: the events of a newer checkpoint are at least those of an older one.
+  local events seen_file=$SUMMARY_FILE.events.$ns.$name prev_id=0 prev_events=0
+  events=$(head -n 1 <<<"$out" | sed -n 's/.* \([0-9][0-9]*\) events$/\1/p')
+  [[ -f $seen_file ]] && read -r prev_id prev_events <"$seen_file"
+  if ((id >= prev_id && events < prev_events)); then
+    fail "$ns/$name lost progress: checkpoint $id holds $events events, the earlier checkpoint $prev_id held $prev_events"
+    return 1
+  fi
+  ((id < prev_id)) || echo "$id $events" >"$seen_file"
+  check_status "$ns" "$name"
+}
+
+# status.parallelism == ready worker pods, every worker pod labelled with status.epoch.
+check_status() {
+  local ns=$1 name=$2 j par epoch sel pods ready wrong
+  j=$(sj "$ns" "$name")
+  par=$(jq -r .status.parallelism <<<"$j")
+  epoch=$(jq -r .status.epoch <<<"$j")
+  sel=$(jq -r .status.selector <<<"$j")
+  pods=$(kubectl get pods -n "$ns" -l "$sel" -o json)
+  ready=$(jq '[.items[] | select(.metadata.deletionTimestamp == null)
+    | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length' <<<"$pods")
+  wrong=$(jq -r --arg e "$epoch" '[.items[] | select(.metadata.labels["regroup.dev/epoch"] != $e)
+    | .metadata.name] | join(",")' <<<"$pods")
+  if [[ $ready != "$par" || -n $wrong ]]; then
+    fail "$ns/$name status disagrees with the cluster: status.parallelism $par, ready pods $ready, pods not of epoch $epoch: [$wrong]"
+    return 1
+  fi
+  say "status of $ns/$name agrees: $par ready workers of epoch $epoch"
+}
+
+# The size of NS/NAME's checkpoints, for the summary.
+checkpoint_sizes() {
+  "$REGROUP" checkpoints list --store "$(store_url "$1" "$2")" --job "$1/$2" 2>&1 | tail -n 6
+}
