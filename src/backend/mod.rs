@@ -41,6 +41,9 @@ pub fn db_options() -> Options {
     opts.create_missing_column_families(true);
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_max_background_jobs(2);
+    // Without a WAL, a crash loses what was not flushed; atomic flushes keep every column
+    // family at the same point, so a DB reopened after a crash is a consistent prefix.
+    opts.set_atomic_flush(true);
     opts
 }
 
