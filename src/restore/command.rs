@@ -88,6 +88,9 @@ pub struct RestoreArgs {
     /// Output format of the summary.
     #[arg(long, env = "REGROUP_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Fault injection for end-to-end tests (see `RestoreRequest::fault_pause_before_rename`).
+    #[arg(long, env = "REGROUP_FAULT_RESTORE_PAUSE", hide = true, value_parser = crate::cli::parse_duration)]
+    pub fault_pause_before_rename: Option<std::time::Duration>,
 }
 
 /// Runs `regroup plan`.
@@ -167,6 +170,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         strategy: args.strategy,
         overlap_fraction_threshold: args.overlap_fraction_threshold,
         defer_compaction: args.defer_compaction,
+        fault_pause_before_rename: args.fault_pause_before_rename,
     };
     let summary = restore_subtask(&store, &request).await?;
     match args.output {

@@ -68,6 +68,9 @@ pub struct RestoreRequest {
     /// worker should call [`compact_outside_range`] once running, else its next checkpoint's
     /// files reach outside its range and a later restore copies them instead of ingesting.
     pub defer_compaction: bool,
+    /// Fault injection for end-to-end tests: wait this long with the new DB complete in its work
+    /// directory, before it is renamed into place, so a test can kill the restore there.
+    pub fault_pause_before_rename: Option<std::time::Duration>,
 }
 
 impl RestoreRequest {
@@ -81,6 +84,7 @@ impl RestoreRequest {
             strategy: Strategy::Ingest,
             overlap_fraction_threshold: 0.0,
             defer_compaction: false,
+            fault_pause_before_rename: None,
         }
     }
 
@@ -401,7 +405,13 @@ pub async fn restore_subtask(
     )
     .await;
     let outcome = match result {
-        Ok(stats) => finish(&work, &target, &meta, &plan, local.as_ref()).map(|()| stats),
+        Ok(stats) => {
+            if let Some(pause) = request.fault_pause_before_rename {
+                warn!(?pause, dir = %work.display(), "fault injection: pausing before the rename");
+                tokio::time::sleep(pause).await;
+            }
+            finish(&work, &target, &meta, &plan, local.as_ref()).map(|()| stats)
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = std::fs::remove_dir_all(&work)
