@@ -1,7 +1,7 @@
 //! The checkpoint store: checksummed, streaming transfers and create-if-absent metadata over any
 //! [`ObjectStore`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path as LocalPath, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -61,6 +61,16 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 /// `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`), `gs://bucket/prefix` (`GOOGLE_*`),
 /// `az://container/prefix` (`AZURE_*`).
 pub fn object_store_from_url(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    object_store_from_url_with(url, &BTreeMap::new())
+}
+
+/// Like [`object_store_from_url`], with `settings` (e.g. a Secret's `AWS_ACCESS_KEY_ID`,
+/// `AWS_ENDPOINT`; any case; keys the store does not know are ignored) applied on top of the
+/// process environment for s3, gs and az URLs.
+pub fn object_store_from_url_with(
+    url: &str,
+    settings: &BTreeMap<String, String>,
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let parsed = url::Url::parse(url).map_err(|e| {
         Error::invalid(
             "storage url",
@@ -73,6 +83,17 @@ pub fn object_store_from_url(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> 
         Path::from_url_path(parsed.path())
             .map_err(|e| Error::invalid("storage url", url, e.to_string()))
     };
+    // Applies every setting whose (lower-cased) name the builder knows.
+    macro_rules! configured {
+        ($builder:expr) => {
+            settings.iter().fold($builder.with_url(url), |b, (k, v)| {
+                match k.to_ascii_lowercase().parse() {
+                    Ok(key) => b.with_config(key, v),
+                    Err(_) => b,
+                }
+            })
+        };
+    }
     match parsed.scheme() {
         "file" => {
             let dir = parsed
@@ -89,22 +110,19 @@ pub fn object_store_from_url(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> 
             prefix()?,
         )),
         "s3" | "s3a" => {
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
+            let s3 = configured!(object_store::aws::AmazonS3Builder::from_env())
                 .build()
                 .map_err(build_error)?;
             Ok((Arc::new(s3), prefix()?))
         }
         "gs" => {
-            let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
+            let gcs = configured!(object_store::gcp::GoogleCloudStorageBuilder::from_env())
                 .build()
                 .map_err(build_error)?;
             Ok((Arc::new(gcs), prefix()?))
         }
         "az" | "abfs" | "abfss" | "azure" => {
-            let az = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
+            let az = configured!(object_store::azure::MicrosoftAzureBuilder::from_env())
                 .build()
                 .map_err(build_error)?;
             Ok((Arc::new(az), prefix()?))
@@ -143,7 +161,17 @@ impl CheckpointStore {
 
     /// The store of `job` at a storage URL (see [`object_store_from_url`]).
     pub fn from_url(url: &str, job: JobId) -> Result<Self> {
-        let (store, prefix) = object_store_from_url(url)?;
+        Self::from_url_with(url, job, &BTreeMap::new())
+    }
+
+    /// The store of `job` at a storage URL with extra settings (see
+    /// [`object_store_from_url_with`]).
+    pub fn from_url_with(
+        url: &str,
+        job: JobId,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let (store, prefix) = object_store_from_url_with(url, settings)?;
         let mut s = Self::new(store, prefix, job);
         s.url = url.to_owned();
         Ok(s)

@@ -6,13 +6,10 @@
 //! [`CheckpointStore::try_complete`] writes once every handle of the epoch is in.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use object_store::ObjectStore;
-use object_store::path::Path;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -369,47 +366,7 @@ pub fn open_store(
     job: JobId,
     settings: &BTreeMap<String, String>,
 ) -> Result<CheckpointStore> {
-    let parsed =
-        url::Url::parse(url).map_err(|e| Error::invalid("spec.storage.url", url, e.to_string()))?;
-    let invalid = |e: object_store::Error| Error::invalid("spec.storage.url", url, e.to_string());
-    let configured = |k: &str| k.to_ascii_lowercase();
-    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
-        _ if settings.is_empty() => return CheckpointStore::from_url(url, job),
-        "s3" => {
-            let b = settings.iter().fold(
-                object_store::aws::AmazonS3Builder::from_env().with_url(url),
-                |b, (k, v)| match configured(k).parse() {
-                    Ok(key) => b.with_config(key, v),
-                    Err(_) => b,
-                },
-            );
-            Arc::new(b.build().map_err(invalid)?)
-        }
-        "gs" => {
-            let b = settings.iter().fold(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
-                |b, (k, v)| match configured(k).parse() {
-                    Ok(key) => b.with_config(key, v),
-                    Err(_) => b,
-                },
-            );
-            Arc::new(b.build().map_err(invalid)?)
-        }
-        "az" => {
-            let b = settings.iter().fold(
-                object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
-                |b, (k, v)| match configured(k).parse() {
-                    Ok(key) => b.with_config(key, v),
-                    Err(_) => b,
-                },
-            );
-            Arc::new(b.build().map_err(invalid)?)
-        }
-        _ => return CheckpointStore::from_url(url, job),
-    };
-    let prefix = Path::from_url_path(parsed.path())
-        .map_err(|e| Error::invalid("spec.storage.url", url, e.to_string()))?;
-    Ok(CheckpointStore::new(store, prefix, job))
+    CheckpointStore::from_url_with(url, job, settings)
 }
 
 #[cfg(test)]
@@ -596,7 +553,7 @@ mod tests {
 #[cfg(test)]
 mod http_tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     type Seen = Arc<Mutex<Vec<(String, Option<String>, String)>>>;
 
