@@ -445,16 +445,8 @@ impl Round {
                         .await?
                         .is_some();
                 if completed {
-                    let workers = self.workers(&pods, epoch, parallelism).unwrap_or_default();
-                    coordinator::notify_all(
-                        self.ctx.workers.as_ref(),
-                        &workers,
-                        &self.token,
-                        id,
-                        epoch,
-                        Notice::Complete,
-                    )
-                    .await;
+                    self.notify(&pods, id, epoch, parallelism, Notice::Complete)
+                        .await;
                 }
                 coordinator::final_outcome(
                     id,
@@ -488,6 +480,22 @@ impl Round {
             },
             ready_pods,
         ))
+    }
+
+    /// Tells the workers of `epoch` among `pods` the outcome of checkpoint `id` (best effort:
+    /// a worker that misses it only re-uploads files it could have reused).
+    async fn notify(&self, pods: &[Pod], id: u64, epoch: u64, parallelism: u32, notice: Notice) {
+        if let Ok(workers) = self.workers(pods, epoch, parallelism) {
+            coordinator::notify_all(
+                self.ctx.workers.as_ref(),
+                &workers,
+                &self.token,
+                id,
+                epoch,
+                notice,
+            )
+            .await;
+        }
     }
 
     /// The workers of `epoch`, one per subtask `0..parallelism`, with their pod IPs.
@@ -775,17 +783,8 @@ impl Round {
         self.save().await?;
         publish(&self.ctx, &self.job, false, "CheckpointCompleted", note).await;
         let pods = self.pods().await?;
-        if let Ok(workers) = self.workers(&pods, epoch, parallelism) {
-            coordinator::notify_all(
-                self.ctx.workers.as_ref(),
-                &workers,
-                &self.token,
-                id,
-                epoch,
-                Notice::Complete,
-            )
+        self.notify(&pods, id, epoch, parallelism, Notice::Complete)
             .await;
-        }
         if let Err(e) = coordinator::retain_and_collect(
             &self.store,
             self.job.spec.checkpointing.retain,
@@ -848,17 +847,8 @@ impl Round {
             }
             FinalCheckpoint::Failed(_) => {
                 let pods = self.pods().await?;
-                if let Ok(workers) = self.workers(&pods, epoch, parallelism) {
-                    coordinator::notify_all(
-                        self.ctx.workers.as_ref(),
-                        &workers,
-                        &self.token,
-                        id,
-                        epoch,
-                        Notice::Abort,
-                    )
+                self.notify(&pods, id, epoch, parallelism, Notice::Abort)
                     .await;
-                }
                 self.ctx
                     .metrics
                     .checkpoints
@@ -878,17 +868,8 @@ impl Round {
         };
         let pods = self.pods().await?;
         let parallelism = self.status.parallelism;
-        if let Ok(workers) = self.workers(&pods, p.epoch, parallelism) {
-            coordinator::notify_all(
-                self.ctx.workers.as_ref(),
-                &workers,
-                &self.token,
-                p.id,
-                p.epoch,
-                Notice::Abort,
-            )
+        self.notify(&pods, p.id, p.epoch, parallelism, Notice::Abort)
             .await;
-        }
         self.status.pending_checkpoint = None;
         self.ctx
             .metrics
