@@ -530,32 +530,32 @@ pub fn verify(file: &FileRef, size: u64, checksum: Checksum) -> Result<()> {
 /// Size and checksum of a local file.
 pub fn checksum_file(path: &LocalPath) -> Result<(u64, Checksum)> {
     let mut f = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    stream_checksummed(&mut f, &mut std::io::sink(), path)
+}
+
+fn copy_checksummed(src: &mut std::fs::File, dst: &PathBuf) -> Result<(u64, Checksum)> {
+    let mut out = std::fs::File::create(dst).map_err(Error::io("create", dst))?;
+    stream_checksummed(src, &mut out, dst)
+}
+
+/// Copies `src` to `dst` in large chunks, returning the size and checksum of what passed;
+/// errors name `path`.
+fn stream_checksummed(
+    src: &mut impl Read,
+    dst: &mut impl Write,
+    path: &LocalPath,
+) -> Result<(u64, Checksum)> {
     let mut buf = vec![0u8; CHUNK];
     let (mut size, mut sum) = (0u64, Checksum::default());
     loop {
-        let n = read_full(&mut f, &mut buf).map_err(Error::io("read", path))?;
+        let n = read_full(src, &mut buf).map_err(Error::io("read", path))?;
         if n == 0 {
             return Ok((size, sum));
         }
         size += n as u64;
         sum = sum.update(&buf[..n]);
+        dst.write_all(&buf[..n]).map_err(Error::io("write", path))?;
     }
-}
-
-fn copy_checksummed(src: &mut std::fs::File, dst: &PathBuf) -> Result<(u64, Checksum)> {
-    let mut out = std::fs::File::create(dst).map_err(Error::io("create", dst))?;
-    let mut buf = vec![0u8; CHUNK];
-    let (mut size, mut sum) = (0u64, Checksum::default());
-    loop {
-        let n = read_full(src, &mut buf).map_err(Error::io("read", dst))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        sum = sum.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(Error::io("write", dst))?;
-    }
-    Ok((size, sum))
 }
 
 fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
