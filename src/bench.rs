@@ -45,6 +45,9 @@ pub struct RestoreBenchArgs {
     /// Keep the working directory afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Only the rescale scenarios (kept volumes vs fresh pods), not `copy` vs `ingest`.
+    #[arg(long)]
+    pub rescales_only: bool,
 }
 
 /// Key bytes, as in Flink's rescaling benchmark.
@@ -281,6 +284,59 @@ fn count_keys(target: &Path, range: KeyGroupRange) -> Result<u64> {
     Ok(n)
 }
 
+/// The rescales of the benchmark: scale-in 2→1 and 4→3, scale-out 1→2 and 3→4.
+const RESCALES: [(u32, u32); 4] = [(2, 1), (4, 3), (1, 2), (3, 4)];
+
+/// One restore of a rescale scenario, beside its plain copy.
+struct ReuseRow {
+    from: u32,
+    to: u32,
+    /// Pods keep their volumes (else fresh pods).
+    kept: bool,
+    subtask: u32,
+    /// A local DB was on this subtask's volume.
+    local: bool,
+    measured: Measured,
+    copy_seconds: f64,
+}
+
+impl ReuseRow {
+    fn name(&self) -> String {
+        format!(
+            "{}→{} {}, subtask {}{}",
+            self.from,
+            self.to,
+            if self.kept { "kept" } else { "fresh" },
+            self.subtask,
+            if self.kept && !self.local {
+                " (new)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// Time over the plain copy of the downloaded bytes, when something was downloaded and
+    /// every local file was usable.
+    fn ratio(&self) -> Option<f64> {
+        let s = &self.measured.summary;
+        (s.downloaded_bytes > 0 && s.local_fallbacks == 0)
+            .then(|| self.measured.seconds / self.copy_seconds)
+    }
+
+    fn ratio_text(&self) -> String {
+        let s = &self.measured.summary;
+        match self.ratio() {
+            Some(r) => format!("{r:.2}× the plain copy ({:.2}s)", self.copy_seconds),
+            None if s.downloaded_bytes == 0 => "n/a (nothing downloaded)".to_owned(),
+            None => format!(
+                "n/a ({} local files unusable, downloaded instead)",
+                s.local_fallbacks
+            ),
+        }
+    }
+}
+
 /// One measured restore.
 struct Measured {
     seconds: f64,
@@ -383,111 +439,33 @@ fn raw_copy(
     Ok((cp, synced, bytes))
 }
 
-/// Runs the benchmark and returns its report.
-pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
+/// `copy` against `ingest` for scale-in 2→1 and scale-out 1→2 (issue 3), and the raw copy of
+/// what the scale-in downloads; returns that part of the report.
+async fn strategies(
+    store1: &CheckpointStore,
+    store2: &CheckpointStore,
+    store_root: &Path,
+    dir: &Path,
+    keys: u64,
+    half: [u64; 2],
+) -> Result<String> {
     use std::fmt::Write;
-    let base = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(Error::io("create directory", d))?;
-            d.clone()
-        }
-        None => std::env::temp_dir(),
-    };
-    let work = tempfile::Builder::new()
-        .prefix("regroup-bench-")
-        .tempdir_in(&base)
-        .map_err(Error::io("create directory", &base))?;
-    let dir = work.path().to_path_buf();
-    let store_root = dir.join("store");
-    let store_url = format!("file://{}", store_root.display());
-    let keys = args.keys;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "regroup bench restore: {keys} keys of {KEY_BYTES} B, values of {VALUE_BYTES} B, max parallelism {MAX_PARALLELISM}, dir {}",
-        dir.display()
-    )
-    .ok();
-
-    let started = Instant::now();
-    let (store2, meta2) = source_state(&dir, &store_url, "bench/p2", 2, keys).await?;
-    let (store1, meta1) = source_state(&dir, &store_url, "bench/p1", 1, keys).await?;
-    writeln!(
-        out,
-        "source state: checkpoint at p=2 {} B in {} SST files, at p=1 {} B in {} SST files (written and checkpointed in {:.1}s)",
-        meta2.bytes_total(),
-        meta2.handles.iter().map(|h| h.shared.len()).sum::<usize>(),
-        meta1.bytes_total(),
-        meta1.handles.iter().map(|h| h.shared.len()).sum::<usize>(),
-        started.elapsed().as_secs_f64()
-    )
-    .ok();
-    // Keys per new subtask of 1→2, from the source state itself.
-    let mut half = [0u64; 2];
-    let mut key = [0u8; KEY_BYTES];
-    for i in 0..keys {
-        fill(&mut key, i, 0);
-        let g = key_group_for_key(&key, MAX_PARALLELISM);
-        half[subtask_for_key_group(MAX_PARALLELISM, 2, g) as usize] += 1;
-    }
-
+    let meta2 = store2.read_metadata(1).await?;
     let target = dir.join("restored").join("db");
-    let copy_in = measure(&store2, 0, 1, Strategy::Copy, false, &target, keys).await?;
-    let ingest_in = measure(&store2, 0, 1, Strategy::Ingest, false, &target, keys).await?;
+    let copy_in = measure(store2, 0, 1, Strategy::Copy, false, &target, keys).await?;
+    let ingest_in = measure(store2, 0, 1, Strategy::Ingest, false, &target, keys).await?;
     let mut copy_out = Vec::new();
     let mut ingest_out = Vec::new();
     let mut deferred_out = Vec::new();
     for i in 0..2u32 {
         let n = half[i as usize];
-        copy_out.push(measure(&store1, i, 2, Strategy::Copy, false, &target, n).await?);
-        ingest_out.push(measure(&store1, i, 2, Strategy::Ingest, false, &target, n).await?);
-        deferred_out.push(measure(&store1, i, 2, Strategy::Ingest, true, &target, n).await?);
+        copy_out.push(measure(store1, i, 2, Strategy::Copy, false, &target, n).await?);
+        ingest_out.push(measure(store1, i, 2, Strategy::Ingest, false, &target, n).await?);
+        deferred_out.push(measure(store1, i, 2, Strategy::Ingest, true, &target, n).await?);
     }
-    let (cp, cp_sync, cp_bytes) = raw_copy(&store_root, &meta2, store2.job(), &dir.join("raw"))?;
+    let (cp, cp_sync, cp_bytes) = raw_copy(store_root, &meta2, store2.job(), &dir.join("raw"))?;
 
-    // Local state reused: pods keeping their volumes (old subtask i's DB at the checkpoint,
-    // with its marker, on new subtask i's volume) against fresh pods; each beside a plain
-    // copy of the bytes it downloads.
-    let plain = dir.join("plain");
-    let fresh = |name: &str| dir.join(format!("volume-{name}")).join("db");
-    let mut reuse = Vec::new();
-    let t = kept_volume(&dir, &meta2, 0, "in-kept")?;
-    reuse.push((
-        "2→1 kept volume".to_owned(),
-        reuse_scenario(
-            &store2,
-            &store_root,
-            &meta2,
-            0,
-            1,
-            Some(0),
-            &t,
-            keys,
-            &plain,
-        )
-        .await?,
-    ));
-    let t = fresh("in-fresh");
-    reuse.push((
-        "2→1 fresh pod".to_owned(),
-        reuse_scenario(&store2, &store_root, &meta2, 0, 1, None, &t, keys, &plain).await?,
-    ));
-    for i in 0..2u32 {
-        let n = half[i as usize];
-        if i == 0 {
-            let t = kept_volume(&dir, &meta1, 0, "out-kept")?;
-            reuse.push((
-                "1→2 kept volume, subtask 0".to_owned(),
-                reuse_scenario(&store1, &store_root, &meta1, 0, 2, Some(0), &t, n, &plain).await?,
-            ));
-        }
-        let t = fresh(&format!("out-fresh-{i}"));
-        reuse.push((
-            format!("1→2 fresh pod, subtask {i}"),
-            reuse_scenario(&store1, &store_root, &meta1, i, 2, None, &t, n, &plain).await?,
-        ));
-    }
-
+    let mut out = String::new();
     let line = |out: &mut String, name: &str, m: &Measured| {
         writeln!(
             out,
@@ -547,32 +525,169 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
         )
         .ok();
     }
+    Ok(out)
+}
+
+/// Runs the benchmark and returns its report.
+pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
+    use std::fmt::Write;
+    let base = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(Error::io("create directory", d))?;
+            d.clone()
+        }
+        None => std::env::temp_dir(),
+    };
+    let work = tempfile::Builder::new()
+        .prefix("regroup-bench-")
+        .tempdir_in(&base)
+        .map_err(Error::io("create directory", &base))?;
+    let dir = work.path().to_path_buf();
+    let store_root = dir.join("store");
+    let store_url = format!("file://{}", store_root.display());
+    let keys = args.keys;
+    let mut out = String::new();
     writeln!(
         out,
-        "local state reused (ingest; 'plain copy' = cp + sync of exactly the downloaded files):"
+        "regroup bench restore: {keys} keys of {KEY_BYTES} B, values of {VALUE_BYTES} B, max parallelism {MAX_PARALLELISM}, dir {}",
+        dir.display()
     )
     .ok();
-    for (name, (m, copy_seconds)) in &reuse {
-        let ratio = if m.summary.downloaded_bytes == 0 {
-            "n/a (nothing downloaded)".to_owned()
-        } else if m.summary.local_fallbacks > 0 {
-            format!(
-                "n/a ({} local files unusable, downloaded instead)",
-                m.summary.local_fallbacks
-            )
-        } else {
-            format!(
-                "{:.2}× the plain copy ({copy_seconds:.2}s)",
-                m.seconds / copy_seconds
-            )
-        };
+
+    let started = Instant::now();
+    let mut sources = Vec::new();
+    for p in 1..=4u32 {
+        sources.push(source_state(&dir, &store_url, &format!("bench/p{p}"), p, keys).await?);
+    }
+    let source = |p: u32| &sources[p as usize - 1];
+    let (store1, _) = source(1);
+    let (store2, _) = source(2);
+    writeln!(
+        out,
+        "source state: {} (written and checkpointed in {:.1}s)",
+        sources
+            .iter()
+            .map(|(_, m)| format!(
+                "p={} {} B in {} SST files",
+                m.parallelism,
+                m.bytes_total(),
+                m.handles.iter().map(|h| h.shared.len()).sum::<usize>()
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64()
+    )
+    .ok();
+    // Keys per key group, from the data set itself: the expected key count of every restore.
+    let mut per_group = vec![0u64; MAX_PARALLELISM as usize];
+    let mut key = [0u8; KEY_BYTES];
+    for i in 0..keys {
+        fill(&mut key, i, 0);
+        per_group[key_group_for_key(&key, MAX_PARALLELISM) as usize] += 1;
+    }
+    let keys_of = |p: u32, i: u32| -> Result<u64> {
+        let r = KeyGroupRange::for_subtask(MAX_PARALLELISM, p, i)?;
+        Ok(per_group[r.start as usize..=r.end as usize].iter().sum())
+    };
+    let half = [keys_of(2, 0)?, keys_of(2, 1)?];
+
+    let strategies = if args.rescales_only {
+        None
+    } else {
+        Some(strategies(store1, store2, &store_root, &dir, keys, half).await?)
+    };
+
+    // The rescales of issue 9, each with pods keeping their volumes (new subtask i restores on
+    // old subtask i's volume, which holds old subtask i's DB at the checkpoint and its marker;
+    // new ordinals beyond the old parallelism get fresh volumes) and with fresh pods (nothing
+    // local); every restore beside a plain copy of exactly the bytes it downloads.
+    let plain = dir.join("plain");
+    let mut reuse = Vec::new();
+    for (from, to) in RESCALES {
+        let (store, meta) = source(from);
+        for kept in [true, false] {
+            for i in 0..to {
+                let name = format!("{from}-{to}-{}-{i}", if kept { "kept" } else { "fresh" });
+                let local = (kept && i < from).then_some(i);
+                let t = match local {
+                    Some(old) => kept_volume(&dir, meta, old, &name)?,
+                    None => dir.join(format!("volume-{name}")).join("db"),
+                };
+                let n = keys_of(to, i)?;
+                let (m, copy_seconds) =
+                    reuse_scenario(store, &store_root, meta, i, to, local, &t, n, &plain).await?;
+                reuse.push(ReuseRow {
+                    from,
+                    to,
+                    kept,
+                    subtask: i,
+                    local: local.is_some(),
+                    measured: m,
+                    copy_seconds,
+                });
+            }
+        }
+    }
+
+    if let Some(section) = strategies {
+        out.push_str(&section);
+    }
+    writeln!(
+        out,
+        "rescales (ingest; 'plain copy' = cp + sync of exactly the files the restore downloads, measured just before it):"
+    )
+    .ok();
+    for row in &reuse {
+        let m = &row.measured;
         writeln!(
             out,
-            "  {name:<28} {:>8.2}s  downloaded {:>12} B  reused locally {:>12} B  new range {:>12} B  {ratio}",
-            m.seconds, m.summary.downloaded_bytes, m.summary.reused_bytes, m.range_bytes
+            "  {:<30} {:>7.2}s  downloaded {:>11} B  reused locally {:>11} B  new range {:>11} B  {}",
+            row.name(),
+            m.seconds,
+            m.summary.downloaded_bytes,
+            m.summary.reused_bytes,
+            m.range_bytes,
+            row.ratio_text()
         )
         .ok();
     }
+    writeln!(out, "targets:").ok();
+    let rows = |from: u32, to: u32, kept: bool| {
+        reuse
+            .iter()
+            .filter(move |r| r.from == from && r.to == to && r.kept == kept)
+    };
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let kept_in: f64 = rows(2, 1, true).map(|r| r.measured.seconds).sum();
+    writeln!(
+        out,
+        "  scale-in 2→1, kept volumes: {kept_in:.2}s (target ≤ 1.2 s: {})",
+        met(kept_in <= 1.2)
+    )
+    .ok();
+    let slowest = rows(1, 2, false)
+        .map(|r| r.measured.seconds)
+        .fold(0.0, f64::max);
+    let bytes_ratio = rows(1, 2, false)
+        .map(|r| r.measured.summary.downloaded_bytes as f64 / r.measured.range_bytes.max(1) as f64)
+        .fold(0.0, f64::max);
+    writeln!(
+        out,
+        "  scale-out 1→2, fresh pods: slowest subtask {slowest:.2}s (target ≤ 0.6 s: {}); downloaded ≤ {bytes_ratio:.2}× its new range (target ≤ 1.1×: {})",
+        met(slowest <= 0.6),
+        met(bytes_ratio <= 1.1)
+    )
+    .ok();
+    let ratios: Vec<f64> = reuse.iter().filter_map(ReuseRow::ratio).collect();
+    let worst = ratios.iter().copied().fold(0.0, f64::max);
+    writeln!(
+        out,
+        "  every restore that downloads: at most {worst:.2}× its plain copy ({} of {} within 1.0×; target ≤ 1.0×: {})",
+        ratios.iter().filter(|r| **r <= 1.0).count(),
+        ratios.len(),
+        met(worst <= 1.0)
+    )
+    .ok();
     if args.keep {
         let kept = work.keep();
         writeln!(out, "kept {}", kept.display()).ok();

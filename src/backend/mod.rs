@@ -34,9 +34,32 @@ pub const BATCH_MAX_ENTRIES: usize = 500;
 /// ...or this many bytes of keys and values, whichever comes first (bounded memory).
 pub const BATCH_MAX_BYTES: usize = 2 << 20;
 
-/// RocksDB options used for every DB regroup opens, so restores produce DBs the worker can open.
-pub fn db_options() -> Options {
+/// A compaction output file ends at the next key-group boundary once it holds this many bytes:
+/// files then rarely straddle a boundary (a restore to another range drops or skips whole files
+/// instead of rewriting them), and state with many small key groups still gets files of a few
+/// MiB rather than one per key group. An eighth of RocksDB's default target file size (64 MiB).
+pub const PARTITION_MIN_FILE_BYTES: u64 = 8 << 20;
+
+unsafe extern "C" {
+    fn regroup_set_key_group_partitioner(
+        options: *mut std::ffi::c_void,
+        prefix_len: usize,
+        min_file_bytes: u64,
+    );
+}
+
+/// RocksDB options used for every DB regroup opens, so restores produce DBs the worker can open:
+/// among them the key-group SST partitioner ([`PARTITION_MIN_FILE_BYTES`]) for `max_parallelism`.
+pub fn db_options(max_parallelism: u32) -> Options {
     let mut opts = Options::default();
+    // SAFETY: `opts` is a live `rocksdb_options_t`; the shim only sets a shared_ptr field in it.
+    unsafe {
+        regroup_set_key_group_partitioner(
+            rocksdb::AsRawPtr::as_raw_ptr(&opts).cast(),
+            prefix_len(max_parallelism),
+            PARTITION_MIN_FILE_BYTES,
+        );
+    }
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(DBCompressionType::Lz4);
@@ -91,7 +114,7 @@ impl StateBackend {
                 format!("a range inside [0, {max_parallelism})"),
             ));
         }
-        let opts = db_options();
+        let opts = db_options(max_parallelism);
         let mut names: Vec<String> = if dir.join("CURRENT").exists() {
             DB::list_cf(&opts, dir).map_err(Error::rocks(format!(
                 "list column families of {}",
@@ -110,7 +133,7 @@ impl StateBackend {
         }
         let descriptors = names
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, db_options()));
+            .map(|n| ColumnFamilyDescriptor::new(n, db_options(max_parallelism)));
         let db = DB::open_cf_descriptors(&opts, dir, descriptors)
             .map_err(Error::rocks(format!("open {}", dir.display())))?;
         Ok(Self {

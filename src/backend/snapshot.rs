@@ -305,7 +305,7 @@ pub fn describe_ssts(
     dir: &Path,
     max_parallelism: u32,
 ) -> Result<(Vec<String>, HashMap<String, SstInfo>)> {
-    let opts = db_options();
+    let opts = db_options(max_parallelism);
     let cfs = DB::list_cf(&opts, dir).map_err(Error::rocks(format!(
         "list column families of {}",
         dir.display()

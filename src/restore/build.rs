@@ -1,6 +1,8 @@
 //! The I/O of a restore: downloads, then the DB built from them (open, copy, ingest, clip).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -55,6 +57,12 @@ fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
 }
 
 /// Builds the DB of `plan` in `work/db`.
+///
+/// The I/O is pipelined: every file the plan needs is fetched (hard-linked from the local DB
+/// when it verifies, else downloaded and synced) with bounded parallelism, handle after handle,
+/// and each handle is merged into the new DB (ingested or copied) by a builder thread as soon as
+/// its last file is in, while the next handles' files are still arriving. Peak disk use is the
+/// fetched files plus the result: ingestion moves the files into the DB.
 pub async fn build(
     store: &CheckpointStore,
     meta: &CheckpointMetadata,
@@ -64,23 +72,191 @@ pub async fn build(
     compact: bool,
     local: Option<&LocalSource>,
 ) -> Result<BuildStats> {
-    let mut stats = BuildStats::default();
     let started = Instant::now();
-    download(store, meta, plan, work, local, &mut stats).await?;
+    let transfers = transfers(store, meta, plan, work, local)?;
+    let mut remaining = vec![0usize; plan.inputs.len()];
+    for t in &transfers {
+        remaining[t.input] += 1;
+    }
+    let (ready, inputs_ready) = std::sync::mpsc::channel::<usize>();
+    for (input, _) in remaining.iter().enumerate().filter(|(_, n)| **n == 0) {
+        let _ = ready.send(input);
+    }
+    let builder = {
+        let (meta, plan, work) = (meta.clone(), plan.clone(), work.to_path_buf());
+        let column_families = column_families.to_vec();
+        tokio::task::spawn_blocking(move || {
+            merge(&meta, &plan, &column_families, &work, compact, inputs_ready)
+        })
+    };
+
+    let mut stats = BuildStats::default();
+    let total: u64 = transfers.iter().map(|t| t.file.size).sum();
+    info!(
+        files = transfers.len(),
+        bytes = total,
+        handles = plan.inputs.len(),
+        local = transfers.iter().filter(|t| t.local_name.is_some()).count(),
+        "fetching"
+    );
+    let (mut done_bytes, mut next_report) = (0u64, total / 10);
+    let mut first_error = None;
+    // Every transfer runs to its end (no cancellation mid-write); the first error wins.
+    let mut fetches = futures::stream::iter(transfers.iter())
+        .map(|t| async move { (t, fetch(store, local, t).await) })
+        .buffer_unordered(DOWNLOAD_PARALLELISM);
+    while let Some((t, result)) = fetches.next().await {
+        match result {
+            Ok(fetched) => {
+                match fetched {
+                    Fetched::Reused => {
+                        stats.reused_files += 1;
+                        stats.reused_bytes += t.file.size;
+                    }
+                    Fetched::Downloaded { fallback } => {
+                        stats.downloaded_files += 1;
+                        stats.downloaded_bytes += t.file.size;
+                        stats.local_fallbacks += usize::from(fallback);
+                    }
+                }
+                done_bytes += t.file.size;
+                if done_bytes >= next_report && total > 0 {
+                    info!(bytes = done_bytes, of = total, "fetched");
+                    next_report = done_bytes + total / 10;
+                }
+                remaining[t.input] -= 1;
+                if remaining[t.input] == 0 && first_error.is_none() {
+                    // A builder that already failed has hung up; its error is reported below.
+                    let _ = ready.send(t.input);
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    drop(ready);
     stats.download_seconds = started.elapsed().as_secs_f64();
-    let building = Instant::now();
-    let work = work.to_path_buf();
-    let meta = meta.clone();
-    let plan = plan.clone();
-    let column_families = column_families.to_vec();
-    let stats = tokio::task::spawn_blocking(move || {
-        merge(&meta, &plan, &column_families, &work, compact, &mut stats)?;
-        stats.build_seconds = building.elapsed().as_secs_f64();
-        Ok::<_, Error>(stats)
+    if local.is_some() {
+        info!(
+            files = stats.reused_files,
+            bytes = stats.reused_bytes,
+            fallbacks = stats.local_fallbacks,
+            "hard-linked from the local DB"
+        );
+    }
+    let fetched = Instant::now();
+    let merged = builder
+        .await
+        .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let merged = merged?;
+    stats.ingested_files = merged.ingested_files;
+    stats.copied_keys = merged.copied_keys;
+    stats.build_seconds = fetched.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// One file the plan needs: where it goes, and the local DB's copy to try first, if any.
+struct Transfer<'a> {
+    /// Index of the input (in the plan) the file belongs to.
+    input: usize,
+    dest: PathBuf,
+    file: &'a FileRef,
+    referenced_in: Arc<str>,
+    /// The file's name in the local DB, when the input's handle is the local DB.
+    local_name: Option<&'a str>,
+}
+
+/// Where a file came from.
+enum Fetched {
+    /// Hard-linked from the local DB, verified.
+    Reused,
+    /// Downloaded from the store, verified; `fallback` when the local copy was unusable.
+    Downloaded { fallback: bool },
+}
+
+/// The files of every input, input after input (so that whole handles arrive early), each
+/// input's directory created.
+fn transfers<'a>(
+    store: &CheckpointStore,
+    meta: &'a CheckpointMetadata,
+    plan: &SubtaskPlan,
+    work: &Path,
+    local: Option<&LocalSource>,
+) -> Result<Vec<Transfer<'a>>> {
+    let mut out = Vec::new();
+    for (index, input) in plan.inputs.iter().enumerate() {
+        let h = &meta.handles[input.old_subtask as usize];
+        let referenced_in: Arc<str> = store
+            .paths()
+            .relative(&store.paths().handle(h.checkpoint_id, h.subtask))
+            .into();
+        let dir = input_dir(work, input);
+        std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+        let from_local = input.local && local.is_some_and(|l| l.old_subtask == input.old_subtask);
+        for &i in &input.shared_files {
+            let f = &h.shared[i];
+            out.push(Transfer {
+                input: index,
+                dest: dir.join(&f.local_name),
+                file: &f.file,
+                referenced_in: referenced_in.clone(),
+                local_name: from_local.then_some(f.local_name.as_str()),
+            });
+        }
+        if input.private_files {
+            for p in &h.private {
+                out.push(Transfer {
+                    input: index,
+                    dest: dir.join(&p.local_name),
+                    file: &p.file,
+                    referenced_in: referenced_in.clone(),
+                    local_name: None,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fetches one file: hard-linked from the local DB if it has a verified copy, else downloaded
+/// (verified) and synced — durable before the DB references it; syncing here, several files at
+/// once and beside the other transfers, leaves nothing for ingestion's own per-file sync.
+async fn fetch(
+    store: &CheckpointStore,
+    local: Option<&LocalSource>,
+    t: &Transfer<'_>,
+) -> Result<Fetched> {
+    let mut fallback = false;
+    if let (Some(local), Some(name)) = (local, t.local_name) {
+        let (source, dest, expected) = (local.db.join(name), t.dest.clone(), t.file.clone());
+        let outcome = tokio::task::spawn_blocking(move || link_verified(&source, &dest, &expected))
+            .await
+            .unwrap_or_else(|e| Err(format!("verification task failed: {e}")));
+        match outcome {
+            Ok(()) => return Ok(Fetched::Reused),
+            Err(why) => {
+                warn!(file = name, db = %local.db.display(), reason = %why, "local file not used: downloading it instead");
+                let _ = std::fs::remove_file(&t.dest);
+                fallback = true;
+            }
+        }
+    }
+    store
+        .download_file(t.file, &t.dest, &t.referenced_in)
+        .await?;
+    let path = t.dest.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(Error::io("sync", &path))
     })
     .await
-    .map_err(|e| Error::Other(format!("restore task failed: {e}")))??;
-    Ok(stats)
+    .map_err(|e| Error::Other(format!("sync task failed: {e}")))??;
+    Ok(Fetched::Downloaded { fallback })
 }
 
 /// Hard-links `source` to `dest` and checks its size and checksum against `file`; the reason
@@ -93,146 +269,11 @@ fn link_verified(source: &Path, dest: &Path, file: &FileRef) -> std::result::Res
     verify(file, size, checksum).map_err(|e| format!("local copy differs: {e}"))
 }
 
-/// Hard-links the local DB's copies of `files` (each verified) into place; returns those that
-/// must be downloaded instead.
-async fn link_local<'a>(
-    local: &LocalSource,
-    files: Vec<(PathBuf, &'a FileRef, String, &'a str)>,
-    stats: &mut BuildStats,
-) -> Vec<(PathBuf, &'a FileRef, String)> {
-    let mut results = futures::stream::iter(files)
-        .map(|(dest, file, referenced_in, name)| {
-            let source = local.db.join(name);
-            let target = dest.clone();
-            let expected = file.clone();
-            async move {
-                let outcome =
-                    tokio::task::spawn_blocking(move || link_verified(&source, &target, &expected))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("verification task failed: {e}")));
-                (dest, file, referenced_in, name, outcome)
-            }
-        })
-        .buffer_unordered(DOWNLOAD_PARALLELISM);
-    let mut rest = Vec::new();
-    while let Some((dest, file, referenced_in, name, outcome)) = results.next().await {
-        match outcome {
-            Ok(()) => {
-                stats.reused_files += 1;
-                stats.reused_bytes += file.size;
-            }
-            Err(why) => {
-                warn!(file = name, db = %local.db.display(), reason = %why, "local file not used: downloading it instead");
-                stats.local_fallbacks += 1;
-                let _ = std::fs::remove_file(&dest);
-                rest.push((dest, file, referenced_in));
-            }
-        }
-    }
-    rest
-}
-
-/// Downloads every file the plan needs, verified, with bounded parallelism over all inputs;
-/// the SST files of a local input are hard-linked from the local DB when they verify.
-async fn download(
-    store: &CheckpointStore,
-    meta: &CheckpointMetadata,
-    plan: &SubtaskPlan,
-    work: &Path,
-    local: Option<&LocalSource>,
-    stats: &mut BuildStats,
-) -> Result<()> {
-    let mut jobs: Vec<(PathBuf, &FileRef, String)> = Vec::new();
-    let mut local_jobs: Vec<(PathBuf, &FileRef, String, &str)> = Vec::new();
-    for input in &plan.inputs {
-        let h = &meta.handles[input.old_subtask as usize];
-        let referenced_in = store
-            .paths()
-            .relative(&store.paths().handle(h.checkpoint_id, h.subtask));
-        let dir = input_dir(work, input);
-        std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
-        let from_local = input.local && local.is_some_and(|l| l.old_subtask == input.old_subtask);
-        for &i in &input.shared_files {
-            let f = &h.shared[i];
-            let dest = dir.join(&f.local_name);
-            if from_local {
-                local_jobs.push((dest, &f.file, referenced_in.clone(), &f.local_name));
-            } else {
-                jobs.push((dest, &f.file, referenced_in.clone()));
-            }
-        }
-        if input.private_files {
-            for p in &h.private {
-                jobs.push((dir.join(&p.local_name), &p.file, referenced_in.clone()));
-            }
-        }
-    }
-    if let Some(local) = local
-        && !local_jobs.is_empty()
-    {
-        let candidates = local_jobs.len();
-        jobs.extend(link_local(local, local_jobs, stats).await);
-        info!(
-            files = stats.reused_files,
-            bytes = stats.reused_bytes,
-            of = candidates,
-            "hard-linked from the local DB"
-        );
-    }
-    let total: u64 = jobs.iter().map(|(_, f, _)| f.size).sum();
-    info!(
-        files = jobs.len(),
-        bytes = total,
-        handles = plan.inputs.len(),
-        "downloading"
-    );
-    let mut done_bytes = 0u64;
-    let mut next_report = total / 10;
-    let mut first_error = None;
-    // Every transfer runs to its end (no cancellation mid-write); the first error wins.
-    let mut transfers = futures::stream::iter(jobs.iter())
-        .map(|(local, file, referenced_in)| async move {
-            store.download_file(file, local, referenced_in).await?;
-            // Durable before the DB references it; syncing here, several files at once and
-            // beside the other transfers, leaves nothing for ingestion's own per-file sync.
-            let path = local.clone();
-            tokio::task::spawn_blocking(move || {
-                std::fs::File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(Error::io("sync", &path))
-            })
-            .await
-            .map_err(|e| Error::Other(format!("sync task failed: {e}")))??;
-            Ok::<_, Error>(file.size)
-        })
-        .buffer_unordered(DOWNLOAD_PARALLELISM);
-    while let Some(result) = transfers.next().await {
-        match result {
-            Ok(size) => {
-                done_bytes += size;
-                stats.downloaded_files += 1;
-                if done_bytes >= next_report && total > 0 {
-                    info!(bytes = done_bytes, of = total, "downloaded");
-                    next_report = done_bytes + total / 10;
-                }
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    stats.downloaded_bytes = done_bytes;
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
 /// Opens the DB being built: the worker's options, but no automatic compaction, so that no
 /// background work races the ingestion or delays closing; the worker's own open re-enables it.
-fn open_db(dir: &Path, column_families: &[String]) -> Result<DB> {
+fn open_db(dir: &Path, column_families: &[String], max_parallelism: u32) -> Result<DB> {
     let options = || {
-        let mut o = db_options();
+        let mut o = db_options(max_parallelism);
         o.set_disable_auto_compactions(true);
         o
     };
@@ -248,55 +289,98 @@ fn cf<'a>(db: &'a DB, name: &str) -> Result<std::sync::Arc<rocksdb::BoundColumnF
         .ok_or_else(|| Error::Other(format!("column family {name} missing in the new DB")))
 }
 
-/// Builds `work/db` from the downloaded inputs.
+/// What the builder did.
+#[derive(Debug, Default)]
+struct Merged {
+    ingested_files: usize,
+    copied_keys: u64,
+}
+
+/// Builds `work/db` from the inputs, each merged as soon as its index arrives on `ready` (all
+/// its files in place): the base (or whole) input is opened as the DB, the others are ingested
+/// or copied into it (the old handles' key groups are disjoint, so the order does not matter),
+/// then the DB is clipped to the range. Fails if `ready` closes before every input arrived.
 fn merge(
     meta: &CheckpointMetadata,
     plan: &SubtaskPlan,
     column_families: &[String],
     work: &Path,
     compact: bool,
-    stats: &mut BuildStats,
-) -> Result<()> {
+    ready: Receiver<usize>,
+) -> Result<Merged> {
     let db_dir = work.join(DB_DIR);
     std::fs::create_dir_all(&db_dir).map_err(Error::io("create directory", &db_dir))?;
-    let db = open_db(&db_dir, column_families)?;
-    if plan.kind == RestoreKind::Unchanged {
-        // The handle's files are the DB; opening it proves they form one.
-        return Ok(());
-    }
     let max_parallelism = meta.max_parallelism;
-    let phase = Instant::now();
-    for input in plan
+    let base = plan
         .inputs
         .iter()
-        .filter(|i| i.method == InputMethod::Ingest)
-    {
-        let h = &meta.handles[input.old_subtask as usize];
-        stats.ingested_files += ingest_handle(&db, h, input, &input_dir(work, input))?;
+        .position(|i| matches!(i.method, InputMethod::Whole | InputMethod::Base));
+    let mut db = match base {
+        Some(_) => None,
+        None => Some(open_db(&db_dir, column_families, max_parallelism)?),
+    };
+    let mut waiting = Vec::new();
+    let mut merged = Merged::default();
+    let phase = Instant::now();
+    for _ in 0..plan.inputs.len() {
+        let index = ready
+            .recv()
+            .map_err(|_| Error::Other("restore inputs incomplete".to_owned()))?;
+        if Some(index) == base {
+            db = Some(open_db(&db_dir, column_families, max_parallelism)?);
+        } else {
+            waiting.push(index);
+        }
+        if let Some(db) = &db {
+            for index in waiting.drain(..) {
+                add_input(db, meta, &plan.inputs[index], work, &mut merged)?;
+            }
+        }
     }
-    for input in plan.inputs.iter().filter(|i| i.method == InputMethod::Copy) {
-        let h = &meta.handles[input.old_subtask as usize];
-        let dir = input_dir(work, input);
-        stats.copied_keys += copy_handle(&db, h, input.intersection, max_parallelism, &dir)?;
-        std::fs::remove_dir_all(&dir).map_err(Error::io("remove", &dir))?;
+    let db = db.ok_or_else(|| Error::Other("restore base input missing".to_owned()))?;
+    if plan.kind == RestoreKind::Unchanged {
+        // The handle's files are the DB; opening it proves they form one.
+        return Ok(merged);
     }
     for name in column_families {
         let handle = cf(&db, name)?;
         db.flush_cf(&handle)
             .map_err(Error::rocks(format!("flush column family {name}")))?;
     }
-    let merged = phase.elapsed().as_secs_f64();
+    let merged_seconds = phase.elapsed().as_secs_f64();
     let phase = Instant::now();
     clip(&db, column_families, plan.range, max_parallelism, compact)?;
     let clipped = phase.elapsed().as_secs_f64();
     let phase = Instant::now();
     drop(db);
     info!(
-        merge_seconds = merged,
+        merge_seconds = merged_seconds,
         clip_seconds = clipped,
         close_seconds = phase.elapsed().as_secs_f64(),
         "built"
     );
+    Ok(merged)
+}
+
+/// Ingests or copies one non-base input into `db`.
+fn add_input(
+    db: &DB,
+    meta: &CheckpointMetadata,
+    input: &PlannedInput,
+    work: &Path,
+    merged: &mut Merged,
+) -> Result<()> {
+    let h = &meta.handles[input.old_subtask as usize];
+    let dir = input_dir(work, input);
+    match input.method {
+        InputMethod::Ingest => merged.ingested_files += ingest_handle(db, h, input, &dir)?,
+        InputMethod::Copy => {
+            merged.copied_keys +=
+                copy_handle(db, h, input.intersection, meta.max_parallelism, &dir)?;
+            std::fs::remove_dir_all(&dir).map_err(Error::io("remove", &dir))?;
+        }
+        InputMethod::Whole | InputMethod::Base => {}
+    }
     Ok(())
 }
 
@@ -357,7 +441,7 @@ fn copy_handle(
         h.checkpoint_id,
         dir.display()
     );
-    let opts = db_options();
+    let opts = db_options(max_parallelism);
     let names = DB::list_cf(&opts, dir)
         .map_err(Error::rocks(format!("list column families of {context}")))?;
     let source = DB::open_cf_for_read_only(&opts, dir, &names, false)
@@ -413,6 +497,12 @@ fn outside_intervals(
     Ok(outside)
 }
 
+/// Whether live file `f` holds keys in `[lower, upper)`, judged by its first and last key.
+fn reaches(f: &rocksdb::LiveFile, lower: &[u8], upper: &[u8]) -> bool {
+    f.start_key.as_deref().is_none_or(|s| s < upper)
+        && f.end_key.as_deref().is_none_or(|e| e >= lower)
+}
+
 /// The outside intervals that some live file of column family `name` reaches into.
 fn reached<'a>(
     live: &[rocksdb::LiveFile],
@@ -422,20 +512,20 @@ fn reached<'a>(
     outside
         .iter()
         .filter(|(lower, upper)| {
-            live.iter().any(|f| {
-                f.column_family_name == name
-                    && f.start_key.as_deref().is_none_or(|s| s < upper.as_slice())
-                    && f.end_key.as_deref().is_none_or(|e| e >= lower.as_slice())
-            })
+            live.iter()
+                .any(|f| f.column_family_name == name && reaches(f, lower, upper))
         })
         .collect()
 }
 
 /// Removes every key outside `range` from every column family: whole files first
-/// (end-exclusive `DeleteFilesInRange`), then range tombstones; with `compact`, a compaction of
-/// just those intervals, so neither tombstones nor clipped records survive into later
-/// checkpoints (whose files can then be ingested next to other handles' files: a file reaching
-/// outside its handle's range makes the next restore copy that handle instead).
+/// (end-exclusive `DeleteFilesInRange`), then, only where some file still reaches outside (it
+/// straddles a boundary of the range), range tombstones; with `compact`, a compaction of just
+/// those intervals, so neither tombstones nor clipped records survive into later checkpoints
+/// (whose files can then be ingested next to other handles' files: a file reaching outside its
+/// handle's range makes the next restore copy that handle instead). With the key-group
+/// partitioner ([`crate::backend::PARTITION_MIN_FILE_BYTES`]) files rarely straddle, and the
+/// clip is usually nothing but dropping whole files.
 fn clip(
     db: &DB,
     column_families: &[String],
@@ -451,21 +541,45 @@ fn clip(
         .live_files()
         .map_err(Error::rocks("list live files of the new DB"))?;
     for name in column_families {
+        let handle = cf(db, name)?;
+        for (lower, upper) in reached(&live, name, &outside) {
+            let context = format!("column family {name}, keys outside {range}");
+            ingest::delete_files_in_range(db, &handle, lower, upper, &context)?;
+        }
+    }
+    let live = db
+        .live_files()
+        .map_err(Error::rocks("list live files of the new DB"))?;
+    let mut straddling = 0;
+    for name in column_families {
         let reached = reached(&live, name, &outside);
         if reached.is_empty() {
             continue;
         }
+        straddling += live
+            .iter()
+            .filter(|f| f.column_family_name == *name)
+            .filter(|f| {
+                reached
+                    .iter()
+                    .any(|(lower, upper)| reaches(f, lower, upper))
+            })
+            .count();
         let handle = cf(db, name)?;
         for (lower, upper) in &reached {
-            let context = format!("column family {name}, keys outside {range}");
-            ingest::delete_files_in_range(db, &handle, lower, upper, &context)?;
             db.delete_range_cf_opt(&handle, lower, upper, &write_options())
-                .map_err(Error::rocks(format!("delete range of {context}")))?;
+                .map_err(Error::rocks(format!(
+                    "delete range of column family {name}, keys outside {range}"
+                )))?;
         }
         db.flush_cf(&handle)
             .map_err(Error::rocks(format!("flush column family {name}")))?;
     }
-    if compact {
+    debug!(
+        straddling,
+        "files reaching outside the range after dropping whole files"
+    );
+    if compact && straddling > 0 {
         compact_outside(db, column_families, range, max_parallelism)?;
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Safe wrappers over the C++ shim (`ingest_shim.cc`, built by `build.rs`): ingestion of
+//! Safe wrappers over the C++ shim (`src/rocksdb_shim.cc`, built by `build.rs`): ingestion of
 //! DB-generated SST files and an end-exclusive `DeleteFilesInRange`.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};

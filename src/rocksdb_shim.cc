@@ -1,0 +1,178 @@
+// What regroup needs from RocksDB's C++ API that its C API does not expose:
+// - ingesting SST files that a RocksDB instance wrote (e.g. the files of a downloaded
+//   checkpoint) into another DB without rewriting a record: RocksDB 11's
+//   IngestExternalFileOptions::allow_db_generated_files;
+// - an end-exclusive DeleteFilesInRange;
+// - an SST partitioner that ends compaction output files at key-group boundaries.
+//
+// The handles come from the `rocksdb` crate's C API objects; in RocksDB's c.cc these structs
+// hold the C++ object as their first member (`rocksdb_t { DB* rep; }`,
+// `rocksdb_column_family_handle_t { ColumnFamilyHandle* rep; bool immortal; }`,
+// `rocksdb_options_t { Options rep; }`).
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rocksdb/convenience.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/sst_partitioner.h"
+
+namespace {
+struct DbHandle {
+  rocksdb::DB* rep;
+};
+struct CfHandle {
+  rocksdb::ColumnFamilyHandle* rep;
+  bool immortal;
+};
+struct OptionsHandle {
+  rocksdb::Options rep;
+};
+
+// Ends a compaction output file where the key-group prefix changes, once the file holds at least
+// `min_file_bytes`: a later restore to any key-group range then finds whole files on either side
+// of its boundaries (it drops or skips them instead of rewriting them), while state with many
+// small key groups still gets files of a sensible size.
+class KeyGroupPartitioner final : public rocksdb::SstPartitioner {
+ public:
+  KeyGroupPartitioner(size_t prefix_len, uint64_t min_file_bytes)
+      : prefix_len_(prefix_len), min_file_bytes_(min_file_bytes) {}
+
+  const char* Name() const override { return "RegroupKeyGroupPartitioner"; }
+
+  rocksdb::PartitionerResult ShouldPartition(
+      const rocksdb::PartitionerRequest& request) override {
+    if (request.current_output_file_size < min_file_bytes_) {
+      return rocksdb::kNotRequired;
+    }
+    return SameKeyGroup(*request.prev_user_key, *request.current_user_key)
+               ? rocksdb::kNotRequired
+               : rocksdb::kRequired;
+  }
+
+  // Moving a file to the next level unchanged keeps it as it is; only a file inside one key
+  // group is sure to satisfy the rule above.
+  bool CanDoTrivialMove(const rocksdb::Slice& smallest_user_key,
+                        const rocksdb::Slice& largest_user_key) override {
+    return SameKeyGroup(smallest_user_key, largest_user_key);
+  }
+
+ private:
+  bool SameKeyGroup(const rocksdb::Slice& a, const rocksdb::Slice& b) const {
+    rocksdb::Slice pa(a.data(), a.size() < prefix_len_ ? a.size() : prefix_len_);
+    rocksdb::Slice pb(b.data(), b.size() < prefix_len_ ? b.size() : prefix_len_);
+    return pa == pb;
+  }
+
+  size_t prefix_len_;
+  uint64_t min_file_bytes_;
+};
+
+class KeyGroupPartitionerFactory final : public rocksdb::SstPartitionerFactory {
+ public:
+  KeyGroupPartitionerFactory(size_t prefix_len, uint64_t min_file_bytes)
+      : prefix_len_(prefix_len), min_file_bytes_(min_file_bytes) {}
+
+  const char* Name() const override { return "RegroupKeyGroupPartitionerFactory"; }
+
+  std::unique_ptr<rocksdb::SstPartitioner> CreatePartitioner(
+      const rocksdb::SstPartitioner::Context& /* context */) const override {
+    return std::make_unique<KeyGroupPartitioner>(prefix_len_, min_file_bytes_);
+  }
+
+ private:
+  size_t prefix_len_;
+  uint64_t min_file_bytes_;
+};
+
+char* copy_message(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, s.data(), s.size());
+    out[s.size()] = '\0';
+  }
+  return out;
+}
+}  // namespace
+
+extern "C" {
+
+// Ingests `count` files (ordered oldest data first) into one column family. `move_files`
+// hard-links them into the DB and unlinks the originals. Returns 0 on success; otherwise 1 and
+// a malloc'ed message in *error (free it with regroup_free_error).
+int regroup_ingest_db_generated_files(void* db, void* cf, const char* const* paths,
+                                      size_t count, int move_files, char** error) {
+  *error = nullptr;
+  try {
+    auto* d = static_cast<DbHandle*>(db)->rep;
+    auto* c = static_cast<CfHandle*>(cf)->rep;
+    std::vector<std::string> files;
+    files.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      files.emplace_back(paths[i]);
+    }
+    rocksdb::IngestExternalFileOptions opts;
+    opts.allow_db_generated_files = true;
+    opts.snapshot_consistency = false;
+    opts.allow_blocking_flush = false;
+    opts.write_global_seqno = false;
+    opts.allow_global_seqno = false;
+    opts.move_files = move_files != 0;
+    opts.link_files = false;
+    opts.failed_move_fall_back_to_copy = true;
+    opts.verify_checksums_before_ingest = false;
+    opts.fill_cache = false;
+    rocksdb::Status s = d->IngestExternalFile(c, files, opts);
+    if (!s.ok()) {
+      *error = copy_message(s.ToString());
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    *error = copy_message(std::string("exception: ") + e.what());
+    return 1;
+  } catch (...) {
+    *error = copy_message("unknown C++ exception");
+    return 1;
+  }
+}
+
+// Drops the SST files (outside L0) whose keys lie entirely in [begin, end) — end excluded,
+// unlike the C API's rocksdb_delete_file_in_range_cf, which would also drop a file whose last
+// key equals `end` (the first key of the range being kept).
+int regroup_delete_files_in_range(void* db, void* cf, const char* begin, size_t begin_len,
+                                  const char* end, size_t end_len, char** error) {
+  *error = nullptr;
+  try {
+    auto* d = static_cast<DbHandle*>(db)->rep;
+    auto* c = static_cast<CfHandle*>(cf)->rep;
+    rocksdb::Slice b(begin, begin_len);
+    rocksdb::Slice e(end, end_len);
+    rocksdb::Status s = rocksdb::DeleteFilesInRange(d, c, &b, &e, /*include_end=*/false);
+    if (!s.ok()) {
+      *error = copy_message(s.ToString());
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& ex) {
+    *error = copy_message(std::string("exception: ") + ex.what());
+    return 1;
+  } catch (...) {
+    *error = copy_message("unknown C++ exception");
+    return 1;
+  }
+}
+
+// Sets the key-group partitioner (above) on a `rocksdb_options_t`.
+void regroup_set_key_group_partitioner(void* options, size_t prefix_len,
+                                       uint64_t min_file_bytes) {
+  static_cast<OptionsHandle*>(options)->rep.sst_partitioner_factory =
+      std::make_shared<KeyGroupPartitionerFactory>(prefix_len, min_file_bytes);
+}
+
+void regroup_free_error(char* error) { std::free(error); }
+}
