@@ -6,6 +6,7 @@ use std::process::Command;
 
 use regroup::backend::StateBackend;
 use regroup::checkpoint::CheckpointStore;
+use regroup::keygroup::KeyGroupRange;
 use restore_support::*;
 
 fn regroup(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
@@ -421,6 +422,49 @@ async fn plan_counts_bytes_reused_from_local_state() {
             && err.contains("one --state-dir or --local-subtask per new subtask"),
         "{err}"
     );
+    // The restore on the kept volume does what the plan said: it downloads and reuses exactly
+    // the planned bytes.
+    let target = vol(0).join("db");
+    let target_s = target.display().to_string();
+    let (ok, json, err) = regroup(
+        &[
+            "restore",
+            "--store",
+            &url,
+            "--job",
+            "tests/restore",
+            "--subtask",
+            "0",
+            "--parallelism",
+            "1",
+            "--target",
+            &target_s,
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(summary["localHandle"], 0, "{summary}");
+    assert_eq!(n(&summary["reusedBytes"]), reuse, "{summary}");
+    assert_eq!(n(&summary["downloadedBytes"]), download, "{summary}");
+    // Planned again before a worker opens it, the volume holds this very restore: nothing to
+    // download.
+    let again = plan(&["--state-dir", &vol0]);
+    assert_eq!(again["localStates"][0]["localRecovery"], true, "{again}");
+    assert_eq!(n(&again["subtasks"][0]["bytesToDownload"]), 0);
+    assert_eq!(n(&again["subtasks"][0]["bytesLocal"]), fetch);
+    let b = StateBackend::open(
+        &target,
+        128,
+        KeyGroupRange::for_subtask(128, 1, 0).unwrap(),
+        &STATES,
+    )
+    .unwrap();
+    assert!(contents(&b) == model);
+    drop(b);
+
     // Local state needs a stored checkpoint.
     let (ok, _, err) = regroup(
         &[
