@@ -226,4 +226,38 @@ mod tests {
         range.key_group_range = KeyGroupRange::for_subtask(8, 2, 0).unwrap();
         assert!(matching_handle(&range, &meta).is_err());
     }
+
+    #[test]
+    fn examine_says_why_a_state_dir_is_not_used() {
+        let meta = meta();
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(examine(dir.path(), &meta), Err(LocalUnused::NoMarker));
+        marker().write(dir.path()).unwrap();
+        let db = dir.path().join(crate::worker::DB_DIR);
+        assert_eq!(
+            examine(dir.path(), &meta),
+            Err(LocalUnused::MissingDb(db.clone()))
+        );
+        std::fs::create_dir(&db).unwrap();
+        assert_eq!(
+            examine(dir.path(), &meta),
+            Ok(LocalSource {
+                db: db.clone(),
+                old_subtask: 1
+            })
+        );
+        assert_eq!(find(dir.path(), &meta), examine(dir.path(), &meta).ok());
+        let mut older = marker();
+        older.checkpoint_id = 4;
+        older.write(dir.path()).unwrap();
+        let why = examine(dir.path(), &meta).unwrap_err();
+        assert!(matches!(why, LocalUnused::Mismatch(_)), "{why}");
+        assert!(why.to_string().contains("checkpoint 4"), "{why}");
+        assert_eq!(find(dir.path(), &meta), None);
+        std::fs::write(dir.path().join(MARKER_FILE), b"{").unwrap();
+        assert!(matches!(
+            examine(dir.path(), &meta),
+            Err(LocalUnused::UnreadableMarker(_))
+        ));
+    }
 }
