@@ -15,7 +15,7 @@ use regroup::checkpoint::store::checksum_file;
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
 use regroup::keygroup::KeyGroupRange;
 use regroup::restore::{PlanOptions, RestoreRequest, plan_subtask, restore_subtask};
-use regroup::worker::marker::{LocalCheckpointMarker, MARKER_VERSION};
+use regroup::worker::marker::LocalCheckpointMarker;
 use restore_support::*;
 
 const M: u32 = 128;
@@ -62,21 +62,9 @@ impl Volumes {
             .unwrap()
             .expect("every handle is in");
         for i in 0..p {
-            let range = KeyGroupRange::for_subtask(M, p, i).unwrap();
-            LocalCheckpointMarker {
-                format_version: MARKER_VERSION,
-                job: job(),
-                checkpoint_id: 1,
-                instance_id: meta.handles[i as usize].instance_id.clone(),
-                subtask: i,
-                parallelism: p,
-                max_parallelism: M,
-                key_group_range: range,
-                epoch: 1,
-                created_at: chrono::Utc::now(),
-            }
-            .write(&Self::vol(root.path(), i))
-            .unwrap();
+            local_marker(&meta, i)
+                .write(&Self::vol(root.path(), i))
+                .unwrap();
         }
         let mut v = Self {
             root,

@@ -1,14 +1,18 @@
 //! `regroup plan` and `regroup restore`: arguments and bodies.
 
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use serde::Serialize;
 
-use super::plan::{PlanOptions, RangePlan, RescalePlan, Strategy, plan, plan_ranges};
-use super::{RestoreRequest, resolve_checkpoint, restore_subtask};
-use crate::checkpoint::{CheckpointStore, JobId};
+use super::plan::{
+    PlanOptions, RangePlan, RescalePlan, Strategy, plan, plan_ranges, plan_subtask_with_local,
+};
+use super::{RestoreRequest, is_local_copy, local, resolve_checkpoint, restore_subtask};
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use crate::error::{Error, Result};
+use crate::keygroup::KeyGroupRange;
 
 /// Output format of a command's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -46,6 +50,15 @@ pub struct PlanArgs {
     /// Handles with a smaller overlap fraction cannot be the initial handle.
     #[arg(long, default_value_t = 0.0)]
     pub overlap_fraction_threshold: f64,
+    /// New subtask NEW's volume is DIR (the parent of the DB its restore builds, e.g. `/state`):
+    /// its worker's checkpoint marker is matched as the restore does and the files of the handle
+    /// it equals count as reused, not downloaded (with --store; repeatable).
+    #[arg(long = "state-dir", value_name = "NEW=DIR", requires = "store")]
+    pub state_dirs: Vec<String>,
+    /// What if new subtask NEW's volume holds the DB of old subtask OLD as of the checkpoint
+    /// (with --store; repeatable).
+    #[arg(long = "local-subtask", value_name = "NEW=OLD", requires = "store")]
+    pub local_subtasks: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -128,10 +141,11 @@ pub async fn run_plan(args: PlanArgs) -> Result<()> {
                     ),
                 ));
             }
-            let plan = plan(&meta, args.to, &options)?;
+            let states = local_states(&args.state_dirs, &args.local_subtasks, &meta, args.to)?;
+            let report = plan_with_local(&meta, args.to, &options, states)?;
             match args.output {
-                OutputFormat::Text => print!("{}", rescale_plan_text(&plan)),
-                OutputFormat::Json => println!("{}", to_json(&plan)?),
+                OutputFormat::Text => print!("{}", rescale_plan_text(&report)),
+                OutputFormat::Json => println!("{}", to_json(&report)?),
             }
         }
         _ => {
@@ -156,6 +170,194 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|source| Error::Json {
         file: "stdout".into(),
         source,
+    })
+}
+
+/// The local state a new subtask's restore would find, as `regroup plan` assumes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalState {
+    /// New subtask index.
+    pub subtask: u32,
+    /// Its volume (`--state-dir`); none for a what-if (`--local-subtask`).
+    pub state_dir: Option<PathBuf>,
+    /// Old subtask whose handle the local DB equals; none when there is no usable local DB.
+    pub old_subtask: Option<u32>,
+    /// The volume's DB already is the result of this very restore: nothing is downloaded.
+    pub local_recovery: bool,
+    /// Why nothing is reused, when nothing is.
+    pub unused: Option<String>,
+}
+
+/// `regroup plan --store ...`: the rescale plan with the local state it assumes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanReport {
+    /// The plan; subtasks with a usable local DB are planned with it.
+    #[serde(flatten)]
+    pub plan: RescalePlan,
+    /// One entry per new subtask given a `--state-dir` or `--local-subtask`, by subtask.
+    pub local_states: Vec<LocalState>,
+}
+
+/// Splits `NEW=VALUE` of `flag` into a new subtask index below `to` and the value.
+fn new_subtask_and<'a>(
+    flag: &str,
+    arg: &'a str,
+    value_name: &str,
+    to: u32,
+) -> Result<(u32, &'a str)> {
+    let expected = || format!("NEW={value_name}, NEW a new subtask index below --to {to}");
+    let (new, value) = arg
+        .split_once('=')
+        .ok_or_else(|| Error::invalid(flag, arg, expected()))?;
+    let new: u32 = new
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(flag, arg, expected()))?;
+    if new >= to {
+        return Err(Error::invalid(flag, arg, expected()));
+    }
+    Ok((new, value))
+}
+
+/// Reads and checks `--state-dir NEW=DIR` and `--local-subtask NEW=OLD`: for each, which handle
+/// the local DB equals, matched as the restore does (`local::find` on the target's parent).
+pub fn local_states(
+    state_dirs: &[String],
+    local_subtasks: &[String],
+    meta: &CheckpointMetadata,
+    to: u32,
+) -> Result<Vec<LocalState>> {
+    let mut out: Vec<LocalState> = Vec::new();
+    let mut add = |flag: &str, arg: &str, state: LocalState| {
+        if out.iter().any(|s| s.subtask == state.subtask) {
+            return Err(Error::invalid(
+                flag,
+                arg,
+                format!(
+                    "one --state-dir or --local-subtask per new subtask; {} has one already",
+                    state.subtask
+                ),
+            ));
+        }
+        out.push(state);
+        Ok(())
+    };
+    for arg in state_dirs {
+        let (new, dir) = new_subtask_and("--state-dir", arg, "DIR", to)?;
+        let dir = Path::new(dir);
+        if !dir.is_dir() {
+            return Err(Error::invalid(
+                "--state-dir",
+                arg,
+                "NEW=DIR, DIR an existing directory: the volume holding the DB (db/) and the worker's checkpoint marker",
+            ));
+        }
+        let range = KeyGroupRange::for_subtask(meta.max_parallelism, to, new)?;
+        let target = dir.join(crate::worker::DB_DIR);
+        let state = if is_local_copy(
+            &target,
+            &meta.job,
+            meta.checkpoint_id,
+            meta.max_parallelism,
+            range,
+        ) {
+            LocalState {
+                subtask: new,
+                state_dir: Some(dir.to_owned()),
+                old_subtask: None,
+                local_recovery: true,
+                unused: None,
+            }
+        } else {
+            let found = local::examine(dir, meta);
+            LocalState {
+                subtask: new,
+                state_dir: Some(dir.to_owned()),
+                old_subtask: found.as_ref().ok().map(|l| l.old_subtask),
+                local_recovery: false,
+                unused: found.err().map(|why| why.to_string()),
+            }
+        };
+        add("--state-dir", arg, state)?;
+    }
+    for arg in local_subtasks {
+        let (new, old) = new_subtask_and("--local-subtask", arg, "OLD", to)?;
+        let old = old
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&o| o < meta.parallelism)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "--local-subtask",
+                    arg,
+                    format!(
+                        "NEW=OLD, OLD an old subtask index below the checkpoint's parallelism {}",
+                        meta.parallelism
+                    ),
+                )
+            })?;
+        let state = LocalState {
+            subtask: new,
+            state_dir: None,
+            old_subtask: Some(old),
+            local_recovery: false,
+            unused: None,
+        };
+        add("--local-subtask", arg, state)?;
+    }
+    out.sort_by_key(|s| s.subtask);
+    Ok(out)
+}
+
+/// The plan of every new subtask, each with the local DB of `states` the restore would use.
+pub fn plan_with_local(
+    meta: &CheckpointMetadata,
+    to: u32,
+    options: &PlanOptions,
+    mut states: Vec<LocalState>,
+) -> Result<PlanReport> {
+    let mut plan = plan(meta, to, options)?;
+    for state in &mut states {
+        let planned = &mut plan.subtasks[state.subtask as usize];
+        if state.local_recovery {
+            // The restore keeps the target as it is.
+            planned.bytes_local += planned.bytes_to_download;
+            planned.bytes_to_download = 0;
+            continue;
+        }
+        let Some(old) = state.old_subtask else {
+            continue;
+        };
+        let handle = meta
+            .handles
+            .iter()
+            .find(|h| h.subtask == old)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "--local-subtask",
+                    old,
+                    format!("a subtask of checkpoint {}", meta.checkpoint_id),
+                )
+            })?;
+        if handle
+            .key_group_range
+            .intersection(&planned.range)
+            .is_none()
+        {
+            state.unused = Some(format!(
+                "the local DB equals the handle of old subtask {old} (key groups {}), which holds none of key groups {}",
+                handle.key_group_range, planned.range
+            ));
+            continue;
+        }
+        *planned = plan_subtask_with_local(meta, to, state.subtask, options, Some(old))?;
+    }
+    Ok(PlanReport {
+        plan,
+        local_states: states,
     })
 }
 
@@ -219,24 +421,27 @@ pub fn range_plan_text(plan: &RangePlan) -> String {
 }
 
 /// The text of `regroup plan --store ... --to N`.
-pub fn rescale_plan_text(plan: &RescalePlan) -> String {
+pub fn rescale_plan_text(report: &PlanReport) -> String {
+    let plan = &report.plan;
     let mut out = String::new();
+    let reused: u64 = plan.subtasks.iter().map(|s| s.bytes_local).sum();
     writeln!(
         out,
-        "checkpoint {}: parallelism {} → {}, max parallelism {}, strategy {}, {} bytes to download in all ({} bytes in the whole intersecting handles)",
+        "checkpoint {}: parallelism {} → {}, max parallelism {}, strategy {}, {} bytes to download in all, {} reused locally ({} bytes in the whole intersecting handles)",
         plan.checkpoint_id,
         plan.from_parallelism,
         plan.to_parallelism,
         plan.max_parallelism,
         plan.strategy,
         plan.bytes_to_download(),
+        reused,
         plan.bytes_of_handles()
     )
     .ok();
     writeln!(
         out,
-        "{:>7}  {:<14}  {:<9}  {:>7}  {:>5}  {:>14}  {:>14}  INPUTS (old subtask: key groups taken, method, files, bytes)",
-        "SUBTASK", "KEY GROUPS", "KIND", "INITIAL", "FILES", "BYTES", "HANDLE BYTES"
+        "{:>7}  {:<14}  {:<9}  {:>7}  {:>5}  {:>14}  {:>14}  {:>14}  {:>14}  INPUTS (old subtask: key groups taken, method, files, bytes)",
+        "SUBTASK", "KEY GROUPS", "KIND", "INITIAL", "FILES", "FETCH", "REUSE", "DOWNLOAD", "HANDLE BYTES"
     )
     .ok();
     for s in &plan.subtasks {
@@ -275,7 +480,7 @@ pub fn rescale_plan_text(plan: &RescalePlan) -> String {
             .sum();
         writeln!(
             out,
-            "{:>7}  {:<14}  {:<9}  {:>7}  {:>5}  {:>14}  {:>14}  {}",
+            "{:>7}  {:<14}  {:<9}  {:>7}  {:>5}  {:>14}  {:>14}  {:>14}  {:>14}  {}",
             s.subtask,
             s.range.to_string(),
             match s.kind {
@@ -284,11 +489,179 @@ pub fn rescale_plan_text(plan: &RescalePlan) -> String {
             },
             s.initial.map_or("empty".to_owned(), |i| i.to_string()),
             files,
+            s.bytes_to_download + s.bytes_local,
+            s.bytes_local,
             s.bytes_to_download,
             s.bytes_of_handles,
             inputs.join("; ")
         )
         .ok();
     }
+    for l in &report.local_states {
+        let source = match &l.state_dir {
+            Some(dir) => format!("state dir {}", dir.display()),
+            None => "assumed (--local-subtask)".to_owned(),
+        };
+        let what = if l.local_recovery {
+            "its DB already is this restore's result (local recovery): nothing downloaded"
+                .to_owned()
+        } else if let Some(why) = &l.unused {
+            format!("nothing reused: {why}")
+        } else if let Some(old) = l.old_subtask {
+            let reused = plan.subtasks[l.subtask as usize].bytes_local;
+            format!("the local DB equals the handle of old subtask {old}: {reused} bytes reused")
+        } else {
+            "nothing reused".to_owned()
+        };
+        writeln!(
+            out,
+            "local state of new subtask {} ({source}): {what}",
+            l.subtask
+        )
+        .ok();
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::metadata::FORMAT_VERSION;
+    use crate::checkpoint::{Checksum, FileRef, PrivateFile, SharedFile, SubtaskHandle};
+    use crate::keygroup::ranges;
+
+    /// Checkpoint 5 at parallelism 2 of M = 8: each handle has two SSTs (one per half of its
+    /// range) of 1000 and 2000 bytes and a 16-byte private file.
+    fn meta() -> CheckpointMetadata {
+        let handles = ranges(8, 2)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| {
+                let mid = range.start + range.len() / 2;
+                let halves = [
+                    KeyGroupRange::new(range.start, mid - 1).unwrap(),
+                    KeyGroupRange::new(mid, range.end).unwrap(),
+                ];
+                SubtaskHandle {
+                    format_version: FORMAT_VERSION,
+                    job: "ns/job".parse().unwrap(),
+                    checkpoint_id: 5,
+                    epoch: 1,
+                    subtask: i as u32,
+                    parallelism: 2,
+                    max_parallelism: 8,
+                    key_group_range: range,
+                    instance_id: format!("inst{i}"),
+                    column_families: vec!["default".into()],
+                    shared: halves
+                        .iter()
+                        .enumerate()
+                        .map(|(f, span)| SharedFile {
+                            local_name: format!("00001{f}.sst"),
+                            file: FileRef {
+                                path: format!("shared/inst{i}/00001{f}.sst"),
+                                size: 1000 * (f as u64 + 1),
+                                checksum: Checksum(0),
+                            },
+                            column_family: Some("default".into()),
+                            level: Some(6),
+                            key_groups: Some(*span),
+                        })
+                        .collect(),
+                    private: vec![PrivateFile {
+                        local_name: "CURRENT".into(),
+                        file: FileRef {
+                            path: format!("chk-5/private/{i}/CURRENT"),
+                            size: 16,
+                            checksum: Checksum(0),
+                        },
+                    }],
+                    bytes_total: 3016,
+                    bytes_uploaded: 3016,
+                    created_at: chrono::Utc::now(),
+                }
+            })
+            .collect();
+        CheckpointMetadata {
+            format_version: FORMAT_VERSION,
+            job: "ns/job".parse().unwrap(),
+            checkpoint_id: 5,
+            epoch: 1,
+            parallelism: 2,
+            max_parallelism: 8,
+            completed_at: chrono::Utc::now(),
+            handles,
+        }
+    }
+
+    fn state(subtask: u32, old_subtask: Option<u32>) -> LocalState {
+        LocalState {
+            subtask,
+            state_dir: None,
+            old_subtask,
+            local_recovery: false,
+            unused: None,
+        }
+    }
+
+    #[test]
+    fn a_local_handle_moves_bytes_from_download_to_reuse() {
+        let meta = meta();
+        let options = PlanOptions::default();
+        let fresh = plan_with_local(&meta, 1, &options, vec![]).unwrap();
+        let s = &fresh.plan.subtasks[0];
+        assert_eq!((s.bytes_to_download, s.bytes_local), (6000, 0));
+        // Old 1's DB on the volume of new 0 (scale-in 2 → 1): its 3000 SST bytes are reused.
+        let kept = plan_with_local(&meta, 1, &options, vec![state(0, Some(1))]).unwrap();
+        let s = &kept.plan.subtasks[0];
+        assert_eq!((s.bytes_to_download, s.bytes_local), (3000, 3000));
+        assert_eq!(s.initial, Some(1));
+        assert_eq!(kept.local_states[0].unused, None);
+        // Scale-out 2 → 4: new 1 = [2,3] needs only old 0's second SST (2000 B).
+        let out = plan_with_local(&meta, 4, &options, vec![state(1, Some(0))]).unwrap();
+        let s = &out.plan.subtasks[1];
+        assert_eq!((s.bytes_to_download, s.bytes_local), (0, 2000));
+        // A local handle that holds none of the new range reuses nothing and says why.
+        let none = plan_with_local(&meta, 2, &options, vec![state(0, Some(1))]).unwrap();
+        let fresh2 = plan(&meta, 2, &options).unwrap();
+        assert_eq!(none.plan.subtasks, fresh2.subtasks);
+        let why = none.local_states[0].unused.as_deref().unwrap();
+        assert!(why.contains("holds none of key groups [0, 3]"), "{why}");
+        // A state dir that already holds this restore downloads nothing.
+        let mut recovered = state(1, None);
+        recovered.local_recovery = true;
+        let r = plan_with_local(&meta, 2, &options, vec![recovered]).unwrap();
+        let s = &r.plan.subtasks[1];
+        assert_eq!((s.bytes_to_download, s.bytes_local), (0, 3016));
+        // A what-if with nothing usable changes nothing.
+        let nothing = plan_with_local(&meta, 1, &options, vec![state(0, None)]).unwrap();
+        assert_eq!(nothing.plan, fresh.plan);
+    }
+
+    #[test]
+    fn local_state_arguments_are_checked() {
+        let meta = meta();
+        let e = |dirs: &[&str], olds: &[&str]| {
+            let dirs: Vec<String> = dirs.iter().map(|s| s.to_string()).collect();
+            let olds: Vec<String> = olds.iter().map(|s| s.to_string()).collect();
+            local_states(&dirs, &olds, &meta, 2)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(&[], &["2=0"]).contains(
+            "invalid --local-subtask = 2=0: NEW=OLD, NEW a new subtask index below --to 2"
+        ));
+        assert!(
+            e(&[], &["0=2"])
+                .contains("OLD an old subtask index below the checkpoint's parallelism 2")
+        );
+        assert!(e(&[], &["0"]).contains("invalid --local-subtask = 0"));
+        assert!(
+            e(&[], &["0=0", "0=1"]).contains("one --state-dir or --local-subtask per new subtask")
+        );
+        assert!(e(&["0=/nonexistent/regroup-volume"], &[]).contains("DIR an existing directory"));
+        let ok = local_states(&[], &["1=0".into(), "0=1".into()], &meta, 2).unwrap();
+        assert_eq!(ok, vec![state(0, Some(1)), state(1, Some(0))]);
+    }
 }

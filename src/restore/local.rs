@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::checkpoint::CheckpointMetadata;
-use crate::worker::marker::LocalCheckpointMarker;
+use crate::worker::marker::{LocalCheckpointMarker, MARKER_FILE, MARKER_VERSION};
 
 /// A local DB that equals one handle of the checkpoint being restored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,27 +59,77 @@ pub fn matching_handle(
     Ok(h.subtask)
 }
 
-/// The local DB in `state_dir` usable for restoring `meta`, if any; logs why one is not used.
-pub fn find(state_dir: &Path, meta: &CheckpointMetadata) -> Option<LocalSource> {
+/// Why a state directory offers no local DB for a restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalUnused {
+    /// No marker of this format version: the worker did not stop with a checkpoint here.
+    NoMarker,
+    /// The marker cannot be read or parsed.
+    UnreadableMarker(String),
+    /// The marker matches a handle but its DB directory is missing.
+    MissingDb(PathBuf),
+    /// The marker names another job, checkpoint, instance or range (from [`matching_handle`]).
+    Mismatch(String),
+}
+
+impl std::fmt::Display for LocalUnused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalUnused::NoMarker => write!(
+                f,
+                "no local checkpoint marker ({MARKER_FILE}) of format version {MARKER_VERSION}"
+            ),
+            LocalUnused::UnreadableMarker(e) => {
+                write!(f, "the local checkpoint marker is unreadable: {e}")
+            }
+            LocalUnused::MissingDb(db) => write!(
+                f,
+                "the local checkpoint marker matches but its DB {} is missing",
+                db.display()
+            ),
+            LocalUnused::Mismatch(why) => {
+                write!(f, "the local checkpoint marker does not match: {why}")
+            }
+        }
+    }
+}
+
+/// The local DB in `state_dir` usable for restoring `meta`, or why there is none (no logging:
+/// [`find`] is what the restore calls; `regroup plan` shows the reason).
+pub fn examine(
+    state_dir: &Path,
+    meta: &CheckpointMetadata,
+) -> std::result::Result<LocalSource, LocalUnused> {
     let marker = match LocalCheckpointMarker::read(state_dir) {
         Ok(Some(m)) => m,
-        Ok(None) => return None,
-        Err(e) => {
-            warn!(dir = %state_dir.display(), error = %e, "local checkpoint marker unreadable: local state not used");
-            return None;
-        }
+        Ok(None) => return Err(LocalUnused::NoMarker),
+        Err(e) => return Err(LocalUnused::UnreadableMarker(e.to_string())),
     };
     let db = state_dir.join(crate::worker::DB_DIR);
-    match matching_handle(&marker, meta) {
-        Ok(old_subtask) if db.is_dir() => {
-            info!(db = %db.display(), old_subtask, checkpoint = meta.checkpoint_id, "local DB equals a handle of the checkpoint: its files are reused");
-            Some(LocalSource { db, old_subtask })
+    let old_subtask = matching_handle(&marker, meta).map_err(LocalUnused::Mismatch)?;
+    if !db.is_dir() {
+        return Err(LocalUnused::MissingDb(db));
+    }
+    Ok(LocalSource { db, old_subtask })
+}
+
+/// The local DB in `state_dir` usable for restoring `meta`, if any; logs why one is not used.
+pub fn find(state_dir: &Path, meta: &CheckpointMetadata) -> Option<LocalSource> {
+    match examine(state_dir, meta) {
+        Ok(source) => {
+            info!(db = %source.db.display(), old_subtask = source.old_subtask, checkpoint = meta.checkpoint_id, "local DB equals a handle of the checkpoint: its files are reused");
+            Some(source)
         }
-        Ok(_) => {
+        Err(LocalUnused::NoMarker) => None,
+        Err(LocalUnused::UnreadableMarker(e)) => {
+            warn!(dir = %state_dir.display(), error = %e, "local checkpoint marker unreadable: local state not used");
+            None
+        }
+        Err(LocalUnused::MissingDb(db)) => {
             warn!(db = %db.display(), "local checkpoint marker without its DB: local state not used");
             None
         }
-        Err(why) => {
+        Err(LocalUnused::Mismatch(why)) => {
             info!(dir = %state_dir.display(), reason = %why, "local DB not used");
             None
         }
@@ -175,5 +225,39 @@ mod tests {
         let mut range = marker();
         range.key_group_range = KeyGroupRange::for_subtask(8, 2, 0).unwrap();
         assert!(matching_handle(&range, &meta).is_err());
+    }
+
+    #[test]
+    fn examine_says_why_a_state_dir_is_not_used() {
+        let meta = meta();
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(examine(dir.path(), &meta), Err(LocalUnused::NoMarker));
+        marker().write(dir.path()).unwrap();
+        let db = dir.path().join(crate::worker::DB_DIR);
+        assert_eq!(
+            examine(dir.path(), &meta),
+            Err(LocalUnused::MissingDb(db.clone()))
+        );
+        std::fs::create_dir(&db).unwrap();
+        assert_eq!(
+            examine(dir.path(), &meta),
+            Ok(LocalSource {
+                db: db.clone(),
+                old_subtask: 1
+            })
+        );
+        assert_eq!(find(dir.path(), &meta), examine(dir.path(), &meta).ok());
+        let mut older = marker();
+        older.checkpoint_id = 4;
+        older.write(dir.path()).unwrap();
+        let why = examine(dir.path(), &meta).unwrap_err();
+        assert!(matches!(why, LocalUnused::Mismatch(_)), "{why}");
+        assert!(why.to_string().contains("checkpoint 4"), "{why}");
+        assert_eq!(find(dir.path(), &meta), None);
+        std::fs::write(dir.path().join(MARKER_FILE), b"{").unwrap();
+        assert!(matches!(
+            examine(dir.path(), &meta),
+            Err(LocalUnused::UnreadableMarker(_))
+        ));
     }
 }

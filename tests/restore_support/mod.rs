@@ -10,6 +10,7 @@ use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup::keygroup::{KeyGroupRange, key_group_for_key, subtask_for_key_group};
 use regroup::restore::{RestoreRequest, RestoreSummary, Strategy, restore_subtask};
+use regroup::worker::marker::{LocalCheckpointMarker, MARKER_VERSION};
 
 /// Named states (column families) every worker declares.
 pub const STATES: [&str; 2] = ["counts", "sessions"];
@@ -209,15 +210,42 @@ pub async fn snapshot(
 
 /// Opens fresh workers at `p` holding `model`.
 pub fn workers(dir: &Path, max_parallelism: u32, p: u32, model: &Model) -> Vec<StateBackend> {
+    workers_at(max_parallelism, p, model, |i| dir.join(format!("w{i}")))
+}
+
+/// Opens fresh workers at `p` holding `model`, worker `i`'s DB at `db(i)`.
+pub fn workers_at(
+    max_parallelism: u32,
+    p: u32,
+    model: &Model,
+    db: impl Fn(u32) -> PathBuf,
+) -> Vec<StateBackend> {
     (0..p)
         .map(|i| {
             let range = KeyGroupRange::for_subtask(max_parallelism, p, i).unwrap();
-            let b = StateBackend::open(&dir.join(format!("w{i}")), max_parallelism, range, &STATES)
-                .unwrap();
+            let b = StateBackend::open(&db(i), max_parallelism, range, &STATES).unwrap();
             load(&b, model);
             b
         })
         .collect()
+}
+
+/// The marker a stop-with-checkpoint leaves beside the DB of old subtask `i` of `meta`: it says
+/// the DB equals that handle.
+pub fn local_marker(meta: &CheckpointMetadata, i: u32) -> LocalCheckpointMarker {
+    let h = &meta.handles[i as usize];
+    LocalCheckpointMarker {
+        format_version: MARKER_VERSION,
+        job: meta.job.clone(),
+        checkpoint_id: meta.checkpoint_id,
+        instance_id: h.instance_id.clone(),
+        subtask: h.subtask,
+        parallelism: meta.parallelism,
+        max_parallelism: meta.max_parallelism,
+        key_group_range: h.key_group_range,
+        epoch: meta.epoch,
+        created_at: chrono::Utc::now(),
+    }
 }
 
 /// Restores subtask `i` of `p` with `strategy` into `target`.
