@@ -117,6 +117,11 @@ async fn source_state(
         // else they delete, after the checkpoint, files the checkpoint references, and the
         // kept-volume scenarios download those instead of reusing them.
         wait_for_compactions(b)?;
+        // As a worker stopping with a checkpoint does: nothing the checkpoint references is
+        // deleted from the DB the kept volumes clone.
+        b.db()
+            .disable_file_deletions()
+            .map_err(Error::rocks("disable file deletions"))?;
         let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i as u32, p, 1);
         let snapshot = snapshotter.capture(b, 1, &dir.join("scratch"))?;
         snapshotter.upload(snapshot, &store).await?;
@@ -215,6 +220,17 @@ fn plain_copy(store_root: &Path, job: &JobId, files: &[&FileRef], dir: &Path) ->
     Ok(seconds)
 }
 
+/// Reads `files` from the store once, so that they are in the page cache.
+fn warm(store_root: &Path, job: &JobId, files: &[&FileRef]) -> Result<()> {
+    let job_root = store_root.join(&job.namespace).join(&job.name);
+    for f in files {
+        let path = job_root.join(&f.path);
+        let mut file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
+        std::io::copy(&mut file, &mut std::io::sink()).map_err(Error::io("read", &path))?;
+    }
+    Ok(())
+}
+
 /// One reuse scenario: a restore of `subtask` of `parallelism` into `target` (a kept volume or
 /// a fresh directory), and the plain copy of the bytes it was to download.
 #[allow(clippy::too_many_arguments)]
@@ -230,12 +246,16 @@ async fn reuse_scenario(
     scratch: &Path,
 ) -> Result<(Measured, f64)> {
     let plan = plan_subtask_with_local(meta, parallelism, subtask, &PlanOptions::default(), local)?;
+    // Both the plain copy and the restore read the stored files from the page cache, as they
+    // would from a fast object store: neither pays for the disk reads of the other.
+    warm(store_root, store.job(), &files_to_download(meta, &plan))?;
     let copy_seconds = plain_copy(
         store_root,
         store.job(),
         &files_to_download(meta, &plan),
         scratch,
     )?;
+    warm(store_root, store.job(), &files_to_download(meta, &plan))?;
     let m = measure(
         store,
         subtask,
@@ -350,13 +370,13 @@ async fn measure(
     subtask: u32,
     parallelism: u32,
     strategy: Strategy,
-    defer_compaction: bool,
+    compact: bool,
     target: &Path,
     expected_keys: u64,
 ) -> Result<Measured> {
     let mut request = RestoreRequest::new(Some(1), subtask, parallelism, target);
     request.strategy = strategy;
-    request.defer_compaction = defer_compaction;
+    request.compact = compact;
     let started = Instant::now();
     let summary = restore_subtask(store, &request).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -456,12 +476,12 @@ async fn strategies(
     let ingest_in = measure(store2, 0, 1, Strategy::Ingest, false, &target, keys).await?;
     let mut copy_out = Vec::new();
     let mut ingest_out = Vec::new();
-    let mut deferred_out = Vec::new();
+    let mut compacted_out = Vec::new();
     for i in 0..2u32 {
         let n = half[i as usize];
         copy_out.push(measure(store1, i, 2, Strategy::Copy, false, &target, n).await?);
         ingest_out.push(measure(store1, i, 2, Strategy::Ingest, false, &target, n).await?);
-        deferred_out.push(measure(store1, i, 2, Strategy::Ingest, true, &target, n).await?);
+        compacted_out.push(measure(store1, i, 2, Strategy::Ingest, true, &target, n).await?);
     }
     let (cp, cp_sync, cp_bytes) = raw_copy(store_root, &meta2, store2.job(), &dir.join("raw"))?;
 
@@ -494,8 +514,8 @@ async fn strategies(
         line(&mut out, &format!("ingest, subtask {i}"), &ingest_out[i]);
         line(
             &mut out,
-            &format!("ingest deferred, subtask {i}"),
-            &deferred_out[i],
+            &format!("ingest compacted, subtask {i}"),
+            &compacted_out[i],
         );
     }
     let speedup_in = copy_in.seconds / ingest_in.seconds;
@@ -519,9 +539,9 @@ async fn strategies(
     for i in 0..2 {
         writeln!(
             out,
-            "  scale-out subtask {i}: ingest is {:.1}× faster than copy; {:.1}× with the compaction deferred",
+            "  scale-out subtask {i}: ingest is {:.1}× faster than copy; {:.1}× when it compacts the clipped intervals itself",
             copy_out[i].seconds / ingest_out[i].seconds,
-            copy_out[i].seconds / deferred_out[i].seconds
+            copy_out[i].seconds / compacted_out[i].seconds
         )
         .ok();
     }

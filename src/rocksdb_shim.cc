@@ -167,6 +167,12 @@ int regroup_delete_files_in_range(void* db, void* cf, const char* begin, size_t 
   }
 }
 
+// Makes running and future manual compactions of `db` end early (CompactRange returns
+// "manual compaction paused"): a worker stopping does not wait for its cleanup compaction.
+void regroup_disable_manual_compaction(void* db) {
+  static_cast<DbHandle*>(db)->rep->DisableManualCompaction();
+}
+
 // Sets the key-group partitioner (above) on a `rocksdb_options_t`.
 void regroup_set_key_group_partitioner(void* options, size_t prefix_len,
                                        uint64_t min_file_bytes) {

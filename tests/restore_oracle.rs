@@ -82,6 +82,8 @@ async fn rescale_chain(
                     );
                 }
                 let backend = StateBackend::open(&target, m, range, &STATES).unwrap();
+                // What the worker does once running: compact what the restore clipped.
+                regroup::restore::compact_outside_range(&backend).unwrap();
                 let got = contents(&backend);
                 assert_eq!(
                     all_keys(&backend),
@@ -207,7 +209,8 @@ async fn local_recovery_downloads_nothing() {
     assert_eq!(entries(&root.path().join("state")), vec![target.clone()]);
 }
 
-/// The overlap-fraction threshold makes `copy` start from an empty DB; contents are the same.
+/// The overlap-fraction threshold makes `copy` start from an empty DB; contents are the same. The
+/// restore compacts the clipped intervals itself (`compact`), so its files lie inside its range.
 #[tokio::test]
 async fn threshold_starts_from_an_empty_db() {
     let root = tempdir();
@@ -222,6 +225,8 @@ async fn threshold_starts_from_an_empty_db() {
     let mut request = RestoreRequest::new(Some(1), 1, 2, &target);
     request.strategy = Strategy::Copy;
     request.overlap_fraction_threshold = 0.9;
+    // Compacted by the restore itself: its files lie inside its range at once.
+    request.compact = true;
     let summary = restore_subtask(&store, &request).await.unwrap();
     assert_eq!(summary.initial, None);
     assert_eq!(summary.inputs, vec![(0, InputMethod::Copy)]);
@@ -246,12 +251,11 @@ async fn deferred_compaction_falls_back_to_copy_until_compacted() {
     checkpoint(&store, &backends, 1, 1, 128, &scratch).await;
     drop(backends);
 
-    // 1 → 2 with the compaction deferred.
+    // 1 → 2 with the compaction left to the worker (the default).
     let mut dirs = Vec::new();
     for i in 0..2 {
         let target = root.path().join(format!("gen1-{i}"));
-        let mut request = RestoreRequest::new(Some(1), i, 2, &target);
-        request.defer_compaction = true;
+        let request = RestoreRequest::new(Some(1), i, 2, &target);
         let summary = restore_subtask(&store, &request).await.unwrap();
         let b = StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
         assert!(contents(&b) == owned(&model, 128, 2, i));

@@ -51,13 +51,18 @@ unsafe extern "C" {
 /// RocksDB options used for every DB regroup opens, so restores produce DBs the worker can open:
 /// among them the key-group SST partitioner ([`PARTITION_MIN_FILE_BYTES`]) for `max_parallelism`.
 pub fn db_options(max_parallelism: u32) -> Options {
+    options_partitioned(max_parallelism, PARTITION_MIN_FILE_BYTES)
+}
+
+/// [`db_options`] with another minimum file size for the key-group partitioner.
+fn options_partitioned(max_parallelism: u32, min_file_bytes: u64) -> Options {
     let mut opts = Options::default();
     // SAFETY: `opts` is a live `rocksdb_options_t`; the shim only sets a shared_ptr field in it.
     unsafe {
         regroup_set_key_group_partitioner(
             rocksdb::AsRawPtr::as_raw_ptr(&opts).cast(),
             prefix_len(max_parallelism),
-            PARTITION_MIN_FILE_BYTES,
+            min_file_bytes,
         );
     }
     opts.create_if_missing(true);
@@ -408,6 +413,62 @@ impl StateBatch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes 40 keys into each of M = 300 key groups (two-byte prefixes) in one flush, compacts
+    /// everything, and returns per live file the key groups of its first and last key.
+    fn compacted_spans(min_file_bytes: u64) -> Vec<(u32, u32)> {
+        let m = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let db = DB::open(&options_partitioned(m, min_file_bytes), dir.path()).unwrap();
+        for g in 0..m {
+            for i in 0..40u32 {
+                let mut key = Vec::new();
+                write_key_group_prefix(&mut key, g, m);
+                key.extend_from_slice(format!("key-{i}").as_bytes());
+                // Incompressible values, so that file sizes grow with the keys written.
+                let value: Vec<u8> = (0..6)
+                    .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
+                    .collect();
+                db.put_opt(&key, value, &write_options()).unwrap();
+            }
+        }
+        db.flush().unwrap();
+        // Rewrite every file (a lone file moved to the last level unchanged would keep its span).
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        db.compact_range_opt(None::<&[u8]>, None::<&[u8]>, &compact);
+        db.live_files()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let group =
+                    |k: &Option<Vec<u8>>| read_key_group_prefix(k.as_ref().unwrap(), m).unwrap();
+                (group(&f.start_key), group(&f.end_key))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compaction_output_ends_at_key_group_boundaries() {
+        // Minimum 0: every key group in files of its own.
+        let spans = compacted_spans(0);
+        assert!(spans.iter().all(|(a, b)| a == b), "{spans:?}");
+        assert_eq!(spans.len(), 300);
+        // A minimum of ~10 key groups' bytes: files hold several whole key groups, cut only
+        // at boundaries.
+        let spans = compacted_spans(40_000);
+        assert!(spans.len() > 1 && spans.len() < 300, "{spans:?}");
+        let mut sorted = spans.clone();
+        sorted.sort();
+        for pair in sorted.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].0,
+                "a key group split across files: {sorted:?}"
+            );
+        }
+        // Without the partitioner (it never reaches its minimum): one file spans them all.
+        assert_eq!(compacted_spans(u64::MAX), vec![(0, 299)]);
+    }
 
     #[test]
     fn put_get_delete_scan_in_range() {

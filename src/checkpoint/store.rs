@@ -24,8 +24,11 @@ use crate::error::{Error, Result};
 
 /// Files up to this size are uploaded in one request; larger ones as multipart uploads.
 const SINGLE_PUT_LIMIT: u64 = 8 << 20;
-/// Part size of multipart uploads and read size of local transfers.
+/// Part size of multipart uploads.
 const CHUNK: usize = 8 << 20;
+/// Buffer of local copies: small enough to stay in the CPU cache between the read, the
+/// checksum and the write (a buffer of several MiB goes through memory three times).
+const COPY_BUFFER: usize = 256 << 10;
 /// Parts of one multipart upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 
@@ -545,7 +548,7 @@ fn stream_checksummed(
     dst: &mut impl Write,
     path: &LocalPath,
 ) -> Result<(u64, Checksum)> {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; COPY_BUFFER];
     let (mut size, mut sum) = (0u64, Checksum::default());
     loop {
         let n = read_full(src, &mut buf).map_err(Error::io("read", path))?;

@@ -95,9 +95,10 @@ pub struct RestoreArgs {
         default_value_t = 0.0
     )]
     pub overlap_fraction_threshold: f64,
-    /// Skip the compaction of the clipped key intervals (the worker compacts them later).
-    #[arg(long, env = "REGROUP_RESTORE_DEFER_COMPACTION")]
-    pub defer_compaction: bool,
+    /// Compact the clipped key intervals before the restore ends, instead of leaving it to the
+    /// worker once running (the default: the job is back sooner).
+    #[arg(long, env = "REGROUP_RESTORE_COMPACT")]
+    pub compact: bool,
     /// Output format of the summary.
     #[arg(long, env = "REGROUP_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -371,7 +372,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         target: args.target,
         strategy: args.strategy,
         overlap_fraction_threshold: args.overlap_fraction_threshold,
-        defer_compaction: args.defer_compaction,
+        compact: args.compact,
         fault_pause_before_rename: args.fault_pause_before_rename,
     };
     let summary = restore_subtask(&store, &request).await?;

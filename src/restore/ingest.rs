@@ -27,6 +27,7 @@ unsafe extern "C" {
         error: *mut *mut c_char,
     ) -> c_int;
     fn regroup_free_error(error: *mut c_char);
+    fn regroup_disable_manual_compaction(db: *mut c_void);
 }
 
 fn take_error(code: c_int, error: *mut c_char) -> Option<String> {
@@ -112,4 +113,11 @@ pub fn delete_files_in_range(
             "rocksdb: delete files in range of {context}: {message}"
         ))),
     }
+}
+
+/// Makes running and later manual compactions of `db` (e.g. [`super::compact_outside_range`])
+/// end early, so that closing the DB does not wait for them.
+pub fn stop_manual_compactions(db: &DB) {
+    // SAFETY: `db` outlives the call.
+    unsafe { regroup_disable_manual_compaction(db.as_raw_ptr().cast()) }
 }

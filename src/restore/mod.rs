@@ -64,10 +64,12 @@ pub struct RestoreRequest {
     pub strategy: Strategy,
     /// See [`PlanOptions::overlap_fraction_threshold`].
     pub overlap_fraction_threshold: f64,
-    /// Skip the compaction of the clipped key intervals: the restore finishes sooner, and the
-    /// worker should call [`compact_outside_range`] once running, else its next checkpoint's
-    /// files reach outside its range and a later restore copies them instead of ingesting.
-    pub defer_compaction: bool,
+    /// Compact the key intervals the restore clipped (files straddling a boundary of the new
+    /// range, and range tombstones) before it ends. Off by default: the restore ends sooner and
+    /// the worker runs [`compact_outside_range`] in the background once running; until that
+    /// ends, its checkpoints' files reach outside its range and a later restore copies those
+    /// handles instead of ingesting them.
+    pub compact: bool,
     /// Fault injection for end-to-end tests: wait this long with the new DB complete in its work
     /// directory, before it is renamed into place, so a test can kill the restore there.
     pub fault_pause_before_rename: Option<std::time::Duration>,
@@ -83,7 +85,7 @@ impl RestoreRequest {
             target: target.to_path_buf(),
             strategy: Strategy::Ingest,
             overlap_fraction_threshold: 0.0,
-            defer_compaction: false,
+            compact: false,
             fault_pause_before_rename: None,
         }
     }
@@ -400,7 +402,7 @@ pub async fn restore_subtask(
         &plan,
         &summary.column_families,
         &work,
-        !request.defer_compaction,
+        request.compact,
         local.as_ref(),
     )
     .await;
@@ -445,8 +447,9 @@ pub async fn restore_subtask(
     Ok(summary)
 }
 
-/// Compacts away what a restore with [`RestoreRequest::defer_compaction`] clipped from the
+/// Compacts away what a restore (without [`RestoreRequest::compact`]) clipped from the
 /// backend's DB (records and range tombstones outside its range); a no-op when nothing is left.
+/// [`stop_manual_compactions`] makes it end early.
 pub fn compact_outside_range(backend: &crate::backend::StateBackend) -> Result<()> {
     build::compact_outside(
         backend.db(),
@@ -454,6 +457,11 @@ pub fn compact_outside_range(backend: &crate::backend::StateBackend) -> Result<(
         backend.range(),
         backend.max_parallelism(),
     )
+}
+
+/// Makes a running [`compact_outside_range`] (and any later one) of `backend` end early.
+pub fn stop_manual_compactions(backend: &crate::backend::StateBackend) {
+    ingest::stop_manual_compactions(backend.db());
 }
 
 /// Column families of the restored DB: those of every input handle, `default` first.

@@ -16,6 +16,10 @@ use super::metrics::WorkerMetrics;
 use crate::backend::{IncrementalSnapshotter, LocalSnapshot, StateBackend};
 use crate::error::{Error, Result};
 
+/// The background compaction of what a restore clipped outside the range, while it runs; the
+/// processing loop waits for it before a stop-with-checkpoint, the worker stops it at shutdown.
+pub type Cleanup = Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>;
+
 /// A request to the processing thread.
 pub enum Control {
     /// Take a native checkpoint now; with `stop`, pause processing first and for good.
@@ -45,6 +49,7 @@ impl Engine {
         snapshotter: Arc<IncrementalSnapshotter>,
         scratch: PathBuf,
         metrics: WorkerMetrics,
+        cleanup: Cleanup,
         done: oneshot::Sender<()>,
     ) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -57,6 +62,7 @@ impl Engine {
                     snapshotter,
                     scratch,
                     metrics,
+                    cleanup,
                     paused: false,
                 }
                 .run(rx);
@@ -105,6 +111,7 @@ impl Engine {
 
 struct Loop<J> {
     job: J,
+    cleanup: Cleanup,
     backend: Arc<StateBackend>,
     snapshotter: Arc<IncrementalSnapshotter>,
     scratch: PathBuf,
@@ -167,6 +174,18 @@ impl<J: KeyedJob> Loop<J> {
                         checkpoint = id,
                         "processing paused for stop-with-checkpoint"
                     );
+                    // The final checkpoint is what the next restore reads: wait for the
+                    // compaction of what this DB's restore clipped, so that its files lie
+                    // inside the range and can be ingested (else that restore copies them).
+                    let cleanup = self
+                        .cleanup
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some(t) = cleanup {
+                        info!("waiting for the compaction outside the range");
+                        let _ = t.join();
+                    }
                     // The next restore may reuse this DB's files (issue 9): background
                     // compactions must not delete what the final checkpoint references.
                     if let Err(e) = self.backend.db().disable_file_deletions() {

@@ -178,6 +178,8 @@ pub struct Running {
     pub snapshotter: Arc<IncrementalSnapshotter>,
     /// The processing loop.
     pub engine: Engine,
+    /// The background compaction of what a restore clipped outside the range, while it runs.
+    pub cleanup: engine::Cleanup,
 }
 
 impl Running {
@@ -312,6 +314,16 @@ pub async fn run<J: KeyedJob>(
             shared.shutting_down.store(true, Ordering::SeqCst);
             let running = shared.running.get().expect("set above");
             let r = running.engine.shutdown().await;
+            // Closing the DB must not wait for the cleanup compaction: end it early.
+            crate::restore::stop_manual_compactions(&running.backend);
+            let cleanup = running
+                .cleanup
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(t) = cleanup {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
             Ok(r)
         }
         Err(e) => Err(e),
@@ -373,18 +385,42 @@ fn open_and_start<J: KeyedJob>(
         identity.parallelism,
         identity.epoch,
     ));
+    // A restore leaves the records and range tombstones it clipped for the worker to compact
+    // (the job is back sooner); until that ends, checkpoints of this DB hold files reaching
+    // outside its range, which a later rescale copies instead of ingesting.
+    let cleanup = {
+        let backend = backend.clone();
+        std::thread::Builder::new()
+            .name("compact-outside-range".to_owned())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match crate::restore::compact_outside_range(&backend) {
+                    Ok(()) => info!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        "compacted the key intervals outside the range"
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, "cannot compact the key intervals outside the range")
+                    }
+                }
+            })
+            .map_err(|e| Error::Other(format!("start the compaction thread: {e}")))?
+    };
+    let cleanup: engine::Cleanup = Arc::new(std::sync::Mutex::new(Some(cleanup)));
     let engine = Engine::start(
         job,
         backend.clone(),
         snapshotter.clone(),
         scratch,
         metrics,
+        cleanup.clone(),
         done,
     )?;
     Ok(Running {
         backend,
         snapshotter,
         engine,
+        cleanup,
     })
 }
 

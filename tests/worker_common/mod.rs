@@ -360,7 +360,7 @@ pub fn restore_into(
     parallelism: u32,
     dir: &Path,
     strategy: &str,
-) {
+) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
         .args([
             "restore",
@@ -384,4 +384,5 @@ pub fn restore_into(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
