@@ -1,5 +1,6 @@
 //! A missing file, a checksum mismatch and a failed download each fail the restore with an
-//! error naming the file, and leave neither a target nor temporary files.
+//! error naming the file, and leave neither a target nor temporary files. A store that holds
+//! back one handle's files shows that the restore ingests each handle while the next downloads.
 
 mod restore_support;
 
@@ -21,11 +22,53 @@ use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
 use regroup::restore::{RestoreRequest, Strategy, restore_subtask};
 use restore_support::*;
 
-/// An in-memory store whose `get` of one path fails, as a flaky network would.
+/// An in-memory store whose `get` of one path fails, as a flaky network would, and whose gets
+/// of the `gate`'s paths wait until its condition holds.
 #[derive(Debug)]
 struct FailingGets {
     inner: InMemory,
     fail: std::sync::Mutex<Option<ObjectPath>>,
+    gate: std::sync::Mutex<Option<Gate>>,
+}
+
+/// Gets of `paths` (suffixes of object locations) wait until some `.sst` file is in a restore's
+/// DB directory under `state` (an input was merged), for at most a minute.
+#[derive(Debug, Clone)]
+struct Gate {
+    paths: Vec<String>,
+    state: std::path::PathBuf,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Gate {
+    fn merged_something(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.state) else {
+            return false;
+        };
+        entries.flatten().any(|work| {
+            std::fs::read_dir(work.path().join("db")).is_ok_and(|db| {
+                db.flatten()
+                    .any(|f| f.file_name().to_string_lossy().ends_with(".sst"))
+            })
+        })
+    }
+
+    async fn wait(&self, location: &ObjectPath) -> object_store::Result<()> {
+        if !self.paths.iter().any(|p| location.as_ref().ends_with(p.as_str())) {
+            return Ok(());
+        }
+        self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..6000 {
+            if self.merged_something() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(object_store::Error::Generic {
+            store: "FailingGets",
+            source: "held back for a minute: nothing was merged before this download".into(),
+        })
+    }
 }
 
 impl fmt::Display for FailingGets {
@@ -56,6 +99,10 @@ impl ObjectStore for FailingGets {
         location: &ObjectPath,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.wait(location).await?;
+        }
         if self.fail.lock().unwrap().as_ref() == Some(location) {
             return Err(object_store::Error::Generic {
                 store: "FailingGets",
@@ -119,6 +166,7 @@ async fn setup(root: &std::path::Path) -> (Arc<FailingGets>, CheckpointStore, Ch
     let faulty = Arc::new(FailingGets {
         inner: InMemory::new(),
         fail: Default::default(),
+        gate: Default::default(),
     });
     let store = CheckpointStore::new(faulty.clone(), ObjectPath::from("faults"), job());
     let model = initial_model(1500);
@@ -256,4 +304,39 @@ async fn bad_requests_name_the_value() {
         "{e}"
     );
     assert!(!target.exists());
+}
+
+/// Scale-in 2→1 with handle 1's files held back until something was merged: the restore can
+/// only finish if it ingests handle 0 while handle 1's downloads wait (overlapped I/O). The
+/// result holds exactly the model.
+#[tokio::test]
+async fn each_handle_is_ingested_while_the_next_downloads() {
+    let root = tempdir();
+    let faulty = Arc::new(FailingGets {
+        inner: InMemory::new(),
+        fail: Default::default(),
+        gate: Default::default(),
+    });
+    let store = CheckpointStore::new(faulty.clone(), ObjectPath::from("pipeline"), job());
+    let model = initial_model(1500);
+    let backends = workers(&root.path().join("gen0"), 128, 2, &model);
+    let meta = checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
+    drop(backends);
+    let state = root.path().join("state");
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    *faulty.gate.lock().unwrap() = Some(Gate {
+        paths: meta.handles[1]
+            .shared
+            .iter()
+            .map(|f| f.file.path.clone())
+            .collect(),
+        state: state.clone(),
+        held: held.clone(),
+    });
+    let target = state.join("db");
+    let summary = restore(&store, 1, 0, 1, &target, Strategy::Ingest).await;
+    assert!(held.load(std::sync::atomic::Ordering::SeqCst) > 0, "no get was held back");
+    assert_eq!(summary.ingested_files, meta.handles.iter().map(|h| h.shared.len()).sum::<usize>());
+    let b = regroup::backend::StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
+    assert!(contents(&b) == model);
 }
