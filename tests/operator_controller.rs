@@ -703,6 +703,48 @@ async fn live_claims(client: &Client, ns: &str) -> std::collections::BTreeMap<St
         .collect()
 }
 
+/// The claims named by the operator's StateClaimDeleted Events (related object and note
+/// agree), sorted.
+async fn claim_events(client: &Client, ns: &str) -> Vec<String> {
+    let api: Api<K8sEvent> = Api::namespaced(client.clone(), ns);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("StateClaimDeleted"))
+        .map(|e| {
+            let related = e.related.and_then(|r| r.name).unwrap_or_default();
+            let note = e.note.unwrap_or_default();
+            assert!(
+                note.starts_with(&format!("deleted state claim {related} ")),
+                "{note} (related {related})"
+            );
+            related
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits until the StateClaimDeleted Events name exactly `want` (sorted).
+async fn wait_claim_events(client: &Client, ns: &str, want: &[String]) {
+    let start = std::time::Instant::now();
+    loop {
+        let named = claim_events(client, ns).await;
+        if named == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < LONG && named.len() <= want.len(),
+            "StateClaimDeleted events name {named:?}, want {want:?}: {:?}",
+            events(client, ns).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Scale-in 3→1 with the default claim template: the claims of ordinals 1 and 2 survive the
 /// stopping and restoring stages (the restore may reuse their files) and are deleted once the
 /// job runs at 1, with an Event naming them; the kept ordinal's claim and claims of other jobs
@@ -812,21 +854,8 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
         assert_eq!(after.get(other), before.get(other), "{other} untouched");
     }
     assert_eq!(after.len(), 3, "{after:?}");
-    let evs = events(&client, &ns.name).await;
-    let deleted = evs
-        .iter()
-        .find(|(r, _)| r == "ClaimsDeleted")
-        .unwrap_or_else(|| panic!("no ClaimsDeleted event in {evs:?}"));
-    assert!(
-        deleted.1.contains("state-orders-1, state-orders-2") && !deleted.1.contains("orders-0"),
-        "{}",
-        deleted.1
-    );
-    assert_eq!(
-        evs.iter().filter(|(r, _)| r == "ClaimsDeleted").count(),
-        1,
-        "{evs:?}"
-    );
+    // One Event per deleted claim, naming it (published right after its delete).
+    wait_claim_events(&client, &ns.name, &[ours(1), ours(2)]).await;
 
     // An operator restarted while the job runs deletes a claim left over above the parallelism
     // (e.g. one whose deletion an earlier operator did not get to).
@@ -844,6 +873,7 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
     })
     .await;
     assert_eq!(live_claims(&client, &ns.name).await, after);
+    wait_claim_events(&client, &ns.name, &[ours(1), ours(2), ours(3)]).await;
 
     // Suspended (zero workers) and resumed: the claim of ordinal 0 is the same throughout.
     api.patch(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -171,6 +171,20 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 async fn publish(ctx: &Context, job: &StatefulJob, warning: bool, reason: &str, note: String) {
+    publish_related(ctx, job, warning, reason, note, None).await;
+}
+
+/// Publishes an Event about `job` that also names `related` (another object it concerns).
+/// The recorder folds Events of the same reason and related object into one series, keeping
+/// the first note: the note must not vary between repetitions.
+async fn publish_related(
+    ctx: &Context,
+    job: &StatefulJob,
+    warning: bool,
+    reason: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     let event = Event {
         type_: if warning {
             EventType::Warning
@@ -180,7 +194,7 @@ async fn publish(ctx: &Context, job: &StatefulJob, warning: bool, reason: &str, 
         reason: reason.to_owned(),
         note: Some(note.chars().take(1000).collect()),
         action: reason.to_owned(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
         warn!(error = %e, reason, "event not published");
@@ -687,7 +701,6 @@ impl Round {
             &list,
             &in_use,
         );
-        let mut deleted = Vec::new();
         let mut failed = None;
         for claim in &unused {
             let dp = DeleteParams {
@@ -698,20 +711,35 @@ impl Round {
                 ..Default::default()
             };
             match api.delete(&claim.name, &dp).await {
-                Ok(_) => deleted.push(claim.name.clone()),
+                Ok(_) => {
+                    // One Event per claim, related to it: a series per claim keeps its note.
+                    let note = format!(
+                        "deleted state claim {} (ordinal {}): no worker uses it after the rescale",
+                        claim.name, claim.ordinal
+                    );
+                    info!(claim = %claim.name, parallelism = state.parallelism, "{note}");
+                    let related = ObjectReference {
+                        api_version: Some("v1".to_owned()),
+                        kind: Some("PersistentVolumeClaim".to_owned()),
+                        name: Some(claim.name.clone()),
+                        namespace: Some(self.ns.clone()),
+                        uid: claim.uid.clone(),
+                        ..Default::default()
+                    };
+                    publish_related(
+                        &self.ctx,
+                        &self.job,
+                        false,
+                        "StateClaimDeleted",
+                        note,
+                        Some(related),
+                    )
+                    .await;
+                }
                 // Gone already, or replaced by a claim of the same name: not this round's.
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => failed = Some(e),
             }
-        }
-        if !deleted.is_empty() {
-            let note = format!(
-                "deleted the state claims of ordinals no longer used at parallelism {}: {}",
-                state.parallelism,
-                deleted.join(", ")
-            );
-            info!(claims = ?deleted, "{note}");
-            publish(&self.ctx, &self.job, false, "ClaimsDeleted", note).await;
         }
         match failed {
             Some(e) => Err(e.into()),
