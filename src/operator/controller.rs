@@ -661,20 +661,20 @@ impl Round {
     }
 
     /// Deletes the state claims of ordinals the job no longer runs, once its rescale is
-    /// recorded complete (see [`claims::unused_claims`]), and publishes an Event naming them.
-    /// Best effort: a failure is logged and retried in a later round; checkpoints go on.
+    /// recorded complete (see [`claims::unused_claims`]), with a `StateClaimDeleted` Event per
+    /// claim. Best effort: a failure is logged and retried in a later round; checkpoints go on.
     async fn delete_unused_claims(&self, state: &JobState) {
         if resources::state_claim(&self.job).is_none() {
             return;
         }
         let key = (self.job.uid().unwrap_or_default(), state.epoch);
-        let settled = |ctx: &Context| {
-            ctx.claims_settled
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&key)
-        };
-        if settled(&self.ctx) {
+        let settled = self
+            .ctx
+            .claims_settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key);
+        if settled {
             return;
         }
         match self.try_delete_unused_claims(state).await {
