@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -655,4 +657,252 @@ async fn set_ready(api: &Api<Pod>, name: &str, ready: bool) {
     api.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
         .unwrap();
+}
+
+/// A claim of `name` in `ns` for the test: `labels`, no storage class (nothing provisions it;
+/// the test's volumes are pre-bound).
+fn test_claim(name: &str, labels: serde_json::Value) -> PersistentVolumeClaim {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "storageClassName": "",
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}
+        }
+    }))
+    .unwrap()
+}
+
+/// A hostPath volume pre-bound to claim `ns/claim` (the test cluster has no provisioner; kwok
+/// pods mount nothing, the binding is what the scheduler needs).
+fn prebound_volume(ns: &str, claim: &str, dir: &std::path::Path) -> PersistentVolume {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{ns}-{claim}")},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": dir.join(claim).display().to_string()},
+            "claimRef": {"namespace": ns, "name": claim}
+        }
+    }))
+    .unwrap()
+}
+
+/// name → uid of the claims in `ns` that are not being deleted.
+async fn live_claims(client: &Client, ns: &str) -> std::collections::BTreeMap<String, String> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| (c.name_any(), c.uid().unwrap_or_default()))
+        .collect()
+}
+
+/// The claims named by the operator's StateClaimDeleted Events (related object and note
+/// agree), sorted.
+async fn claim_events(client: &Client, ns: &str) -> Vec<String> {
+    let api: Api<K8sEvent> = Api::namespaced(client.clone(), ns);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("StateClaimDeleted"))
+        .map(|e| {
+            let related = e.related.and_then(|r| r.name).unwrap_or_default();
+            let note = e.note.unwrap_or_default();
+            assert!(
+                note.starts_with(&format!("deleted state claim {related} ")),
+                "{note} (related {related})"
+            );
+            related
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits until the StateClaimDeleted Events name exactly `want` (sorted).
+async fn wait_claim_events(client: &Client, ns: &str, want: &[String]) {
+    let start = std::time::Instant::now();
+    loop {
+        let named = claim_events(client, ns).await;
+        if named == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < LONG && named.len() <= want.len(),
+            "StateClaimDeleted events name {named:?}, want {want:?}: {:?}",
+            events(client, ns).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Scale-in 3→1 with the default claim template: the claims of ordinals 1 and 2 survive the
+/// stopping and restoring stages (the restore may reuse their files) and are deleted once the
+/// job runs at 1, with an Event naming them; the kept ordinal's claim and claims of other jobs
+/// stay. A restarted operator deletes a leftover claim; a suspended job keeps its claims.
+#[tokio::test]
+async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
+    let Some(client) = cluster("claims_of_removed_ordinals_are_deleted_after_the_scale_in").await
+    else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "regroup-claims").await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let volume_dir = tempfile::tempdir().unwrap();
+    let workers = FakeWorkers::new(store_dir.path(), M);
+    let mut operator = Operator::start(&client, &ns.name, workers.clone());
+    let claim_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let pv_api: Api<PersistentVolume> = Api::all(client.clone());
+    let ours = |i: u32| format!("state-orders-{i}");
+    for i in 0..3 {
+        pv_api
+            .create(
+                &PostParams::default(),
+                &prebound_volume(&ns.name, &ours(i), volume_dir.path()),
+            )
+            .await
+            .unwrap();
+    }
+    // Look-alikes: job "orders-2"'s claim of ordinal 1 (named like ours plus "-1"), and a claim
+    // with one of our names but another job's label.
+    for (name, job) in [
+        ("state-orders-2-1", "orders-2"),
+        ("state-orders-5", "payments"),
+    ] {
+        claim_api
+            .create(
+                &PostParams::default(),
+                &test_claim(name, serde_json::json!({ JOB_LABEL: job })),
+            )
+            .await
+            .unwrap();
+    }
+
+    let api: Api<StatefulJob> = Api::namespaced(client.clone(), &ns.name);
+    let url = format!("file://{}", store_dir.path().display());
+    let mut value = job_yaml("orders", 3, M, &url);
+    value["spec"]["stateVolume"] = serde_json::json!({"claim": {
+        "storageClassName": "", "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "1Gi"}}
+    }});
+    let job: StatefulJob = serde_json::from_value(value).unwrap();
+    api.create(&PostParams::default(), &job).await.unwrap();
+    let running = wait_running(&client, &api, "orders", 3, 0).await;
+    let before = live_claims(&client, &ns.name).await;
+    for i in 0..3 {
+        assert!(before.contains_key(&ours(i)), "{before:?}");
+        let c = claim_api.get(&ours(i)).await.unwrap();
+        assert_eq!(c.labels()[JOB_LABEL], "orders");
+        assert_eq!(c.status.unwrap().phase.as_deref(), Some("Bound"));
+    }
+
+    // Scale in to 1, held in Restoring (no pod may be created) to look at the claims mid-way.
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hold"}, "spec": {"hard": {"pods": "0"}}
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    eventually("the quota to be counted", LONG, || async {
+        let q = quotas.get("hold").await.ok()?;
+        q.status?.hard.is_some().then_some(())
+    })
+    .await;
+    run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=1"]));
+    eventually("stage Restoring", LONG, || async {
+        let j = api.get("orders").await.ok()?;
+        (stage(&j) == Some(Stage::Restoring)).then_some(())
+    })
+    .await;
+    // Several reconcile rounds (300 ms apart) in Restoring: every claim is still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let j = api.get("orders").await.unwrap();
+    assert_eq!(stage(&j), Some(Stage::Restoring), "still held");
+    assert_eq!(
+        live_claims(&client, &ns.name).await,
+        before,
+        "no claim is deleted while the rescale restores"
+    );
+    quotas
+        .delete("hold", &DeleteParams::default())
+        .await
+        .unwrap();
+    let epoch = running.status.unwrap().epoch;
+    let job = wait_running(&client, &api, "orders", 1, epoch).await;
+
+    // Once running at 1: ordinals 1 and 2 go, ordinal 0 and the look-alikes stay.
+    let after = eventually("the claims of ordinals 1 and 2 to go", LONG, || async {
+        let now = live_claims(&client, &ns.name).await;
+        (!now.contains_key(&ours(1)) && !now.contains_key(&ours(2))).then_some(now)
+    })
+    .await;
+    assert_eq!(
+        after.get(&ours(0)),
+        before.get(&ours(0)),
+        "the same claim 0"
+    );
+    for other in ["state-orders-2-1", "state-orders-5"] {
+        assert_eq!(after.get(other), before.get(other), "{other} untouched");
+    }
+    assert_eq!(after.len(), 3, "{after:?}");
+    // One Event per deleted claim, naming it (published right after its delete).
+    wait_claim_events(&client, &ns.name, &[ours(1), ours(2)]).await;
+
+    // An operator restarted while the job runs deletes a claim left over above the parallelism
+    // (e.g. one whose deletion an earlier operator did not get to).
+    operator.kill().await;
+    claim_api
+        .create(
+            &PostParams::default(),
+            &test_claim(&ours(3), serde_json::json!({ JOB_LABEL: "orders" })),
+        )
+        .await
+        .unwrap();
+    operator = Operator::start(&client, &ns.name, workers.clone());
+    eventually("the leftover claim to go", LONG, || async {
+        (!live_claims(&client, &ns.name).await.contains_key(&ours(3))).then_some(())
+    })
+    .await;
+    assert_eq!(live_claims(&client, &ns.name).await, after);
+    wait_claim_events(&client, &ns.name, &[ours(1), ours(2), ours(3)]).await;
+
+    // Suspended (zero workers) and resumed: the claim of ordinal 0 is the same throughout.
+    api.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .unwrap();
+    let suspended = wait_phase(&api, "orders", Phase::Suspended).await;
+    assert_eq!(live_claims(&client, &ns.name).await, after);
+    api.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .unwrap();
+    wait_running(&client, &api, "orders", 1, suspended.status.unwrap().epoch).await;
+    assert_eq!(live_claims(&client, &ns.name).await, after);
+    let _ = job;
+
+    operator.kill().await;
+    for i in 0..3 {
+        let _ = pv_api
+            .delete(
+                &format!("{}-{}", ns.name, ours(i)),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
 }

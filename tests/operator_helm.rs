@@ -88,6 +88,33 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
         "{rendered}"
     );
     assert!(rendered.contains("--namespace=team-a"));
+
+    // config/rbac (for installs without helm) grants the jobs' namespace what the chart does.
+    let config = std::fs::read_to_string(root().join("config/rbac/namespaced.yaml")).unwrap();
+    let chart_rules = job_role_rules(&rendered);
+    assert_eq!(chart_rules, job_role_rules(&config));
+    let claims = chart_rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"] == serde_json::json!(["persistentvolumeclaims"]))
+        .expect("a rule for persistentvolumeclaims");
+    assert_eq!(claims["verbs"], serde_json::json!(["list", "delete"]));
+}
+
+/// The rules of the Role for the jobs' namespace (not the leader election's) in a YAML stream.
+fn job_role_rules(yaml: &str) -> serde_json::Value {
+    yaml.split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .find(|v| {
+            v["kind"] == "Role"
+                && !v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("leader-election")
+        })
+        .map(|v| v["rules"].clone())
+        .unwrap_or_else(|| panic!("no Role in {yaml}"))
 }
 
 #[tokio::test]
@@ -138,6 +165,21 @@ async fn helm_install_creates_the_operator() {
         })
         .unwrap();
     assert_eq!(secrets.verbs, vec!["get", "create"]);
+    // State claims: listed and deleted after a scale-in, never watched, created or updated.
+    let claims = rules
+        .iter()
+        .find(|r| {
+            r.resources
+                .as_ref()
+                .unwrap()
+                .contains(&"persistentvolumeclaims".to_owned())
+        })
+        .expect("a rule for persistentvolumeclaims");
+    assert_eq!(claims.verbs, vec!["list", "delete"]);
+    assert_eq!(
+        claims.resources.as_deref(),
+        Some(&["persistentvolumeclaims".to_owned()][..])
+    );
     run(Command::new("helm").args(["uninstall", &release, "--namespace", &ns.name]));
 }
 

@@ -201,3 +201,45 @@ check_status() {
 checkpoint_sizes() {
   "$REGROUP" checkpoints list --store "$(store_url "$1" "$2")" --job "$1/$2" 2>&1 | tail -n 6
 }
+
+# What the restores of NS/NAME's current workers moved, from the restore containers' logs: the
+# checkpoint is the pods' regroup.dev/checkpoint annotation, one line per subtask of the current
+# parallelism (the last, if a restore ran twice). Prints "RESTORES DOWNLOADED_BYTES REUSED_BYTES".
+restore_bytes() {
+  local ns=$1 name=$2 p id
+  p=$(sj "$ns" "$name" | jq -r .status.parallelism)
+  id=$(kubectl get pods -n "$ns" -l "regroup.dev/job=$name" -o json |
+    jq -r '[.items[].metadata.annotations["regroup.dev/checkpoint"] // "none"] | unique | join(",")')
+  cat "$REGROUP_E2E_DIR/pod-runner/logs/$ns"/*/regroup-restore.log 2>/dev/null |
+    grep "^restored checkpoint $id of $ns/$name for subtask [0-9]*/$p " |
+    sed -n 's|^restored checkpoint [0-9]* of [^ ]* for subtask \([0-9]*\)/.* downloaded [0-9]* files \([0-9]*\) bytes .* reused locally [0-9]* files \([0-9]*\) bytes.*|\1 \2 \3|p' |
+    awk '{d[$1] = $2; r[$1] = $3} END {for (s in d) {n++; dt += d[s]; rt += r[s]} print n + 0, dt + 0, rt + 0}'
+}
+
+# Waits until NS/NAME's state claims are exactly those of ordinals 0..PARALLELISM-1 (the
+# claims of removed ordinals deleted by the operator after the rescale, the others kept).
+wait_claims() {
+  local ns=$1 name=$2 p=$3 want have i
+  want=$(for ((i = 0; i < p; i++)); do echo "state-$name-$i"; done | sort | paste -sd ' ')
+  for ((i = 0; i < WAIT * 2; i++)); do
+    have=$(kubectl get pvc -n "$ns" -l "regroup.dev/job=$name" -o json |
+      jq -r '[.items[] | select(.metadata.deletionTimestamp == null) | .metadata.name] | sort | join(" ")')
+    [[ $have == "$want" ]] && { say "claims of $ns/$name: $have"; return 0; }
+    sleep 0.5
+  done
+  fail "claims of $ns/$name are [$have], want [$want]"
+}
+
+# After a scale-in of NS/NAME to PARALLELISM with the workers' volumes kept (LABEL names it):
+# every new worker restored, the restores reused bytes from the volumes and downloaded the
+# rest, and the claims of the removed ordinals are gone.
+check_scale_in() {
+  local ns=$1 name=$2 p=$3 label=$4 n downloaded reused
+  read -r n downloaded reused < <(restore_bytes "$ns" "$name")
+  say "$label: $n restores, $downloaded bytes downloaded, $reused bytes reused from the pods' volumes"
+  summary "restores $label: $downloaded bytes downloaded, $reused bytes reused from the pods' volumes ($n workers)"
+  ((n == p)) || { fail "$label: $n restore lines of the current checkpoint in the restore logs, want $p"; return 1; }
+  ((reused > 0)) || { fail "$label: the restores reused nothing from the kept volumes"; return 1; }
+  ((downloaded > 0)) || { fail "$label: the restores downloaded nothing"; return 1; }
+  wait_claims "$ns" "$name" "$p"
+}

@@ -10,16 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
+use super::claims;
 use super::coordinator::{
     self, CheckpointRequest, Decision, Notice, WorkerClient, WorkerTarget, open_store,
 };
@@ -79,6 +80,9 @@ pub struct Context {
     /// (job uid, checkpoint id) this process asked the workers for; a pending checkpoint not in
     /// it was recorded by an earlier process, which may have stopped before asking.
     pub triggered: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// (job uid, epoch) whose unused state claims this process has deleted (or found none):
+    /// the claims are listed once per generation, and again after a restart.
+    pub claims_settled: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
 }
 
 impl Context {
@@ -100,6 +104,7 @@ impl Context {
             metrics,
             busy_requeue: Duration::from_secs(2),
             triggered: Default::default(),
+            claims_settled: Default::default(),
         }
     }
 }
@@ -166,6 +171,20 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 async fn publish(ctx: &Context, job: &StatefulJob, warning: bool, reason: &str, note: String) {
+    publish_related(ctx, job, warning, reason, note, None).await;
+}
+
+/// Publishes an Event about `job` that also names `related` (another object it concerns).
+/// The recorder folds Events of the same reason and related object into one series, keeping
+/// the first note: the note must not vary between repetitions.
+async fn publish_related(
+    ctx: &Context,
+    job: &StatefulJob,
+    warning: bool,
+    reason: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     let event = Event {
         type_: if warning {
             EventType::Warning
@@ -175,7 +194,7 @@ async fn publish(ctx: &Context, job: &StatefulJob, warning: bool, reason: &str, 
         reason: reason.to_owned(),
         note: Some(note.chars().take(1000).collect()),
         action: reason.to_owned(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
         warn!(error = %e, reason, "event not published");
@@ -589,6 +608,7 @@ impl Round {
                 Ok(busy)
             }
             Work::Checkpoints { epoch, parallelism } => {
+                self.delete_unused_claims(state).await;
                 let decision = coordinator::periodic(
                     &now(),
                     interval,
@@ -637,6 +657,93 @@ impl Round {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes the state claims of ordinals the job no longer runs, once its rescale is
+    /// recorded complete (see [`claims::unused_claims`]), with a `StateClaimDeleted` Event per
+    /// claim. Best effort: a failure is logged and retried in a later round; checkpoints go on.
+    async fn delete_unused_claims(&self, state: &JobState) {
+        if resources::state_claim(&self.job).is_none() {
+            return;
+        }
+        let key = (self.job.uid().unwrap_or_default(), state.epoch);
+        let settled = self
+            .ctx
+            .claims_settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key);
+        if settled {
+            return;
+        }
+        match self.try_delete_unused_claims(state).await {
+            Ok(()) => {
+                self.ctx
+                    .claims_settled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key);
+            }
+            Err(e) => warn!(error = %e, "unused state claims not deleted; retried later"),
+        }
+    }
+
+    async fn try_delete_unused_claims(&self, state: &JobState) -> Result<()> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&resources::selector_string(&self.job));
+        let list = api.list(&lp).await?.items;
+        let in_use = claims::claims_in_use(&self.pods().await?);
+        let unused = claims::unused_claims(
+            &self.job.name_any(),
+            &resources::statefulset_name(&self.job),
+            state,
+            &list,
+            &in_use,
+        );
+        let mut failed = None;
+        for claim in &unused {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: claim.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&claim.name, &dp).await {
+                Ok(_) => {
+                    // One Event per claim, related to it: a series per claim keeps its note.
+                    let note = format!(
+                        "deleted state claim {} (ordinal {}): no worker uses it after the rescale",
+                        claim.name, claim.ordinal
+                    );
+                    info!(claim = %claim.name, parallelism = state.parallelism, "{note}");
+                    let related = ObjectReference {
+                        api_version: Some("v1".to_owned()),
+                        kind: Some("PersistentVolumeClaim".to_owned()),
+                        name: Some(claim.name.clone()),
+                        namespace: Some(self.ns.clone()),
+                        uid: claim.uid.clone(),
+                        ..Default::default()
+                    };
+                    publish_related(
+                        &self.ctx,
+                        &self.job,
+                        false,
+                        "StateClaimDeleted",
+                        note,
+                        Some(related),
+                    )
+                    .await;
+                }
+                // Gone already, or replaced by a claim of the same name: not this round's.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
     }
 

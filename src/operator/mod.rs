@@ -1,6 +1,7 @@
 //! The operator: the `StatefulJob` resource, pure builders and lifecycle transitions, and the
 //! controller that drives them (see architecture.md, "Rescaling").
 
+pub mod claims;
 pub mod controller;
 pub mod coordinator;
 pub mod crd;

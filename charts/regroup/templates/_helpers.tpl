@@ -51,6 +51,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# The workers' state claims of ordinals a completed scale-in no longer uses (deleted by name
+# after a labelled list; never watched, never created: the StatefulSet creates them).
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [list, delete]
 # The per-job token Secret (created once) and the storage Secret named by a job (read).
 - apiGroups: [""]
   resources: [secrets]
