@@ -54,7 +54,11 @@ impl Gate {
     }
 
     async fn wait(&self, location: &ObjectPath) -> object_store::Result<()> {
-        if !self.paths.iter().any(|p| location.as_ref().ends_with(p.as_str())) {
+        if !self
+            .paths
+            .iter()
+            .any(|p| location.as_ref().ends_with(p.as_str()))
+        {
             return Ok(());
         }
         self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -335,8 +339,14 @@ async fn each_handle_is_ingested_while_the_next_downloads() {
     });
     let target = state.join("db");
     let summary = restore(&store, 1, 0, 1, &target, Strategy::Ingest).await;
-    assert!(held.load(std::sync::atomic::Ordering::SeqCst) > 0, "no get was held back");
-    assert_eq!(summary.ingested_files, meta.handles.iter().map(|h| h.shared.len()).sum::<usize>());
+    assert!(
+        held.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "no get was held back"
+    );
+    assert_eq!(
+        summary.ingested_files,
+        meta.handles.iter().map(|h| h.shared.len()).sum::<usize>()
+    );
     let b = regroup::backend::StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
     assert!(contents(&b) == model);
 }
