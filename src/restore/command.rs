@@ -527,73 +527,11 @@ pub fn rescale_plan_text(report: &PlanReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::metadata::FORMAT_VERSION;
-    use crate::checkpoint::{Checksum, FileRef, PrivateFile, SharedFile, SubtaskHandle};
-    use crate::keygroup::ranges;
 
     /// Checkpoint 5 at parallelism 2 of M = 8: each handle has two SSTs (one per half of its
-    /// range) of 1000 and 2000 bytes and a 16-byte private file.
+    /// range) of 1000 and 1001 bytes and a 16-byte private file.
     fn meta() -> CheckpointMetadata {
-        let handles = ranges(8, 2)
-            .unwrap()
-            .into_iter()
-            .enumerate()
-            .map(|(i, range)| {
-                let mid = range.start + range.len() / 2;
-                let halves = [
-                    KeyGroupRange::new(range.start, mid - 1).unwrap(),
-                    KeyGroupRange::new(mid, range.end).unwrap(),
-                ];
-                SubtaskHandle {
-                    format_version: FORMAT_VERSION,
-                    job: "ns/job".parse().unwrap(),
-                    checkpoint_id: 5,
-                    epoch: 1,
-                    subtask: i as u32,
-                    parallelism: 2,
-                    max_parallelism: 8,
-                    key_group_range: range,
-                    instance_id: format!("inst{i}"),
-                    column_families: vec!["default".into()],
-                    shared: halves
-                        .iter()
-                        .enumerate()
-                        .map(|(f, span)| SharedFile {
-                            local_name: format!("00001{f}.sst"),
-                            file: FileRef {
-                                path: format!("shared/inst{i}/00001{f}.sst"),
-                                size: 1000 * (f as u64 + 1),
-                                checksum: Checksum(0),
-                            },
-                            column_family: Some("default".into()),
-                            level: Some(6),
-                            key_groups: Some(*span),
-                        })
-                        .collect(),
-                    private: vec![PrivateFile {
-                        local_name: "CURRENT".into(),
-                        file: FileRef {
-                            path: format!("chk-5/private/{i}/CURRENT"),
-                            size: 16,
-                            checksum: Checksum(0),
-                        },
-                    }],
-                    bytes_total: 3016,
-                    bytes_uploaded: 3016,
-                    created_at: chrono::Utc::now(),
-                }
-            })
-            .collect();
-        CheckpointMetadata {
-            format_version: FORMAT_VERSION,
-            job: "ns/job".parse().unwrap(),
-            checkpoint_id: 5,
-            epoch: 1,
-            parallelism: 2,
-            max_parallelism: 8,
-            completed_at: chrono::Utc::now(),
-            handles,
-        }
+        crate::restore::fixtures::checkpoint(8, 2, 2)
     }
 
     fn state(subtask: u32, old_subtask: Option<u32>) -> LocalState {
@@ -612,17 +550,17 @@ mod tests {
         let options = PlanOptions::default();
         let fresh = plan_with_local(&meta, 1, &options, vec![]).unwrap();
         let s = &fresh.plan.subtasks[0];
-        assert_eq!((s.bytes_to_download, s.bytes_local), (6000, 0));
-        // Old 1's DB on the volume of new 0 (scale-in 2 → 1): its 3000 SST bytes are reused.
+        assert_eq!((s.bytes_to_download, s.bytes_local), (4002, 0));
+        // Old 1's DB on the volume of new 0 (scale-in 2 → 1): its 2001 SST bytes are reused.
         let kept = plan_with_local(&meta, 1, &options, vec![state(0, Some(1))]).unwrap();
         let s = &kept.plan.subtasks[0];
-        assert_eq!((s.bytes_to_download, s.bytes_local), (3000, 3000));
+        assert_eq!((s.bytes_to_download, s.bytes_local), (2001, 2001));
         assert_eq!(s.initial, Some(1));
         assert_eq!(kept.local_states[0].unused, None);
-        // Scale-out 2 → 4: new 1 = [2,3] needs only old 0's second SST (2000 B).
+        // Scale-out 2 → 4: new 1 = [2,3] needs only old 0's second SST (1001 B).
         let out = plan_with_local(&meta, 4, &options, vec![state(1, Some(0))]).unwrap();
         let s = &out.plan.subtasks[1];
-        assert_eq!((s.bytes_to_download, s.bytes_local), (0, 2000));
+        assert_eq!((s.bytes_to_download, s.bytes_local), (0, 1001));
         // A local handle that holds none of the new range reuses nothing and says why.
         let none = plan_with_local(&meta, 2, &options, vec![state(0, Some(1))]).unwrap();
         let fresh2 = plan(&meta, 2, &options).unwrap();
@@ -634,7 +572,7 @@ mod tests {
         recovered.local_recovery = true;
         let r = plan_with_local(&meta, 2, &options, vec![recovered]).unwrap();
         let s = &r.plan.subtasks[1];
-        assert_eq!((s.bytes_to_download, s.bytes_local), (0, 3016));
+        assert_eq!((s.bytes_to_download, s.bytes_local), (0, 2017));
         // A what-if with nothing usable changes nothing.
         let nothing = plan_with_local(&meta, 1, &options, vec![state(0, None)]).unwrap();
         assert_eq!(nothing.plan, fresh.plan);

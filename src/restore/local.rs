@@ -139,44 +139,11 @@ pub fn find(state_dir: &Path, meta: &CheckpointMetadata) -> Option<LocalSource> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::SubtaskHandle;
-    use crate::checkpoint::metadata::FORMAT_VERSION;
-    use crate::keygroup::{KeyGroupRange, ranges};
+    use crate::keygroup::KeyGroupRange;
     use crate::worker::marker::MARKER_VERSION;
 
     fn meta() -> CheckpointMetadata {
-        let handles = ranges(8, 2)
-            .unwrap()
-            .into_iter()
-            .enumerate()
-            .map(|(i, range)| SubtaskHandle {
-                format_version: FORMAT_VERSION,
-                job: "ns/job".parse().unwrap(),
-                checkpoint_id: 5,
-                epoch: 1,
-                subtask: i as u32,
-                parallelism: 2,
-                max_parallelism: 8,
-                key_group_range: range,
-                instance_id: format!("inst{i}"),
-                column_families: vec!["default".into()],
-                shared: vec![],
-                private: vec![],
-                bytes_total: 0,
-                bytes_uploaded: 0,
-                created_at: chrono::Utc::now(),
-            })
-            .collect();
-        CheckpointMetadata {
-            format_version: FORMAT_VERSION,
-            job: "ns/job".parse().unwrap(),
-            checkpoint_id: 5,
-            epoch: 1,
-            parallelism: 2,
-            max_parallelism: 8,
-            completed_at: chrono::Utc::now(),
-            handles,
-        }
+        crate::restore::fixtures::checkpoint(8, 2, 2)
     }
 
     fn marker() -> LocalCheckpointMarker {

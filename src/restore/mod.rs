@@ -24,6 +24,8 @@
 
 mod build;
 pub mod command;
+#[cfg(test)]
+mod fixtures;
 mod ingest;
 pub mod local;
 pub mod plan;
