@@ -286,6 +286,13 @@ pub struct Restore {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub overlap_fraction_threshold: f64,
 
+    /// Compact what a rescaling restore clipped (records and range tombstones of the files that
+    /// straddle the boundaries of the new range) before the worker starts. Off by default: the
+    /// restore ends sooner and the worker compacts them in the background, finishing before its
+    /// next stop-with-checkpoint.
+    #[serde(default)]
+    pub compact: bool,
+
     /// Image of the restore init container (it runs `regroup restore`); defaults to the image of
     /// the template's first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -301,6 +308,7 @@ impl Default for Restore {
         Self {
             strategy: RestoreStrategy::default(),
             overlap_fraction_threshold: default_overlap(),
+            compact: false,
             image: None,
         }
     }

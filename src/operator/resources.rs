@@ -237,6 +237,11 @@ pub fn restore_container(
             ),
         ],
     );
+    if job.spec.restore.compact {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(env("REGROUP_RESTORE_COMPACT", true));
+    }
     add_mount(&mut c, STATE_VOLUME, STATE_DIR, false);
     Ok(c)
 }
@@ -672,6 +677,7 @@ mod tests {
         assert_eq!(value(&e, "REGROUP_TARGET"), "/state/db");
         assert_eq!(value(&e, "REGROUP_RESTORE_STRATEGY"), "copy");
         assert_eq!(value(&e, "REGROUP_OVERLAP_FRACTION_THRESHOLD"), "0.25");
+        assert!(!e.contains_key("REGROUP_RESTORE_COMPACT"), "the worker compacts by default");
         assert!(e["REGROUP_SUBTASK"].value_from.is_some());
         assert_eq!(r.volume_mounts.as_ref().unwrap()[0].mount_path, STATE_DIR);
         assert_eq!(
@@ -682,6 +688,11 @@ mod tests {
                 .name,
             "s3-creds"
         );
+
+        let compacting = job(serde_json::json!({"restore": {"compact": true}}));
+        let pod = pod_template(&compacting, &gen_(Some(12))).unwrap().spec.unwrap();
+        let e = env_of(&pod.init_containers.unwrap()[0]);
+        assert_eq!(value(&e, "REGROUP_RESTORE_COMPACT"), "true");
 
         // No checkpoint: nothing to restore, no init container, no annotation.
         let t = pod_template(&j, &gen_(None)).unwrap();
