@@ -677,7 +677,10 @@ mod tests {
         assert_eq!(value(&e, "REGROUP_TARGET"), "/state/db");
         assert_eq!(value(&e, "REGROUP_RESTORE_STRATEGY"), "copy");
         assert_eq!(value(&e, "REGROUP_OVERLAP_FRACTION_THRESHOLD"), "0.25");
-        assert!(!e.contains_key("REGROUP_RESTORE_COMPACT"), "the worker compacts by default");
+        assert!(
+            !e.contains_key("REGROUP_RESTORE_COMPACT"),
+            "the worker compacts by default"
+        );
         assert!(e["REGROUP_SUBTASK"].value_from.is_some());
         assert_eq!(r.volume_mounts.as_ref().unwrap()[0].mount_path, STATE_DIR);
         assert_eq!(
@@ -690,7 +693,10 @@ mod tests {
         );
 
         let compacting = job(serde_json::json!({"restore": {"compact": true}}));
-        let pod = pod_template(&compacting, &gen_(Some(12))).unwrap().spec.unwrap();
+        let pod = pod_template(&compacting, &gen_(Some(12)))
+            .unwrap()
+            .spec
+            .unwrap();
         let e = env_of(&pod.init_containers.unwrap()[0]);
         assert_eq!(value(&e, "REGROUP_RESTORE_COMPACT"), "true");
 
