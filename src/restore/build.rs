@@ -59,10 +59,11 @@ fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
 /// Builds the DB of `plan` in `work/db`.
 ///
 /// The I/O is pipelined: every file the plan needs is fetched (hard-linked from the local DB
-/// when it verifies, else downloaded and synced) with bounded parallelism, handle after handle,
-/// and each handle is merged into the new DB (ingested or copied) by a builder thread as soon as
-/// its last file is in, while the next handles' files are still arriving. Peak disk use is the
-/// fetched files plus the result: ingestion moves the files into the DB.
+/// when it verifies, else downloaded and synced) with bounded parallelism, handle after handle
+/// (local files and downloads side by side), and each handle is merged into the new DB
+/// (ingested or copied) by a builder thread as soon as its last file is in, while the next
+/// handles' files are still arriving. Peak disk use is the fetched files plus the result:
+/// ingestion moves the files into the DB.
 pub async fn build(
     store: &CheckpointStore,
     meta: &CheckpointMetadata,
@@ -101,10 +102,18 @@ pub async fn build(
     );
     let (mut done_bytes, mut next_report) = (0u64, total / 10);
     let mut first_error = None;
-    // Every transfer runs to its end (no cancellation mid-write); the first error wins.
-    let mut fetches = futures::stream::iter(transfers.iter())
+    // Every transfer runs to its end (no cancellation mid-write); the first error wins. Local
+    // files (read and checksummed: CPU and reads) are checked beside the downloads (writes),
+    // each with their own slots, so neither waits for the other.
+    let (from_local, from_store): (Vec<&Transfer>, Vec<&Transfer>) =
+        transfers.iter().partition(|t| t.local_name.is_some());
+    let checks = futures::stream::iter(from_local)
+        .map(|t| async move { (t, fetch(store, local, t).await) })
+        .buffer_unordered(LOCAL_CHECK_PARALLELISM);
+    let downloads = futures::stream::iter(from_store)
         .map(|t| async move { (t, fetch(store, local, t).await) })
         .buffer_unordered(DOWNLOAD_PARALLELISM);
+    let mut fetches = futures::stream::select(checks, downloads);
     while let Some((t, result)) = fetches.next().await {
         match result {
             Ok(fetched) => {
@@ -158,6 +167,9 @@ pub async fn build(
     stats.build_seconds = fetched.elapsed().as_secs_f64();
     Ok(stats)
 }
+
+/// Local files checked (read and checksummed) at once, beside the downloads.
+const LOCAL_CHECK_PARALLELISM: usize = 2;
 
 /// One file the plan needs: where it goes, and the local DB's copy to try first, if any.
 struct Transfer<'a> {
