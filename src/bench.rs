@@ -24,7 +24,7 @@ use crate::restore::{
     PlanOptions, RestoreRequest, RestoreSummary, Strategy, SubtaskPlan, plan_subtask_with_local,
     restore_subtask,
 };
-use crate::worker::marker::{LocalCheckpointMarker, MARKER_VERSION};
+use crate::worker::marker::LocalCheckpointMarker;
 
 /// `regroup bench ...`
 #[derive(Subcommand, Debug)]
@@ -150,20 +150,7 @@ fn kept_volume(dir: &Path, meta: &CheckpointMetadata, i: u32, name: &str) -> Res
         let to = db.join(entry.file_name());
         std::fs::hard_link(entry.path(), &to).map_err(Error::io("hard-link", &to))?;
     }
-    let h = &meta.handles[i as usize];
-    LocalCheckpointMarker {
-        format_version: MARKER_VERSION,
-        job: meta.job.clone(),
-        checkpoint_id: meta.checkpoint_id,
-        instance_id: h.instance_id.clone(),
-        subtask: i,
-        parallelism: p,
-        max_parallelism: meta.max_parallelism,
-        key_group_range: h.key_group_range,
-        epoch: h.epoch,
-        created_at: chrono::Utc::now(),
-    }
-    .write(&volume)?;
+    LocalCheckpointMarker::of_handle(&meta.handles[i as usize]).write(&volume)?;
     Ok(db)
 }
 

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::Shared;
 use super::auth::{Refusal, admit};
 use super::checkpoints::{Begin, Notice};
-use super::marker::{LocalCheckpointMarker, MARKER_VERSION};
+use super::marker::LocalCheckpointMarker;
 
 /// Body of `POST /v1/checkpoints`.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -139,7 +139,6 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     };
     let task_shared = shared.clone();
     let snapshotter = running.snapshotter.clone();
-    let instance_id = running.backend.instance_id().to_owned();
     let id = req.id;
     let stop = req.stop;
     shared.spawn_upload(async move {
@@ -164,20 +163,8 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                     .set(handle.bytes_total as i64);
                 shared.metrics.checkpoints_completed.inc();
                 if stop {
-                    let i = &shared.identity;
-                    let marker = LocalCheckpointMarker {
-                        format_version: MARKER_VERSION,
-                        job: i.job.clone(),
-                        checkpoint_id: id,
-                        instance_id,
-                        subtask: i.subtask,
-                        parallelism: i.parallelism,
-                        max_parallelism: i.max_parallelism,
-                        key_group_range: i.range,
-                        epoch: i.epoch,
-                        created_at: chrono::Utc::now(),
-                    };
-                    if let Err(e) = marker.write(&i.state_dir) {
+                    let marker = LocalCheckpointMarker::of_handle(&handle);
+                    if let Err(e) = marker.write(&shared.identity.state_dir) {
                         warn!(error = %e, "cannot write the local checkpoint marker");
                     }
                 }

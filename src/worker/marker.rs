@@ -50,6 +50,22 @@ pub fn marker_path(state_dir: &Path) -> PathBuf {
 }
 
 impl LocalCheckpointMarker {
+    /// The marker saying a local DB equals `handle` (the DB that wrote it, as of its checkpoint).
+    pub fn of_handle(handle: &crate::checkpoint::SubtaskHandle) -> Self {
+        Self {
+            format_version: MARKER_VERSION,
+            job: handle.job.clone(),
+            checkpoint_id: handle.checkpoint_id,
+            instance_id: handle.instance_id.clone(),
+            subtask: handle.subtask,
+            parallelism: handle.parallelism,
+            max_parallelism: handle.max_parallelism,
+            key_group_range: handle.key_group_range,
+            epoch: handle.epoch,
+            created_at: Utc::now(),
+        }
+    }
+
     /// Writes the marker atomically (temporary file, then rename).
     pub fn write(&self, state_dir: &Path) -> Result<()> {
         let path = marker_path(state_dir);

@@ -10,7 +10,7 @@ use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup::keygroup::{KeyGroupRange, key_group_for_key, subtask_for_key_group};
 use regroup::restore::{RestoreRequest, RestoreSummary, Strategy, restore_subtask};
-use regroup::worker::marker::{LocalCheckpointMarker, MARKER_VERSION};
+use regroup::worker::marker::LocalCheckpointMarker;
 
 /// Named states (column families) every worker declares.
 pub const STATES: [&str; 2] = ["counts", "sessions"];
@@ -233,19 +233,7 @@ pub fn workers_at(
 /// The marker a stop-with-checkpoint leaves beside the DB of old subtask `i` of `meta`: it says
 /// the DB equals that handle.
 pub fn local_marker(meta: &CheckpointMetadata, i: u32) -> LocalCheckpointMarker {
-    let h = &meta.handles[i as usize];
-    LocalCheckpointMarker {
-        format_version: MARKER_VERSION,
-        job: meta.job.clone(),
-        checkpoint_id: meta.checkpoint_id,
-        instance_id: h.instance_id.clone(),
-        subtask: h.subtask,
-        parallelism: meta.parallelism,
-        max_parallelism: meta.max_parallelism,
-        key_group_range: h.key_group_range,
-        epoch: meta.epoch,
-        created_at: chrono::Utc::now(),
-    }
+    LocalCheckpointMarker::of_handle(&meta.handles[i as usize])
 }
 
 /// Restores subtask `i` of `p` with `strategy` into `target`.
