@@ -10,6 +10,7 @@
 //! is checked.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
@@ -169,36 +170,45 @@ fn files_to_download<'a>(meta: &'a CheckpointMetadata, plan: &SubtaskPlan) -> Ve
     out
 }
 
+/// Runs `command` (`operation` names it in errors) on `dir`; an error unless it succeeds.
+fn run_tool(mut command: Command, operation: &'static str, dir: &Path) -> Result<()> {
+    let tool = command.get_program().to_string_lossy().into_owned();
+    let status = command.status().map_err(Error::io(operation, dir))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "{tool} on {} failed: {status}",
+            dir.display()
+        )))
+    }
+}
+
+/// `sync -f` of the file system holding `dir`.
+fn sync(dir: &Path) -> Result<()> {
+    let mut sync = Command::new("sync");
+    sync.arg("-f").arg(dir);
+    run_tool(sync, "run sync", dir)
+}
+
+/// Where the `file://` store at `store_root` keeps the objects of `job`.
+fn job_root(store_root: &Path, job: &JobId) -> PathBuf {
+    store_root.join(&job.namespace).join(&job.name)
+}
+
 /// `cp` of `files` from the store into a fresh directory (one sub-directory per file, names
 /// repeat across handles), then `sync`; returns the seconds for both.
 fn plain_copy(store_root: &Path, job: &JobId, files: &[&FileRef], dir: &Path) -> Result<f64> {
-    let job_root = store_root.join(&job.namespace).join(&job.name);
+    let job_root = job_root(store_root, job);
     let started = Instant::now();
     if !files.is_empty() {
         std::fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
-        let status = std::process::Command::new("cp")
-            .arg("--backup=numbered")
+        let mut cp = Command::new("cp");
+        cp.arg("--backup=numbered")
             .args(files.iter().map(|f| job_root.join(&f.path)))
-            .arg(dir)
-            .status()
-            .map_err(Error::io("run cp", dir))?;
-        if !status.success() {
-            return Err(Error::Other(format!(
-                "cp into {} failed: {status}",
-                dir.display()
-            )));
-        }
-        let status = std::process::Command::new("sync")
-            .arg("-f")
-            .arg(dir)
-            .status()
-            .map_err(Error::io("run sync", dir))?;
-        if !status.success() {
-            return Err(Error::Other(format!(
-                "sync of {} failed: {status}",
-                dir.display()
-            )));
-        }
+            .arg(dir);
+        run_tool(cp, "run cp", dir)?;
+        sync(dir)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if dir.exists() {
@@ -209,7 +219,7 @@ fn plain_copy(store_root: &Path, job: &JobId, files: &[&FileRef], dir: &Path) ->
 
 /// Reads `files` from the store once, so that they are in the page cache.
 fn warm(store_root: &Path, job: &JobId, files: &[&FileRef]) -> Result<()> {
-    let job_root = store_root.join(&job.namespace).join(&job.name);
+    let job_root = job_root(store_root, job);
     for f in files {
         let path = job_root.join(&f.path);
         let mut file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
@@ -405,7 +415,7 @@ fn raw_copy(
     job: &JobId,
     dir: &Path,
 ) -> Result<(f64, f64, u64)> {
-    let job_root = store_root.join(&job.namespace).join(&job.name);
+    let job_root = job_root(store_root, job);
     let bytes = meta
         .handles
         .iter()
@@ -417,30 +427,13 @@ fn raw_copy(
         // One directory per handle: SST names repeat across DB instances.
         let sub = dir.join(h.subtask.to_string());
         std::fs::create_dir_all(&sub).map_err(Error::io("create directory", &sub))?;
-        let status = std::process::Command::new("cp")
-            .args(h.shared.iter().map(|s| job_root.join(&s.file.path)))
-            .arg(&sub)
-            .status()
-            .map_err(Error::io("run cp", &sub))?;
-        if !status.success() {
-            return Err(Error::Other(format!(
-                "cp into {} failed: {status}",
-                sub.display()
-            )));
-        }
+        let mut cp = Command::new("cp");
+        cp.args(h.shared.iter().map(|s| job_root.join(&s.file.path)))
+            .arg(&sub);
+        run_tool(cp, "run cp", &sub)?;
     }
     let cp = started.elapsed().as_secs_f64();
-    let status = std::process::Command::new("sync")
-        .arg("-f")
-        .arg(dir)
-        .status()
-        .map_err(Error::io("run sync", dir))?;
-    if !status.success() {
-        return Err(Error::Other(format!(
-            "sync of {} failed: {status}",
-            dir.display()
-        )));
-    }
+    sync(dir)?;
     let synced = started.elapsed().as_secs_f64();
     std::fs::remove_dir_all(dir).map_err(Error::io("remove", dir))?;
     Ok((cp, synced, bytes))

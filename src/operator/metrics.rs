@@ -1,6 +1,5 @@
 //! The operator's Prometheus metrics, served on `/metrics`.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -105,10 +104,7 @@ pub fn label(key: &str, value: &str) -> Labels {
 impl OperatorMetrics {
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        crate::telemetry::exposition(&self.registry)
     }
 }
 
