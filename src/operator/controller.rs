@@ -836,11 +836,7 @@ impl Round {
                 if let Some(p) = self.status.pending_checkpoint.as_mut() {
                     p.failure = Some(e.to_string());
                 }
-                self.ctx
-                    .metrics
-                    .checkpoints
-                    .get_or_create(&label("outcome", "failed"))
-                    .inc();
+                self.ctx.metrics.checkpoint_ended("failed");
                 self.problem = Some(Problem {
                     reason: "CheckpointFailed".to_owned(),
                     message: message.clone(),
@@ -873,13 +869,7 @@ impl Round {
             .as_ref()
             .map(|p| p.started.clone());
         let record = coordinator::record(&meta, started.as_ref(), &t);
-        let m = &self.ctx.metrics;
-        m.checkpoints
-            .get_or_create(&label("outcome", "completed"))
-            .inc();
-        m.checkpoint_duration.observe(record.duration_seconds);
-        m.checkpoint_bytes_total.inc_by(record.bytes_total);
-        m.checkpoint_bytes_new.inc_by(record.bytes_new);
+        self.ctx.metrics.checkpoint_completed(&record);
         let note = format!(
             "checkpoint {id} completed: {} bytes ({} new) in {:.1}s",
             record.bytes_total, record.bytes_new, record.duration_seconds
@@ -932,13 +922,7 @@ impl Round {
             FinalCheckpoint::Completed(id) => {
                 let meta = self.store.read_metadata(*id).await?;
                 let record = coordinator::record(&meta, started.as_ref(), t);
-                let m = &self.ctx.metrics;
-                m.checkpoints
-                    .get_or_create(&label("outcome", "completed"))
-                    .inc();
-                m.checkpoint_duration.observe(record.duration_seconds);
-                m.checkpoint_bytes_total.inc_by(record.bytes_total);
-                m.checkpoint_bytes_new.inc_by(record.bytes_new);
+                self.ctx.metrics.checkpoint_completed(&record);
                 self.status.last_checkpoint = Some(record);
                 self.clear_checkpoint_problem();
                 let timeout = self.job.spec.checkpointing.timeout()?;
@@ -956,11 +940,7 @@ impl Round {
                 let pods = self.pods().await?;
                 self.notify(&pods, id, epoch, parallelism, Notice::Abort)
                     .await;
-                self.ctx
-                    .metrics
-                    .checkpoints
-                    .get_or_create(&label("outcome", "aborted"))
-                    .inc();
+                self.ctx.metrics.checkpoint_ended("aborted");
             }
             FinalCheckpoint::InProgress => {}
         }
@@ -978,11 +958,7 @@ impl Round {
         self.notify(&pods, p.id, p.epoch, parallelism, Notice::Abort)
             .await;
         self.status.pending_checkpoint = None;
-        self.ctx
-            .metrics
-            .checkpoints
-            .get_or_create(&label("outcome", "aborted"))
-            .inc();
+        self.ctx.metrics.checkpoint_ended("aborted");
         let message = format!("checkpoint {} aborted: {reason}", p.id);
         if !p.stop && self.status.phase == Some(Phase::Running) && p.failure.is_none() {
             self.problem = Some(Problem {

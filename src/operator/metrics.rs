@@ -102,6 +102,21 @@ pub fn label(key: &str, value: &str) -> Labels {
 }
 
 impl OperatorMetrics {
+    /// Counts a checkpoint that ended with `outcome` (completed, failed, aborted).
+    pub fn checkpoint_ended(&self, outcome: &str) {
+        self.checkpoints
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+    }
+
+    /// Counts a completed checkpoint, its duration and bytes.
+    pub fn checkpoint_completed(&self, record: &crate::operator::crd::CheckpointRecord) {
+        self.checkpoint_ended("completed");
+        self.checkpoint_duration.observe(record.duration_seconds);
+        self.checkpoint_bytes_total.inc_by(record.bytes_total);
+        self.checkpoint_bytes_new.inc_by(record.bytes_new);
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         crate::telemetry::exposition(&self.registry)
