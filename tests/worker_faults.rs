@@ -45,15 +45,7 @@ async fn refused_requests_change_nothing() {
         assert_eq!(c.store.read_handle(1, 0).await.unwrap(), None);
         assert!(c.store.list_all().await.unwrap().is_empty());
         assert_eq!(c.checkpoint_status(w, 1).await.0, 404);
-        let ready: serde_json::Value = c
-            .client
-            .get(format!("{}/readyz", w.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: serde_json::Value = c.readyz(w).await;
         assert_eq!(
             ready["processing"], true,
             "a refused stop paused processing: {ready}"
@@ -133,15 +125,7 @@ async fn refused_requests_change_nothing() {
     assert_eq!(c.checkpoint_status(w, 1).await.1["notice"], "complete");
     let v = verify(&c.store, Some(1)).await.unwrap();
     assert!(v.ok(), "{v}");
-    let metrics = c
-        .client
-        .get(format!("{}/metrics", w.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics_text(w).await;
     for line in [
         "regroup_worker_checkpoints_completed_total 1",
         "regroup_worker_checkpoint_duration_seconds_count 1",

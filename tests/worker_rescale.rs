@@ -55,15 +55,7 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
         let mut processed = 0;
         for w in &workers {
             processed += c.events_processed(w).await;
-            let ready: serde_json::Value = c
-                .client
-                .get(format!("{}/readyz", w.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let ready: serde_json::Value = c.readyz(w).await;
             assert_eq!(ready["processing"], false, "{ready}");
             let marker = LocalCheckpointMarker::read(&w.state_dir)
                 .unwrap()

@@ -197,18 +197,23 @@ impl Cluster {
         matches!(r, Ok(r) if r.status() == 200)
     }
 
+    /// The worker's `/readyz` body.
+    pub async fn readyz(&self, w: &Worker) -> serde_json::Value {
+        let r = self.client.get(format!("{}/readyz", w.url)).send().await;
+        r.unwrap().json().await.unwrap()
+    }
+
+    /// The worker's `/metrics` exposition.
+    pub async fn metrics_text(&self, w: &Worker) -> String {
+        let r = self.client.get(format!("{}/metrics", w.url)).send().await;
+        r.unwrap().text().await.unwrap()
+    }
+
     /// Events the worker reports as processed.
     pub async fn events_processed(&self, w: &Worker) -> u64 {
-        let text = self
-            .client
-            .get(format!("{}/metrics", w.url))
-            .send()
+        self.metrics_text(w)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .find_map(|l| l.strip_prefix("regroup_worker_events_processed_total "))
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0)
