@@ -61,9 +61,7 @@ async fn plan_and_restore_a_stored_checkpoint() {
     let url = format!("file://{}/store", root.path().display());
     let store = CheckpointStore::from_url(&url, job()).unwrap();
     let model = initial_model(2000);
-    let backends = workers(&root.path().join("gen0"), 128, 2, &model);
-    let meta = checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
-    drop(backends);
+    let meta = first_checkpoint(&store, root.path(), 2, &model).await;
 
     let (ok, out, err) = regroup(
         &[

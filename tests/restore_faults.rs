@@ -174,8 +174,7 @@ async fn setup(root: &std::path::Path) -> (Arc<FailingGets>, CheckpointStore, Ch
     });
     let store = CheckpointStore::new(faulty.clone(), ObjectPath::from("faults"), job());
     let model = initial_model(1500);
-    let backends = workers(&root.join("gen0"), 128, 2, &model);
-    let meta = checkpoint(&store, &backends, 1, 1, 128, &root.join("s")).await;
+    let meta = first_checkpoint(&store, root, 2, &model).await;
     (faulty, store, meta)
 }
 
@@ -323,9 +322,7 @@ async fn each_handle_is_ingested_while_the_next_downloads() {
     });
     let store = CheckpointStore::new(faulty.clone(), ObjectPath::from("pipeline"), job());
     let model = initial_model(1500);
-    let backends = workers(&root.path().join("gen0"), 128, 2, &model);
-    let meta = checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
-    drop(backends);
+    let meta = first_checkpoint(&store, root.path(), 2, &model).await;
     let state = root.path().join("state");
     let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     *faulty.gate.lock().unwrap() = Some(Gate {

@@ -161,9 +161,7 @@ async fn local_recovery_downloads_nothing() {
     let url = format!("file://{}/store", root.path().display());
     let store = CheckpointStore::from_url(&url, job()).unwrap();
     let model = initial_model(2000);
-    let backends = workers(&root.path().join("gen0"), 128, 2, &model);
-    let meta = checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
-    drop(backends);
+    let meta = first_checkpoint(&store, root.path(), 2, &model).await;
     let target = root.path().join("state").join("db");
 
     let first = restore(&store, 1, 1, 2, &target, Strategy::Ingest).await;
@@ -218,9 +216,7 @@ async fn threshold_starts_from_an_empty_db() {
         CheckpointStore::from_url(&format!("file://{}/store", root.path().display()), job())
             .unwrap();
     let model = initial_model(1500);
-    let backends = workers(&root.path().join("gen0"), 128, 1, &model);
-    checkpoint(&store, &backends, 1, 1, 128, &root.path().join("s")).await;
-    drop(backends);
+    first_checkpoint(&store, root.path(), 1, &model).await;
     let target = root.path().join("t");
     let mut request = RestoreRequest::new(Some(1), 1, 2, &target);
     request.strategy = Strategy::Copy;
@@ -247,9 +243,7 @@ async fn deferred_compaction_falls_back_to_copy_until_compacted() {
             .unwrap();
     let scratch = root.path().join("s");
     let mut model = initial_model(3000);
-    let backends = workers(&root.path().join("gen0"), 128, 1, &model);
-    checkpoint(&store, &backends, 1, 1, 128, &scratch).await;
-    drop(backends);
+    first_checkpoint(&store, root.path(), 1, &model).await;
 
     // 1 → 2 with the compaction left to the worker (the default).
     let mut dirs = Vec::new();

@@ -250,6 +250,18 @@ pub async fn restore(
     restore_subtask(store, &request).await.unwrap()
 }
 
+/// Writes `model` into `p` workers under `root/gen0` (M = 128) and stores their checkpoint 1
+/// (epoch 1); the workers' DBs are closed afterwards.
+pub async fn first_checkpoint(
+    store: &CheckpointStore,
+    root: &Path,
+    p: u32,
+    model: &Model,
+) -> CheckpointMetadata {
+    let backends = workers(&root.join("gen0"), 128, p, model);
+    checkpoint(store, &backends, 1, 1, 128, &root.join("s")).await
+}
+
 /// The part of `model` that subtask `i` of `p` owns.
 pub fn owned(model: &Model, max_parallelism: u32, p: u32, i: u32) -> Model {
     model
