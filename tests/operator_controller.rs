@@ -590,18 +590,12 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
                     .unwrap();
             }
             Stage::Restoring => {
-                quotas
-                    .delete("hold", &DeleteParams::default())
-                    .await
-                    .unwrap();
+                release_hold(&client, &ns.name, "restart").await;
             }
             Stage::RollingForward => {
                 // Pods come up and restore (kwok: initialized and ready at once); then the test
                 // takes readiness away so that the new operator finds them initialized, not ready.
-                quotas
-                    .delete("hold", &DeleteParams::default())
-                    .await
-                    .unwrap();
+                release_hold(&client, &ns.name, "restart").await;
                 let epoch = held.status.as_ref().unwrap().epoch.to_string();
                 eventually("the new pods", LONG, || async {
                     let ps = pods(&client, &ns.name, "restart").await;
@@ -645,6 +639,27 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
         );
     }
     operator.kill().await;
+}
+
+/// Deletes the pod quota "hold" that kept the StatefulSet `set` from creating pods, and touches
+/// the set so that its controller tries again at once: while the quota refused its pods, the
+/// controller's retries of that set backed off exponentially (minutes after a long hold).
+async fn release_hold(client: &Client, ns: &str, set: &str) {
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    quotas
+        .delete("hold", &DeleteParams::default())
+        .await
+        .unwrap();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    sets.patch(
+        set,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+            "regroup.test/hold-released": chrono::Utc::now().to_rfc3339()
+        }}})),
+    )
+    .await
+    .unwrap();
 }
 
 async fn set_ready(api: &Api<Pod>, name: &str, ready: bool) {
@@ -832,10 +847,7 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
         before,
         "no claim is deleted while the rescale restores"
     );
-    quotas
-        .delete("hold", &DeleteParams::default())
-        .await
-        .unwrap();
+    release_hold(&client, &ns.name, "orders").await;
     let epoch = running.status.unwrap().epoch;
     let job = wait_running(&client, &api, "orders", 1, epoch).await;
 
