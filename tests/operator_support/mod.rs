@@ -68,9 +68,35 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 /// `kubectl apply -f crds/` and waits until the CRD is established.
+///
+/// The tests of one binary start at once: on a cluster without the CRD, concurrent applies
+/// each see it missing and all but one create fails with AlreadyExists. So applies are
+/// serialised within the process, and one that lost such a race to another process is run again
+/// (it then updates the CRD).
 pub async fn install_crd(client: &Client) {
+    static APPLYING: Mutex<()> = Mutex::new(());
     let crds = root().join("crds");
-    run(Command::new("kubectl").arg("apply").arg("-f").arg(&crds));
+    {
+        let _one_at_a_time = APPLYING.lock().unwrap_or_else(|e| e.into_inner());
+        let apply = || {
+            Command::new("kubectl")
+                .arg("apply")
+                .arg("-f")
+                .arg(&crds)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run kubectl apply: {e}"))
+        };
+        let first = apply();
+        if !first.status.success() {
+            let stderr = String::from_utf8_lossy(&first.stderr);
+            assert!(
+                stderr.contains("AlreadyExists"),
+                "kubectl apply -f {} failed: {stderr}",
+                crds.display()
+            );
+            run(Command::new("kubectl").arg("apply").arg("-f").arg(&crds));
+        }
+    }
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     eventually(
         "the StatefulJob CRD to be established",
