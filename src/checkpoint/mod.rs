@@ -1,6 +1,7 @@
 //! Checkpoints in an object store: metadata types, object paths, the checksummed store and the
 //! registry of file references with retention and garbage collection.
 
+pub mod local_file;
 pub mod metadata;
 pub mod paths;
 pub mod registry;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::path::{Path as LocalPath, PathBuf};
+use std::path::Path as LocalPath;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::{StreamExt, TryStreamExt};
@@ -13,9 +13,9 @@ use object_store::{
     GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
 };
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::local_file::{LocalFile, LocalWrite};
 use super::metadata::{
     CheckpointMetadata, Checksum, FORMAT_VERSION, FileRef, SubtaskHandle, decode,
 };
@@ -263,15 +263,19 @@ impl CheckpointStore {
         })
     }
 
-    /// Downloads `file` to `local`, verifying size and checksum. On any failure the partial
+    /// Downloads `file` to `local`, verifying size and checksum; `mode` says whether the file
+    /// is durable (synced) when this returns (see [`LocalFile`]). On any failure the partial
     /// local file is removed and the error names the file and the metadata referencing it.
     pub async fn download_file(
         &self,
         file: &FileRef,
         local: &LocalPath,
         referenced_in: &str,
+        mode: LocalWrite,
     ) -> Result<()> {
-        let result = self.download_unchecked(file, local, referenced_in).await;
+        let result = self
+            .download_unchecked(file, local, referenced_in, mode)
+            .await;
         if result.is_err() {
             let _ = std::fs::remove_file(local);
         }
@@ -283,6 +287,7 @@ impl CheckpointStore {
         file: &FileRef,
         local: &LocalPath,
         referenced_in: &str,
+        mode: LocalWrite,
     ) -> Result<()> {
         let location = self.paths.resolve(&file.path, referenced_in)?;
         let got = match self.store.get(&location).await {
@@ -295,33 +300,47 @@ impl CheckpointStore {
             }
             Err(e) => return Err(store_err("get", &location)(e)),
         };
+        let local = local.to_path_buf();
+        let task_failed =
+            |e: tokio::task::JoinError| Error::Other(format!("download task failed: {e}"));
         let (size, checksum) = match got.payload {
-            GetResultPayload::File(mut src, _) => {
-                let local = local.to_path_buf();
-                tokio::task::spawn_blocking(move || copy_checksummed(&mut src, &local))
-                    .await
-                    .map_err(|e| Error::Other(format!("download task failed: {e}")))??
-            }
-            GetResultPayload::Stream(stream) => {
-                let mut out = tokio::fs::File::create(local)
-                    .await
-                    .map_err(Error::io("create", local))?;
-                let mut stream = stream;
-                let mut checksum = Checksum::default();
-                let mut size = 0u64;
-                while let Some(chunk) = stream
-                    .try_next()
-                    .await
-                    .map_err(store_err("get", &location))?
-                {
-                    checksum = checksum.update(&chunk);
-                    size += chunk.len() as u64;
-                    out.write_all(&chunk)
-                        .await
-                        .map_err(Error::io("write", local))?;
+            GetResultPayload::File(mut src, _) => tokio::task::spawn_blocking(move || {
+                let mut out = LocalFile::create(&local, mode)?;
+                out.copy_from(&mut src)?;
+                out.finish()
+            })
+            .await
+            .map_err(task_failed)??,
+            GetResultPayload::Stream(mut stream) => {
+                // The writes block (direct I/O waits for the disk): a blocking task takes the
+                // chunks as they arrive.
+                let (chunks, mut arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+                let writer = tokio::task::spawn_blocking(move || {
+                    let mut out = LocalFile::create(&local, mode)?;
+                    while let Some(chunk) = arriving.blocking_recv() {
+                        out.write_all(&chunk)?;
+                    }
+                    out.finish()
+                });
+                let mut received = Ok(());
+                loop {
+                    match stream.try_next().await {
+                        Ok(Some(chunk)) => {
+                            if chunks.send(chunk).await.is_err() {
+                                break; // the writer failed: its error is returned below
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            received = Err(store_err("get", &location)(e));
+                            break;
+                        }
+                    }
                 }
-                out.flush().await.map_err(Error::io("write", local))?;
-                (size, checksum)
+                drop(chunks);
+                let written = writer.await.map_err(task_failed)?;
+                received?;
+                written?
             }
         };
         verify(file, size, checksum)
@@ -536,11 +555,6 @@ pub fn checksum_file(path: &LocalPath) -> Result<(u64, Checksum)> {
     stream_checksummed(&mut f, &mut std::io::sink(), path)
 }
 
-fn copy_checksummed(src: &mut std::fs::File, dst: &PathBuf) -> Result<(u64, Checksum)> {
-    let mut out = std::fs::File::create(dst).map_err(Error::io("create", dst))?;
-    stream_checksummed(src, &mut out, dst)
-}
-
 /// Copies `src` to `dst` in large chunks, returning the size and checksum of what passed;
 /// errors name `path`.
 fn stream_checksummed(
@@ -579,8 +593,8 @@ pub const DOWNLOAD_PARALLELISM: usize = 4;
 
 impl CheckpointStore {
     /// Downloads every file of `handle` into `dir` (created if needed) with bounded parallelism,
-    /// verifying each. The handle is validated first. On failure every file this call wrote is
-    /// removed and the error names the file at fault.
+    /// verifying each, as scratch files (not synced). The handle is validated first. On failure
+    /// every file this call wrote is removed and the error names the file at fault.
     pub async fn download_handle(&self, handle: &SubtaskHandle, dir: &LocalPath) -> Result<u64> {
         let referenced_in = self
             .paths
@@ -600,7 +614,8 @@ impl CheckpointStore {
         self.download_files(&files, dir, &referenced_in).await
     }
 
-    /// Downloads `(local name, reference)` pairs into `dir`, all or nothing; returns the bytes.
+    /// Downloads `(local name, reference)` pairs into `dir` as scratch files, all or nothing;
+    /// returns the bytes.
     pub async fn download_files(
         &self,
         files: &[(&str, &FileRef)],
@@ -612,7 +627,10 @@ impl CheckpointStore {
         let results: Vec<Result<()>> = futures::stream::iter(files.iter())
             .map(|(name, file)| {
                 let target = dir.join(name);
-                async move { self.download_file(file, &target, referenced_in).await }
+                async move {
+                    self.download_file(file, &target, referenced_in, LocalWrite::Scratch)
+                        .await
+                }
             })
             .buffer_unordered(DOWNLOAD_PARALLELISM)
             .collect()

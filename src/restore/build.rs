@@ -13,6 +13,7 @@ use super::ingest;
 use super::local::LocalSource;
 use super::plan::{InputMethod, PlannedInput, RestoreKind, SubtaskPlan};
 use crate::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
+use crate::checkpoint::local_file::LocalWrite;
 use crate::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SubtaskHandle};
 use crate::error::{Error, Result};
@@ -59,10 +60,10 @@ fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
 /// Builds the DB of `plan` in `work/db`.
 ///
 /// The I/O is pipelined: every file the plan needs is fetched (hard-linked from the local DB
-/// when it verifies, else downloaded and synced) with bounded parallelism, handle after handle
-/// (local files and downloads side by side), and each handle is merged into the new DB
-/// (ingested or copied) by a builder thread as soon as its last file is in, while the next
-/// handles' files are still arriving. Peak disk use is the fetched files plus the result:
+/// when it verifies, else downloaded; synced unless it is scratch) with bounded parallelism,
+/// handle after handle (local files and downloads side by side), and each handle is merged
+/// into the new DB (ingested or copied) by a builder thread as soon as its last file is in,
+/// while the next handles' files are still arriving. Peak disk use is the fetched files plus the result:
 /// ingestion moves the files into the DB.
 pub async fn build(
     store: &CheckpointStore,
@@ -180,6 +181,9 @@ struct Transfer<'a> {
     referenced_in: Arc<str>,
     /// The file's name in the local DB, when the input's handle is the local DB.
     local_name: Option<&'a str>,
+    /// Durable for files the new DB takes in; scratch for the files of a handle it copies
+    /// records from (read once, then deleted).
+    mode: LocalWrite,
 }
 
 /// Where a file came from.
@@ -209,6 +213,10 @@ fn transfers<'a>(
         let dir = input_dir(work, input);
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
         let from_local = input.local && local.is_some_and(|l| l.old_subtask == input.old_subtask);
+        let mode = match input.method {
+            InputMethod::Copy => LocalWrite::Scratch,
+            InputMethod::Whole | InputMethod::Base | InputMethod::Ingest => LocalWrite::Durable,
+        };
         for &i in &input.shared_files {
             let f = &h.shared[i];
             out.push(Transfer {
@@ -217,6 +225,7 @@ fn transfers<'a>(
                 file: &f.file,
                 referenced_in: referenced_in.clone(),
                 local_name: from_local.then_some(f.local_name.as_str()),
+                mode,
             });
         }
         if input.private_files {
@@ -227,6 +236,7 @@ fn transfers<'a>(
                     file: &p.file,
                     referenced_in: referenced_in.clone(),
                     local_name: None,
+                    mode,
                 });
             }
         }
@@ -235,8 +245,9 @@ fn transfers<'a>(
 }
 
 /// Fetches one file: hard-linked from the local DB if it has a verified copy, else downloaded
-/// (verified) and synced — durable before the DB references it; syncing here, several files at
-/// once and beside the other transfers, leaves nothing for ingestion's own per-file sync.
+/// (verified) as `t.mode` says — a file the DB takes in is durable before the DB references it;
+/// syncing here, several files at once and beside the other transfers, leaves nothing for
+/// ingestion's own per-file sync.
 async fn fetch(
     store: &CheckpointStore,
     local: Option<&LocalSource>,
@@ -258,16 +269,8 @@ async fn fetch(
         }
     }
     store
-        .download_file(t.file, &t.dest, &t.referenced_in)
+        .download_file(t.file, &t.dest, &t.referenced_in, t.mode)
         .await?;
-    let path = t.dest.clone();
-    tokio::task::spawn_blocking(move || {
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(Error::io("sync", &path))
-    })
-    .await
-    .map_err(|e| Error::Other(format!("sync task failed: {e}")))??;
     Ok(Fetched::Downloaded { fallback })
 }
 
