@@ -2,13 +2,14 @@
 //! reference them.
 //!
 //! A restore must have each file it hands to the new DB on disk (synced) first. Written through
-//! the page cache and synced afterwards, 1.2 GB took 0.74 s in half of the runs of `regroup
-//! bench restore` on the test machine and 2.0–2.3 s in the other half (the kernel's writeback);
-//! written with direct I/O it took 0.72–0.82 s every time. So a durable [`LocalFile`] writes with
-//! `O_DIRECT` (an aligned buffer, the last block padded with zeros and the file cut back to its
-//! size) where the file system accepts it, through the page cache where it does not (tmpfs,
-//! some network file systems), and is synced by [`LocalFile::finish`]. Scratch files (read once,
-//! then deleted) go through the page cache, unsynced.
+//! the page cache and synced afterwards, the 1.26 GB of a new subtask of scale-out 1→2 at 10M
+//! keys took 0.74–0.82 s in half of the restores measured on the test machine and 1.9–2.2 s in
+//! the other half (the kernel's writeback); written with direct I/O, 0.69–0.97 s (see
+//! docs/benchmarks.md). So a durable [`LocalFile`] writes with `O_DIRECT` (an aligned buffer,
+//! the last block padded with zeros and the file cut back to its size) where the file system
+//! accepts it, through the page cache where it does not (some network file systems), and is
+//! synced by [`LocalFile::finish`]. Scratch files (read once, then deleted) go through the page
+//! cache, unsynced.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -32,9 +33,9 @@ pub enum LocalWrite {
 /// logical block size of common disks.
 const ALIGN: usize = 4096;
 
-/// Bytes per write. With direct I/O each write waits for the disk: 1 MiB writes from four
-/// downloads at once kept the test machine's disk busiest (256 KiB: 0.74–0.93 s for 1.2 GB,
-/// 1 MiB: 0.72–0.82 s, 4 MiB: 0.80–0.90 s).
+/// Bytes per write. With direct I/O each write waits for the disk; with four downloads at once,
+/// 1 MiB writes were the fastest on the test machine (1.26 GB: median 0.76 s; 256 KiB: 0.82 s;
+/// 4 MiB: 0.86 s).
 const WRITE_BYTES: usize = 1 << 20;
 
 /// A local file being written from a download, its size and checksum computed on the way.
