@@ -1,5 +1,5 @@
-//! A missing file, a checksum mismatch and a failed download each fail the restore with an
-//! error naming the file, and leave neither a target nor temporary files. A store that holds
+//! A missing file, a checksum mismatch, a failed download and a connection dropped mid-transfer
+//! each fail the restore with an error naming the file, and leave neither a target nor temporary files. A store that holds
 //! back one handle's files shows that the restore ingests each handle while the next downloads.
 
 mod restore_support;
@@ -10,25 +10,37 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RenameOptions,
 };
 use regroup::Error;
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
 use regroup::restore::{RestoreRequest, Strategy, restore_subtask};
 use restore_support::*;
 
-/// An in-memory store whose `get` of one path fails, as a flaky network would, and whose gets
-/// of the `gate`'s paths wait until its condition holds.
+/// An in-memory store whose `get` of one path fails, as a flaky network would (at once, or
+/// after the first half of the object arrived), and whose gets of the `gate`'s paths wait until
+/// its condition holds.
 #[derive(Debug)]
 struct FailingGets {
     inner: InMemory,
-    fail: std::sync::Mutex<Option<ObjectPath>>,
+    fail: std::sync::Mutex<Option<(ObjectPath, Failure)>>,
     gate: std::sync::Mutex<Option<Gate>>,
+}
+
+/// How a get fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The request fails.
+    AtOnce,
+    /// The connection drops after half of the object's bytes.
+    MidTransfer,
 }
 
 /// Gets of `paths` (suffixes of object locations) wait until some `.sst` file is in a restore's
@@ -107,13 +119,35 @@ impl ObjectStore for FailingGets {
         if let Some(gate) = gate {
             gate.wait(location).await?;
         }
-        if self.fail.lock().unwrap().as_ref() == Some(location) {
-            return Err(object_store::Error::Generic {
-                store: "FailingGets",
-                source: "connection reset by peer".into(),
-            });
+        let failure = self
+            .fail
+            .lock()
+            .unwrap()
+            .as_ref()
+            .filter(|(path, _)| path == location)
+            .map(|(_, failure)| *failure);
+        let reset = || object_store::Error::Generic {
+            store: "FailingGets",
+            source: "connection reset by peer".into(),
+        };
+        match failure {
+            None => self.inner.get_opts(location, options).await,
+            Some(Failure::AtOnce) => Err(reset()),
+            Some(Failure::MidTransfer) => {
+                let bytes = self
+                    .inner
+                    .get_opts(location, options.clone())
+                    .await?
+                    .bytes()
+                    .await?;
+                let half = bytes.slice(..bytes.len() / 2);
+                let chunks = futures::stream::iter([Ok(half), Err(reset())]);
+                Ok(GetResult {
+                    payload: GetResultPayload::Stream(chunks.boxed()),
+                    ..self.inner.get_opts(location, options).await?
+                })
+            }
         }
-        self.inner.get_opts(location, options).await
     }
     async fn get_ranges(
         &self,
@@ -258,11 +292,25 @@ async fn checksum_mismatch() {
 
 #[tokio::test]
 async fn failed_download() {
+    failed_get(Failure::AtOnce).await;
+}
+
+/// Half of a file arrived (written, direct I/O for `ingest`, page cache for `copy`) when the
+/// connection dropped: the partial file is removed with everything else.
+#[tokio::test]
+async fn download_dropped_mid_transfer() {
+    failed_get(Failure::MidTransfer).await;
+}
+
+/// A get of a needed file fails as `failure` says: both strategies fail with a retryable
+/// error naming the object and leave nothing behind; once the store recovers, the restore
+/// succeeds.
+async fn failed_get(failure: Failure) {
     let root = tempdir();
     let (faulty, store, meta) = setup(root.path()).await;
     let path = needed_file(&meta);
     let location = store.paths().resolve(&path, "test").unwrap();
-    *faulty.fail.lock().unwrap() = Some(location.clone());
+    *faulty.fail.lock().unwrap() = Some((location.clone(), failure));
     for strategy in [Strategy::Ingest, Strategy::Copy] {
         let e = failing_restore(&store, root.path(), strategy).await;
         assert!(matches!(e, Error::Store { .. }), "{e}");
