@@ -1,6 +1,7 @@
 //! A missing file, a checksum mismatch, a failed download and a connection dropped mid-transfer
-//! each fail the restore with an error naming the file, and leave neither a target nor temporary files. A store that holds
-//! back one handle's files shows that the restore ingests each handle while the next downloads.
+//! each fail the restore with an error naming the file, and leave neither a target nor
+//! temporary files. A store that holds back one handle's files shows that the restore ingests
+//! each handle while the next downloads.
 
 mod restore_support;
 
