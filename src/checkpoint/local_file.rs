@@ -12,9 +12,11 @@
 //! cache, unsynced.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use tracing::debug;
 
 use super::metadata::Checksum;
 use crate::error::{Error, Result};
@@ -135,17 +137,43 @@ impl LocalFile {
     /// Writes the pending bytes; direct writes padded with zeros to whole blocks (only the last
     /// write of a file is not whole blocks already).
     fn write_pending(&mut self) -> Result<()> {
-        let len = if self.direct {
+        if self.direct {
             let padded = self.pending.div_ceil(ALIGN) * ALIGN;
             self.buf[self.start + self.pending..self.start + padded].fill(0);
-            padded
-        } else {
-            self.pending
-        };
+            match self
+                .file
+                .write_all(&self.buf[self.start..self.start + padded])
+            {
+                Ok(()) => {
+                    self.pending = 0;
+                    return Ok(());
+                }
+                // Some file systems (FUSE mounts among them) take O_DIRECT at open and refuse
+                // the writes.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.leave_direct_io()?,
+                Err(e) => return Err(Error::io("write", &self.path)(e)),
+            }
+        }
         self.file
-            .write_all(&self.buf[self.start..self.start + len])
+            .write_all(&self.buf[self.start..self.start + self.pending])
             .map_err(Error::io("write", &self.path))?;
         self.pending = 0;
+        Ok(())
+    }
+
+    /// Goes on through the page cache, from where the refused direct write began (it may have
+    /// written part of its bytes).
+    fn leave_direct_io(&mut self) -> Result<()> {
+        use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+        let flags = fcntl_getfl(&self.file)
+            .map_err(|e| Error::io("read the flags of", &self.path)(e.into()))?;
+        fcntl_setfl(&self.file, flags - OFlags::DIRECT)
+            .map_err(|e| Error::io("turn off direct I/O of", &self.path)(e.into()))?;
+        self.file
+            .seek(SeekFrom::Start(self.size - self.pending as u64))
+            .map_err(Error::io("seek", &self.path))?;
+        self.direct = false;
+        debug!(file = %self.path.display(), "direct write refused: writing through the page cache");
         Ok(())
     }
 
@@ -155,7 +183,13 @@ impl LocalFile {
         if self.pending > 0 {
             self.write_pending()?;
         }
-        if self.direct && !self.size.is_multiple_of(ALIGN as u64) {
+        // Padding of the last direct write, or of one refused part-way.
+        let len = self
+            .file
+            .metadata()
+            .map_err(Error::io("stat", &self.path))?
+            .len();
+        if len != self.size {
             self.file
                 .set_len(self.size)
                 .map_err(Error::io("truncate", &self.path))?;
@@ -195,6 +229,27 @@ mod tests {
         assert_eq!(f.finish().unwrap(), expected);
         assert_eq!(std::fs::read(path).unwrap(), data, "{} bytes", data.len());
         direct
+    }
+
+    #[test]
+    fn a_refused_direct_write_goes_on_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = LocalFile::create(&path, LocalWrite::Durable).unwrap();
+        if !f.is_direct() {
+            eprintln!("skipped: the temporary directory's file system refuses O_DIRECT");
+            return;
+        }
+        // A buffer off the block alignment: the kernel refuses the direct write (EINVAL).
+        f.start = f.start.checked_sub(1).unwrap_or(1);
+        let data = bytes(2 * WRITE_BYTES + 100);
+        f.write_all(&data).unwrap();
+        assert!(!f.is_direct(), "the misaligned direct write was accepted");
+        assert_eq!(
+            f.finish().unwrap(),
+            (data.len() as u64, Checksum::of(&data))
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]
