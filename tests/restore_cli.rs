@@ -209,20 +209,16 @@ async fn plan_counts_bytes_reused_from_local_state() {
     foreign.job = "tests/other".parse().unwrap();
     foreign.write(&other).unwrap();
 
-    let plan = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "plan",
-            "--store",
-            &url,
-            "--job",
-            "tests/restore",
-            "--to",
-            "1",
-            "--output",
-            "json",
-        ];
+    // `regroup plan` of this store's job, with `extra` arguments.
+    let plan_run = |extra: &[&str]| {
+        let mut args = vec!["plan", "--store", &url, "--job", "tests/restore"];
         args.extend_from_slice(extra);
-        let (ok, out, err) = regroup(&args, &[]);
+        regroup(&args, &[])
+    };
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--to", "1", "--output", "json"];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = plan_run(&args);
         assert!(ok, "{err}");
         serde_json::from_str(&out).unwrap()
     };
@@ -259,20 +255,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
     assert_eq!(n(&assumed1["subtasks"][0]["bytesLocal"]), old1_sst);
 
     // The text output: FETCH, REUSE, DOWNLOAD columns and a line for the local state.
-    let (ok, text, err) = regroup(
-        &[
-            "plan",
-            "--store",
-            &url,
-            "--job",
-            "tests/restore",
-            "--to",
-            "1",
-            "--state-dir",
-            &vol0,
-        ],
-        &[],
-    );
+    let (ok, text, err) = plan_run(&["--to", "1", "--state-dir", &vol0]);
     assert!(ok, "{err}");
     println!("{text}");
     let line = text
@@ -307,20 +290,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
         assert_eq!(state["oldSubtask"], serde_json::Value::Null);
         let unused = state["unused"].as_str().unwrap();
         assert!(unused.contains(why), "{unused}");
-        let (ok, text, err) = regroup(
-            &[
-                "plan",
-                "--store",
-                &url,
-                "--job",
-                "tests/restore",
-                "--to",
-                "1",
-                "--state-dir",
-                &arg,
-            ],
-            &[],
-        );
+        let (ok, text, err) = plan_run(&["--to", "1", "--state-dir", &arg]);
         assert!(ok, "{err}");
         assert!(
             text.contains("nothing reused") && text.contains(why),
@@ -329,24 +299,16 @@ async fn plan_counts_bytes_reused_from_local_state() {
     }
     // The older checkpoint's marker is used when that checkpoint is planned.
     let vol1 = format!("1={}", vol(1).display());
-    let (ok, json, err) = regroup(
-        &[
-            "plan",
-            "--store",
-            &url,
-            "--job",
-            "tests/restore",
-            "--checkpoint",
-            "1",
-            "--to",
-            "2",
-            "--state-dir",
-            &vol1,
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let (ok, json, err) = plan_run(&[
+        "--checkpoint",
+        "1",
+        "--to",
+        "2",
+        "--state-dir",
+        &vol1,
+        "--output",
+        "json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["localStates"][0]["oldSubtask"], 1);
@@ -377,20 +339,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
         ("--local-subtask", "one=0".to_owned(), "below --to 1"),
     ];
     for (flag, value, expected) in &bad {
-        let (ok, out, err) = regroup(
-            &[
-                "plan",
-                "--store",
-                &url,
-                "--job",
-                "tests/restore",
-                "--to",
-                "1",
-                flag,
-                value,
-            ],
-            &[],
-        );
+        let (ok, out, err) = plan_run(&["--to", "1", flag, value]);
         assert!(!ok, "{flag} {value} accepted: {out}");
         assert!(
             err.contains(&format!("invalid {flag} = {value}")) && err.contains(expected),
@@ -398,22 +347,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
         );
     }
     // One local state per new subtask.
-    let (ok, _, err) = regroup(
-        &[
-            "plan",
-            "--store",
-            &url,
-            "--job",
-            "tests/restore",
-            "--to",
-            "1",
-            "--state-dir",
-            &vol0,
-            "--local-subtask",
-            "0=1",
-        ],
-        &[],
-    );
+    let (ok, _, err) = plan_run(&["--to", "1", "--state-dir", &vol0, "--local-subtask", "0=1"]);
     assert!(!ok);
     assert!(
         err.contains("invalid --local-subtask = 0=1")
