@@ -505,7 +505,6 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
     let mut operator = Operator::start(&client, &ns.name, workers.clone());
     let api = create_job(&client, &ns.name, "restart", 2, store_dir.path()).await;
     wait_running(&client, &api, "restart", 2, 0).await;
-    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
 
     let mut target = 2;
@@ -539,16 +538,7 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
             }
             // No pod may be created.
             Stage::Restoring | Stage::RollingForward => {
-                let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": "hold"}, "spec": {"hard": {"pods": "0"}}
-                }))
-                .unwrap();
-                quotas.create(&PostParams::default(), &quota).await.unwrap();
-                eventually("the quota to be counted", LONG, || async {
-                    let q = quotas.get("hold").await.ok()?;
-                    q.status?.hard.is_some().then_some(())
-                })
-                .await;
+                hold_pods(&client, &ns.name).await;
             }
         }
         api.patch(
@@ -639,6 +629,21 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
         );
     }
     operator.kill().await;
+}
+
+/// Creates the pod quota "hold" (no pod may be created in `ns`) and waits until it is counted.
+async fn hold_pods(client: &Client, ns: &str) {
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hold"}, "spec": {"hard": {"pods": "0"}}
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    eventually("the quota to be counted", LONG, || async {
+        let q = quotas.get("hold").await.ok()?;
+        q.status?.hard.is_some().then_some(())
+    })
+    .await;
 }
 
 /// Deletes the pod quota "hold" that kept the StatefulSet `set` from creating pods, and touches
@@ -821,17 +826,7 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
     }
 
     // Scale in to 1, held in Restoring (no pod may be created) to look at the claims mid-way.
-    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
-    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "hold"}, "spec": {"hard": {"pods": "0"}}
-    }))
-    .unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    eventually("the quota to be counted", LONG, || async {
-        let q = quotas.get("hold").await.ok()?;
-        q.status?.hard.is_some().then_some(())
-    })
-    .await;
+    hold_pods(&client, &ns.name).await;
     run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=1"]));
     eventually("stage Restoring", LONG, || async {
         let j = api.get("orders").await.ok()?;
