@@ -200,14 +200,20 @@ impl ObjectStore for FailingGets {
     }
 }
 
-/// A checkpoint at parallelism 2 in a store whose gets can be made to fail.
-async fn setup(root: &std::path::Path) -> (Arc<FailingGets>, CheckpointStore, CheckpointMetadata) {
+/// An empty store whose gets can be made to fail or wait.
+fn faulty_store() -> (Arc<FailingGets>, CheckpointStore) {
     let faulty = Arc::new(FailingGets {
         inner: InMemory::new(),
         fail: Default::default(),
         gate: Default::default(),
     });
     let store = CheckpointStore::new(faulty.clone(), ObjectPath::from("faults"), job());
+    (faulty, store)
+}
+
+/// A checkpoint at parallelism 2 in a store whose gets can be made to fail.
+async fn setup(root: &std::path::Path) -> (Arc<FailingGets>, CheckpointStore, CheckpointMetadata) {
+    let (faulty, store) = faulty_store();
     let model = initial_model(1500);
     let meta = first_checkpoint(&store, root, 2, &model).await;
     (faulty, store, meta)
@@ -364,12 +370,7 @@ async fn bad_requests_name_the_value() {
 #[tokio::test]
 async fn each_handle_is_ingested_while_the_next_downloads() {
     let root = tempdir();
-    let faulty = Arc::new(FailingGets {
-        inner: InMemory::new(),
-        fail: Default::default(),
-        gate: Default::default(),
-    });
-    let store = CheckpointStore::new(faulty.clone(), ObjectPath::from("pipeline"), job());
+    let (faulty, store) = faulty_store();
     let model = initial_model(1500);
     let meta = first_checkpoint(&store, root.path(), 2, &model).await;
     let state = root.path().join("state");
