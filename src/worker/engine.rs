@@ -18,7 +18,20 @@ use crate::error::{Error, Result};
 
 /// The background compaction of what a restore clipped outside the range, while it runs; the
 /// processing loop waits for it before a stop-with-checkpoint, the worker stops it at shutdown.
-pub type Cleanup = Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>;
+#[derive(Clone)]
+pub struct Cleanup(Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>);
+
+impl Cleanup {
+    /// The compaction running in `thread`.
+    pub fn new(thread: std::thread::JoinHandle<()>) -> Self {
+        Cleanup(Arc::new(std::sync::Mutex::new(Some(thread))))
+    }
+
+    /// Its thread, to the first caller only (who joins it).
+    pub fn take(&self) -> Option<std::thread::JoinHandle<()>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 /// A request to the processing thread.
 pub enum Control {
@@ -177,12 +190,7 @@ impl<J: KeyedJob> Loop<J> {
                     // The final checkpoint is what the next restore reads: wait for the
                     // compaction of what this DB's restore clipped, so that its files lie
                     // inside the range and can be ingested (else that restore copies them).
-                    let cleanup = self
-                        .cleanup
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take();
-                    if let Some(t) = cleanup {
+                    if let Some(t) = self.cleanup.take() {
                         info!("waiting for the compaction outside the range");
                         let _ = t.join();
                     }

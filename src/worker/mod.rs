@@ -316,12 +316,7 @@ pub async fn run<J: KeyedJob>(
             let r = running.engine.shutdown().await;
             // Closing the DB must not wait for the cleanup compaction: end it early.
             crate::restore::stop_manual_compactions(&running.backend);
-            let cleanup = running
-                .cleanup
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(t) = cleanup {
+            if let Some(t) = running.cleanup.take() {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }
             Ok(r)
@@ -406,7 +401,7 @@ fn open_and_start<J: KeyedJob>(
             })
             .map_err(|e| Error::Other(format!("start the compaction thread: {e}")))?
     };
-    let cleanup: engine::Cleanup = Arc::new(std::sync::Mutex::new(Some(cleanup)));
+    let cleanup = engine::Cleanup::new(cleanup);
     let engine = Engine::start(
         job,
         backend.clone(),
