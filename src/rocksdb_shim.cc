@@ -97,6 +97,27 @@ char* copy_message(const std::string& s) {
   }
   return out;
 }
+
+// Runs `body` (returning a rocksdb::Status) for a C entry point: 0 on success; otherwise 1 and a
+// malloc'ed message in *error, for a failed status and for any C++ exception alike.
+template <typename Body>
+int guarded(char** error, Body body) {
+  *error = nullptr;
+  try {
+    rocksdb::Status s = body();
+    if (!s.ok()) {
+      *error = copy_message(s.ToString());
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    *error = copy_message(std::string("exception: ") + e.what());
+    return 1;
+  } catch (...) {
+    *error = copy_message("unknown C++ exception");
+    return 1;
+  }
+}
 }  // namespace
 
 extern "C" {
@@ -106,8 +127,7 @@ extern "C" {
 // a malloc'ed message in *error (free it with regroup_free_error).
 int regroup_ingest_db_generated_files(void* db, void* cf, const char* const* paths,
                                       size_t count, int move_files, char** error) {
-  *error = nullptr;
-  try {
+  return guarded(error, [&] {
     auto* d = static_cast<DbHandle*>(db)->rep;
     auto* c = static_cast<CfHandle*>(cf)->rep;
     std::vector<std::string> files;
@@ -126,19 +146,8 @@ int regroup_ingest_db_generated_files(void* db, void* cf, const char* const* pat
     opts.failed_move_fall_back_to_copy = true;
     opts.verify_checksums_before_ingest = false;
     opts.fill_cache = false;
-    rocksdb::Status s = d->IngestExternalFile(c, files, opts);
-    if (!s.ok()) {
-      *error = copy_message(s.ToString());
-      return 1;
-    }
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_message(std::string("exception: ") + e.what());
-    return 1;
-  } catch (...) {
-    *error = copy_message("unknown C++ exception");
-    return 1;
-  }
+    return d->IngestExternalFile(c, files, opts);
+  });
 }
 
 // Drops the SST files (outside L0) whose keys lie entirely in [begin, end) — end excluded,
@@ -146,25 +155,13 @@ int regroup_ingest_db_generated_files(void* db, void* cf, const char* const* pat
 // key equals `end` (the first key of the range being kept).
 int regroup_delete_files_in_range(void* db, void* cf, const char* begin, size_t begin_len,
                                   const char* end, size_t end_len, char** error) {
-  *error = nullptr;
-  try {
+  return guarded(error, [&] {
     auto* d = static_cast<DbHandle*>(db)->rep;
     auto* c = static_cast<CfHandle*>(cf)->rep;
     rocksdb::Slice b(begin, begin_len);
     rocksdb::Slice e(end, end_len);
-    rocksdb::Status s = rocksdb::DeleteFilesInRange(d, c, &b, &e, /*include_end=*/false);
-    if (!s.ok()) {
-      *error = copy_message(s.ToString());
-      return 1;
-    }
-    return 0;
-  } catch (const std::exception& ex) {
-    *error = copy_message(std::string("exception: ") + ex.what());
-    return 1;
-  } catch (...) {
-    *error = copy_message("unknown C++ exception");
-    return 1;
-  }
+    return rocksdb::DeleteFilesInRange(d, c, &b, &e, /*include_end=*/false);
+  });
 }
 
 // Makes running and future manual compactions of `db` end early (CompactRange returns
