@@ -121,3 +121,25 @@ pub fn stop_manual_compactions(db: &DB) {
     // SAFETY: `db` outlives the call.
     unsafe { regroup_disable_manual_compaction(db.as_raw_ptr().cast()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_ingestion_reports_rocksdb_s_message_and_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = DB::open_cf(&opts, dir.path().join("db"), ["state"]).unwrap();
+        let cf = db.cf_handle("state").unwrap();
+        let missing = dir.path().join("000042.sst");
+        let e = ingest_db_generated_files(&db, &cf, &[&missing], "the test's files").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("rocksdb: ingest the test's files: ") && text.contains("000042.sst"),
+            "{text}"
+        );
+    }
+}
