@@ -170,14 +170,20 @@ impl Volumes {
 /// are clean: written and synced long before).
 fn set_page_cache(dir: &Path, warm: bool) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
-        let path = entry.map_err(Error::io("list", dir))?.path();
-        let mut file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
-        if warm {
-            std::io::copy(&mut file, &mut std::io::sink()).map_err(Error::io("read", &path))?;
-        } else {
-            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
-                .map_err(|e| Error::io("evict from the page cache", &path)(e.into()))?;
-        }
+        set_file_cache(&entry.map_err(Error::io("list", dir))?.path(), warm)?;
+    }
+    Ok(())
+}
+
+/// Reads the file at `path` once, so that it is in the page cache (`warm`), or evicts it from
+/// there (it must be clean).
+fn set_file_cache(path: &Path, warm: bool) -> Result<()> {
+    let mut file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    if warm {
+        std::io::copy(&mut file, &mut std::io::sink()).map_err(Error::io("read", path))?;
+    } else {
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+            .map_err(|e| Error::io("evict from the page cache", path)(e.into()))?;
     }
     Ok(())
 }
@@ -266,9 +272,7 @@ fn plain_copy(store_root: &Path, job: &JobId, files: &[&FileRef], dir: &Path) ->
 fn warm(store_root: &Path, job: &JobId, files: &[&FileRef]) -> Result<()> {
     let job_root = job_root(store_root, job);
     for f in files {
-        let path = job_root.join(&f.path);
-        let mut file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
-        std::io::copy(&mut file, &mut std::io::sink()).map_err(Error::io("read", &path))?;
+        set_file_cache(&job_root.join(&f.path), true)?;
     }
     Ok(())
 }
