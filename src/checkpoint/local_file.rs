@@ -93,7 +93,8 @@ impl LocalFile {
     }
 
     /// Whether writes bypass the page cache.
-    pub fn is_direct(&self) -> bool {
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
         self.direct
     }
 
