@@ -3,7 +3,9 @@
 //   checkpoint) into another DB without rewriting a record: RocksDB 11's
 //   IngestExternalFileOptions::allow_db_generated_files;
 // - an end-exclusive DeleteFilesInRange;
-// - an SST partitioner that ends compaction output files at key-group boundaries.
+// - an SST partitioner that ends compaction output files at key-group boundaries;
+// - a file system that leaves the files it ingests unsynced, for a restore whose downloads
+//   are deliberately not made durable (RocksDB syncs every file it links in otherwise).
 //
 // The handles come from the `rocksdb` crate's C API objects; in RocksDB's c.cc these structs
 // hold the C++ object as their first member (`rocksdb_t { DB* rep; }`,
@@ -18,6 +20,8 @@
 
 #include "rocksdb/convenience.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
 #include "rocksdb/options.h"
 #include "rocksdb/sst_partitioner.h"
 
@@ -88,6 +92,35 @@ class KeyGroupPartitionerFactory final : public rocksdb::SstPartitionerFactory {
   size_t prefix_len_;
   uint64_t min_file_bytes_;
 };
+
+// The default file system, except that `SyncFile` (which RocksDB calls only to sync each file
+// an ingestion links into the DB) reports NotSupported, which the ingestion accepts as "this
+// file system needs no sync". Every other sync (MANIFEST, CURRENT, directories, the files
+// RocksDB writes itself) is unchanged.
+class UnsyncedIngestFileSystem final : public rocksdb::FileSystemWrapper {
+ public:
+  explicit UnsyncedIngestFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target)
+      : FileSystemWrapper(target) {}
+
+  static const char* kClassName() { return "RegroupUnsyncedIngestFileSystem"; }
+  const char* Name() const override { return kClassName(); }
+
+  rocksdb::IOStatus SyncFile(const std::string& /* fname */,
+                             const rocksdb::FileOptions& /* file_opts */,
+                             const rocksdb::IOOptions& /* io_opts */, bool /* use_fsync */,
+                             rocksdb::IODebugContext* /* dbg */) override {
+    return rocksdb::IOStatus::NotSupported("regroup: ingested files are not synced");
+  }
+};
+
+// One environment for the process (options hold a raw pointer to it): never freed.
+rocksdb::Env* unsynced_ingest_env() {
+  static rocksdb::Env* env =
+      rocksdb::NewCompositeEnv(
+          std::make_shared<UnsyncedIngestFileSystem>(rocksdb::FileSystem::Default()))
+          .release();
+  return env;
+}
 
 char* copy_message(const std::string& s) {
   char* out = static_cast<char*>(std::malloc(s.size() + 1));
@@ -175,6 +208,11 @@ void regroup_set_key_group_partitioner(void* options, size_t prefix_len,
                                        uint64_t min_file_bytes) {
   static_cast<OptionsHandle*>(options)->rep.sst_partitioner_factory =
       std::make_shared<KeyGroupPartitionerFactory>(prefix_len, min_file_bytes);
+}
+
+// Makes a DB opened with these `rocksdb_options_t` leave the files it ingests unsynced (above).
+void regroup_set_unsynced_ingest(void* options) {
+  static_cast<OptionsHandle*>(options)->rep.env = unsynced_ingest_env();
 }
 
 void regroup_free_error(char* error) { std::free(error); }

@@ -207,6 +207,49 @@ async fn local_recovery_downloads_nothing() {
     assert_eq!(entries(&root.path().join("state")), vec![target.clone()]);
 }
 
+/// A restore that did not sync its files (the default) is trusted for local recovery only in
+/// the boot of the node it ran in; a synced one (`sync`) after a reboot too. Both hold exactly
+/// the checkpoint's state, before and after.
+#[tokio::test]
+async fn an_unsynced_restore_is_not_trusted_after_a_reboot() {
+    let root = tempdir();
+    let url = format!("file://{}/store", root.path().display());
+    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let model = initial_model(2000);
+    first_checkpoint(&store, root.path(), 2, &model).await;
+    for sync in [false, true] {
+        let target = root.path().join(format!("synced-{sync}")).join("db");
+        let mut request = RestoreRequest::new(Some(1), 0, 3, &target);
+        request.sync = sync;
+        let first = restore_subtask(&store, &request).await.unwrap();
+        assert_eq!(first.mode, RestoreMode::Rescaled);
+        let again = restore_subtask(&store, &request).await.unwrap();
+        assert_eq!(again.mode, RestoreMode::LocalRecovery, "same boot");
+
+        // The node restarts: the marker names the boot before.
+        let path = target.join(regroup::restore::MARKER_FILE);
+        let mut marker: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(marker["synced"], sync, "{marker}");
+        assert_eq!(marker.get("bootId").is_some(), !sync, "{marker}");
+        marker["bootId"] = "the-boot-before".into();
+        std::fs::write(&path, serde_json::to_vec(&marker).unwrap()).unwrap();
+
+        let after = restore_subtask(&store, &request).await.unwrap();
+        if sync {
+            assert_eq!(
+                (after.mode, after.downloaded_bytes),
+                (RestoreMode::LocalRecovery, 0)
+            );
+        } else {
+            assert_eq!(after.mode, RestoreMode::Rescaled);
+            assert_eq!(after.downloaded_bytes, first.downloaded_bytes);
+        }
+        let b = StateBackend::open(&target, 128, after.range, &STATES).unwrap();
+        assert!(contents(&b) == owned(&model, 128, 3, 0));
+    }
+}
+
 /// The overlap-fraction threshold makes `copy` start from an empty DB; contents are the same. The
 /// restore compacts the clipped intervals itself (`compact`), so its files lie inside its range.
 #[tokio::test]

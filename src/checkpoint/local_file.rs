@@ -1,15 +1,16 @@
-//! Local files written by downloads: checksummed on the way, and durable when a DB will
-//! reference them.
+//! Local files written by downloads: checksummed on the way, and synced when asked to be
+//! durable.
 //!
-//! A restore must have each file it hands to the new DB on disk (synced) first. Written through
+//! A restore that is asked for a durable DB (`regroup restore --sync`) must have each file it
+//! hands to the new DB on disk (synced) first. Written through
 //! the page cache and synced afterwards, the 1.26 GB of a new subtask of scale-out 1→2 at 10M
 //! keys took 0.74–0.82 s in half of the restores measured on the test machine and 1.9–2.2 s in
 //! the other half (the kernel's writeback); written with direct I/O, 0.69–0.97 s (see
 //! docs/benchmarks.md). So a durable [`LocalFile`] writes with `O_DIRECT` (an aligned buffer,
 //! the last block padded with zeros and the file cut back to its size) where the file system
 //! accepts it, through the page cache where it does not (some network file systems), and is
-//! synced by [`LocalFile::finish`]. Scratch files (read once, then deleted) go through the page
-//! cache, unsynced.
+//! synced by [`LocalFile::finish`]. Cached files go through the page cache, unsynced: the
+//! kernel writes them back later.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -24,11 +25,11 @@ use crate::error::{Error, Result};
 /// How a download writes its local file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalWrite {
-    /// A file a DB will reference: synced before the download returns, with direct I/O where
-    /// the file system allows it.
+    /// Synced before the download returns, with direct I/O where the file system allows it.
     Durable,
-    /// A scratch file, read soon and deleted: page cache only, not synced.
-    Scratch,
+    /// Page cache only, not synced: a file that need not survive a crash of the node (a
+    /// scratch file, or a file of a restore that is not trusted after a reboot).
+    Cached,
 }
 
 /// Alignment of the buffer, the file offsets and the lengths of direct writes: the largest
@@ -67,7 +68,7 @@ impl LocalFile {
                 .open(path)
         };
         let (file, direct) = match mode {
-            LocalWrite::Scratch => (open(0).map_err(Error::io("create", path))?, false),
+            LocalWrite::Cached => (open(0).map_err(Error::io("create", path))?, false),
             LocalWrite::Durable => match open(libc::O_DIRECT) {
                 Ok(f) => (f, true),
                 // EINVAL: the file system does not do direct I/O.
@@ -267,7 +268,7 @@ mod tests {
             WRITE_BYTES + 1,
             3 * WRITE_BYTES + 12_345,
         ];
-        for mode in [LocalWrite::Durable, LocalWrite::Scratch] {
+        for mode in [LocalWrite::Durable, LocalWrite::Cached] {
             for n in sizes {
                 let path = dir.path().join(format!("{mode:?}-{n}"));
                 let direct = write_and_check(&path, mode, &bytes(n));

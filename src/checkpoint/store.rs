@@ -582,7 +582,7 @@ pub const DOWNLOAD_PARALLELISM: usize = 4;
 
 impl CheckpointStore {
     /// Downloads every file of `handle` into `dir` (created if needed) with bounded parallelism,
-    /// verifying each, as scratch files (not synced). The handle is validated first. On failure
+    /// verifying each, through the page cache (not synced). The handle is validated first. On failure
     /// every file this call wrote is removed and the error names the file at fault.
     pub async fn download_handle(&self, handle: &SubtaskHandle, dir: &LocalPath) -> Result<u64> {
         let referenced_in = self
@@ -603,7 +603,7 @@ impl CheckpointStore {
         self.download_files(&files, dir, &referenced_in).await
     }
 
-    /// Downloads `(local name, reference)` pairs into `dir` as scratch files, all or nothing;
+    /// Downloads `(local name, reference)` pairs into `dir` through the page cache (not synced), all or nothing;
     /// returns the bytes.
     pub async fn download_files(
         &self,
@@ -617,7 +617,7 @@ impl CheckpointStore {
             .map(|(name, file)| {
                 let target = dir.join(name);
                 async move {
-                    self.download_file(file, &target, referenced_in, LocalWrite::Scratch)
+                    self.download_file(file, &target, referenced_in, LocalWrite::Cached)
                         .await
                 }
             })

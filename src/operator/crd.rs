@@ -293,6 +293,12 @@ pub struct Restore {
     #[serde(default)]
     pub compact: bool,
 
+    /// Make the restored DB durable (every file synced) before the worker starts. Off by
+    /// default: the kernel writes the files back while the worker runs; the DB is a copy of the
+    /// checkpoint, and a restore does not trust an unsynced one after the node restarts.
+    #[serde(default)]
+    pub sync: bool,
+
     /// Image of the restore init container (it runs `regroup restore`); defaults to the image of
     /// the template's first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +315,7 @@ impl Default for Restore {
             strategy: RestoreStrategy::default(),
             overlap_fraction_threshold: default_overlap(),
             compact: false,
+            sync: false,
             image: None,
         }
     }

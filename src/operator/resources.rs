@@ -242,6 +242,11 @@ pub fn restore_container(
             .get_or_insert_with(Vec::new)
             .push(env("REGROUP_RESTORE_COMPACT", true));
     }
+    if job.spec.restore.sync {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(env("REGROUP_RESTORE_SYNC", true));
+    }
     add_mount(&mut c, STATE_VOLUME, STATE_DIR, false);
     Ok(c)
 }
@@ -681,6 +686,10 @@ mod tests {
             !e.contains_key("REGROUP_RESTORE_COMPACT"),
             "the worker compacts by default"
         );
+        assert!(
+            !e.contains_key("REGROUP_RESTORE_SYNC"),
+            "restores are not synced by default"
+        );
         assert!(e["REGROUP_SUBTASK"].value_from.is_some());
         assert_eq!(r.volume_mounts.as_ref().unwrap()[0].mount_path, STATE_DIR);
         assert_eq!(
@@ -692,13 +701,14 @@ mod tests {
             "s3-creds"
         );
 
-        let compacting = job(serde_json::json!({"restore": {"compact": true}}));
+        let compacting = job(serde_json::json!({"restore": {"compact": true, "sync": true}}));
         let pod = pod_template(&compacting, &gen_(Some(12)))
             .unwrap()
             .spec
             .unwrap();
         let e = env_of(&pod.init_containers.unwrap()[0]);
         assert_eq!(value(&e, "REGROUP_RESTORE_COMPACT"), "true");
+        assert_eq!(value(&e, "REGROUP_RESTORE_SYNC"), "true");
 
         // No checkpoint: nothing to restore, no init container, no annotation.
         let t = pod_template(&j, &gen_(None)).unwrap();

@@ -57,10 +57,21 @@ fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
     }
 }
 
+/// How [`build`] makes the DB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions {
+    /// Compact the clipped key intervals before returning (`RestoreRequest::compact`).
+    pub compact: bool,
+    /// Sync every file the DB takes in: downloads with direct I/O and synced, and RocksDB's
+    /// own sync of each ingested file kept (`RestoreRequest::sync`). Without it both are
+    /// skipped and the kernel writes the files back later.
+    pub sync: bool,
+}
+
 /// Builds the DB of `plan` in `work/db`.
 ///
 /// The I/O is pipelined: every file the plan needs is fetched (hard-linked from the local DB
-/// when it verifies, else downloaded; synced unless it is scratch) with bounded parallelism,
+/// when it verifies, else downloaded; synced with `options.sync`) with bounded parallelism,
 /// handle after handle (local files and downloads side by side), and each handle is merged
 /// into the new DB (ingested or copied) by a builder thread as soon as its last file is in,
 /// while the next handles' files are still arriving. Peak disk use is the fetched files plus the result:
@@ -71,11 +82,11 @@ pub async fn build(
     plan: &SubtaskPlan,
     column_families: &[String],
     work: &Path,
-    compact: bool,
+    options: BuildOptions,
     local: Option<&LocalSource>,
 ) -> Result<BuildStats> {
     let started = Instant::now();
-    let transfers = transfers(store, meta, plan, work, local)?;
+    let transfers = transfers(store, meta, plan, work, local, options.sync)?;
     let mut remaining = vec![0usize; plan.inputs.len()];
     for t in &transfers {
         remaining[t.input] += 1;
@@ -88,7 +99,7 @@ pub async fn build(
         let (meta, plan, work) = (meta.clone(), plan.clone(), work.to_path_buf());
         let column_families = column_families.to_vec();
         tokio::task::spawn_blocking(move || {
-            merge(&meta, &plan, &column_families, &work, compact, inputs_ready)
+            merge(&meta, &plan, &column_families, &work, options, inputs_ready)
         })
     };
 
@@ -181,8 +192,8 @@ struct Transfer<'a> {
     referenced_in: Arc<str>,
     /// The file's name in the local DB, when the input's handle is the local DB.
     local_name: Option<&'a str>,
-    /// Durable for files the new DB takes in; scratch for the files of a handle it copies
-    /// records from (read once, then deleted).
+    /// Durable for files the new DB takes in when the restore syncs; cached otherwise, and
+    /// always for the files of a handle it copies records from (read once, then deleted).
     mode: LocalWrite,
 }
 
@@ -202,6 +213,7 @@ fn transfers<'a>(
     plan: &SubtaskPlan,
     work: &Path,
     local: Option<&LocalSource>,
+    sync: bool,
 ) -> Result<Vec<Transfer<'a>>> {
     let mut out = Vec::new();
     for (index, input) in plan.inputs.iter().enumerate() {
@@ -214,8 +226,10 @@ fn transfers<'a>(
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
         let from_local = input.local && local.is_some_and(|l| l.old_subtask == input.old_subtask);
         let mode = match input.method {
-            InputMethod::Copy => LocalWrite::Scratch,
-            InputMethod::Whole | InputMethod::Base | InputMethod::Ingest => LocalWrite::Durable,
+            InputMethod::Whole | InputMethod::Base | InputMethod::Ingest if sync => {
+                LocalWrite::Durable
+            }
+            _ => LocalWrite::Cached,
         };
         for &i in &input.shared_files {
             let f = &h.shared[i];
@@ -245,9 +259,9 @@ fn transfers<'a>(
 }
 
 /// Fetches one file: hard-linked from the local DB if it has a verified copy, else downloaded
-/// (verified) as `t.mode` says — a file the DB takes in is durable before the DB references it;
-/// syncing here, several files at once and beside the other transfers, leaves nothing for
-/// ingestion's own per-file sync.
+/// (verified) as `t.mode` says — with a synced restore, a file the DB takes in is durable before
+/// the DB references it; syncing here, several files at once and beside the other transfers,
+/// leaves nothing for ingestion's own per-file sync.
 async fn fetch(
     store: &CheckpointStore,
     local: Option<&LocalSource>,
@@ -286,10 +300,14 @@ fn link_verified(source: &Path, dest: &Path, file: &FileRef) -> std::result::Res
 
 /// Opens the DB being built: the worker's options, but no automatic compaction, so that no
 /// background work races the ingestion or delays closing; the worker's own open re-enables it.
-fn open_db(dir: &Path, column_families: &[String], max_parallelism: u32) -> Result<DB> {
+/// Unless `sync`, ingested files are not synced (see [`BuildOptions::sync`]).
+fn open_db(dir: &Path, column_families: &[String], max_parallelism: u32, sync: bool) -> Result<DB> {
     let options = || {
         let mut o = db_options(max_parallelism);
         o.set_disable_auto_compactions(true);
+        if !sync {
+            ingest::set_unsynced_ingest(&mut o);
+        }
         o
     };
     let descriptors = column_families
@@ -320,7 +338,7 @@ fn merge(
     plan: &SubtaskPlan,
     column_families: &[String],
     work: &Path,
-    compact: bool,
+    options: BuildOptions,
     ready: Receiver<usize>,
 ) -> Result<Merged> {
     let db_dir = work.join(DB_DIR);
@@ -332,7 +350,12 @@ fn merge(
         .position(|i| matches!(i.method, InputMethod::Whole | InputMethod::Base));
     let mut db = match base {
         Some(_) => None,
-        None => Some(open_db(&db_dir, column_families, max_parallelism)?),
+        None => Some(open_db(
+            &db_dir,
+            column_families,
+            max_parallelism,
+            options.sync,
+        )?),
     };
     let mut waiting = Vec::new();
     let mut merged = Merged::default();
@@ -342,7 +365,12 @@ fn merge(
             .recv()
             .map_err(|_| Error::Other("restore inputs incomplete".to_owned()))?;
         if Some(index) == base {
-            db = Some(open_db(&db_dir, column_families, max_parallelism)?);
+            db = Some(open_db(
+                &db_dir,
+                column_families,
+                max_parallelism,
+                options.sync,
+            )?);
         } else {
             waiting.push(index);
         }
@@ -364,7 +392,13 @@ fn merge(
     }
     let merged_seconds = phase.elapsed().as_secs_f64();
     let phase = Instant::now();
-    clip(&db, column_families, plan.range, max_parallelism, compact)?;
+    clip(
+        &db,
+        column_families,
+        plan.range,
+        max_parallelism,
+        options.compact,
+    )?;
     let clipped = phase.elapsed().as_secs_f64();
     let phase = Instant::now();
     drop(db);

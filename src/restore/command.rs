@@ -99,6 +99,11 @@ pub struct RestoreArgs {
     /// worker once running (the default: the job is back sooner).
     #[arg(long, env = "REGROUP_RESTORE_COMPACT")]
     pub compact: bool,
+    /// Make the new DB durable (every file synced) before the restore ends. Off by default: the
+    /// kernel writes the files back while the worker runs; after a reboot of the node an
+    /// unsynced restore is not trusted (see `RestoreRequest::sync`).
+    #[arg(long, env = "REGROUP_RESTORE_SYNC")]
+    pub sync: bool,
     /// Output format of the summary.
     #[arg(long, env = "REGROUP_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -373,6 +378,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         strategy: args.strategy,
         overlap_fraction_threshold: args.overlap_fraction_threshold,
         compact: args.compact,
+        sync: args.sync,
         fault_pause_before_rename: args.fault_pause_before_rename,
     };
     let summary = restore_subtask(&store, &request).await?;

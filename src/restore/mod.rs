@@ -72,6 +72,14 @@ pub struct RestoreRequest {
     /// ends, its checkpoints' files reach outside its range and a later restore copies those
     /// handles instead of ingesting them.
     pub compact: bool,
+    /// Make the new DB durable before the restore returns: its files written with direct I/O
+    /// and synced, and synced again where RocksDB ingests them. Off by default: the files go
+    /// through the page cache and the kernel writes them back while the worker runs. The DB is
+    /// a copy of the checkpoint (the worker runs with the WAL off, so its DB is not durable
+    /// between checkpoints either), and a restore trusts an unsynced one only until the node
+    /// restarts: after a reboot, [`is_local_copy`] refuses it and local files are reused only
+    /// after their checksums are read back from the disk.
+    pub sync: bool,
     /// Fault injection for end-to-end tests: wait this long with the new DB complete in its work
     /// directory, before it is renamed into place, so a test can kill the restore there.
     pub fault_pause_before_rename: Option<std::time::Duration>,
@@ -88,6 +96,7 @@ impl RestoreRequest {
             strategy: Strategy::Ingest,
             overlap_fraction_threshold: 0.0,
             compact: false,
+            sync: false,
             fault_pause_before_rename: None,
         }
     }
@@ -230,6 +239,25 @@ pub struct RestoreMarker {
     pub range: KeyGroupRange,
     /// Every file of the directory (the marker excepted) with its size, when the restore ended.
     pub files: BTreeMap<String, u64>,
+    /// The files were synced before the restore ended (markers older than this field were).
+    #[serde(default = "synced_by_default")]
+    pub synced: bool,
+    /// The boot of the node the restore ran on (`/proc/sys/kernel/random/boot_id`): the files of
+    /// an unsynced restore are only sure to be what it wrote until the node restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
+
+fn synced_by_default() -> bool {
+    true
+}
+
+/// The current boot of this machine, where the kernel says it (Linux).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 impl RestoreMarker {
@@ -265,7 +293,8 @@ fn list_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
 
 /// True when `dir` holds, untouched, the result of restoring `checkpoint_id` for `range`: the
 /// marker matches and the directory holds exactly the files it lists, with their sizes. A DB
-/// that a worker has opened since (new MANIFEST, LOG, SST files) no longer matches.
+/// that a worker has opened since (new MANIFEST, LOG, SST files) no longer matches, nor does an
+/// unsynced restore once the node has restarted (its files may not have reached the disk).
 pub fn is_local_copy(
     dir: &Path,
     job: &JobId,
@@ -280,6 +309,7 @@ pub fn is_local_copy(
         && marker.checkpoint_id == checkpoint_id
         && marker.max_parallelism == max_parallelism
         && marker.range == range
+        && (marker.synced || marker.boot_id.is_some() && marker.boot_id == boot_id())
         && list_files(dir).is_ok_and(|files| files == marker.files)
 }
 
@@ -404,7 +434,10 @@ pub async fn restore_subtask(
         &plan,
         &summary.column_families,
         &work,
-        request.compact,
+        build::BuildOptions {
+            compact: request.compact,
+            sync: request.sync,
+        },
         local.as_ref(),
     )
     .await;
@@ -414,7 +447,7 @@ pub async fn restore_subtask(
                 warn!(?pause, dir = %work.display(), "fault injection: pausing before the rename");
                 tokio::time::sleep(pause).await;
             }
-            finish(&work, &target, &meta, &plan, local.as_ref()).map(|()| stats)
+            finish(&work, &target, &meta, &plan, local.as_ref(), request.sync).map(|()| stats)
         }
         Err(e) => Err(e),
     };
@@ -487,12 +520,14 @@ fn column_families(meta: &CheckpointMetadata, plan: &SubtaskPlan) -> Vec<String>
 /// Writes the marker, then renames the finished DB over the target; the DB it replaces (and a
 /// local DB it reused) is removed only now that the new one is complete, its checkpoint marker
 /// first, so that no crash leaves a marker naming a DB that no longer equals the checkpoint.
+/// With `sync`, the directories are synced too.
 fn finish(
     work: &Path,
     target: &Path,
     meta: &CheckpointMetadata,
     plan: &SubtaskPlan,
     local: Option<&LocalSource>,
+    sync: bool,
 ) -> Result<()> {
     let db = work.join(build::DB_DIR);
     let marker = RestoreMarker {
@@ -501,9 +536,13 @@ fn finish(
         max_parallelism: meta.max_parallelism,
         range: plan.range,
         files: list_files(&db)?,
+        synced: sync,
+        boot_id: if sync { None } else { boot_id() },
     };
     marker.write(&db)?;
-    sync_dir(&db)?;
+    if sync {
+        sync_dir(&db)?;
+    }
     let state_dir = target.parent();
     let target_is_marked_db = state_dir.is_some_and(|d| d.join(crate::worker::DB_DIR) == target);
     if let Some(d) = state_dir
@@ -517,7 +556,9 @@ fn finish(
         std::fs::remove_dir_all(target).map_err(Error::io("remove", target))?;
     }
     std::fs::rename(&db, target).map_err(Error::io("rename into place", target))?;
-    if let Some(parent) = target.parent() {
+    if let Some(parent) = target.parent()
+        && sync
+    {
         sync_dir(parent)?;
     }
     if let Some(l) = local
