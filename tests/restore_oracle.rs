@@ -250,6 +250,33 @@ async fn an_unsynced_restore_is_not_trusted_after_a_reboot() {
     }
 }
 
+/// An unsynced restore writes its downloads through the page cache up to its budget and with
+/// direct I/O beyond; the DB is the same either way.
+#[tokio::test]
+async fn downloads_beyond_the_page_cache_budget_are_written_direct() {
+    let root = tempdir();
+    let url = format!("file://{}/store", root.path().display());
+    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let model = initial_model(2000);
+    first_checkpoint(&store, root.path(), 2, &model).await;
+    let target = root.path().join("state").join("db");
+    let mut request = RestoreRequest::new(Some(1), 0, 3, &target);
+    request.page_cache_budget = Some(u64::MAX);
+    let all = restore_subtask(&store, &request).await.unwrap();
+    assert_eq!(all.cached_bytes, all.downloaded_bytes);
+    let half = all.downloaded_bytes / 2;
+    for budget in [0, half] {
+        std::fs::remove_dir_all(&target).unwrap();
+        request.page_cache_budget = Some(budget);
+        let s = restore_subtask(&store, &request).await.unwrap();
+        assert_eq!(s.downloaded_bytes, all.downloaded_bytes);
+        assert!(s.cached_bytes <= budget, "{} > {budget}", s.cached_bytes);
+        assert_eq!(s.cached_bytes > 0, budget > 0, "{}", s.cached_bytes);
+        let b = StateBackend::open(&target, 128, s.range, &STATES).unwrap();
+        assert!(contents(&b) == owned(&model, 128, 3, 0), "budget {budget}");
+    }
+}
+
 /// The overlap-fraction threshold makes `copy` start from an empty DB; contents are the same. The
 /// restore compacts the clipped intervals itself (`compact`), so its files lie inside its range.
 #[tokio::test]

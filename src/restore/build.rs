@@ -31,6 +31,8 @@ pub struct BuildStats {
     pub downloaded_files: usize,
     /// Bytes downloaded.
     pub downloaded_bytes: u64,
+    /// Bytes of those written through the page cache, unsynced (the rest with direct I/O).
+    pub cached_bytes: u64,
     /// SST files ingested as they are.
     pub ingested_files: usize,
     /// Records copied one by one.
@@ -41,7 +43,7 @@ pub struct BuildStats {
     pub reused_bytes: u64,
     /// Local files found unusable (missing, other size or checksum, not linkable), downloaded.
     pub local_fallbacks: usize,
-    /// Seconds spent downloading (and syncing the downloads).
+    /// Seconds spent fetching (downloads, with `sync` synced; local files checked).
     pub download_seconds: f64,
     /// Seconds spent building the DB from the downloads.
     pub build_seconds: f64,
@@ -66,6 +68,9 @@ pub struct BuildOptions {
     /// own sync of each ingested file kept (`RestoreRequest::sync`). Without it both are
     /// skipped and the kernel writes the files back later.
     pub sync: bool,
+    /// Without `sync`: bytes of downloads the DB takes in written through the page cache, in
+    /// plan order; the rest are written with direct I/O, unsynced ([`super::page_cache`]).
+    pub page_cache_budget: u64,
 }
 
 /// Builds the DB of `plan` in `work/db`.
@@ -86,7 +91,7 @@ pub async fn build(
     local: Option<&LocalSource>,
 ) -> Result<BuildStats> {
     let started = Instant::now();
-    let transfers = transfers(store, meta, plan, work, local, options.sync)?;
+    let transfers = transfers(store, meta, plan, work, local, options)?;
     let mut remaining = vec![0usize; plan.inputs.len()];
     for t in &transfers {
         remaining[t.input] += 1;
@@ -137,6 +142,9 @@ pub async fn build(
                     Fetched::Downloaded { fallback } => {
                         stats.downloaded_files += 1;
                         stats.downloaded_bytes += t.file.size;
+                        if t.mode == LocalWrite::Cached {
+                            stats.cached_bytes += t.file.size;
+                        }
                         stats.local_fallbacks += usize::from(fallback);
                     }
                 }
@@ -192,8 +200,9 @@ struct Transfer<'a> {
     referenced_in: Arc<str>,
     /// The file's name in the local DB, when the input's handle is the local DB.
     local_name: Option<&'a str>,
-    /// Durable for files the new DB takes in when the restore syncs; cached otherwise, and
-    /// always for the files of a handle it copies records from (read once, then deleted).
+    /// For files the new DB takes in: durable when the restore syncs, else cached within the
+    /// page-cache budget and direct beyond; always cached for the files of a handle it copies
+    /// records from (read once, then deleted).
     mode: LocalWrite,
 }
 
@@ -213,9 +222,21 @@ fn transfers<'a>(
     plan: &SubtaskPlan,
     work: &Path,
     local: Option<&LocalSource>,
-    sync: bool,
+    options: BuildOptions,
 ) -> Result<Vec<Transfer<'a>>> {
     let mut out = Vec::new();
+    let mut budget = options.page_cache_budget;
+    // How a file the new DB takes in is written (a local one only if it does not verify).
+    let mut mode_for = |size: u64, from_local: bool| {
+        if options.sync {
+            LocalWrite::Durable
+        } else if !from_local && size <= budget {
+            budget -= size;
+            LocalWrite::Cached
+        } else {
+            LocalWrite::Direct
+        }
+    };
     for (index, input) in plan.inputs.iter().enumerate() {
         let h = &meta.handles[input.old_subtask as usize];
         let referenced_in: Arc<str> = store
@@ -225,12 +246,7 @@ fn transfers<'a>(
         let dir = input_dir(work, input);
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
         let from_local = input.local && local.is_some_and(|l| l.old_subtask == input.old_subtask);
-        let mode = match input.method {
-            InputMethod::Whole | InputMethod::Base | InputMethod::Ingest if sync => {
-                LocalWrite::Durable
-            }
-            _ => LocalWrite::Cached,
-        };
+        let copied = input.method == InputMethod::Copy;
         for &i in &input.shared_files {
             let f = &h.shared[i];
             out.push(Transfer {
@@ -239,7 +255,11 @@ fn transfers<'a>(
                 file: &f.file,
                 referenced_in: referenced_in.clone(),
                 local_name: from_local.then_some(f.local_name.as_str()),
-                mode,
+                mode: if copied {
+                    LocalWrite::Cached
+                } else {
+                    mode_for(f.file.size, from_local)
+                },
             });
         }
         if input.private_files {
@@ -250,7 +270,11 @@ fn transfers<'a>(
                     file: &p.file,
                     referenced_in: referenced_in.clone(),
                     local_name: None,
-                    mode,
+                    mode: if copied {
+                        LocalWrite::Cached
+                    } else {
+                        mode_for(p.file.size, false)
+                    },
                 });
             }
         }

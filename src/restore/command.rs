@@ -104,6 +104,11 @@ pub struct RestoreArgs {
     /// unsynced restore is not trusted (see `RestoreRequest::sync`).
     #[arg(long, env = "REGROUP_RESTORE_SYNC")]
     pub sync: bool,
+    /// Without `--sync`: bytes of downloads written through the page cache before the rest go
+    /// with direct I/O (default: half of what this machine and container let be dirty before
+    /// the kernel throttles writers, less what is dirty already).
+    #[arg(long, env = "REGROUP_RESTORE_PAGE_CACHE_BUDGET")]
+    pub page_cache_budget: Option<u64>,
     /// Output format of the summary.
     #[arg(long, env = "REGROUP_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -379,6 +384,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         overlap_fraction_threshold: args.overlap_fraction_threshold,
         compact: args.compact,
         sync: args.sync,
+        page_cache_budget: args.page_cache_budget,
         fault_pause_before_rename: args.fault_pause_before_rename,
     };
     let summary = restore_subtask(&store, &request).await?;

@@ -21,6 +21,11 @@
 //! The DB is built in a hidden sibling directory of the target and renamed into place only when
 //! complete; on any failure that directory is removed, so the target never holds a partial DB
 //! and a reused local DB (only ever hard-linked from) stays intact for a retry.
+//!
+//! Nothing is synced unless [`RestoreRequest::sync`]: the kernel writes the new DB back while
+//! the worker runs. The DB is a copy of the checkpoint, which stays in the store; after a crash
+//! of the node, local recovery refuses an unsynced restore ([`is_local_copy`] compares the boot)
+//! and reused local files are verified by reading them.
 
 mod build;
 pub mod command;
@@ -28,6 +33,7 @@ pub mod command;
 mod fixtures;
 mod ingest;
 pub mod local;
+pub mod page_cache;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -80,6 +86,9 @@ pub struct RestoreRequest {
     /// restarts: after a reboot, [`is_local_copy`] refuses it and local files are reused only
     /// after their checksums are read back from the disk.
     pub sync: bool,
+    /// Without `sync`: how many bytes of downloads go through the page cache before the rest
+    /// are written with direct I/O (unsynced); `None`: [`page_cache::budget`] of this machine.
+    pub page_cache_budget: Option<u64>,
     /// Fault injection for end-to-end tests: wait this long with the new DB complete in its work
     /// directory, before it is renamed into place, so a test can kill the restore there.
     pub fault_pause_before_rename: Option<std::time::Duration>,
@@ -97,6 +106,7 @@ impl RestoreRequest {
             overlap_fraction_threshold: 0.0,
             compact: false,
             sync: false,
+            page_cache_budget: None,
             fault_pause_before_rename: None,
         }
     }
@@ -151,6 +161,9 @@ pub struct RestoreSummary {
     pub downloaded_files: usize,
     /// Bytes downloaded (0 for local recovery).
     pub downloaded_bytes: u64,
+    /// Bytes of the downloads written through the page cache, unsynced; the others were
+    /// written with direct I/O (synced with [`RestoreRequest::sync`]).
+    pub cached_bytes: u64,
     /// Old subtask whose handle's DB was found on the volume and reused, if any.
     pub local_handle: Option<u32>,
     /// SST files hard-linked from the local DB instead of downloaded.
@@ -189,7 +202,7 @@ impl RestoreSummary {
             .map(|(s, m)| format!("{s}:{m}"))
             .collect();
         format!(
-            "restored checkpoint {} of {} for subtask {}/{} key groups {} into {}: {}{}, inputs [{}], downloaded {} files {} bytes ({} skipped), reused locally {} files {} bytes{}{}, ingested {} files, copied {} keys, {:.2}s (download {:.2}s, build {:.2}s)",
+            "restored checkpoint {} of {} for subtask {}/{} key groups {} into {}: {}{}, inputs [{}], downloaded {} files {} bytes ({} through the page cache, {} skipped), reused locally {} files {} bytes{}{}, ingested {} files, copied {} keys, {:.2}s (download {:.2}s, build {:.2}s)",
             self.checkpoint_id,
             self.job,
             self.subtask,
@@ -205,6 +218,7 @@ impl RestoreSummary {
             inputs.join(", "),
             self.downloaded_files,
             self.downloaded_bytes,
+            self.cached_bytes,
             self.skipped_files,
             self.reused_files,
             self.reused_bytes,
@@ -387,6 +401,7 @@ pub async fn restore_subtask(
         column_families: column_families(&meta, &plan),
         downloaded_files: 0,
         downloaded_bytes: 0,
+        cached_bytes: 0,
         local_handle: None,
         reused_files: 0,
         reused_bytes: 0,
@@ -437,6 +452,11 @@ pub async fn restore_subtask(
         build::BuildOptions {
             compact: request.compact,
             sync: request.sync,
+            page_cache_budget: if request.sync {
+                0
+            } else {
+                request.page_cache_budget.unwrap_or_else(page_cache::budget)
+            },
         },
         local.as_ref(),
     )
@@ -459,6 +479,7 @@ pub async fn restore_subtask(
     let stats = outcome?;
     summary.downloaded_files = stats.downloaded_files;
     summary.downloaded_bytes = stats.downloaded_bytes;
+    summary.cached_bytes = stats.cached_bytes;
     summary.local_handle = local.as_ref().map(|l| l.old_subtask);
     summary.reused_files = stats.reused_files;
     summary.reused_bytes = stats.reused_bytes;
@@ -473,6 +494,7 @@ pub async fn restore_subtask(
         subtask = summary.subtask,
         mode = ?summary.mode,
         downloaded_bytes = summary.downloaded_bytes,
+        through_page_cache = summary.cached_bytes,
         reused_bytes = summary.reused_bytes,
         ingested_files = summary.ingested_files,
         copied_keys = summary.copied_keys,
