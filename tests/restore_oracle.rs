@@ -250,8 +250,8 @@ async fn an_unsynced_restore_is_not_trusted_after_a_reboot() {
     }
 }
 
-/// An unsynced restore writes its downloads through the page cache up to its budget and with
-/// direct I/O beyond; the DB is the same either way.
+/// An unsynced restore writes its downloads through the page cache (half of its download
+/// lanes) within its budget and with direct I/O otherwise; the DB is the same either way.
 #[tokio::test]
 async fn downloads_beyond_the_page_cache_budget_are_written_direct() {
     let root = tempdir();
@@ -263,7 +263,7 @@ async fn downloads_beyond_the_page_cache_budget_are_written_direct() {
     let mut request = RestoreRequest::new(Some(1), 0, 3, &target);
     request.page_cache_budget = Some(u64::MAX);
     let all = restore_subtask(&store, &request).await.unwrap();
-    assert_eq!(all.cached_bytes, all.downloaded_bytes);
+    assert!(all.cached_bytes > 0 && all.cached_bytes <= all.downloaded_bytes);
     let half = all.downloaded_bytes / 2;
     for budget in [0, half] {
         std::fs::remove_dir_all(&target).unwrap();

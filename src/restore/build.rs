@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -68,8 +69,9 @@ pub struct BuildOptions {
     /// own sync of each ingested file kept (`RestoreRequest::sync`). Without it both are
     /// skipped and the kernel writes the files back later.
     pub sync: bool,
-    /// Without `sync`: bytes of downloads the DB takes in written through the page cache, in
-    /// plan order; the rest are written with direct I/O, unsynced ([`super::page_cache`]).
+    /// Without `sync`: bytes of downloads the DB takes in that the page-cache lanes may write
+    /// through the page cache; the rest are written with direct I/O, unsynced
+    /// ([`super::page_cache`], [`lane_mode`]).
     pub page_cache_budget: u64,
 }
 
@@ -125,11 +127,28 @@ pub async fn build(
     let (from_local, from_store): (Vec<&Transfer>, Vec<&Transfer>) =
         transfers.iter().partition(|t| t.local_name.is_some());
     let checks = futures::stream::iter(from_local)
-        .map(|t| async move { (t, fetch(store, local, t).await) })
+        .map(|t| async move { (t, fetch(store, local, t, t.mode).await) })
         .buffer_unordered(LOCAL_CHECK_PARALLELISM);
-    let downloads = futures::stream::iter(from_store)
-        .map(|t| async move { (t, fetch(store, local, t).await) })
-        .buffer_unordered(DOWNLOAD_PARALLELISM);
+    // Download lanes, each taking the next file as it finishes: page-cache lanes write a file
+    // meant for direct I/O through the page cache while the budget lasts, the others with
+    // direct I/O. Whichever kind is faster on this node takes more of the files: writes to
+    // the page cache cost a memory copy, or more where the memory must first be reclaimed or
+    // faulted in (a VM whose free memory went back to its host); direct writes cost the disk.
+    let queue = std::sync::Mutex::new(from_store.into_iter());
+    let budget = AtomicU64::new(options.page_cache_budget);
+    let lane = |page_cache: bool| {
+        let (queue, budget) = (&queue, &budget);
+        Box::pin(futures::stream::unfold((), move |()| {
+            let next = queue.lock().ok().and_then(|mut q| q.next());
+            async move {
+                let t = next?;
+                let mode = lane_mode(t, page_cache, budget);
+                Some(((t, fetch(store, local, t, mode).await), ()))
+            }
+        }))
+    };
+    let downloads =
+        futures::stream::select_all((0..DOWNLOAD_PARALLELISM).map(|i| lane(i < PAGE_CACHE_LANES)));
     let mut fetches = futures::stream::select(checks, downloads);
     while let Some((t, result)) = fetches.next().await {
         match result {
@@ -139,10 +158,10 @@ pub async fn build(
                         stats.reused_files += 1;
                         stats.reused_bytes += t.file.size;
                     }
-                    Fetched::Downloaded { fallback } => {
+                    Fetched::Downloaded { fallback, mode } => {
                         stats.downloaded_files += 1;
                         stats.downloaded_bytes += t.file.size;
-                        if t.mode == LocalWrite::Cached {
+                        if mode == LocalWrite::Cached {
                             stats.cached_bytes += t.file.size;
                         }
                         stats.local_fallbacks += usize::from(fallback);
@@ -191,6 +210,30 @@ pub async fn build(
 /// Local files checked (read and checksummed) at once, beside the downloads.
 const LOCAL_CHECK_PARALLELISM: usize = 2;
 
+/// Download lanes (of [`DOWNLOAD_PARALLELISM`]) that may write through the page cache. One:
+/// 1→2 fresh at 10M keys took 0.35–0.39 s with memory at hand and 0.58–0.80 s with memory the
+/// VM first had to fault in from its host; two: 0.30 s and 0.95–0.97 s; none (all direct):
+/// 0.69–0.75 s either way (docs/benchmarks.md).
+const PAGE_CACHE_LANES: usize = 1;
+
+/// How a download lane writes `t`: a page-cache lane writes a file meant for direct I/O
+/// (unsynced) through the page cache if the rest of `budget` covers it.
+fn lane_mode(t: &Transfer<'_>, page_cache_lane: bool, budget: &AtomicU64) -> LocalWrite {
+    let size = t.file.size;
+    if t.mode == LocalWrite::Direct
+        && page_cache_lane
+        && budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_sub(size)
+            })
+            .is_ok()
+    {
+        LocalWrite::Cached
+    } else {
+        t.mode
+    }
+}
+
 /// One file the plan needs: where it goes, and the local DB's copy to try first, if any.
 struct Transfer<'a> {
     /// Index of the input (in the plan) the file belongs to.
@@ -200,9 +243,9 @@ struct Transfer<'a> {
     referenced_in: Arc<str>,
     /// The file's name in the local DB, when the input's handle is the local DB.
     local_name: Option<&'a str>,
-    /// For files the new DB takes in: durable when the restore syncs, else cached within the
-    /// page-cache budget and direct beyond; always cached for the files of a handle it copies
-    /// records from (read once, then deleted).
+    /// For files the new DB takes in: durable when the restore syncs, else direct (a
+    /// page-cache lane may write it cached instead, see [`lane_mode`]); cached for the files
+    /// of a handle it copies records from (read once, then deleted).
     mode: LocalWrite,
 }
 
@@ -210,8 +253,9 @@ struct Transfer<'a> {
 enum Fetched {
     /// Hard-linked from the local DB, verified.
     Reused,
-    /// Downloaded from the store, verified; `fallback` when the local copy was unusable.
-    Downloaded { fallback: bool },
+    /// Downloaded from the store, verified, written as `mode`; `fallback` when the local copy
+    /// was unusable.
+    Downloaded { fallback: bool, mode: LocalWrite },
 }
 
 /// The files of every input, input after input (so that whole handles arrive early), each
@@ -225,17 +269,10 @@ fn transfers<'a>(
     options: BuildOptions,
 ) -> Result<Vec<Transfer<'a>>> {
     let mut out = Vec::new();
-    let mut budget = options.page_cache_budget;
-    // How a file the new DB takes in is written (a local one only if it does not verify).
-    let mut mode_for = |size: u64, from_local: bool| {
-        if options.sync {
-            LocalWrite::Durable
-        } else if !from_local && size <= budget {
-            budget -= size;
-            LocalWrite::Cached
-        } else {
-            LocalWrite::Direct
-        }
+    let taken_in = if options.sync {
+        LocalWrite::Durable
+    } else {
+        LocalWrite::Direct
     };
     for (index, input) in plan.inputs.iter().enumerate() {
         let h = &meta.handles[input.old_subtask as usize];
@@ -246,7 +283,10 @@ fn transfers<'a>(
         let dir = input_dir(work, input);
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
         let from_local = input.local && local.is_some_and(|l| l.old_subtask == input.old_subtask);
-        let copied = input.method == InputMethod::Copy;
+        let mode = match input.method {
+            InputMethod::Copy => LocalWrite::Cached,
+            InputMethod::Whole | InputMethod::Base | InputMethod::Ingest => taken_in,
+        };
         for &i in &input.shared_files {
             let f = &h.shared[i];
             out.push(Transfer {
@@ -255,11 +295,7 @@ fn transfers<'a>(
                 file: &f.file,
                 referenced_in: referenced_in.clone(),
                 local_name: from_local.then_some(f.local_name.as_str()),
-                mode: if copied {
-                    LocalWrite::Cached
-                } else {
-                    mode_for(f.file.size, from_local)
-                },
+                mode,
             });
         }
         if input.private_files {
@@ -270,11 +306,7 @@ fn transfers<'a>(
                     file: &p.file,
                     referenced_in: referenced_in.clone(),
                     local_name: None,
-                    mode: if copied {
-                        LocalWrite::Cached
-                    } else {
-                        mode_for(p.file.size, false)
-                    },
+                    mode,
                 });
             }
         }
@@ -283,13 +315,14 @@ fn transfers<'a>(
 }
 
 /// Fetches one file: hard-linked from the local DB if it has a verified copy, else downloaded
-/// (verified) as `t.mode` says — with a synced restore, a file the DB takes in is durable before
+/// (verified) as `mode` says — with a synced restore, a file the DB takes in is durable before
 /// the DB references it; syncing here, several files at once and beside the other transfers,
 /// leaves nothing for ingestion's own per-file sync.
 async fn fetch(
     store: &CheckpointStore,
     local: Option<&LocalSource>,
     t: &Transfer<'_>,
+    mode: LocalWrite,
 ) -> Result<Fetched> {
     let mut fallback = false;
     if let (Some(local), Some(name)) = (local, t.local_name) {
@@ -307,9 +340,9 @@ async fn fetch(
         }
     }
     store
-        .download_file(t.file, &t.dest, &t.referenced_in, t.mode)
+        .download_file(t.file, &t.dest, &t.referenced_in, mode)
         .await?;
-    Ok(Fetched::Downloaded { fallback })
+    Ok(Fetched::Downloaded { fallback, mode })
 }
 
 /// Hard-links `source` to `dest` and checks its size and checksum against `file`; the reason
