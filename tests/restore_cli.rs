@@ -58,10 +58,7 @@ fn plan_prints_ranges() {
 #[tokio::test]
 async fn plan_and_restore_a_stored_checkpoint() {
     let root = tempdir();
-    let url = format!("file://{}/store", root.path().display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
-    let model = initial_model(2000);
-    let meta = first_checkpoint(&store, root.path(), 2, &model).await;
+    let (url, _, model, meta) = two_workers_checkpointed(root.path()).await;
 
     let (ok, out, err) = regroup(
         &[

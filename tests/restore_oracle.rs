@@ -158,10 +158,7 @@ async fn rescale_3_1000_7_two_byte_prefix() {
 #[tokio::test]
 async fn local_recovery_downloads_nothing() {
     let root = tempdir();
-    let url = format!("file://{}/store", root.path().display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
-    let model = initial_model(2000);
-    let meta = first_checkpoint(&store, root.path(), 2, &model).await;
+    let (_, store, model, meta) = two_workers_checkpointed(root.path()).await;
     let target = root.path().join("state").join("db");
 
     let first = restore(&store, 1, 1, 2, &target, Strategy::Ingest).await;
@@ -213,10 +210,7 @@ async fn local_recovery_downloads_nothing() {
 #[tokio::test]
 async fn an_unsynced_restore_is_not_trusted_after_a_reboot() {
     let root = tempdir();
-    let url = format!("file://{}/store", root.path().display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
-    let model = initial_model(2000);
-    first_checkpoint(&store, root.path(), 2, &model).await;
+    let (_, store, model, _) = two_workers_checkpointed(root.path()).await;
     for sync in [false, true] {
         let target = root.path().join(format!("synced-{sync}")).join("db");
         let mut request = RestoreRequest::new(Some(1), 0, 3, &target);
@@ -250,15 +244,12 @@ async fn an_unsynced_restore_is_not_trusted_after_a_reboot() {
     }
 }
 
-/// An unsynced restore writes its downloads through the page cache (half of its download
-/// lanes) within its budget and with direct I/O otherwise; the DB is the same either way.
+/// An unsynced restore writes its downloads through the page cache (one of its download lanes)
+/// within its budget and with direct I/O otherwise; the DB is the same either way.
 #[tokio::test]
 async fn downloads_beyond_the_page_cache_budget_are_written_direct() {
     let root = tempdir();
-    let url = format!("file://{}/store", root.path().display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
-    let model = initial_model(2000);
-    first_checkpoint(&store, root.path(), 2, &model).await;
+    let (_, store, model, _) = two_workers_checkpointed(root.path()).await;
     let target = root.path().join("state").join("db");
     let mut request = RestoreRequest::new(Some(1), 0, 3, &target);
     request.page_cache_budget = Some(u64::MAX);

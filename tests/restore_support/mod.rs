@@ -262,6 +262,18 @@ pub async fn first_checkpoint(
     checkpoint(store, &backends, 1, 1, 128, &root.join("s")).await
 }
 
+/// A `file://` store under `root` holding checkpoint 1 of two workers with 2000 keys: its URL,
+/// the store, the model and the checkpoint's metadata.
+pub async fn two_workers_checkpointed(
+    root: &Path,
+) -> (String, CheckpointStore, Model, CheckpointMetadata) {
+    let url = format!("file://{}/store", root.display());
+    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let model = initial_model(2000);
+    let meta = first_checkpoint(&store, root, 2, &model).await;
+    (url, store, model, meta)
+}
+
 /// The part of `model` that subtask `i` of `p` owns.
 pub fn owned(model: &Model, max_parallelism: u32, p: u32, i: u32) -> Model {
     model
