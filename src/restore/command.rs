@@ -104,9 +104,10 @@ pub struct RestoreArgs {
     /// unsynced restore is not trusted (see `RestoreRequest::sync`).
     #[arg(long, env = "REGROUP_RESTORE_SYNC")]
     pub sync: bool,
-    /// Without `--sync`: bytes of downloads written through the page cache before the rest go
-    /// with direct I/O (default: half of what this machine and container let be dirty before
-    /// the kernel throttles writers, less what is dirty already).
+    /// Without `--sync`: at most this many bytes of downloads go through the page cache (one of
+    /// the four download lanes writes there), the rest with direct I/O (default: half of what
+    /// this machine and container let be dirty before the kernel throttles writers, less what
+    /// is dirty already).
     #[arg(long, env = "REGROUP_RESTORE_PAGE_CACHE_BUDGET")]
     pub page_cache_budget: Option<u64>,
     /// Output format of the summary.

@@ -86,8 +86,9 @@ pub struct RestoreRequest {
     /// restarts: after a reboot, [`is_local_copy`] refuses it and local files are reused only
     /// after their checksums are read back from the disk.
     pub sync: bool,
-    /// Without `sync`: how many bytes of downloads go through the page cache before the rest
-    /// are written with direct I/O (unsynced); `None`: [`page_cache::budget`] of this machine.
+    /// Without `sync`: at most how many bytes of downloads go through the page cache (one of the
+    /// download lanes writes there), the rest with direct I/O, unsynced; `None`:
+    /// [`page_cache::budget`] of this machine.
     pub page_cache_budget: Option<u64>,
     /// Fault injection for end-to-end tests: wait this long with the new DB complete in its work
     /// directory, before it is renamed into place, so a test can kill the restore there.
