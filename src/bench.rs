@@ -11,8 +11,8 @@
 //! in it (warm: the old worker just stopped on the same node), since the restore reads every
 //! local file it reuses to verify its checksum. Every restored DB's key count is checked.
 //!
-//! Restores run as `regroup restore` does by default (files through the page cache, not synced)
-//! and the plain copies are bare `cp`; with `--sync`, restores are synced (`regroup restore
+//! Restores run as `regroup restore` does by default (not synced: one download lane through the
+//! page cache, three with direct I/O) and the plain copies are bare `cp`; with `--sync`, restores are synced (`regroup restore
 //! --sync`) and held to `cp` + `sync`. Either way each restore is followed by a timed `sync -f`
 //! (printed, not part of its time), so that no restore leaves writeback to the next.
 
