@@ -961,6 +961,22 @@ async fn run_pod(
     stop
 }
 
+/// How long, and with which delays, the final deletion of a pod is retried when the API server
+/// does not answer or answers with a server error.
+const DELETE_RETRY_FOR: Duration = Duration::from_secs(60);
+const DELETE_RETRY_INITIAL: Duration = Duration::from_millis(100);
+const DELETE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A failure worth retrying: no answer (connection, timeout), too many requests, or a server
+/// error; not a refusal.
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 async fn finish(
     stop: Stop,
     api: &Api<Pod>,
@@ -982,10 +998,24 @@ async fn finish(
                 }),
                 ..Default::default()
             };
-            match api.delete(&name, &params).await {
-                Ok(_) => info!(pod = %name, "pod stopped and deleted"),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => warn!(pod = %name, error = %e, "cannot finish the pod's deletion"),
+            // A kubelet retries this until it gets through: a pod left Terminating would hold
+            // its StatefulSet (and the operator waiting for it) forever.
+            let retry_until = Instant::now() + DELETE_RETRY_FOR;
+            let mut attempt = 0;
+            loop {
+                match api.delete(&name, &params).await {
+                    Ok(_) => info!(pod = %name, "pod stopped and deleted"),
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) if is_transient(&e) && Instant::now() < retry_until => {
+                        attempt += 1;
+                        let delay = restart_delay(attempt, DELETE_RETRY_INITIAL, DELETE_RETRY_MAX);
+                        warn!(pod = %name, error = %e, ?delay, "cannot finish the pod's deletion; retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    Err(e) => warn!(pod = %name, error = %e, "cannot finish the pod's deletion"),
+                }
+                break;
             }
             if let Err(e) = volumes::remove(dirs) {
                 warn!(pod = %name, error = %e, "cannot remove the pod's volumes");
@@ -1006,5 +1036,27 @@ async fn finish(
                 reporter.report(record, stops.pod().as_ref()).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_and_server_errors_are_retried_refusals_are_not() {
+        let api = |code| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        assert!(is_transient(&api(503)));
+        assert!(is_transient(&api(429)));
+        assert!(!is_transient(&api(403)));
+        assert!(!is_transient(&api(422)));
+        assert!(is_transient(&kube::Error::Service(
+            "client error (SendRequest)".into()
+        )));
     }
 }
