@@ -213,7 +213,7 @@ const LOCAL_CHECK_PARALLELISM: usize = 2;
 /// Download lanes (of [`DOWNLOAD_PARALLELISM`]) that may write through the page cache. One:
 /// 1→2 fresh at 10M keys took 0.35–0.39 s with memory at hand and 0.58–0.80 s with memory the
 /// VM first had to fault in from its host; two: 0.30 s and 0.95–0.97 s; none (all direct):
-/// 0.69–0.75 s either way (docs/benchmarks.md).
+/// 0.69–0.76 s either way (docs/benchmarks.md).
 const PAGE_CACHE_LANES: usize = 1;
 
 /// How a download lane writes `t`: a page-cache lane writes a file meant for direct I/O
