@@ -12,8 +12,8 @@
 //! local file it reuses to verify its checksum. Every restored DB's key count is checked.
 //!
 //! Restores run as `regroup restore` does by default (not synced: one download lane through the
-//! page cache, three with direct I/O) and the plain copies are bare `cp`; with `--sync`, restores are synced (`regroup restore
-//! --sync`) and held to `cp` + `sync`. Either way each restore is followed by a timed `sync -f`
+//! page cache, three with direct I/O) and the plain copies are bare `cp`; with `--sync`,
+//! restores are synced (`regroup restore --sync`) and held to `cp` + `sync`. Either way each restore is followed by a timed `sync -f`
 //! (printed, not part of its time), so that no restore leaves writeback to the next.
 
 use std::path::{Path, PathBuf};
@@ -312,15 +312,10 @@ async fn reuse_scenario(
     let plan = plan_subtask_with_local(meta, parallelism, subtask, &PlanOptions::default(), local)?;
     // Both the plain copy and the restore read the stored files from the page cache, as they
     // would from a fast object store: neither pays for the disk reads of the other.
-    warm(store_root, store.job(), &files_to_download(meta, &plan))?;
-    let copy_seconds = plain_copy(
-        store_root,
-        store.job(),
-        &files_to_download(meta, &plan),
-        scratch,
-        sync,
-    )?;
-    warm(store_root, store.job(), &files_to_download(meta, &plan))?;
+    let files = files_to_download(meta, &plan);
+    warm(store_root, store.job(), &files)?;
+    let copy_seconds = plain_copy(store_root, store.job(), &files, scratch, sync)?;
+    warm(store_root, store.job(), &files)?;
     let m = measure(
         store,
         subtask,
@@ -463,7 +458,6 @@ async fn measure(
     request.strategy = how.strategy;
     request.compact = how.compact;
     request.sync = how.sync;
-    let strategy = how.strategy;
     let started = Instant::now();
     let summary = restore_subtask(store, &request).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -474,7 +468,8 @@ async fn measure(
     let range_bytes = sst_bytes(target)?;
     if keys != expected_keys {
         return Err(Error::Other(format!(
-            "benchmark restore of subtask {subtask}/{parallelism} ({strategy}) holds {keys} keys, expected {expected_keys}"
+            "benchmark restore of subtask {subtask}/{parallelism} ({}) holds {keys} keys, expected {expected_keys}",
+            how.strategy
         )));
     }
     std::fs::remove_dir_all(target).map_err(Error::io("remove", target))?;

@@ -582,8 +582,8 @@ pub const DOWNLOAD_PARALLELISM: usize = 4;
 
 impl CheckpointStore {
     /// Downloads every file of `handle` into `dir` (created if needed) with bounded parallelism,
-    /// verifying each, through the page cache (not synced). The handle is validated first. On failure
-    /// every file this call wrote is removed and the error names the file at fault.
+    /// verifying each, through the page cache (not synced). The handle is validated first. On
+    /// failure every file this call wrote is removed and the error names the file at fault.
     pub async fn download_handle(&self, handle: &SubtaskHandle, dir: &LocalPath) -> Result<u64> {
         let referenced_in = self
             .paths
@@ -603,8 +603,8 @@ impl CheckpointStore {
         self.download_files(&files, dir, &referenced_in).await
     }
 
-    /// Downloads `(local name, reference)` pairs into `dir` through the page cache (not synced), all or nothing;
-    /// returns the bytes.
+    /// Downloads `(local name, reference)` pairs into `dir` through the page cache (not synced),
+    /// all or nothing; returns the bytes.
     pub async fn download_files(
         &self,
         files: &[(&str, &FileRef)],

@@ -81,8 +81,8 @@ pub struct BuildOptions {
 /// when it verifies, else downloaded; synced with `options.sync`) with bounded parallelism,
 /// handle after handle (local files and downloads side by side), and each handle is merged
 /// into the new DB (ingested or copied) by a builder thread as soon as its last file is in,
-/// while the next handles' files are still arriving. Peak disk use is the fetched files plus the result:
-/// ingestion moves the files into the DB.
+/// while the next handles' files are still arriving. Peak disk use is the fetched files plus the
+/// result: ingestion moves the files into the DB.
 pub async fn build(
     store: &CheckpointStore,
     meta: &CheckpointMetadata,
