@@ -94,7 +94,13 @@ pub async fn install_crd(client: &Client) {
                 "kubectl apply -f {} failed: {stderr}",
                 crds.display()
             );
-            run(Command::new("kubectl").arg("apply").arg("-f").arg(&crds));
+            let again = apply();
+            assert!(
+                again.status.success(),
+                "kubectl apply -f {} failed again: {}",
+                crds.display(),
+                String::from_utf8_lossy(&again.stderr)
+            );
         }
     }
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
