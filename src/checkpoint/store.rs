@@ -314,27 +314,31 @@ impl CheckpointStore {
             GetResultPayload::Stream(mut stream) => {
                 // The writes block (direct I/O waits for the disk): a blocking task takes the
                 // chunks as they arrive.
-                let (chunks, mut arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+                // `None` ends a complete download; a closed channel without it, one that broke
+                // off (the partial file is neither finished nor synced: the caller removes it).
+                let (chunks, mut arriving) = tokio::sync::mpsc::channel::<Option<bytes::Bytes>>(4);
                 let writer = tokio::task::spawn_blocking(move || {
                     let mut out = LocalFile::create(&local, mode)?;
                     while let Some(chunk) = arriving.blocking_recv() {
-                        out.write_all(&chunk)?;
+                        match chunk {
+                            Some(chunk) => out.write_all(&chunk)?,
+                            None => return out.finish(),
+                        }
                     }
-                    out.finish()
+                    Err(Error::Other("download broke off".to_owned()))
                 });
                 let mut received = Ok(());
                 loop {
-                    match stream.try_next().await {
-                        Ok(Some(chunk)) => {
-                            if chunks.send(chunk).await.is_err() {
-                                break; // the writer failed: its error is returned below
-                            }
-                        }
-                        Ok(None) => break,
+                    let next = match stream.try_next().await {
+                        Ok(next) => next,
                         Err(e) => {
                             received = Err(store_err("get", &location)(e));
                             break;
                         }
+                    };
+                    let end = next.is_none();
+                    if chunks.send(next).await.is_err() || end {
+                        break; // at the end, or the writer failed: its error is returned below
                     }
                 }
                 drop(chunks);
