@@ -6,10 +6,11 @@
 //! scale-in 2→1 and scale-out 1→2 with `copy` and with `ingest`, and the raw limit: `cp` of the
 //! same bytes the restore downloaded. Then the same rescales with pods that keep their volumes
 //! (the old worker's DB and its checkpoint marker, reused by hard links) against fresh pods,
-//! each beside a plain copy of exactly the bytes it downloads. Kept volumes are measured twice:
-//! with the old DB's files out of the page cache (cold: another node, or pages reclaimed) and
-//! in it (warm: the old worker just stopped on the same node), since the restore reads every
-//! local file it reuses to verify its checksum. Every restored DB's key count is checked.
+//! each beside a plain copy of exactly the bytes it downloads. Kept volumes are measured twice,
+//! their files out of the page cache: with the marker of this boot of the node (the pod came
+//! back on the same node: the files the marker vouches for are verified by their identity) and
+//! with a marker of another boot (another node, or a restart: every reused file is read back
+//! for its checksum). Every restored DB's key count is checked.
 //!
 //! Restores run as `regroup restore` does by default (not synced: one download lane through the
 //! page cache, three with direct I/O) and the plain copies are bare `cp`; with `--sync`,
@@ -151,16 +152,19 @@ async fn source_state(
 /// What the pods of a rescale scenario find on their volumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Volumes {
-    /// The old worker's DB, its files out of the page cache.
-    KeptCold,
-    /// The old worker's DB, its files in the page cache.
-    KeptWarm,
+    /// The old worker's DB and its marker, written in this boot of the node (the pod came back
+    /// on the same node): the files it vouches for are reused without reading them. Their
+    /// pages are evicted from the page cache first, so that nothing rests on them.
+    Kept,
+    /// The same, but the marker is of another boot (the volume moved to another node, or the
+    /// node restarted): every reused file is read back, from the disk (pages evicted).
+    KeptReadBack,
     /// Nothing.
     Fresh,
 }
 
 impl Volumes {
-    const ALL: [Volumes; 3] = [Volumes::KeptCold, Volumes::KeptWarm, Volumes::Fresh];
+    const ALL: [Volumes; 3] = [Volumes::Kept, Volumes::KeptReadBack, Volumes::Fresh];
 
     fn kept(self) -> bool {
         self != Volumes::Fresh
@@ -168,18 +172,18 @@ impl Volumes {
 
     fn name(self) -> &'static str {
         match self {
-            Volumes::KeptCold => "kept cold",
-            Volumes::KeptWarm => "kept warm",
+            Volumes::Kept => "kept",
+            Volumes::KeptReadBack => "kept, read back",
             Volumes::Fresh => "fresh",
         }
     }
 }
 
-/// Puts every file in `dir` into the page cache (`warm`) or evicts it from there (the files
-/// are clean: written and synced long before).
-fn set_page_cache(dir: &Path, warm: bool) -> Result<()> {
+/// Evicts every file in `dir` from the page cache (the files are clean: written and synced
+/// long before).
+fn evict_from_page_cache(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
-        set_file_cache(&entry.map_err(Error::io("list", dir))?.path(), warm)?;
+        set_file_cache(&entry.map_err(Error::io("list", dir))?.path(), false)?;
     }
     Ok(())
 }
@@ -198,9 +202,17 @@ fn set_file_cache(path: &Path, warm: bool) -> Result<()> {
 }
 
 /// A pod volume that kept the DB of old subtask `i` of `meta` (a hard-linked clone of the
-/// source worker's DB, so each scenario gets its own) with the worker's checkpoint marker;
-/// returns the target of a restore on it.
-fn kept_volume(dir: &Path, meta: &CheckpointMetadata, i: u32, name: &str) -> Result<PathBuf> {
+/// source worker's DB, so each scenario gets its own) with the checkpoint marker the worker
+/// writes at its stop, in this boot of the node or, with `other_boot`, in another; returns the
+/// target of a restore on it. The marker is written after the clone, as the worker writes it
+/// after its last change to the DB's files.
+fn kept_volume(
+    dir: &Path,
+    meta: &CheckpointMetadata,
+    i: u32,
+    name: &str,
+    other_boot: bool,
+) -> Result<PathBuf> {
     let p = meta.parallelism;
     let source = dir.join(format!("p{p}-w{i}"));
     let volume = dir.join(format!("volume-{name}"));
@@ -211,7 +223,11 @@ fn kept_volume(dir: &Path, meta: &CheckpointMetadata, i: u32, name: &str) -> Res
         let to = db.join(entry.file_name());
         std::fs::hard_link(entry.path(), &to).map_err(Error::io("hard-link", &to))?;
     }
-    LocalCheckpointMarker::of_handle(&meta.handles[i as usize]).write(&volume)?;
+    let mut marker = LocalCheckpointMarker::of_local_db(&meta.handles[i as usize], &db);
+    if other_boot {
+        marker.boot_id = Some("another boot".to_owned());
+    }
+    marker.write(&volume)?;
     Ok(db)
 }
 
@@ -725,8 +741,9 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
                 let local = (volumes.kept() && i < from).then_some(i);
                 let t = match local {
                     Some(old) => {
-                        let db = kept_volume(&dir, meta, old, &name)?;
-                        set_page_cache(&db, volumes == Volumes::KeptWarm)?;
+                        let other_boot = volumes == Volumes::KeptReadBack;
+                        let db = kept_volume(&dir, meta, old, &name, other_boot)?;
+                        evict_from_page_cache(&db)?;
                         db
                     }
                     None => dir.join(format!("volume-{name}")).join("db"),
@@ -772,11 +789,12 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
         let m = &row.measured;
         writeln!(
             out,
-            "  {:<30} {:>7.2}s  downloaded {:>11} B  reused locally {:>11} B  new range {:>11} B  {}  then sync {:.2}s",
+            "  {:<36} {:>7.2}s  downloaded {:>11} B  reused locally {:>11} B (read back {:>11} B)  new range {:>11} B  {}  then sync {:.2}s",
             row.name(),
             m.seconds,
             m.summary.downloaded_bytes,
             m.summary.reused_bytes,
+            m.summary.reused_read_back_bytes,
             m.range_bytes,
             row.ratio_text(),
             m.sync_seconds
@@ -790,7 +808,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
             .filter(move |r| r.from == from && r.to == to && r.volumes == volumes)
     };
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    for volumes in [Volumes::KeptCold, Volumes::KeptWarm] {
+    for volumes in [Volumes::Kept, Volumes::KeptReadBack] {
         let seconds: f64 = rows(2, 1, volumes).map(|r| r.measured.seconds).sum();
         writeln!(
             out,

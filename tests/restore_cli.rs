@@ -198,11 +198,11 @@ async fn plan_counts_bytes_reused_from_local_state() {
     drop(backends);
     // vol0 stopped with checkpoint 2; vol1's marker is of the older checkpoint 1; `other`
     // holds a DB of another job.
-    local_marker(&meta2, 0).write(&vol(0)).unwrap();
-    local_marker(&meta1, 1).write(&vol(1)).unwrap();
+    local_marker(&meta2, 0, &vol(0)).write(&vol(0)).unwrap();
+    local_marker(&meta1, 1, &vol(1)).write(&vol(1)).unwrap();
     let other = root.path().join("other");
     std::fs::create_dir_all(other.join("db")).unwrap();
-    let mut foreign = local_marker(&meta2, 0);
+    let mut foreign = local_marker(&meta2, 0, &other);
     foreign.job = "tests/other".parse().unwrap();
     foreign.write(&other).unwrap();
 

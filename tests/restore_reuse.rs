@@ -62,9 +62,8 @@ impl Volumes {
             .unwrap()
             .expect("every handle is in");
         for i in 0..p {
-            local_marker(&meta, i)
-                .write(&Self::vol(root.path(), i))
-                .unwrap();
+            let vol = Self::vol(root.path(), i);
+            local_marker(&meta, i, &vol).write(&vol).unwrap();
         }
         let mut v = Self {
             root,
@@ -188,6 +187,8 @@ async fn rescale(from: u32, to: u32, keep: bool) {
                 .sum();
             assert!(local_bytes > 0);
             assert_eq!(summary.reused_bytes, local_bytes);
+            // The marker vouches for them in this boot: none is read back.
+            assert_eq!(summary.reused_read_back_bytes, 0);
             assert_eq!(
                 summary.downloaded_bytes,
                 remote.bytes_to_download - local_bytes
@@ -284,12 +285,32 @@ async fn tampered_local_file_is_downloaded_instead() {
     // Another file of the handle compacted away after the checkpoint: missing locally.
     let gone = &v.meta.handles[0].shared[1].local_name;
     std::fs::remove_file(Volumes::db(v.root.path(), 0).join(gone)).unwrap();
+    // A third changed in place, same size, its modification time set back: its change time
+    // (which nothing sets back) tells, and reading it back finds the difference.
+    let in_place = Volumes::db(v.root.path(), 0).join(&v.meta.handles[0].shared[2].local_name);
+    let modified = std::fs::metadata(&in_place).unwrap().modified().unwrap();
+    // Past the clock's granularity, so that the change time differs.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&in_place)
+            .unwrap();
+        f.seek(std::io::SeekFrom::Start(100)).unwrap();
+        f.write_all(b"tampered").unwrap();
+        f.set_modified(modified).unwrap();
+    }
+    assert_eq!(
+        std::fs::metadata(&in_place).unwrap().modified().unwrap(),
+        modified
+    );
     let target = v.target(0, 2, true);
     let s = v.restore(1, 0, 1, &target).await.unwrap();
     println!("{}", s.line());
     assert_eq!(s.local_handle, Some(0));
-    assert_eq!(s.local_fallbacks, 2);
-    assert_eq!(s.reused_files, v.meta.handles[0].shared.len() - 2);
+    assert_eq!(s.local_fallbacks, 3);
+    assert_eq!(s.reused_files, v.meta.handles[0].shared.len() - 3);
     let h = &v.meta.handles[0].shared;
     assert_eq!(
         s.downloaded_bytes,
@@ -300,9 +321,32 @@ async fn tampered_local_file_is_downloaded_instead() {
     );
     assert_eq!(
         s.reused_bytes,
-        h.iter().skip(2).map(|f| f.file.size).sum::<u64>()
+        h.iter().skip(3).map(|f| f.file.size).sum::<u64>()
     );
-    assert!(s.line().contains("2 local files unusable"));
+    // The others are as the marker recorded them: none read back.
+    assert_eq!(s.reused_read_back_bytes, 0);
+    assert!(s.line().contains("3 local files unusable"));
+    check(&target, &v.model, 1, 0);
+}
+
+/// A marker written in another boot of the node vouches for nothing (a crash may have lost
+/// writes the kernel had not written back): every reused local file is read back, and one
+/// that differs is downloaded instead, even with the identity the marker recorded.
+#[tokio::test]
+async fn marker_of_another_boot_has_every_reused_file_read_back() {
+    let v = Volumes::new(2).await;
+    let vol = Volumes::vol(v.root.path(), 0);
+    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
+    assert_eq!(marker.files.len(), v.meta.handles[0].shared.len());
+    marker.boot_id = Some("another boot".into());
+    marker.write(&vol).unwrap();
+    let target = v.target(0, 2, true);
+    let s = v.restore(1, 0, 1, &target).await.unwrap();
+    println!("{}", s.line());
+    assert_eq!(s.local_handle, Some(0));
+    assert_eq!(s.local_fallbacks, 0);
+    assert!(s.reused_bytes > 0);
+    assert_eq!(s.reused_read_back_bytes, s.reused_bytes);
     check(&target, &v.model, 1, 0);
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use regroup::checkpoint::CheckpointMetadata;
-use regroup::worker::marker::LocalCheckpointMarker;
+use regroup::worker::marker::{FileIdentity, LocalCheckpointMarker};
 use regroup::worker::oracle::verify;
 use worker_common::{Cluster, restore_into};
 
@@ -53,6 +53,7 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
         let v = verify(&c.store, Some(id)).await.unwrap();
         assert!(v.ok(), "{v}");
         let mut processed = 0;
+        let mut markers = Vec::new();
         for w in &workers {
             processed += c.events_processed(w).await;
             let ready: serde_json::Value = c.readyz(w).await;
@@ -70,11 +71,28 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
                 stop.handles[w.subtask as usize].instance_id
             );
             assert_eq!(marker.epoch, epoch);
+            // It vouches for every SST file of the handle, as the checkpoint recorded it.
+            let handle = &stop.handles[w.subtask as usize];
+            assert!(marker.boot_id.is_some());
+            assert_eq!(marker.files.len(), handle.shared.len());
+            for f in &handle.shared {
+                let local = &marker.files[&f.local_name];
+                assert_eq!((local.size, local.checksum), (f.file.size, f.file.checksum));
+            }
+            markers.push((w.state_dir.clone(), marker));
         }
         // Everything this generation processed is in the final checkpoint, nothing after it.
         assert_eq!(v.events(), restored_events + processed, "{v}");
         restored_events = v.events();
         c.stop_all(workers);
+        // Stopping the workers (closing their DBs) left every file the markers vouch for as
+        // it was: a restore on these volumes may reuse them without reading them.
+        for (state_dir, marker) in &markers {
+            for (name, local) in &marker.files {
+                let path = regroup::worker::db_dir(state_dir).join(name);
+                assert_eq!(FileIdentity::read(&path).unwrap(), local.identity, "{name}");
+            }
+        }
         last = Some(stop);
     }
 

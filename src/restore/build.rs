@@ -19,6 +19,7 @@ use crate::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
+use crate::worker::marker::{FileIdentity, LocalFile};
 
 /// The directory, inside the work directory, where the new DB is built.
 pub const DB_DIR: &str = "db";
@@ -42,6 +43,8 @@ pub struct BuildStats {
     pub reused_files: usize,
     /// Bytes of those files.
     pub reused_bytes: u64,
+    /// Bytes of those read back for their checksum (not vouched for unchanged by the marker).
+    pub reused_read_back_bytes: u64,
     /// Local files found unusable (missing, other size or checksum, not linkable), downloaded.
     pub local_fallbacks: usize,
     /// Seconds spent fetching (downloads, with `sync` synced; local files checked).
@@ -154,9 +157,12 @@ pub async fn build(
         match result {
             Ok(fetched) => {
                 match fetched {
-                    Fetched::Reused => {
+                    Fetched::Reused { read_back } => {
                         stats.reused_files += 1;
                         stats.reused_bytes += t.file.size;
+                        if read_back {
+                            stats.reused_read_back_bytes += t.file.size;
+                        }
                     }
                     Fetched::Downloaded { fallback, mode } => {
                         stats.downloaded_files += 1;
@@ -189,6 +195,7 @@ pub async fn build(
         info!(
             files = stats.reused_files,
             bytes = stats.reused_bytes,
+            read_back = stats.reused_read_back_bytes,
             fallbacks = stats.local_fallbacks,
             "hard-linked from the local DB"
         );
@@ -251,8 +258,8 @@ struct Transfer<'a> {
 
 /// Where a file came from.
 enum Fetched {
-    /// Hard-linked from the local DB, verified.
-    Reused,
+    /// Hard-linked from the local DB, verified; `read_back` when by reading it.
+    Reused { read_back: bool },
     /// Downloaded from the store, verified, written as `mode`; `fallback` when the local copy
     /// was unusable.
     Downloaded { fallback: bool, mode: LocalWrite },
@@ -327,11 +334,14 @@ async fn fetch(
     let mut fallback = false;
     if let (Some(local), Some(name)) = (local, t.local_name) {
         let (source, dest, expected) = (local.db.join(name), t.dest.clone(), t.file.clone());
-        let outcome = tokio::task::spawn_blocking(move || link_verified(&source, &dest, &expected))
-            .await
-            .unwrap_or_else(|e| Err(format!("verification task failed: {e}")));
+        let vouched = local.files.get(name).cloned();
+        let outcome = tokio::task::spawn_blocking(move || {
+            link_verified(&source, &dest, &expected, vouched.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("verification task failed: {e}")));
         match outcome {
-            Ok(()) => return Ok(Fetched::Reused),
+            Ok(read_back) => return Ok(Fetched::Reused { read_back }),
             Err(why) => {
                 warn!(file = name, db = %local.db.display(), reason = %why, "local file not used: downloading it instead");
                 let _ = std::fs::remove_file(&t.dest);
@@ -345,14 +355,33 @@ async fn fetch(
     Ok(Fetched::Downloaded { fallback, mode })
 }
 
-/// Hard-links `source` to `dest` and checks its size and checksum against `file`; the reason
-/// it cannot be used otherwise (the caller removes `dest`). Never copies: a copy costs what a
-/// download does. Linking first (the same inode either way) spares reading a file that cannot
-/// be linked, e.g. across devices.
-fn link_verified(source: &Path, dest: &Path, file: &FileRef) -> std::result::Result<(), String> {
+/// Hard-links `source` to `dest` and makes sure it is `file`: if the local DB's marker vouched
+/// for it (`vouched`, see [`LocalFile`]) with `file`'s size and checksum, and its identity is
+/// still the recorded one, it is unchanged since the checkpoint read it; otherwise its size
+/// and checksum are read back. Returns whether it was read back, or the reason it cannot be
+/// used (the caller removes `dest`). Never copies: a copy costs what a download does. Linking
+/// before reading (the same inode either way) spares reading a file that cannot be linked,
+/// e.g. across devices; the identity is taken before linking, which changes its `ctime`.
+fn link_verified(
+    source: &Path,
+    dest: &Path,
+    file: &FileRef,
+    vouched: Option<&LocalFile>,
+) -> std::result::Result<bool, String> {
+    let unchanged = vouched
+        .filter(|v| v.size == file.size && v.checksum == file.checksum)
+        .filter(|v| FileIdentity::read(source).is_ok_and(|now| now == v.identity))
+        .map(|v| v.identity.inode);
     std::fs::hard_link(source, dest).map_err(|e| format!("cannot hard-link: {e}"))?;
+    // The link names the inode just looked at unless the file was replaced in between.
+    if unchanged.is_some()
+        && FileIdentity::read(dest).is_ok_and(|linked| Some(linked.inode) == unchanged)
+    {
+        return Ok(false);
+    }
     let (size, checksum) = checksum_file(dest).map_err(|e| e.to_string())?;
-    verify(file, size, checksum).map_err(|e| format!("local copy differs: {e}"))
+    verify(file, size, checksum).map_err(|e| format!("local copy differs: {e}"))?;
+    Ok(true)
 }
 
 /// Opens the DB being built: the worker's options, but no automatic compaction, so that no

@@ -1,12 +1,13 @@
 //! Local state reused across a rescale: the DB a worker left on its volume after a
 //! stop-with-checkpoint, named by its [`LocalCheckpointMarker`], and which handle it equals.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
 use crate::checkpoint::CheckpointMetadata;
-use crate::worker::marker::{LocalCheckpointMarker, MARKER_FILE, MARKER_VERSION};
+use crate::worker::marker::{LocalCheckpointMarker, LocalFile, MARKER_FILE, MARKER_VERSION};
 
 /// A local DB that equals one handle of the checkpoint being restored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +16,10 @@ pub struct LocalSource {
     pub db: PathBuf,
     /// Old subtask of the handle it equals.
     pub old_subtask: u32,
+    /// The files the marker vouches for in this boot of the node, by name: a file whose
+    /// identity is still the recorded one is reused without reading it. Empty when the marker
+    /// records none or was written in another boot (every reused file is then read back).
+    pub files: BTreeMap<String, LocalFile>,
 }
 
 /// Which handle of `meta` the DB named by `marker` equals, or why it equals none: same job,
@@ -110,14 +115,29 @@ pub fn examine(
     if !db.is_dir() {
         return Err(LocalUnused::MissingDb(db));
     }
-    Ok(LocalSource { db, old_subtask })
+    let files = if vouches_in_this_boot(&marker) {
+        marker.files
+    } else {
+        BTreeMap::new()
+    };
+    Ok(LocalSource {
+        db,
+        old_subtask,
+        files,
+    })
+}
+
+/// Whether `marker` was written in this boot of the node: files not yet written back when it
+/// was may have been lost in a crash since.
+fn vouches_in_this_boot(marker: &LocalCheckpointMarker) -> bool {
+    marker.boot_id.is_some() && marker.boot_id == super::boot_id()
 }
 
 /// The local DB in `state_dir` usable for restoring `meta`, if any; logs why one is not used.
 pub fn find(state_dir: &Path, meta: &CheckpointMetadata) -> Option<LocalSource> {
     match examine(state_dir, meta) {
         Ok(source) => {
-            info!(db = %source.db.display(), old_subtask = source.old_subtask, checkpoint = meta.checkpoint_id, "local DB equals a handle of the checkpoint: its files are reused");
+            info!(db = %source.db.display(), old_subtask = source.old_subtask, checkpoint = meta.checkpoint_id, vouched_files = source.files.len(), "local DB equals a handle of the checkpoint: its files are reused (those its marker vouches for in this boot by identity, the others read back)");
             Some(source)
         }
         Err(LocalUnused::NoMarker) => None,
@@ -158,6 +178,8 @@ mod tests {
             key_group_range: KeyGroupRange::for_subtask(8, 2, 1).unwrap(),
             epoch: 1,
             created_at: chrono::Utc::now(),
+            boot_id: None,
+            files: BTreeMap::new(),
         }
     }
 
@@ -194,6 +216,42 @@ mod tests {
         assert!(matching_handle(&range, &meta).is_err());
     }
 
+    /// A marker vouches for its files only in the boot it was written in.
+    #[test]
+    fn files_are_vouched_for_only_in_the_markers_boot() {
+        let meta = meta();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(crate::worker::DB_DIR)).unwrap();
+        let file = LocalFile {
+            size: 1000,
+            checksum: crate::checkpoint::Checksum(7),
+            identity: crate::worker::marker::FileIdentity {
+                inode: 12,
+                size: 1000,
+                mtime_ns: 1,
+                ctime_ns: 2,
+            },
+        };
+        let mut m = marker();
+        m.files = BTreeMap::from([("000001.sst".to_owned(), file)]);
+        let boot = crate::restore::boot_id();
+        assert!(
+            boot.is_some(),
+            "this test needs /proc/sys/kernel/random/boot_id"
+        );
+        for (written_in, vouched) in [
+            (boot, true),
+            (Some("another boot".into()), false),
+            (None, false),
+        ] {
+            m.boot_id = written_in;
+            m.write(dir.path()).unwrap();
+            let source = examine(dir.path(), &meta).unwrap();
+            assert_eq!(source.files == m.files, vouched, "{:?}", m.boot_id);
+            assert_eq!(source.files.is_empty(), !vouched, "{:?}", m.boot_id);
+        }
+    }
+
     #[test]
     fn examine_says_why_a_state_dir_is_not_used() {
         let meta = meta();
@@ -210,7 +268,8 @@ mod tests {
             examine(dir.path(), &meta),
             Ok(LocalSource {
                 db: db.clone(),
-                old_subtask: 1
+                old_subtask: 1,
+                files: BTreeMap::new(),
             })
         );
         assert_eq!(find(dir.path(), &meta), examine(dir.path(), &meta).ok());

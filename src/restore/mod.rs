@@ -15,8 +15,11 @@
 //!   left after a stop-with-checkpoint, and its marker (`checkpoint-marker.json`, see
 //!   [`crate::worker::marker`]) names a handle of the restored checkpoint (same job, checkpoint
 //!   and DB instance), that handle is preferred as the initial one and the SST files the plan
-//!   needs from it are hard-linked from the local DB after checking size and checksum (any that
-//!   do not verify or cannot be linked are downloaded, and logged); only the rest is fetched.
+//!   needs from it are hard-linked from the local DB after checking them (any that do not
+//!   verify or cannot be linked are downloaded, and logged); only the rest is fetched. A file
+//!   the marker vouches for is checked by its identity (inode, size, modification and change
+//!   times as the worker recorded them after its checkpoint, in the same boot of the node);
+//!   any other is read back for its size and checksum.
 //!
 //! The DB is built in a hidden sibling directory of the target and renamed into place only when
 //! complete; on any failure that directory is removed, so the target never holds a partial DB
@@ -25,7 +28,8 @@
 //! Nothing is synced unless [`RestoreRequest::sync`]: the kernel writes the new DB back while
 //! the worker runs. The DB is a copy of the checkpoint, which stays in the store; after a crash
 //! of the node, local recovery refuses an unsynced restore ([`is_local_copy`] compares the boot)
-//! and reused local files are verified by reading them.
+//! and reused local files are verified by reading them (a marker vouches for its files only
+//! within its boot).
 
 mod build;
 pub mod command;
@@ -171,6 +175,9 @@ pub struct RestoreSummary {
     pub reused_files: usize,
     /// Bytes of those files.
     pub reused_bytes: u64,
+    /// Bytes of those read back to verify their checksum: the files the worker's marker does
+    /// not vouch for unchanged in this boot of the node (the others are verified by identity).
+    pub reused_read_back_bytes: u64,
     /// Local files that did not verify (or could not be linked) and were downloaded instead.
     pub local_fallbacks: usize,
     /// SST files of intersecting handles not downloaded because they hold no key of the range.
@@ -203,7 +210,7 @@ impl RestoreSummary {
             .map(|(s, m)| format!("{s}:{m}"))
             .collect();
         format!(
-            "restored checkpoint {} of {} for subtask {}/{} key groups {} into {}: {}{}, inputs [{}], downloaded {} files {} bytes ({} through the page cache, {} skipped), reused locally {} files {} bytes{}{}, ingested {} files, copied {} keys, {:.2}s (download {:.2}s, build {:.2}s)",
+            "restored checkpoint {} of {} for subtask {}/{} key groups {} into {}: {}{}, inputs [{}], downloaded {} files {} bytes ({} through the page cache, {} skipped), reused locally {} files {} bytes ({} read back){}{}, ingested {} files, copied {} keys, {:.2}s (download {:.2}s, build {:.2}s)",
             self.checkpoint_id,
             self.job,
             self.subtask,
@@ -223,6 +230,7 @@ impl RestoreSummary {
             self.skipped_files,
             self.reused_files,
             self.reused_bytes,
+            self.reused_read_back_bytes,
             self.local_handle
                 .map(|s| format!(" (handle {s})"))
                 .unwrap_or_default(),
@@ -406,6 +414,7 @@ pub async fn restore_subtask(
         local_handle: None,
         reused_files: 0,
         reused_bytes: 0,
+        reused_read_back_bytes: 0,
         local_fallbacks: 0,
         skipped_files: plan.inputs.iter().map(|i| i.skipped_files).sum(),
         ingested_files: 0,
@@ -484,6 +493,7 @@ pub async fn restore_subtask(
     summary.local_handle = local.as_ref().map(|l| l.old_subtask);
     summary.reused_files = stats.reused_files;
     summary.reused_bytes = stats.reused_bytes;
+    summary.reused_read_back_bytes = stats.reused_read_back_bytes;
     summary.local_fallbacks = stats.local_fallbacks;
     summary.ingested_files = stats.ingested_files;
     summary.copied_keys = stats.copied_keys;
@@ -497,6 +507,7 @@ pub async fn restore_subtask(
         downloaded_bytes = summary.downloaded_bytes,
         through_page_cache = summary.cached_bytes,
         reused_bytes = summary.reused_bytes,
+        reused_read_back_bytes = summary.reused_read_back_bytes,
         ingested_files = summary.ingested_files,
         copied_keys = summary.copied_keys,
         seconds = summary.total_seconds,

@@ -163,7 +163,10 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                     .set(handle.bytes_total as i64);
                 shared.metrics.checkpoints_completed.inc();
                 if stop {
-                    let marker = LocalCheckpointMarker::of_handle(&handle);
+                    // The upload removed the native checkpoint's links: nothing changes the
+                    // DB's files from here on, so the marker records what they are now.
+                    let db = super::db_dir(&shared.identity.state_dir);
+                    let marker = LocalCheckpointMarker::of_local_db(&handle, &db);
                     if let Err(e) = marker.write(&shared.identity.state_dir) {
                         warn!(error = %e, "cannot write the local checkpoint marker");
                     }

@@ -3,12 +3,14 @@
 //! downloading them (issue 9). A marker only says "this DB equals handle X"; whether checkpoint X
 //! completed is for the reader to check in the store.
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::JobId;
+use crate::checkpoint::{Checksum, JobId, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
 
@@ -42,6 +44,65 @@ pub struct LocalCheckpointMarker {
     pub epoch: u64,
     /// When the marker was written.
     pub created_at: DateTime<Utc>,
+    /// The boot of the node when the marker was written (`/proc/sys/kernel/random/boot_id`):
+    /// [`Self::files`] vouch for the files only within that boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The handle's SST files as the DB held them when the marker was written, by name: what
+    /// the checkpoint recorded of each (size, checksum) and the file's identity then (see
+    /// [`LocalFile`]). Empty in markers written before this field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, LocalFile>,
+}
+
+/// One SST file of the local DB as it was when the marker was written. The checkpoint read the
+/// same inode for its checksum; a file whose inode, size, modification time and status-change
+/// time (`ctime`, which every write, truncation, rename, link or unlink of the inode sets, and
+/// no process can set back) are still these has not changed since, within the same boot of
+/// the node. In another boot the file may have lost writes the kernel had not yet written
+/// back, so a restore reads it back instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalFile {
+    /// Size in bytes, as the checkpoint recorded it.
+    pub size: u64,
+    /// Checksum of the content, as the checkpoint recorded it.
+    pub checksum: Checksum,
+    /// The file's identity when the marker was written.
+    pub identity: FileIdentity,
+}
+
+/// What identifies a file's content without reading it: inode, size and the nanosecond
+/// modification and status-change times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileIdentity {
+    /// Inode number.
+    pub inode: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Last status change, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+}
+
+impl FileIdentity {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Self {
+            inode: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The identity of the file at `path` (not following a final symbolic link).
+    pub fn read(path: &Path) -> std::io::Result<Self> {
+        std::fs::symlink_metadata(path).map(|m| Self::of(&m))
+    }
 }
 
 /// Path of the marker in `state_dir`.
@@ -51,7 +112,8 @@ pub fn marker_path(state_dir: &Path) -> PathBuf {
 
 impl LocalCheckpointMarker {
     /// The marker saying a local DB equals `handle` (the DB that wrote it, as of its checkpoint).
-    pub fn of_handle(handle: &crate::checkpoint::SubtaskHandle) -> Self {
+    /// It records no files: a restore reads back every file it reuses (see [`Self::of_local_db`]).
+    pub fn of_handle(handle: &SubtaskHandle) -> Self {
         Self {
             format_version: MARKER_VERSION,
             job: handle.job.clone(),
@@ -63,7 +125,35 @@ impl LocalCheckpointMarker {
             key_group_range: handle.key_group_range,
             epoch: handle.epoch,
             created_at: Utc::now(),
+            boot_id: None,
+            files: BTreeMap::new(),
         }
+    }
+
+    /// The marker a worker writes after its stop-with-checkpoint, once nothing changes its DB
+    /// `db` any more: it equals `handle`, and records the identity of each of the handle's SST
+    /// files found in `db` with the size the checkpoint recorded, and the node's boot, so that
+    /// a restore in the same boot reuses an unchanged file without reading it (files missing
+    /// or of another size are left out: a restore downloads them).
+    pub fn of_local_db(handle: &SubtaskHandle, db: &Path) -> Self {
+        let mut marker = Self::of_handle(handle);
+        marker.boot_id = crate::restore::boot_id();
+        marker.files = handle
+            .shared
+            .iter()
+            .filter_map(|f| {
+                let identity = FileIdentity::read(&db.join(&f.local_name)).ok()?;
+                (identity.size == f.file.size).then(|| {
+                    let file = LocalFile {
+                        size: f.file.size,
+                        checksum: f.file.checksum,
+                        identity,
+                    };
+                    (f.local_name.clone(), file)
+                })
+            })
+            .collect();
+        marker
     }
 
     /// Writes the marker atomically (temporary file, then rename).
@@ -123,6 +213,20 @@ mod tests {
             key_group_range: KeyGroupRange::for_subtask(128, 3, 1).unwrap(),
             epoch: 2,
             created_at: Utc::now(),
+            boot_id: Some("b".into()),
+            files: BTreeMap::from([(
+                "000009.sst".to_owned(),
+                LocalFile {
+                    size: 3,
+                    checksum: Checksum(9),
+                    identity: FileIdentity {
+                        inode: 1,
+                        size: 3,
+                        mtime_ns: 2,
+                        ctime_ns: 3,
+                    },
+                },
+            )]),
         };
         m.write(dir.path()).unwrap();
         assert_eq!(LocalCheckpointMarker::read(dir.path()).unwrap(), Some(m));

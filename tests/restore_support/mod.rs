@@ -230,10 +230,11 @@ pub fn workers_at(
         .collect()
 }
 
-/// The marker a stop-with-checkpoint leaves beside the DB of old subtask `i` of `meta`: it says
-/// the DB equals that handle.
-pub fn local_marker(meta: &CheckpointMetadata, i: u32) -> LocalCheckpointMarker {
-    LocalCheckpointMarker::of_handle(&meta.handles[i as usize])
+/// The marker a stop-with-checkpoint leaves in `state_dir` beside the DB (`db/`) of old
+/// subtask `i` of `meta`: it says the DB equals that handle, and vouches for its files as they
+/// are now.
+pub fn local_marker(meta: &CheckpointMetadata, i: u32, state_dir: &Path) -> LocalCheckpointMarker {
+    LocalCheckpointMarker::of_local_db(&meta.handles[i as usize], &state_dir.join("db"))
 }
 
 /// Restores subtask `i` of `p` with `strategy` into `target`.
