@@ -243,6 +243,8 @@ async fn plan_counts_bytes_reused_from_local_state() {
     assert_eq!(state["subtask"], 0);
     assert_eq!(state["oldSubtask"], 0);
     assert_eq!(state["unused"], serde_json::Value::Null);
+    // The worker's marker, written in this boot, vouches for every SST file of the handle.
+    assert_eq!(state["vouchedFiles"], meta2.handles[0].shared.len());
     // The what-if flag gives the same plan for the same handle.
     let assumed = plan(&["--local-subtask", "0=0"]);
     assert_eq!(assumed["subtasks"][0], kept["subtasks"][0]);
@@ -377,6 +379,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
     let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(summary["localHandle"], 0, "{summary}");
     assert_eq!(n(&summary["reusedBytes"]), reuse, "{summary}");
+    assert_eq!(n(&summary["reusedReadBackBytes"]), 0, "{summary}");
     assert_eq!(n(&summary["downloadedBytes"]), download, "{summary}");
     // Planned again before a worker opens it, the volume holds this very restore: nothing to
     // download.

@@ -204,7 +204,9 @@ checkpoint_sizes() {
 
 # What the restores of NS/NAME's current workers moved, from the restore containers' logs: the
 # checkpoint is the pods' regroup.dev/checkpoint annotation, one line per subtask of the current
-# parallelism (the last, if a restore ran twice). Prints "RESTORES DOWNLOADED_BYTES REUSED_BYTES".
+# parallelism (the last, if a restore ran twice). Prints "RESTORES DOWNLOADED_BYTES REUSED_BYTES
+# READ_BACK_BYTES" (READ_BACK: reused bytes read back for their checksum, not vouched for by the
+# worker's marker).
 restore_bytes() {
   local ns=$1 name=$2 p id
   p=$(sj "$ns" "$name" | jq -r .status.parallelism)
@@ -212,8 +214,8 @@ restore_bytes() {
     jq -r '[.items[].metadata.annotations["regroup.dev/checkpoint"] // "none"] | unique | join(",")')
   cat "$REGROUP_E2E_DIR/pod-runner/logs/$ns"/*/regroup-restore.log 2>/dev/null |
     grep "^restored checkpoint $id of $ns/$name for subtask [0-9]*/$p " |
-    sed -n 's|^restored checkpoint [0-9]* of [^ ]* for subtask \([0-9]*\)/.* downloaded [0-9]* files \([0-9]*\) bytes .* reused locally [0-9]* files \([0-9]*\) bytes.*|\1 \2 \3|p' |
-    awk '{d[$1] = $2; r[$1] = $3} END {for (s in d) {n++; dt += d[s]; rt += r[s]} print n + 0, dt + 0, rt + 0}'
+    sed -n 's|^restored checkpoint [0-9]* of [^ ]* for subtask \([0-9]*\)/.* downloaded [0-9]* files \([0-9]*\) bytes .* reused locally [0-9]* files \([0-9]*\) bytes (\([0-9]*\) read back).*|\1 \2 \3 \4|p' |
+    awk '{d[$1] = $2; r[$1] = $3; b[$1] = $4} END {for (s in d) {n++; dt += d[s]; rt += r[s]; bt += b[s]} print n + 0, dt + 0, rt + 0, bt + 0}'
 }
 
 # Waits until NS/NAME's state claims are exactly those of ordinals 0..PARALLELISM-1 (the
@@ -234,12 +236,14 @@ wait_claims() {
 # every new worker restored, the restores reused bytes from the volumes and downloaded the
 # rest, and the claims of the removed ordinals are gone.
 check_scale_in() {
-  local ns=$1 name=$2 p=$3 label=$4 n downloaded reused
-  read -r n downloaded reused < <(restore_bytes "$ns" "$name")
-  say "$label: $n restores, $downloaded bytes downloaded, $reused bytes reused from the pods' volumes"
-  summary "restores $label: $downloaded bytes downloaded, $reused bytes reused from the pods' volumes ($n workers)"
+  local ns=$1 name=$2 p=$3 label=$4 n downloaded reused read_back
+  read -r n downloaded reused read_back < <(restore_bytes "$ns" "$name")
+  say "$label: $n restores, $downloaded bytes downloaded, $reused bytes reused from the pods' volumes ($read_back read back)"
+  summary "restores $label: $downloaded bytes downloaded, $reused bytes reused from the pods' volumes, $read_back of them read back ($n workers)"
   ((n == p)) || { fail "$label: $n restore lines of the current checkpoint in the restore logs, want $p"; return 1; }
   ((reused > 0)) || { fail "$label: the restores reused nothing from the kept volumes"; return 1; }
   ((downloaded > 0)) || { fail "$label: the restores downloaded nothing"; return 1; }
+  # Same node, same boot: the stopped workers' markers vouch for every file reused.
+  ((read_back == 0)) || { fail "$label: $read_back reused bytes read back, want 0 (the workers' markers vouch for them)"; return 1; }
   wait_claims "$ns" "$name" "$p"
 }

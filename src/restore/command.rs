@@ -197,6 +197,9 @@ pub struct LocalState {
     pub old_subtask: Option<u32>,
     /// The volume's DB already is the result of this very restore: nothing is downloaded.
     pub local_recovery: bool,
+    /// Files of the local DB its marker vouches for in this boot of the node: reused without
+    /// reading them; the others it reuses are read back for their checksum.
+    pub vouched_files: usize,
     /// Why nothing is reused, when nothing is.
     pub unused: Option<String>,
 }
@@ -280,6 +283,7 @@ pub fn local_states(
                 state_dir: Some(dir.to_owned()),
                 old_subtask: None,
                 local_recovery: true,
+                vouched_files: 0,
                 unused: None,
             }
         } else {
@@ -289,6 +293,7 @@ pub fn local_states(
                 state_dir: Some(dir.to_owned()),
                 old_subtask: found.as_ref().ok().map(|l| l.old_subtask),
                 local_recovery: false,
+                vouched_files: found.as_ref().map_or(0, |l| l.files.len()),
                 unused: found.err().map(|why| why.to_string()),
             }
         };
@@ -316,6 +321,7 @@ pub fn local_states(
             state_dir: None,
             old_subtask: Some(old),
             local_recovery: false,
+            vouched_files: 0,
             unused: None,
         };
         add("--local-subtask", arg, state)?;
@@ -523,7 +529,10 @@ pub fn rescale_plan_text(report: &PlanReport) -> String {
             format!("nothing reused: {why}")
         } else if let Some(old) = l.old_subtask {
             let reused = plan.subtasks[l.subtask as usize].bytes_local;
-            format!("the local DB equals the handle of old subtask {old}: {reused} bytes reused")
+            format!(
+                "the local DB equals the handle of old subtask {old}: {reused} bytes reused ({} of its files vouched for by its marker in this boot, the others read back)",
+                l.vouched_files
+            )
         } else {
             "nothing reused".to_owned()
         };
@@ -553,6 +562,7 @@ mod tests {
             state_dir: None,
             old_subtask,
             local_recovery: false,
+            vouched_files: 0,
             unused: None,
         }
     }
