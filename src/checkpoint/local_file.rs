@@ -13,7 +13,7 @@
 //! kernel writes them back later.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -103,17 +103,61 @@ impl LocalFile {
         self.direct
     }
 
-    /// Reads `src` to its end into the file (no copy in between).
-    pub fn copy_from(&mut self, src: &mut impl Read) -> Result<()> {
-        loop {
-            let spare = self.start + self.pending..self.start + WRITE_BYTES;
-            match src.read(&mut self.buf[spare]) {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.commit(n)?,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read the download into", &self.path)(e)),
+    /// Copies the whole of `src`, a file of a store on a local or mounted file system, through a
+    /// read-only memory map of it: the checksum is computed over the mapped pages and whole
+    /// chunks are written from them, so that no byte is copied in user space (a direct write
+    /// goes from the source's page cache to the disk; a cached one is the kernel's one copy).
+    /// The store never changes an object in place (objects are written whole, then renamed
+    /// into place), so the mapping holds what was there when it was opened.
+    pub fn copy_from_file(&mut self, src: &File) -> Result<()> {
+        let len = src
+            .metadata()
+            .map_err(Error::io("stat the download for", &self.path))?
+            .len();
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the mapping is read-only and private to this call; the store does not
+        // truncate or rewrite objects in place (see above).
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(src) }
+            .map_err(Error::io("map the download for", &self.path))?;
+        let mut data = &map[..];
+        while !data.is_empty() {
+            // The map is page-aligned and chunks start at multiples of WRITE_BYTES: direct
+            // writes can take them as they are.
+            if self.pending == 0 && data.len() >= WRITE_BYTES {
+                let (chunk, rest) = data.split_at(WRITE_BYTES);
+                self.write_chunk(chunk)?;
+                data = rest;
+            } else {
+                let n = data.len().min(WRITE_BYTES - self.pending);
+                self.write_all(&data[..n])?;
+                data = &data[n..];
             }
         }
+        Ok(())
+    }
+
+    /// Writes `chunk` (whole blocks, block-aligned in memory) where the file ends, nothing
+    /// pending, and takes it into the size and checksum.
+    fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
+        debug_assert_eq!(self.pending, 0);
+        let mut written = false;
+        if self.direct {
+            match self.file.write_all(chunk) {
+                Ok(()) => written = true,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.leave_direct_io()?,
+                Err(e) => return Err(Error::io("write", &self.path)(e)),
+            }
+        }
+        if !written {
+            self.file
+                .write_all(chunk)
+                .map_err(Error::io("write", &self.path))?;
+        }
+        self.checksum = self.checksum.update(chunk);
+        self.size += chunk.len() as u64;
+        Ok(())
     }
 
     /// Appends `data`.
@@ -217,21 +261,24 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    /// Writes `data` into `path` with `mode`, once read from a reader and once in odd-sized
-    /// chunks, and checks the file and the reported size and checksum; returns whether the
-    /// writes were direct.
+    /// Writes `data` into `path` with `mode`, in odd-sized chunks and from a file through a
+    /// memory map, and checks the file and the reported size and checksum; returns whether
+    /// the writes were direct.
     fn write_and_check(path: &Path, mode: LocalWrite, data: &[u8]) -> bool {
+        let expected = (data.len() as u64, Checksum::of(data));
         let mut f = LocalFile::create(path, mode).unwrap();
         let direct = f.is_direct();
-        f.copy_from(&mut &data[..]).unwrap();
-        let expected = (data.len() as u64, Checksum::of(data));
-        assert_eq!(f.finish().unwrap(), expected);
-        assert_eq!(std::fs::read(path).unwrap(), data, "{} bytes", data.len());
-
-        let mut f = LocalFile::create(path, mode).unwrap();
         for chunk in data.chunks(100_003) {
             f.write_all(chunk).unwrap();
         }
+        assert_eq!(f.finish().unwrap(), expected);
+        assert_eq!(std::fs::read(path).unwrap(), data, "{} bytes", data.len());
+
+        // From a file, through a memory map of it.
+        let source = path.with_extension("source");
+        std::fs::write(&source, data).unwrap();
+        let mut f = LocalFile::create(path, mode).unwrap();
+        f.copy_from_file(&File::open(&source).unwrap()).unwrap();
         assert_eq!(f.finish().unwrap(), expected);
         assert_eq!(std::fs::read(path).unwrap(), data, "{} bytes", data.len());
         direct
@@ -256,6 +303,25 @@ mod tests {
             (data.len() as u64, Checksum::of(&data))
         );
         assert_eq!(std::fs::read(&path).unwrap(), data);
+
+        // The same from a memory map, the refusal on a whole chunk written from the map.
+        let source = dir.path().join("source");
+        std::fs::write(&source, &data).unwrap();
+        let mut f = LocalFile::create(&path, LocalWrite::Durable).unwrap();
+        assert!(f.is_direct());
+        // The chunks start at file offset 1, off the block alignment: the kernel refuses them.
+        // (The byte before is a hole: a zero.)
+        f.file.seek(SeekFrom::Start(1)).unwrap();
+        (f.size, f.checksum) = (1, Checksum::of(&[0]));
+        f.copy_from_file(&File::open(&source).unwrap()).unwrap();
+        assert!(!f.is_direct(), "the misaligned direct write was accepted");
+        let mut expected = vec![0u8];
+        expected.extend_from_slice(&data);
+        assert_eq!(
+            f.finish().unwrap(),
+            (expected.len() as u64, Checksum::of(&expected))
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 
     #[test]

@@ -304,9 +304,9 @@ impl CheckpointStore {
         let task_failed =
             |e: tokio::task::JoinError| Error::Other(format!("download task failed: {e}"));
         let (size, checksum) = match got.payload {
-            GetResultPayload::File(mut src, _) => tokio::task::spawn_blocking(move || {
+            GetResultPayload::File(src, _) => tokio::task::spawn_blocking(move || {
                 let mut out = LocalFile::create(&local, mode)?;
-                out.copy_from(&mut src)?;
+                out.copy_from_file(&src)?;
                 out.finish()
             })
             .await
