@@ -10,7 +10,8 @@
 //! their files out of the page cache: with the marker of this boot of the node (the pod came
 //! back on the same node: the files the marker vouches for are verified by their identity) and
 //! with a marker of another boot (another node, or a restart: every reused file is read back
-//! for its checksum). Every restored DB's key count is checked.
+//! for its checksum). Each rescale scenario runs `--rounds` times (3), restore and plain copy
+//! alternating, and prints medians with their spread. Every restored DB's key count is checked.
 //!
 //! Restores run as `regroup restore` does by default (not synced: one download lane through the
 //! page cache, three with direct I/O) and the plain copies are bare `cp`; with `--sync`,
@@ -61,6 +62,10 @@ pub struct RestoreBenchArgs {
     /// copies they are held to are `cp` + `sync`.
     #[arg(long)]
     pub sync: bool,
+    /// Rounds of each rescale scenario (restore and its plain copy, alternating): each prints
+    /// the median of its rounds and the ratio of the medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub rounds: u32,
 }
 
 /// Key bytes, as in Flink's rescaling benchmark.
@@ -310,8 +315,10 @@ fn warm(store_root: &Path, job: &JobId, files: &[&FileRef]) -> Result<()> {
     Ok(())
 }
 
-/// One reuse scenario: a restore of `subtask` of `parallelism` into `target` (a kept volume or
-/// a fresh directory), and the plain copy of the bytes it was to download.
+/// One reuse scenario, `rounds` times: a restore of `subtask` of `parallelism` into the target
+/// `prepare` sets up for each round (a kept volume or a fresh directory), right after the plain
+/// copy of the bytes it is to download. Returns the restore with the median of its times and
+/// the plain copies' times.
 #[allow(clippy::too_many_arguments)]
 async fn reuse_scenario(
     store: &CheckpointStore,
@@ -320,31 +327,58 @@ async fn reuse_scenario(
     subtask: u32,
     parallelism: u32,
     local: Option<u32>,
-    target: &Path,
+    prepare: impl Fn() -> Result<PathBuf>,
     expected_keys: u64,
     scratch: &Path,
     sync: bool,
-) -> Result<(Measured, f64)> {
+    rounds: u32,
+) -> Result<(Measured, Vec<f64>)> {
     let plan = plan_subtask_with_local(meta, parallelism, subtask, &PlanOptions::default(), local)?;
     // Both the plain copy and the restore read the stored files from the page cache, as they
     // would from a fast object store: neither pays for the disk reads of the other.
     let files = files_to_download(meta, &plan);
-    warm(store_root, store.job(), &files)?;
-    let copy_seconds = plain_copy(store_root, store.job(), &files, scratch, sync)?;
-    warm(store_root, store.job(), &files)?;
-    let m = measure(
-        store,
-        subtask,
-        parallelism,
-        How::new(Strategy::Ingest, sync),
-        target,
-        expected_keys,
-    )
-    .await?;
-    if let Some(volume) = target.parent() {
-        std::fs::remove_dir_all(volume).map_err(Error::io("remove", volume))?;
+    let (mut measured, mut copies) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let target = prepare()?;
+        warm(store_root, store.job(), &files)?;
+        copies.push(plain_copy(store_root, store.job(), &files, scratch, sync)?);
+        warm(store_root, store.job(), &files)?;
+        let m = measure(
+            store,
+            subtask,
+            parallelism,
+            How::new(Strategy::Ingest, sync),
+            &target,
+            expected_keys,
+        )
+        .await?;
+        if let Some(volume) = target.parent() {
+            std::fs::remove_dir_all(volume).map_err(Error::io("remove", volume))?;
+        }
+        measured.push(m);
     }
-    Ok((m, copy_seconds))
+    measured.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mut all: Vec<f64> = measured.iter().map(|m| m.seconds).collect();
+    let median = measured.swap_remove(measured.len() / 2);
+    all.sort_by(f64::total_cmp);
+    let mut m = median;
+    m.rounds = all;
+    copies.sort_by(f64::total_cmp);
+    Ok((m, copies))
+}
+
+/// The median of `sorted` (the upper one of an even count).
+fn median(sorted: &[f64]) -> f64 {
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `median [min–max]` of `sorted`, or just the value of a single round.
+fn spread(sorted: &[f64]) -> String {
+    match sorted {
+        [only] => format!("{only:.2}s"),
+        [first, .., last] => format!("{:.2}s [{first:.2}–{last:.2}]", median(sorted)),
+        [] => "n/a".to_owned(),
+    }
 }
 
 /// Waits until the backend's DB has no compaction pending or running.
@@ -390,11 +424,18 @@ struct ReuseRow {
     subtask: u32,
     /// A local DB was on this subtask's volume.
     local: bool,
+    /// The restore of the median round (its `rounds` hold every round's seconds).
     measured: Measured,
-    copy_seconds: f64,
+    /// The plain copy's seconds in every round, sorted.
+    copies: Vec<f64>,
 }
 
 impl ReuseRow {
+    /// Median seconds of the plain copy.
+    fn copy_seconds(&self) -> f64 {
+        median(&self.copies)
+    }
+
     fn name(&self) -> String {
         format!(
             "{}→{} {}, subtask {}{}",
@@ -410,18 +451,18 @@ impl ReuseRow {
         )
     }
 
-    /// Time over the plain copy of the downloaded bytes, when something was downloaded and
-    /// every local file was usable.
+    /// Median time over the median time of the plain copy of the downloaded bytes, when
+    /// something was downloaded and every local file was usable.
     fn ratio(&self) -> Option<f64> {
         let s = &self.measured.summary;
         (s.downloaded_bytes > 0 && s.local_fallbacks == 0)
-            .then(|| self.measured.seconds / self.copy_seconds)
+            .then(|| self.measured.seconds / self.copy_seconds())
     }
 
     fn ratio_text(&self) -> String {
         let s = &self.measured.summary;
         match self.ratio() {
-            Some(r) => format!("{r:.2}× the plain copy ({:.2}s)", self.copy_seconds),
+            Some(r) => format!("{r:.2}× the plain copy ({})", spread(&self.copies)),
             None if s.downloaded_bytes == 0 => "n/a (nothing downloaded)".to_owned(),
             None => format!(
                 "n/a ({} local files unusable, downloaded instead)",
@@ -454,6 +495,8 @@ impl How {
 /// One measured restore.
 struct Measured {
     seconds: f64,
+    /// Every round's seconds, sorted, when the scenario ran several (else empty).
+    rounds: Vec<f64>,
     /// Seconds of the `sync -f` right after the restore: the writeback it left to the kernel
     /// (next to nothing for a synced restore).
     sync_seconds: f64,
@@ -491,6 +534,7 @@ async fn measure(
     std::fs::remove_dir_all(target).map_err(Error::io("remove", target))?;
     Ok(Measured {
         seconds,
+        rounds: Vec::new(),
         sync_seconds,
         summary,
         range_bytes,
@@ -739,27 +783,29 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
             for i in 0..to {
                 let name = format!("{from}-{to}-{volumes:?}-{i}");
                 let local = (volumes.kept() && i < from).then_some(i);
-                let t = match local {
+                // Each round on a volume of its own, set up as the stopping worker left it.
+                let prepare = || match local {
                     Some(old) => {
                         let other_boot = volumes == Volumes::KeptReadBack;
                         let db = kept_volume(&dir, meta, old, &name, other_boot)?;
                         evict_from_page_cache(&db)?;
-                        db
+                        Ok(db)
                     }
-                    None => dir.join(format!("volume-{name}")).join("db"),
+                    None => Ok(dir.join(format!("volume-{name}")).join("db")),
                 };
                 let n = keys_of(to, i)?;
-                let (m, copy_seconds) = reuse_scenario(
+                let (m, copies) = reuse_scenario(
                     store,
                     &store_root,
                     meta,
                     i,
                     to,
                     local,
-                    &t,
+                    prepare,
                     n,
                     &plain,
                     args.sync,
+                    args.rounds,
                 )
                 .await?;
                 reuse.push(ReuseRow {
@@ -769,7 +815,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
                     subtask: i,
                     local: local.is_some(),
                     measured: m,
-                    copy_seconds,
+                    copies,
                 });
             }
         }
@@ -780,18 +826,19 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     }
     writeln!(
         out,
-        "rescales (ingest, {}; 'plain copy' = {} of exactly the files the restore downloads, measured just before it; 'then sync' = sync -f right after the restore, not part of its time):",
+        "rescales (ingest, {}; 'plain copy' = {} of exactly the files the restore downloads, measured just before it; {} round(s) each, alternating, times as median [min–max], ratio of the medians; 'then sync' = sync -f right after the restore of the median round, not part of its time):",
         if args.sync { "synced" } else { "not synced" },
-        if args.sync { "cp + sync" } else { "cp" }
+        if args.sync { "cp + sync" } else { "cp" },
+        args.rounds
     )
     .ok();
     for row in &reuse {
         let m = &row.measured;
         writeln!(
             out,
-            "  {:<36} {:>7.2}s  downloaded {:>11} B  reused locally {:>11} B (read back {:>11} B)  new range {:>11} B  {}  then sync {:.2}s",
+            "  {:<36} {:>20}  downloaded {:>11} B  reused locally {:>11} B (read back {:>11} B)  new range {:>11} B  {}  then sync {:.2}s",
             row.name(),
-            m.seconds,
+            spread(&m.rounds),
             m.summary.downloaded_bytes,
             m.summary.reused_bytes,
             m.summary.reused_read_back_bytes,
