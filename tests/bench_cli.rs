@@ -1,0 +1,55 @@
+//! `regroup bench restore` at a small scale: it runs every rescale scenario, checks each
+//! restored DB's keys itself, and sets up kept volumes as a stopping worker leaves them — with a
+//! marker of this boot, no reused file is read back; with one of another boot, every one is.
+
+use std::process::Command;
+
+/// The bytes after `label` in `line` (e.g. "reused locally" → 1234), when there.
+fn bytes_after(line: &str, label: &str) -> Option<u64> {
+    let rest = &line[line.find(label)? + label.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn bench_restore_sets_up_kept_volumes_with_markers_of_this_boot_and_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .args(["bench", "restore", "--keys", "5000", "--rescales-only"])
+        .args(["--rounds", "2", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("downloaded") && l.contains("read back"))
+        .collect();
+    // 2→1, 4→3, 1→2, 3→4: 10 new subtasks, each kept, kept read back, and fresh.
+    assert_eq!(rows.len(), 30, "{stdout}");
+    let (mut vouched, mut read_back) = (0, 0);
+    for row in rows {
+        let reused = bytes_after(row, "reused locally").unwrap();
+        let back = bytes_after(row, "(read back").unwrap();
+        // Two rounds: the median's spread is printed.
+        assert!(row.contains('['), "{row}");
+        if row.contains("kept, read back") {
+            assert_eq!(back, reused, "{row}");
+            read_back += usize::from(reused > 0);
+        } else {
+            assert_eq!(back, 0, "{row}");
+            vouched += usize::from(row.contains("kept,") && reused > 0);
+        }
+        if row.contains("fresh") {
+            assert_eq!(reused, 0, "{row}");
+        }
+    }
+    // Every new subtask below the old parallelism reused its old volume: 1 + 3 + 1 + 3.
+    assert_eq!((vouched, read_back), (8, 8), "{stdout}");
+    assert!(stdout.contains("targets:"), "{stdout}");
+}
