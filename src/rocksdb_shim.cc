@@ -4,8 +4,8 @@
 //   IngestExternalFileOptions::allow_db_generated_files;
 // - an end-exclusive DeleteFilesInRange;
 // - an SST partitioner that ends compaction output files at key-group boundaries;
-// - a file system that leaves the files it ingests unsynced, for a restore whose downloads
-//   are deliberately not made durable (RocksDB syncs every file it links in otherwise).
+// - a file system without syncs, for the DB a restore builds when it is deliberately not made
+//   durable (RocksDB syncs every file it links in, its MANIFEST and its directory otherwise).
 //
 // The handles come from the `rocksdb` crate's C API objects; in RocksDB's c.cc these structs
 // hold the C++ object as their first member (`rocksdb_t { DB* rep; }`,
@@ -93,16 +93,56 @@ class KeyGroupPartitionerFactory final : public rocksdb::SstPartitionerFactory {
   uint64_t min_file_bytes_;
 };
 
-// The default file system, except that `SyncFile` (which RocksDB calls only to sync each file
-// an ingestion links into the DB) reports NotSupported, which the ingestion accepts as "this
-// file system needs no sync". Every other sync (MANIFEST, CURRENT, directories, the files
-// RocksDB writes itself) is unchanged.
-class UnsyncedIngestFileSystem final : public rocksdb::FileSystemWrapper {
+// A writable file whose syncs do nothing (see UnsyncedFileSystem).
+class UnsyncedWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
  public:
-  explicit UnsyncedIngestFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target)
+  explicit UnsyncedWritableFile(std::unique_ptr<rocksdb::FSWritableFile>&& t)
+      : FSWritableFileOwnerWrapper(std::move(t)) {}
+
+  rocksdb::IOStatus Sync(const rocksdb::IOOptions& /* options */,
+                         rocksdb::IODebugContext* /* dbg */) override {
+    return rocksdb::IOStatus::OK();
+  }
+  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& /* options */,
+                          rocksdb::IODebugContext* /* dbg */) override {
+    return rocksdb::IOStatus::OK();
+  }
+  rocksdb::IOStatus RangeSync(uint64_t /* offset */, uint64_t /* nbytes */,
+                              const rocksdb::IOOptions& /* options */,
+                              rocksdb::IODebugContext* /* dbg */) override {
+    return rocksdb::IOStatus::OK();
+  }
+};
+
+// A directory whose syncs do nothing (see UnsyncedFileSystem).
+class UnsyncedDirectory final : public rocksdb::FSDirectoryWrapper {
+ public:
+  explicit UnsyncedDirectory(std::unique_ptr<rocksdb::FSDirectory>&& t)
+      : FSDirectoryWrapper(std::move(t)) {}
+
+  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& /* options */,
+                          rocksdb::IODebugContext* /* dbg */) override {
+    return rocksdb::IOStatus::OK();
+  }
+  rocksdb::IOStatus FsyncWithDirOptions(
+      const rocksdb::IOOptions& /* options */, rocksdb::IODebugContext* /* dbg */,
+      const rocksdb::DirFsyncOptions& /* dir_fsync_options */) override {
+    return rocksdb::IOStatus::OK();
+  }
+};
+
+// The default file system without syncs, for the DB a restore builds when it is not to be made
+// durable: every sync of a file it writes (MANIFEST, CURRENT, OPTIONS, its flushes) and of a
+// directory does nothing, and `SyncFile` (which RocksDB calls only to sync each file an
+// ingestion links into the DB) reports NotSupported, which the ingestion accepts as "this file
+// system needs no sync". Each sync here is a cache flush of the disk, which also stalls the
+// restore's concurrent downloads.
+class UnsyncedFileSystem final : public rocksdb::FileSystemWrapper {
+ public:
+  explicit UnsyncedFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target)
       : FileSystemWrapper(target) {}
 
-  static const char* kClassName() { return "RegroupUnsyncedIngestFileSystem"; }
+  static const char* kClassName() { return "RegroupUnsyncedFileSystem"; }
   const char* Name() const override { return kClassName(); }
 
   rocksdb::IOStatus SyncFile(const std::string& /* fname */,
@@ -111,13 +151,54 @@ class UnsyncedIngestFileSystem final : public rocksdb::FileSystemWrapper {
                              rocksdb::IODebugContext* /* dbg */) override {
     return rocksdb::IOStatus::NotSupported("regroup: ingested files are not synced");
   }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& fname,
+                                    const rocksdb::FileOptions& file_opts,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                    rocksdb::IODebugContext* dbg) override {
+    return Unsynced(target()->NewWritableFile(fname, file_opts, result, dbg), result);
+  }
+
+  rocksdb::IOStatus ReopenWritableFile(const std::string& fname,
+                                       const rocksdb::FileOptions& file_opts,
+                                       std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                       rocksdb::IODebugContext* dbg) override {
+    return Unsynced(target()->ReopenWritableFile(fname, file_opts, result, dbg), result);
+  }
+
+  rocksdb::IOStatus ReuseWritableFile(const std::string& fname, const std::string& old_fname,
+                                      const rocksdb::FileOptions& file_opts,
+                                      std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                      rocksdb::IODebugContext* dbg) override {
+    return Unsynced(target()->ReuseWritableFile(fname, old_fname, file_opts, result, dbg),
+                    result);
+  }
+
+  rocksdb::IOStatus NewDirectory(const std::string& name, const rocksdb::IOOptions& io_opts,
+                                 std::unique_ptr<rocksdb::FSDirectory>* result,
+                                 rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = target()->NewDirectory(name, io_opts, result, dbg);
+    if (s.ok()) {
+      *result = std::make_unique<UnsyncedDirectory>(std::move(*result));
+    }
+    return s;
+  }
+
+ private:
+  static rocksdb::IOStatus Unsynced(rocksdb::IOStatus s,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* result) {
+    if (s.ok()) {
+      *result = std::make_unique<UnsyncedWritableFile>(std::move(*result));
+    }
+    return s;
+  }
 };
 
 // One environment for the process (options hold a raw pointer to it): never freed.
-rocksdb::Env* unsynced_ingest_env() {
+rocksdb::Env* unsynced_env() {
   static rocksdb::Env* env =
       rocksdb::NewCompositeEnv(
-          std::make_shared<UnsyncedIngestFileSystem>(rocksdb::FileSystem::Default()))
+          std::make_shared<UnsyncedFileSystem>(rocksdb::FileSystem::Default()))
           .release();
   return env;
 }
@@ -210,9 +291,9 @@ void regroup_set_key_group_partitioner(void* options, size_t prefix_len,
       std::make_shared<KeyGroupPartitionerFactory>(prefix_len, min_file_bytes);
 }
 
-// Makes a DB opened with these `rocksdb_options_t` leave the files it ingests unsynced (above).
-void regroup_set_unsynced_ingest(void* options) {
-  static_cast<OptionsHandle*>(options)->rep.env = unsynced_ingest_env();
+// Makes a DB opened with these `rocksdb_options_t` sync nothing (UnsyncedFileSystem above).
+void regroup_set_unsynced(void* options) {
+  static_cast<OptionsHandle*>(options)->rep.env = unsynced_env();
 }
 
 void regroup_free_error(char* error) { std::free(error); }

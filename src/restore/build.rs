@@ -69,8 +69,9 @@ pub struct BuildOptions {
     /// Compact the clipped key intervals before returning (`RestoreRequest::compact`).
     pub compact: bool,
     /// Sync every file the DB takes in: downloads with direct I/O and synced, and RocksDB's
-    /// own sync of each ingested file kept (`RestoreRequest::sync`). Without it both are
-    /// skipped and the kernel writes the files back later.
+    /// own syncs kept (of each ingested file, its MANIFEST and its directory;
+    /// `RestoreRequest::sync`). Without it none of these is synced and the kernel writes the
+    /// files back later.
     pub sync: bool,
     /// Without `sync`: bytes of downloads the DB takes in that the page-cache lanes may write
     /// through the page cache; the rest are written with direct I/O, unsynced
@@ -386,13 +387,13 @@ fn link_verified(
 
 /// Opens the DB being built: the worker's options, but no automatic compaction, so that no
 /// background work races the ingestion or delays closing; the worker's own open re-enables it.
-/// Unless `sync`, ingested files are not synced (see [`BuildOptions::sync`]).
+/// Unless `sync`, the DB syncs nothing (see [`BuildOptions::sync`]).
 fn open_db(dir: &Path, column_families: &[String], max_parallelism: u32, sync: bool) -> Result<DB> {
     let options = || {
         let mut o = db_options(max_parallelism);
         o.set_disable_auto_compactions(true);
         if !sync {
-            ingest::set_unsynced_ingest(&mut o);
+            ingest::set_unsynced(&mut o);
         }
         o
     };

@@ -28,7 +28,7 @@ unsafe extern "C" {
     ) -> c_int;
     fn regroup_free_error(error: *mut c_char);
     fn regroup_disable_manual_compaction(db: *mut c_void);
-    fn regroup_set_unsynced_ingest(options: *mut c_void);
+    fn regroup_set_unsynced(options: *mut c_void);
 }
 
 fn take_error(code: c_int, error: *mut c_char) -> Option<String> {
@@ -116,12 +116,13 @@ pub fn delete_files_in_range(
     }
 }
 
-/// Makes a DB opened with `options` leave the files it ingests unsynced (RocksDB syncs each file
-/// it links in otherwise); every other sync RocksDB does is kept.
-pub fn set_unsynced_ingest(options: &mut rocksdb::Options) {
+/// Makes a DB opened with `options` sync nothing: not the files it ingests (RocksDB syncs each
+/// file it links in otherwise), nor the files it writes (MANIFEST, CURRENT, OPTIONS, flushes),
+/// nor its directory.
+pub fn set_unsynced(options: &mut rocksdb::Options) {
     // SAFETY: `options` is a live `rocksdb_options_t`; the shim sets its `env` to a static,
     // never-freed environment.
-    unsafe { regroup_set_unsynced_ingest(rocksdb::AsRawPtr::as_raw_ptr(options).cast()) }
+    unsafe { regroup_set_unsynced(rocksdb::AsRawPtr::as_raw_ptr(options).cast()) }
 }
 
 /// Makes running and later manual compactions of `db` (e.g. [`super::compact_outside_range`])
