@@ -373,6 +373,9 @@ fn link_verified(
         .filter(|v| v.size == file.size && v.checksum == file.checksum)
         .filter(|v| FileIdentity::read(source).is_ok_and(|now| now == v.identity))
         .map(|v| v.identity.inode);
+    if vouched.is_some() && unchanged.is_none() {
+        debug!(file = %source.display(), "local file changed since the worker's marker vouched for it: reading it back");
+    }
     std::fs::hard_link(source, dest).map_err(|e| format!("cannot hard-link: {e}"))?;
     // The link names the inode just looked at unless the file was replaced in between.
     if unchanged.is_some()
