@@ -99,6 +99,15 @@ impl FileIdentity {
         }
     }
 
+    /// Whether the change time has a fraction of a second. File systems that keep whole
+    /// seconds (ext4 with 128-byte inodes, some network file systems) would give a file
+    /// changed within the same second as its last recorded change the same identity; their
+    /// files are never vouched for. (On others, the change time is set from the kernel's clock
+    /// tick, a few milliseconds.)
+    pub fn fine_grained(&self) -> bool {
+        self.ctime_ns % 1_000_000_000 != 0
+    }
+
     /// The identity of the file at `path` (not following a final symbolic link).
     pub fn read(path: &Path) -> std::io::Result<Self> {
         std::fs::symlink_metadata(path).map(|m| Self::of(&m))
@@ -134,7 +143,8 @@ impl LocalCheckpointMarker {
     /// `db` any more: it equals `handle`, and records the identity of each of the handle's SST
     /// files found in `db` with the size the checkpoint recorded, and the node's boot, so that
     /// a restore in the same boot reuses an unchanged file without reading it (files missing
-    /// or of another size are left out: a restore downloads them).
+    /// or of another size are left out: a restore downloads them; files whose change time is
+    /// in whole seconds too, see [`FileIdentity::fine_grained`]: a restore reads them back).
     pub fn of_local_db(handle: &SubtaskHandle, db: &Path) -> Self {
         let mut marker = Self::of_handle(handle);
         marker.boot_id = crate::restore::boot_id();
@@ -143,7 +153,7 @@ impl LocalCheckpointMarker {
             .iter()
             .filter_map(|f| {
                 let identity = FileIdentity::read(&db.join(&f.local_name)).ok()?;
-                (identity.size == f.file.size).then(|| {
+                (identity.size == f.file.size && identity.fine_grained()).then(|| {
                     let file = LocalFile {
                         size: f.file.size,
                         checksum: f.file.checksum,
@@ -232,5 +242,19 @@ mod tests {
         assert_eq!(LocalCheckpointMarker::read(dir.path()).unwrap(), Some(m));
         LocalCheckpointMarker::remove(dir.path()).unwrap();
         assert_eq!(LocalCheckpointMarker::read(dir.path()).unwrap(), None);
+    }
+
+    /// A change time in whole seconds (a coarse file system) could hide a change in the same
+    /// second: such a file is not fine-grained, one with a fraction is.
+    #[test]
+    fn whole_second_change_times_are_not_fine_grained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let mut identity = FileIdentity::read(&path).unwrap();
+        identity.ctime_ns = 1_700_000_000 * 1_000_000_000;
+        assert!(!identity.fine_grained());
+        identity.ctime_ns += 4_000_000;
+        assert!(identity.fine_grained());
     }
 }
