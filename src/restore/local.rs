@@ -115,7 +115,7 @@ pub fn examine(
     if !db.is_dir() {
         return Err(LocalUnused::MissingDb(db));
     }
-    let files = if vouches_in_this_boot(&marker) {
+    let files = if super::in_this_boot(marker.boot_id.as_deref()) {
         marker.files
     } else {
         BTreeMap::new()
@@ -125,12 +125,6 @@ pub fn examine(
         old_subtask,
         files,
     })
-}
-
-/// Whether `marker` was written in this boot of the node: files not yet written back when it
-/// was may have been lost in a crash since.
-fn vouches_in_this_boot(marker: &LocalCheckpointMarker) -> bool {
-    marker.boot_id.is_some() && marker.boot_id == super::boot_id()
 }
 
 /// The local DB in `state_dir` usable for restoring `meta`, if any; logs why one is not used.

@@ -283,6 +283,13 @@ pub fn boot_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether `recorded` (a marker's boot id) is this boot of the machine: files not yet written
+/// back when the marker was written may have been lost in a crash since. An unknown boot never
+/// is.
+pub fn in_this_boot(recorded: Option<&str>) -> bool {
+    recorded.is_some() && recorded == boot_id().as_deref()
+}
+
 impl RestoreMarker {
     fn read(dir: &Path) -> Option<Self> {
         let bytes = std::fs::read(dir.join(MARKER_FILE)).ok()?;
@@ -332,7 +339,7 @@ pub fn is_local_copy(
         && marker.checkpoint_id == checkpoint_id
         && marker.max_parallelism == max_parallelism
         && marker.range == range
-        && (marker.synced || marker.boot_id.is_some() && marker.boot_id == boot_id())
+        && (marker.synced || in_this_boot(marker.boot_id.as_deref()))
         && list_files(dir).is_ok_and(|files| files == marker.files)
 }
 
