@@ -77,7 +77,10 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
             assert_eq!(marker.files.len(), handle.shared.len());
             for f in &handle.shared {
                 let local = &marker.files[&f.local_name];
-                assert_eq!((local.size, local.checksum), (f.file.size, f.file.checksum));
+                assert_eq!(
+                    (local.identity.size, local.checksum),
+                    (f.file.size, f.file.checksum)
+                );
             }
             markers.push((w.state_dir.clone(), marker));
         }

@@ -19,7 +19,7 @@ use crate::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
-use crate::worker::marker::{FileIdentity, LocalFile};
+use crate::worker::marker::{FileIdentity, VouchedFile};
 
 /// The directory, inside the work directory, where the new DB is built.
 pub const DB_DIR: &str = "db";
@@ -357,7 +357,7 @@ async fn fetch(
 }
 
 /// Hard-links `source` to `dest` and makes sure it is `file`: if the local DB's marker vouched
-/// for it (`vouched`, see [`LocalFile`]) with `file`'s size and checksum, and its identity is
+/// for it (`vouched`, see [`VouchedFile`]) with `file`'s size and checksum, and its identity is
 /// still the recorded one, it is unchanged since the checkpoint read it; otherwise its size
 /// and checksum are read back. Returns whether it was read back, or the reason it cannot be
 /// used (the caller removes `dest`). Never copies: a copy costs what a download does. Linking
@@ -367,10 +367,10 @@ fn link_verified(
     source: &Path,
     dest: &Path,
     file: &FileRef,
-    vouched: Option<&LocalFile>,
+    vouched: Option<&VouchedFile>,
 ) -> std::result::Result<bool, String> {
     let unchanged = vouched
-        .filter(|v| v.size == file.size && v.checksum == file.checksum)
+        .filter(|v| v.identity.size == file.size && v.checksum == file.checksum)
         .filter(|v| FileIdentity::read(source).is_ok_and(|now| now == v.identity))
         .map(|v| v.identity.inode);
     if vouched.is_some() && unchanged.is_none() {

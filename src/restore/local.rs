@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::checkpoint::CheckpointMetadata;
-use crate::worker::marker::{LocalCheckpointMarker, LocalFile, MARKER_FILE, MARKER_VERSION};
+use crate::worker::marker::{LocalCheckpointMarker, MARKER_FILE, MARKER_VERSION, VouchedFile};
 
 /// A local DB that equals one handle of the checkpoint being restored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct LocalSource {
     /// The files the marker vouches for in this boot of the node, by name: a file whose
     /// identity is still the recorded one is reused without reading it. Empty when the marker
     /// records none or was written in another boot (every reused file is then read back).
-    pub files: BTreeMap<String, LocalFile>,
+    pub files: BTreeMap<String, VouchedFile>,
 }
 
 /// Which handle of `meta` the DB named by `marker` equals, or why it equals none: same job,
@@ -216,8 +216,7 @@ mod tests {
         let meta = meta();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(crate::worker::DB_DIR)).unwrap();
-        let file = LocalFile {
-            size: 1000,
+        let file = VouchedFile {
             checksum: crate::checkpoint::Checksum(7),
             identity: crate::worker::marker::FileIdentity {
                 inode: 12,

@@ -50,9 +50,9 @@ pub struct LocalCheckpointMarker {
     pub boot_id: Option<String>,
     /// The handle's SST files as the DB held them when the marker was written, by name: what
     /// the checkpoint recorded of each (size, checksum) and the file's identity then (see
-    /// [`LocalFile`]). Empty in markers written before this field.
+    /// [`VouchedFile`]). Empty in markers written before this field.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub files: BTreeMap<String, LocalFile>,
+    pub files: BTreeMap<String, VouchedFile>,
 }
 
 /// One SST file of the local DB as it was when the marker was written. The checkpoint read the
@@ -63,12 +63,11 @@ pub struct LocalCheckpointMarker {
 /// back, so a restore reads it back instead.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LocalFile {
-    /// Size in bytes, as the checkpoint recorded it.
-    pub size: u64,
+pub struct VouchedFile {
     /// Checksum of the content, as the checkpoint recorded it.
     pub checksum: Checksum,
-    /// The file's identity when the marker was written.
+    /// The file's identity when the marker was written; its size is the one the checkpoint
+    /// recorded (a file of another size is not vouched for).
     pub identity: FileIdentity,
 }
 
@@ -154,8 +153,7 @@ impl LocalCheckpointMarker {
             .filter_map(|f| {
                 let identity = FileIdentity::read(&db.join(&f.local_name)).ok()?;
                 (identity.size == f.file.size && identity.fine_grained()).then(|| {
-                    let file = LocalFile {
-                        size: f.file.size,
+                    let file = VouchedFile {
                         checksum: f.file.checksum,
                         identity,
                     };
@@ -226,8 +224,7 @@ mod tests {
             boot_id: Some("b".into()),
             files: BTreeMap::from([(
                 "000009.sst".to_owned(),
-                LocalFile {
-                    size: 3,
+                VouchedFile {
                     checksum: Checksum(9),
                     identity: FileIdentity {
                         inode: 1,
