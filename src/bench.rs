@@ -15,8 +15,9 @@
 //!
 //! Restores run as `regroup restore` does by default (not synced: one download lane through the
 //! page cache, three with direct I/O) and the plain copies are bare `cp`; with `--sync`,
-//! restores are synced (`regroup restore --sync`) and held to `cp` + `sync`. Either way each restore is followed by a timed `sync -f`
-//! (printed, not part of its time), so that no restore leaves writeback to the next.
+//! restores are synced (`regroup restore --sync`) and held to `cp` + `sync`. Either way each
+//! restore is followed by a timed `sync -f` (printed, not part of its time), so that no restore
+//! leaves writeback to the next.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -317,8 +318,8 @@ fn warm(store_root: &Path, job: &JobId, files: &[&FileRef]) -> Result<()> {
 
 /// One reuse scenario, `rounds` times: a restore of `subtask` of `parallelism` into the target
 /// `prepare` sets up for each round (a kept volume or a fresh directory), right after the plain
-/// copy of the bytes it is to download. Returns the restore with the median of its times and
-/// the plain copies' times.
+/// copy of the bytes it is to download. Returns the restore of the median round, and every
+/// round's seconds of the restores and of the plain copies, each sorted.
 #[allow(clippy::too_many_arguments)]
 async fn reuse_scenario(
     store: &CheckpointStore,
@@ -332,7 +333,7 @@ async fn reuse_scenario(
     scratch: &Path,
     sync: bool,
     rounds: u32,
-) -> Result<(Measured, Vec<f64>)> {
+) -> Result<(Measured, Vec<f64>, Vec<f64>)> {
     let plan = plan_subtask_with_local(meta, parallelism, subtask, &PlanOptions::default(), local)?;
     // Both the plain copy and the restore read the stored files from the page cache, as they
     // would from a fast object store: neither pays for the disk reads of the other.
@@ -358,13 +359,9 @@ async fn reuse_scenario(
         measured.push(m);
     }
     measured.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let mut all: Vec<f64> = measured.iter().map(|m| m.seconds).collect();
-    let median = measured.swap_remove(measured.len() / 2);
-    all.sort_by(f64::total_cmp);
-    let mut m = median;
-    m.rounds = all;
+    let restores = measured.iter().map(|m| m.seconds).collect();
     copies.sort_by(f64::total_cmp);
-    Ok((m, copies))
+    Ok((measured.swap_remove(measured.len() / 2), restores, copies))
 }
 
 /// The median of `sorted` (the upper one of an even count).
@@ -424,8 +421,10 @@ struct ReuseRow {
     subtask: u32,
     /// A local DB was on this subtask's volume.
     local: bool,
-    /// The restore of the median round (its `rounds` hold every round's seconds).
+    /// The restore of the median round.
     measured: Measured,
+    /// The restore's seconds in every round, sorted.
+    restores: Vec<f64>,
     /// The plain copy's seconds in every round, sorted.
     copies: Vec<f64>,
 }
@@ -495,8 +494,6 @@ impl How {
 /// One measured restore.
 struct Measured {
     seconds: f64,
-    /// Every round's seconds, sorted, when the scenario ran several (else empty).
-    rounds: Vec<f64>,
     /// Seconds of the `sync -f` right after the restore: the writeback it left to the kernel
     /// (next to nothing for a synced restore).
     sync_seconds: f64,
@@ -534,7 +531,6 @@ async fn measure(
     std::fs::remove_dir_all(target).map_err(Error::io("remove", target))?;
     Ok(Measured {
         seconds,
-        rounds: Vec::new(),
         sync_seconds,
         summary,
         range_bytes,
@@ -731,7 +727,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     }
     // The writeback of the source state (its DBs and the store) ends before the first
     // measurement, so that none of them competes with it, and so that the kept volumes' files
-    // are clean and can be evicted from the page cache for the cold runs.
+    // are clean and can be evicted from the page cache.
     sync(&dir)?;
     let source = |p: u32| &sources[p as usize - 1];
     let (store1, _) = source(1);
@@ -794,7 +790,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
                     None => Ok(dir.join(format!("volume-{name}")).join("db")),
                 };
                 let n = keys_of(to, i)?;
-                let (m, copies) = reuse_scenario(
+                let (m, restores, copies) = reuse_scenario(
                     store,
                     &store_root,
                     meta,
@@ -815,6 +811,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
                     subtask: i,
                     local: local.is_some(),
                     measured: m,
+                    restores,
                     copies,
                 });
             }
@@ -838,7 +835,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
             out,
             "  {:<36} {:>20}  downloaded {:>11} B  reused locally {:>11} B (read back {:>11} B)  new range {:>11} B  {}  then sync {:.2}s",
             row.name(),
-            spread(&m.rounds),
+            spread(&row.restores),
             m.summary.downloaded_bytes,
             m.summary.reused_bytes,
             m.summary.reused_read_back_bytes,
