@@ -83,9 +83,9 @@ pub struct RestoreRequest {
     /// handles instead of ingesting them.
     pub compact: bool,
     /// Make the new DB durable before the restore returns: its files written with direct I/O
-    /// and synced, and synced again where RocksDB ingests them. Off by default: the files go
-    /// through the page cache and the kernel writes them back while the worker runs. The DB is
-    /// a copy of the checkpoint (the worker runs with the WAL off, so its DB is not durable
+    /// and synced, and RocksDB's own syncs kept. Off by default: nothing is synced (one download
+    /// lane writes through the page cache, the others with direct I/O) and the kernel writes
+    /// the files back while the worker runs. The DB is a copy of the checkpoint (the worker runs with the WAL off, so its DB is not durable
     /// between checkpoints either), and a restore trusts an unsynced one only until the node
     /// restarts: after a reboot, [`is_local_copy`] refuses it and local files are reused only
     /// after their checksums are read back from the disk.
