@@ -329,15 +329,17 @@ async fn tampered_local_file_is_downloaded_instead() {
     check(&target, &v.model, 1, 0);
 }
 
-/// A marker written in another boot of the node vouches for nothing (a crash may have lost
-/// writes the kernel had not written back): every reused local file is read back, and one
-/// that differs is downloaded instead, even with the identity the marker recorded.
+/// A marker written in another boot of the node, its files not synced before it, vouches for
+/// nothing (a crash may have lost writes the kernel had not written back): every reused local
+/// file is read back, and one that differs is downloaded instead, even with the identity the
+/// marker recorded.
 #[tokio::test]
 async fn marker_of_another_boot_has_every_reused_file_read_back() {
     let v = Volumes::new(2).await;
     let vol = Volumes::vol(v.root.path(), 0);
     let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
     assert_eq!(marker.files.len(), v.meta.handles[0].shared.len());
+    assert!(!marker.files_synced);
     marker.boot_id = Some("another boot".into());
     marker.write(&vol).unwrap();
     let target = v.target(0, 2, true);
@@ -347,6 +349,56 @@ async fn marker_of_another_boot_has_every_reused_file_read_back() {
     assert_eq!(s.local_fallbacks, 0);
     assert!(s.reused_bytes > 0);
     assert_eq!(s.reused_read_back_bytes, s.reused_bytes);
+    check(&target, &v.model, 1, 0);
+}
+
+/// A marker whose files were synced before it was written (as the worker writes it) vouches
+/// for them in another boot too: nothing is read back. A file changed since is still caught
+/// by its identity, read back and, differing, downloaded instead.
+#[tokio::test]
+async fn synced_marker_of_another_boot_vouches_for_its_files() {
+    let v = Volumes::new(2).await;
+    let vol = Volumes::vol(v.root.path(), 0);
+    let db = Volumes::db(v.root.path(), 0);
+    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
+    marker.sync_files(&db).unwrap();
+    marker.boot_id = Some("another boot".into());
+    marker.write(&vol).unwrap();
+    let target = v.target(0, 2, true);
+    let s = v.restore(1, 0, 1, &target).await.unwrap();
+    println!("{}", s.line());
+    assert_eq!(s.local_handle, Some(0));
+    assert_eq!(s.local_fallbacks, 0);
+    assert!(s.reused_bytes > 0);
+    assert_eq!(s.reused_read_back_bytes, 0);
+    check(&target, &v.model, 1, 0);
+
+    // The same volume, one vouched file changed in place (same size, its mtime set back).
+    let v = Volumes::new(2).await;
+    let vol = Volumes::vol(v.root.path(), 0);
+    let db = Volumes::db(v.root.path(), 0);
+    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
+    marker.sync_files(&db).unwrap();
+    marker.boot_id = Some("another boot".into());
+    marker.write(&vol).unwrap();
+    let name = marker.files.keys().next().unwrap().clone();
+    let path = db.join(&name);
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let target = v.target(0, 2, true);
+    let s = v.restore(1, 0, 1, &target).await.unwrap();
+    println!("{}", s.line());
+    assert_eq!(s.local_fallbacks, 1);
+    assert_eq!(s.reused_read_back_bytes, 0);
     check(&target, &v.model, 1, 0);
 }
 

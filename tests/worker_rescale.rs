@@ -74,6 +74,8 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
             // It vouches for every SST file of the handle, as the checkpoint recorded it.
             let handle = &stop.handles[w.subtask as usize];
             assert!(marker.boot_id.is_some());
+            // Synced before the marker: vouched for in a later boot too.
+            assert!(marker.files_synced);
             assert_eq!(marker.files.len(), handle.shared.len());
             for f in &handle.shared {
                 let local = &marker.files[&f.local_name];

@@ -197,8 +197,9 @@ pub struct LocalState {
     pub old_subtask: Option<u32>,
     /// The volume's DB already is the result of this very restore: nothing is downloaded.
     pub local_recovery: bool,
-    /// Files of the local DB its marker vouches for in this boot of the node: reused without
-    /// reading them; the others it reuses are read back for their checksum.
+    /// Files of the local DB its marker vouches for (in any boot when they were synced before
+    /// it, else in the boot it was written in): reused without reading them; the others it
+    /// reuses are read back for their checksum.
     pub vouched_files: usize,
     /// Why nothing is reused, when nothing is.
     pub unused: Option<String>,
@@ -530,7 +531,7 @@ pub fn rescale_plan_text(report: &PlanReport) -> String {
         } else if let Some(old) = l.old_subtask {
             let reused = plan.subtasks[l.subtask as usize].bytes_local;
             format!(
-                "the local DB equals the handle of old subtask {old}: {reused} bytes reused ({} of its files vouched for by its marker in this boot, the others read back)",
+                "the local DB equals the handle of old subtask {old}: {reused} bytes reused ({} of its files vouched for by its marker, the others read back)",
                 l.vouched_files
             )
         } else {

@@ -16,9 +16,9 @@ pub struct LocalSource {
     pub db: PathBuf,
     /// Old subtask of the handle it equals.
     pub old_subtask: u32,
-    /// The files the marker vouches for in this boot of the node, by name: a file whose
-    /// identity is still the recorded one is reused without reading it. Empty when the marker
-    /// records none or was written in another boot (every reused file is then read back).
+    /// The files the marker vouches for, by name: a file whose identity is still the recorded
+    /// one is reused without reading it. Empty when the marker records none, or was written in
+    /// another boot without its files synced first (every reused file is then read back).
     pub files: BTreeMap<String, VouchedFile>,
 }
 
@@ -115,7 +115,7 @@ pub fn examine(
     if !db.is_dir() {
         return Err(LocalUnused::MissingDb(db));
     }
-    let files = if super::in_this_boot(marker.boot_id.as_deref()) {
+    let files = if marker.files_synced || super::in_this_boot(marker.boot_id.as_deref()) {
         marker.files
     } else {
         BTreeMap::new()
@@ -131,7 +131,7 @@ pub fn examine(
 pub fn find(state_dir: &Path, meta: &CheckpointMetadata) -> Option<LocalSource> {
     match examine(state_dir, meta) {
         Ok(source) => {
-            info!(db = %source.db.display(), old_subtask = source.old_subtask, checkpoint = meta.checkpoint_id, vouched_files = source.files.len(), "local DB equals a handle of the checkpoint: its files are reused (those its marker vouches for in this boot by identity, the others read back)");
+            info!(db = %source.db.display(), old_subtask = source.old_subtask, checkpoint = meta.checkpoint_id, vouched_files = source.files.len(), "local DB equals a handle of the checkpoint: its files are reused (those its marker vouches for by identity, the others read back)");
             Some(source)
         }
         Err(LocalUnused::NoMarker) => None,
@@ -173,6 +173,7 @@ mod tests {
             epoch: 1,
             created_at: chrono::Utc::now(),
             boot_id: None,
+            files_synced: false,
             files: BTreeMap::new(),
         }
     }
@@ -212,7 +213,7 @@ mod tests {
 
     /// A marker vouches for its files only in the boot it was written in.
     #[test]
-    fn files_are_vouched_for_only_in_the_markers_boot() {
+    fn files_are_vouched_for_in_the_markers_boot_or_once_synced() {
         let meta = meta();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(crate::worker::DB_DIR)).unwrap();
@@ -232,16 +233,21 @@ mod tests {
             boot.is_some(),
             "this test needs /proc/sys/kernel/random/boot_id"
         );
-        for (written_in, vouched) in [
-            (boot, true),
-            (Some("another boot".into()), false),
-            (None, false),
+        // Files synced before the marker was written are vouched for in any boot.
+        for (written_in, synced, vouched) in [
+            (boot.clone(), false, true),
+            (Some("another boot".into()), false, false),
+            (None, false, false),
+            (boot, true, true),
+            (Some("another boot".into()), true, true),
+            (None, true, true),
         ] {
-            m.boot_id = written_in;
+            (m.boot_id, m.files_synced) = (written_in, synced);
             m.write(dir.path()).unwrap();
             let source = examine(dir.path(), &meta).unwrap();
-            assert_eq!(source.files == m.files, vouched, "{:?}", m.boot_id);
-            assert_eq!(source.files.is_empty(), !vouched, "{:?}", m.boot_id);
+            let case = format!("{:?}, synced {synced}", m.boot_id);
+            assert_eq!(source.files == m.files, vouched, "{case}");
+            assert_eq!(source.files.is_empty(), !vouched, "{case}");
         }
     }
 

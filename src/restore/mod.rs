@@ -176,7 +176,7 @@ pub struct RestoreSummary {
     /// Bytes of those files.
     pub reused_bytes: u64,
     /// Bytes of those read back to verify their checksum: the files the worker's marker does
-    /// not vouch for unchanged in this boot of the node (the others are verified by identity).
+    /// not vouch for unchanged (the others are verified by identity).
     pub reused_read_back_bytes: u64,
     /// Local files that did not verify (or could not be linked) and were downloaded instead.
     pub local_fallbacks: usize,

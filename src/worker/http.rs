@@ -166,7 +166,10 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                     // The upload removed the native checkpoint's links: nothing changes the
                     // DB's files from here on, so the marker records what they are now.
                     let db = super::db_dir(&shared.identity.state_dir);
-                    let marker = LocalCheckpointMarker::of_local_db(&handle, &db);
+                    let mut marker = LocalCheckpointMarker::of_local_db(&handle, &db);
+                    if let Err(e) = marker.sync_files(&db) {
+                        warn!(error = %e, "cannot sync the local DB's files: the checkpoint marker vouches for them in this boot of the node only");
+                    }
                     if let Err(e) = marker.write(&shared.identity.state_dir) {
                         warn!(error = %e, "cannot write the local checkpoint marker");
                     }

@@ -45,9 +45,17 @@ pub struct LocalCheckpointMarker {
     /// When the marker was written.
     pub created_at: DateTime<Utc>,
     /// The boot of the node when the marker was written (`/proc/sys/kernel/random/boot_id`):
-    /// [`Self::files`] vouch for the files only within that boot.
+    /// unless [`Self::files_synced`], [`Self::files`] vouch for the files only within that
+    /// boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// Every file of [`Self::files`] (and the DB directory) was synced to disk before the
+    /// marker was written, and the marker before it was renamed into place: the files vouched
+    /// for survive a crash of the node, so they are vouched for in any later boot too (a
+    /// restart of the node, or the volume attached to another node). False in markers written
+    /// before this field.
+    #[serde(default)]
+    pub files_synced: bool,
     /// The handle's SST files as the DB held them when the marker was written, by name: what
     /// the checkpoint recorded of each (size, checksum) and the file's identity then (see
     /// [`VouchedFile`]). Empty in markers written before this field.
@@ -59,8 +67,9 @@ pub struct LocalCheckpointMarker {
 /// same inode for its checksum; a file whose inode, size, modification time and status-change
 /// time (`ctime`, which every write, truncation, rename, link or unlink of the inode sets, and
 /// no process can set back) are still these has not changed since, within the same boot of
-/// the node. In another boot the file may have lost writes the kernel had not yet written
-/// back, so a restore reads it back instead.
+/// the node, or in any boot if the file was synced before the marker was written
+/// ([`LocalCheckpointMarker::files_synced`]). Otherwise, in another boot the file may have lost
+/// writes the kernel had not yet written back, so a restore reads it back instead.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VouchedFile {
@@ -113,6 +122,13 @@ impl FileIdentity {
     }
 }
 
+/// Syncs the file or directory at `path` to disk.
+fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("sync", path))
+}
+
 /// Path of the marker in `state_dir`.
 pub fn marker_path(state_dir: &Path) -> PathBuf {
     state_dir.join(MARKER_FILE)
@@ -134,6 +150,7 @@ impl LocalCheckpointMarker {
             epoch: handle.epoch,
             created_at: Utc::now(),
             boot_id: None,
+            files_synced: false,
             files: BTreeMap::new(),
         }
     }
@@ -164,7 +181,22 @@ impl LocalCheckpointMarker {
         marker
     }
 
-    /// Writes the marker atomically (temporary file, then rename).
+    /// Syncs every file the marker vouches for in `db`, then `db` itself (their names), and
+    /// records that they were ([`Self::files_synced`]). Files the worker's RocksDB wrote are
+    /// synced already; files a restore took in unsynced may not be. The first failure is
+    /// returned and the marker left as it was.
+    pub fn sync_files(&mut self, db: &Path) -> Result<()> {
+        for name in self.files.keys() {
+            sync_path(&db.join(name))?;
+        }
+        sync_path(db)?;
+        self.files_synced = true;
+        Ok(())
+    }
+
+    /// Writes the marker atomically: a temporary file, synced, renamed into place, and the
+    /// directory synced, so that after a crash of the node the marker is either whole or
+    /// absent.
     pub fn write(&self, state_dir: &Path) -> Result<()> {
         let path = marker_path(state_dir);
         let tmp = state_dir.join(format!("{MARKER_FILE}.tmp"));
@@ -173,7 +205,9 @@ impl LocalCheckpointMarker {
             source,
         })?;
         std::fs::write(&tmp, bytes).map_err(Error::io("write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(Error::io("rename", &path))
+        sync_path(&tmp)?;
+        std::fs::rename(&tmp, &path).map_err(Error::io("rename", &path))?;
+        sync_path(state_dir)
     }
 
     /// The marker in `state_dir`, if there is one of this format version.
@@ -206,11 +240,8 @@ impl LocalCheckpointMarker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn write_read_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(LocalCheckpointMarker::read(dir.path()).unwrap(), None);
-        let m = LocalCheckpointMarker {
+    fn sample() -> LocalCheckpointMarker {
+        LocalCheckpointMarker {
             format_version: MARKER_VERSION,
             job: "ns/j".parse().unwrap(),
             checkpoint_id: 7,
@@ -222,6 +253,7 @@ mod tests {
             epoch: 2,
             created_at: Utc::now(),
             boot_id: Some("b".into()),
+            files_synced: true,
             files: BTreeMap::from([(
                 "000009.sst".to_owned(),
                 VouchedFile {
@@ -234,11 +266,49 @@ mod tests {
                     },
                 },
             )]),
-        };
+        }
+    }
+
+    #[test]
+    fn write_read_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(LocalCheckpointMarker::read(dir.path()).unwrap(), None);
+        let m = sample();
         m.write(dir.path()).unwrap();
         assert_eq!(LocalCheckpointMarker::read(dir.path()).unwrap(), Some(m));
         LocalCheckpointMarker::remove(dir.path()).unwrap();
         assert_eq!(LocalCheckpointMarker::read(dir.path()).unwrap(), None);
+    }
+
+    /// Syncing records that the files were synced; a vouched file that is gone fails it and
+    /// leaves the marker as it was.
+    #[test]
+    fn files_synced_only_when_every_vouched_file_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::create_dir(&db).unwrap();
+        std::fs::write(db.join("000001.sst"), b"x").unwrap();
+        let vouched = |name: &str| {
+            let identity = FileIdentity::read(&db.join("000001.sst")).unwrap();
+            let file = VouchedFile {
+                checksum: Checksum::of(b"x"),
+                identity,
+            };
+            (name.to_owned(), file)
+        };
+        let mut m = LocalCheckpointMarker {
+            files: BTreeMap::from([vouched("000001.sst")]),
+            files_synced: false,
+            ..sample()
+        };
+        m.sync_files(&db).unwrap();
+        assert!(m.files_synced);
+
+        m.files_synced = false;
+        m.files.extend([vouched("000002.sst")]);
+        let e = m.sync_files(&db).unwrap_err().to_string();
+        assert!(e.contains("000002.sst"), "{e}");
+        assert!(!m.files_synced);
     }
 
     /// A change time in whole seconds (a coarse file system) could hide a change in the same
