@@ -158,19 +158,28 @@ async fn source_state(
 /// What the pods of a rescale scenario find on their volumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Volumes {
-    /// The old worker's DB and its marker, written in this boot of the node (the pod came back
-    /// on the same node): the files it vouches for are reused without reading them. Their
-    /// pages are evicted from the page cache first, so that nothing rests on them.
+    /// The old worker's DB and its marker as the worker writes it at its stop (its files
+    /// synced first), in this boot of the node (the pod came back on the same node): the files
+    /// it vouches for are reused without reading them. Their pages are evicted from the page
+    /// cache first, so that nothing rests on them.
     Kept,
-    /// The same, but the marker is of another boot (the volume moved to another node, or the
-    /// node restarted): every reused file is read back, from the disk (pages evicted).
+    /// The same, the marker of another boot (the node restarted, or the volume moved to
+    /// another node): its files were synced before it, so they are still vouched for.
+    KeptAnotherBoot,
+    /// The same, the marker of another boot and its files not synced before it (a marker of a
+    /// worker before `filesSynced`): every reused file is read back, from the disk.
     KeptReadBack,
     /// Nothing.
     Fresh,
 }
 
 impl Volumes {
-    const ALL: [Volumes; 3] = [Volumes::Kept, Volumes::KeptReadBack, Volumes::Fresh];
+    const ALL: [Volumes; 4] = [
+        Volumes::Kept,
+        Volumes::KeptAnotherBoot,
+        Volumes::KeptReadBack,
+        Volumes::Fresh,
+    ];
 
     fn kept(self) -> bool {
         self != Volumes::Fresh
@@ -179,6 +188,7 @@ impl Volumes {
     fn name(self) -> &'static str {
         match self {
             Volumes::Kept => "kept",
+            Volumes::KeptAnotherBoot => "kept, another boot",
             Volumes::KeptReadBack => "kept, read back",
             Volumes::Fresh => "fresh",
         }
@@ -209,15 +219,15 @@ fn set_file_cache(path: &Path, warm: bool) -> Result<()> {
 
 /// A pod volume that kept the DB of old subtask `i` of `meta` (a hard-linked clone of the
 /// source worker's DB, so each scenario gets its own) with the checkpoint marker the worker
-/// writes at its stop, in this boot of the node or, with `other_boot`, in another; returns the
-/// target of a restore on it. The marker is written after the clone, as the worker writes it
-/// after its last change to the DB's files.
+/// writes at its stop, as `volumes` says (the boot it was written in, whether the files were
+/// synced before it); returns the target of a restore on it. The marker is written after the
+/// clone, as the worker writes it after its last change to the DB's files.
 fn kept_volume(
     dir: &Path,
     meta: &CheckpointMetadata,
     i: u32,
     name: &str,
-    other_boot: bool,
+    volumes: Volumes,
 ) -> Result<PathBuf> {
     let p = meta.parallelism;
     let source = dir.join(format!("p{p}-w{i}"));
@@ -230,7 +240,10 @@ fn kept_volume(
         std::fs::hard_link(entry.path(), &to).map_err(Error::io("hard-link", &to))?;
     }
     let mut marker = LocalCheckpointMarker::of_local_db(&meta.handles[i as usize], &db);
-    if other_boot {
+    if volumes != Volumes::KeptReadBack {
+        marker.sync_files(&db)?;
+    }
+    if volumes != Volumes::Kept {
         marker.boot_id = Some("another boot".to_owned());
     }
     marker.write(&volume)?;
@@ -782,8 +795,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
                 // Each round on a volume of its own, set up as the stopping worker left it.
                 let prepare = || match local {
                     Some(old) => {
-                        let other_boot = volumes == Volumes::KeptReadBack;
-                        let db = kept_volume(&dir, meta, old, &name, other_boot)?;
+                        let db = kept_volume(&dir, meta, old, &name, volumes)?;
                         evict_from_page_cache(&db)?;
                         Ok(db)
                     }
@@ -852,7 +864,11 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
             .filter(move |r| r.from == from && r.to == to && r.volumes == volumes)
     };
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    for volumes in [Volumes::Kept, Volumes::KeptReadBack] {
+    for volumes in [
+        Volumes::Kept,
+        Volumes::KeptAnotherBoot,
+        Volumes::KeptReadBack,
+    ] {
         let seconds: f64 = rows(2, 1, volumes).map(|r| r.measured.seconds).sum();
         writeln!(
             out,
