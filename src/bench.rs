@@ -845,7 +845,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
         let m = &row.measured;
         writeln!(
             out,
-            "  {:<36} {:>20}  downloaded {:>11} B  reused locally {:>11} B (read back {:>11} B)  new range {:>11} B  {}  then sync {:.2}s",
+            "  {:<40} {:>20}  downloaded {:>11} B  reused locally {:>11} B (read back {:>11} B)  new range {:>11} B  {}  then sync {:.2}s",
             row.name(),
             spread(&row.restores),
             m.summary.downloaded_bytes,

@@ -353,18 +353,24 @@ async fn fetch(
     store
         .download_file(t.file, &t.dest, &t.referenced_in, mode)
         .await?;
+    if mode != LocalWrite::Cached {
+        // Written around the page cache, and ingested once its handle is complete.
+        read_ahead_table_metadata(&t.dest, t.file.size);
+    }
     Ok(Fetched::Downloaded { fallback, mode })
 }
 
 /// Asks the kernel to read, in the background, the parts of the SST file at `path` (of
-/// `size` bytes) that its ingestion reads: the footer, metaindex, properties and index blocks
-/// at its end (the last 1/128 of the file, at least 128 KiB: the index of the benchmark's
-/// files is 0.3% of them), and its first data block. RocksDB reads them one file after the
-/// other, a few small reads each; from a cold disk that took ~2 ms per file, on the restore's
-/// critical path (4→3 at 10M keys, subtask 0 with a kept volume: the local handle's 34 files
-/// ingested at +70–85 ms instead of +28–38 ms with this read-ahead; scale-in 2→1: 98 files at
-/// +300–500 ms instead of +44–56 ms). Reading ahead 2 MiB of each file instead competed with
-/// the downloads for the disk and was slower. Best effort: a failure leaves the reads to
+/// `size` bytes) that its ingestion reads, for a file not in the page cache (linked from the
+/// local DB unread, or downloaded with direct I/O): the footer, metaindex, properties and
+/// index blocks at its end (the last 1/128 of the file, at least 128 KiB: the index of the
+/// benchmark's files is 0.3% of them), and its first data block. RocksDB reads them one file
+/// after the other, a few small reads each; from a cold disk that took ~2 ms per file, on the
+/// restore's critical path (4→3 at 10M keys, subtask 0 with a kept volume: the local handle's
+/// 34 files ingested at +70–85 ms instead of +28–38 ms with this read-ahead; scale-in 2→1: 98
+/// files at +300–500 ms instead of +44–56 ms; the downloaded handle, last, ingested 2–4 ms
+/// after its last file instead of 5–7). Reading ahead 2 MiB of each file instead competed
+/// with the downloads for the disk and was slower. Best effort: a failure leaves the reads to
 /// ingestion.
 fn read_ahead_table_metadata(path: &Path, size: u64) {
     use rustix::fs::{Advice, fadvise};
