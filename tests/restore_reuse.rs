@@ -329,6 +329,20 @@ async fn tampered_local_file_is_downloaded_instead() {
     check(&target, &v.model, 1, 0);
 }
 
+/// Rewrites volume 0's marker as written in another boot of the node, its files synced
+/// before it (`synced`, as the worker writes it) or not (an older worker's); returns it.
+fn marker_of_another_boot(v: &Volumes, synced: bool) -> LocalCheckpointMarker {
+    let vol = Volumes::vol(v.root.path(), 0);
+    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
+    assert!(!marker.files_synced);
+    if synced {
+        marker.sync_files(&Volumes::db(v.root.path(), 0)).unwrap();
+    }
+    marker.boot_id = Some("another boot".into());
+    marker.write(&vol).unwrap();
+    marker
+}
+
 /// A marker written in another boot of the node, its files not synced before it, vouches for
 /// nothing (a crash may have lost writes the kernel had not written back): every reused local
 /// file is read back, and one that differs is downloaded instead, even with the identity the
@@ -336,12 +350,8 @@ async fn tampered_local_file_is_downloaded_instead() {
 #[tokio::test]
 async fn marker_of_another_boot_has_every_reused_file_read_back() {
     let v = Volumes::new(2).await;
-    let vol = Volumes::vol(v.root.path(), 0);
-    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
+    let marker = marker_of_another_boot(&v, false);
     assert_eq!(marker.files.len(), v.meta.handles[0].shared.len());
-    assert!(!marker.files_synced);
-    marker.boot_id = Some("another boot".into());
-    marker.write(&vol).unwrap();
     let target = v.target(0, 2, true);
     let s = v.restore(1, 0, 1, &target).await.unwrap();
     println!("{}", s.line());
@@ -358,12 +368,7 @@ async fn marker_of_another_boot_has_every_reused_file_read_back() {
 #[tokio::test]
 async fn synced_marker_of_another_boot_vouches_for_its_files() {
     let v = Volumes::new(2).await;
-    let vol = Volumes::vol(v.root.path(), 0);
-    let db = Volumes::db(v.root.path(), 0);
-    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
-    marker.sync_files(&db).unwrap();
-    marker.boot_id = Some("another boot".into());
-    marker.write(&vol).unwrap();
+    marker_of_another_boot(&v, true);
     let target = v.target(0, 2, true);
     let s = v.restore(1, 0, 1, &target).await.unwrap();
     println!("{}", s.line());
@@ -375,14 +380,9 @@ async fn synced_marker_of_another_boot_vouches_for_its_files() {
 
     // The same volume, one vouched file changed in place (same size, its mtime set back).
     let v = Volumes::new(2).await;
-    let vol = Volumes::vol(v.root.path(), 0);
-    let db = Volumes::db(v.root.path(), 0);
-    let mut marker = LocalCheckpointMarker::read(&vol).unwrap().unwrap();
-    marker.sync_files(&db).unwrap();
-    marker.boot_id = Some("another boot".into());
-    marker.write(&vol).unwrap();
+    let marker = marker_of_another_boot(&v, true);
     let name = marker.files.keys().next().unwrap().clone();
-    let path = db.join(&name);
+    let path = Volumes::db(v.root.path(), 0).join(&name);
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
