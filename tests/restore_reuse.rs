@@ -343,6 +343,19 @@ fn marker_of_another_boot(v: &Volumes, synced: bool) -> LocalCheckpointMarker {
     marker
 }
 
+/// Restores checkpoint 1 whole (parallelism 1) onto volume 0, which it reuses without a
+/// fallback, and checks the result against the oracle.
+async fn restore_whole_onto_volume_0(v: &Volumes) -> regroup::restore::RestoreSummary {
+    let target = v.target(0, 2, true);
+    let s = v.restore(1, 0, 1, &target).await.unwrap();
+    println!("{}", s.line());
+    assert_eq!(s.local_handle, Some(0));
+    assert_eq!(s.local_fallbacks, 0);
+    assert!(s.reused_bytes > 0);
+    check(&target, &v.model, 1, 0);
+    s
+}
+
 /// A marker written in another boot of the node, its files not synced before it, vouches for
 /// nothing (a crash may have lost writes the kernel had not written back): every reused local
 /// file is read back, and one that differs is downloaded instead, even with the identity the
@@ -352,14 +365,8 @@ async fn marker_of_another_boot_has_every_reused_file_read_back() {
     let v = Volumes::new(2).await;
     let marker = marker_of_another_boot(&v, false);
     assert_eq!(marker.files.len(), v.meta.handles[0].shared.len());
-    let target = v.target(0, 2, true);
-    let s = v.restore(1, 0, 1, &target).await.unwrap();
-    println!("{}", s.line());
-    assert_eq!(s.local_handle, Some(0));
-    assert_eq!(s.local_fallbacks, 0);
-    assert!(s.reused_bytes > 0);
+    let s = restore_whole_onto_volume_0(&v).await;
     assert_eq!(s.reused_read_back_bytes, s.reused_bytes);
-    check(&target, &v.model, 1, 0);
 }
 
 /// A marker whose files were synced before it was written (as the worker writes it) vouches
@@ -369,14 +376,8 @@ async fn marker_of_another_boot_has_every_reused_file_read_back() {
 async fn synced_marker_of_another_boot_vouches_for_its_files() {
     let v = Volumes::new(2).await;
     marker_of_another_boot(&v, true);
-    let target = v.target(0, 2, true);
-    let s = v.restore(1, 0, 1, &target).await.unwrap();
-    println!("{}", s.line());
-    assert_eq!(s.local_handle, Some(0));
-    assert_eq!(s.local_fallbacks, 0);
-    assert!(s.reused_bytes > 0);
+    let s = restore_whole_onto_volume_0(&v).await;
     assert_eq!(s.reused_read_back_bytes, 0);
-    check(&target, &v.model, 1, 0);
 
     // The same volume, one vouched file changed in place (same size, its mtime set back).
     let v = Volumes::new(2).await;
