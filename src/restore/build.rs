@@ -354,8 +354,10 @@ async fn fetch(
         .download_file(t.file, &t.dest, &t.referenced_in, mode)
         .await?;
     if mode != LocalWrite::Cached {
-        // Written around the page cache, and ingested once its handle is complete.
-        read_ahead_table_metadata(&t.dest, t.file.size);
+        // Written around the page cache, and ingested once its handle is complete. (The
+        // read-ahead may wait for the disk's queue: off the async threads.)
+        let (dest, size) = (t.dest.clone(), t.file.size);
+        let _ = tokio::task::spawn_blocking(move || read_ahead_table_metadata(&dest, size)).await;
     }
     Ok(Fetched::Downloaded { fallback, mode })
 }
