@@ -83,12 +83,14 @@ pub struct RestoreRequest {
     /// handles instead of ingesting them.
     pub compact: bool,
     /// Make the new DB durable before the restore returns: its files written with direct I/O
-    /// and synced, and RocksDB's own syncs kept. Off by default: nothing is synced (one download
-    /// lane writes through the page cache, the others with direct I/O) and the kernel writes
-    /// the files back while the worker runs. The DB is a copy of the checkpoint (the worker runs with the WAL off, so its DB is not durable
-    /// between checkpoints either), and a restore trusts an unsynced one only until the node
-    /// restarts: after a reboot, [`is_local_copy`] refuses it and local files are reused only
-    /// after their checksums are read back from the disk.
+    /// and synced, and RocksDB's own syncs kept. Off by default: nothing is synced (one
+    /// download lane writes through the page cache, the others with direct I/O) and the kernel
+    /// writes the files back while the worker runs. The DB is a copy of the checkpoint (the
+    /// worker runs with the WAL off, so its DB is not durable between checkpoints either), and
+    /// a restore trusts an unsynced one only until the node restarts: after a reboot,
+    /// [`is_local_copy`] refuses it, and a kept volume's files are reused unread only where
+    /// the worker's stop marker vouches for them, which it does in another boot only after
+    /// syncing them (`LocalCheckpointMarker::files_synced`); the others are read back.
     pub sync: bool,
     /// Without `sync`: at most how many bytes of downloads go through the page cache (one of the
     /// download lanes writes there), the rest with direct I/O, unsynced; `None`:
@@ -582,7 +584,7 @@ fn finish(
     };
     marker.write(&db)?;
     if sync {
-        sync_dir(&db)?;
+        sync_path(&db)?;
     }
     let state_dir = target.parent();
     let target_is_marked_db = state_dir.is_some_and(|d| d.join(crate::worker::DB_DIR) == target);
@@ -600,7 +602,7 @@ fn finish(
     if let Some(parent) = target.parent()
         && sync
     {
-        sync_dir(parent)?;
+        sync_path(parent)?;
     }
     if let Some(l) = local
         && l.db != target
@@ -611,10 +613,11 @@ fn finish(
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("sync", dir))
+/// Syncs the file or directory at `path` to disk.
+pub fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("sync", path))
 }
 
 /// Removes work directories a killed restore of the same target left behind.

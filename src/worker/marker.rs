@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checksum, JobId, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
+use crate::restore::sync_path;
 
 /// File name of the marker in the state directory, beside `db/`.
 pub const MARKER_FILE: &str = "checkpoint-marker.json";
@@ -120,13 +121,6 @@ impl FileIdentity {
     pub fn read(path: &Path) -> std::io::Result<Self> {
         std::fs::symlink_metadata(path).map(|m| Self::of(&m))
     }
-}
-
-/// Syncs the file or directory at `path` to disk.
-fn sync_path(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io("sync", path))
 }
 
 /// Path of the marker in `state_dir`.
