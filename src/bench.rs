@@ -864,11 +864,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
             .filter(move |r| r.from == from && r.to == to && r.volumes == volumes)
     };
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    for volumes in [
-        Volumes::Kept,
-        Volumes::KeptAnotherBoot,
-        Volumes::KeptReadBack,
-    ] {
+    for volumes in Volumes::ALL.into_iter().filter(|v| v.kept()) {
         let seconds: f64 = rows(2, 1, volumes).map(|r| r.measured.seconds).sum();
         writeln!(
             out,
