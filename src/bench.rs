@@ -4,14 +4,16 @@
 //! written with the backend at parallelism 2 (for scale-in) and 1 (for scale-out) and
 //! checkpointed with the real snapshotter into a `file://` store. Then, one after another:
 //! scale-in 2→1 and scale-out 1→2 with `copy` and with `ingest`, and the raw limit: `cp` of the
-//! same bytes the restore downloaded. Then the same rescales with pods that keep their volumes
-//! (the old worker's DB and its checkpoint marker, reused by hard links) against fresh pods,
-//! each beside a plain copy of exactly the bytes it downloads. Kept volumes are measured twice,
-//! their files out of the page cache: with the marker of this boot of the node (the pod came
-//! back on the same node: the files the marker vouches for are verified by their identity) and
-//! with a marker of another boot (another node, or a restart: every reused file is read back
-//! for its checksum). Each rescale scenario runs `--rounds` times (3), restore and plain copy
-//! alternating, and prints medians with their spread. Every restored DB's key count is checked.
+//! same bytes the restore downloaded, `--rounds` times (3), one after another in each round.
+//! Then the rescales of issue 9 with pods that keep their volumes (the old worker's DB and its
+//! checkpoint marker, reused by hard links) against fresh pods, each beside a plain copy of
+//! exactly the bytes it downloads. Kept volumes are measured three ways (`Volumes`), their
+//! files out of the page cache: with the marker of this boot of the node (the pod came back on
+//! the same node), with a marker of another boot whose worker synced its files (both verify
+//! the files the marker vouches for by their identity), and with an older marker of another
+//! boot (every reused file is read back for its checksum). Each rescale scenario runs
+//! `--rounds` times, restore and plain copy alternating. Every measurement prints the median
+//! of its rounds with their spread. Every restored DB's key count is checked.
 //!
 //! Restores run as `regroup restore` does by default (not synced: one download lane through the
 //! page cache, three with direct I/O) and the plain copies are bare `cp`; with `--sync`,
@@ -63,8 +65,9 @@ pub struct RestoreBenchArgs {
     /// copies they are held to are `cp` + `sync`.
     #[arg(long)]
     pub sync: bool,
-    /// Rounds of each rescale scenario (restore and its plain copy, alternating): each prints
-    /// the median of its rounds and the ratio of the medians.
+    /// Rounds of each measurement: `copy` against `ingest` (each strategy and the raw copy one
+    /// after another in each round) and each rescale scenario (restore and its plain copy,
+    /// alternating). Each prints the median of its rounds; ratios are of the medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub rounds: u32,
 }
@@ -371,10 +374,17 @@ async fn reuse_scenario(
         }
         measured.push(m);
     }
-    measured.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let restores = measured.iter().map(|m| m.seconds).collect();
+    let (median, restores) = median_round(measured);
     copies.sort_by(f64::total_cmp);
-    Ok((measured.swap_remove(measured.len() / 2), restores, copies))
+    Ok((median, restores, copies))
+}
+
+/// The restore of the median round of `rounds` (by time; the upper one of an even count, as
+/// [`median`]) and every round's seconds, sorted. `rounds` must not be empty.
+fn median_round(mut rounds: Vec<Measured>) -> (Measured, Vec<f64>) {
+    rounds.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let seconds = rounds.iter().map(|m| m.seconds).collect();
+    (rounds.swap_remove(rounds.len() / 2), seconds)
 }
 
 /// The median of `sorted` (the upper one of an even count).
@@ -598,7 +608,10 @@ fn raw_copy(
 }
 
 /// `copy` against `ingest` for scale-in 2→1 and scale-out 1→2 (issue 3), and the raw copy of
-/// what the scale-in downloads; returns that part of the report.
+/// what the scale-in downloads, each `rounds` times (one after another in each round, so that
+/// a slow phase of the machine, e.g. right after the source state was written, weighs on all
+/// of them alike); returns that part of the report, medians and ratios of the medians.
+#[allow(clippy::too_many_arguments)]
 async fn strategies(
     store1: &CheckpointStore,
     store2: &CheckpointStore,
@@ -607,6 +620,7 @@ async fn strategies(
     keys: u64,
     half: [u64; 2],
     sync: bool,
+    rounds: u32,
 ) -> Result<String> {
     use std::fmt::Write;
     let meta2 = store2.read_metadata(1).await?;
@@ -619,25 +633,45 @@ async fn strategies(
         compact: true,
         ..ingest
     };
-    let copy_in = measure(store2, 0, 1, copy, &target, keys).await?;
-    let ingest_in = measure(store2, 0, 1, ingest, &target, keys).await?;
-    let mut copy_out = Vec::new();
-    let mut ingest_out = Vec::new();
-    let mut compacted_out = Vec::new();
-    for i in 0..2u32 {
-        let n = half[i as usize];
-        copy_out.push(measure(store1, i, 2, copy, &target, n).await?);
-        ingest_out.push(measure(store1, i, 2, ingest, &target, n).await?);
-        compacted_out.push(measure(store1, i, 2, compacted, &target, n).await?);
+    let (mut copy_in, mut ingest_in, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out_rounds: [[Vec<Measured>; 3]; 2] = Default::default();
+    for _ in 0..rounds {
+        copy_in.push(measure(store2, 0, 1, copy, &target, keys).await?);
+        ingest_in.push(measure(store2, 0, 1, ingest, &target, keys).await?);
+        raw.push(raw_copy(
+            store_root,
+            &meta2,
+            store2.job(),
+            &dir.join("raw"),
+        )?);
+        for (i, runs) in out_rounds.iter_mut().enumerate() {
+            let (i, n) = (i as u32, half[i]);
+            for (how, runs) in [copy, ingest, compacted].into_iter().zip(runs.iter_mut()) {
+                runs.push(measure(store1, i, 2, how, &target, n).await?);
+            }
+        }
     }
-    let (cp, cp_sync, cp_bytes) = raw_copy(store_root, &meta2, store2.job(), &dir.join("raw"))?;
+    let (copy_in, ingest_in) = (median_round(copy_in), median_round(ingest_in));
+    let [copy_out, ingest_out, compacted_out] = [0, 1, 2].map(|k| {
+        out_rounds
+            .each_mut()
+            .map(|runs| median_round(std::mem::take(&mut runs[k])))
+    });
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let cp_bytes = raw.first().map_or(0, |r| r.2);
+    let cps = sorted(raw.iter().map(|r| r.0).collect());
+    let cps_sync = sorted(raw.iter().map(|r| r.1).collect());
+    let (cp, cp_sync) = (median(&cps), median(&cps_sync));
 
     let mut out = String::new();
-    let line = |out: &mut String, name: &str, m: &Measured| {
+    let line = |out: &mut String, name: &str, (m, times): &(Measured, Vec<f64>)| {
         writeln!(
             out,
-            "  {name:<28} {:>8.2}s  downloaded {:>12} B ({:>6.2}s)  build {:>6.2}s  ingested {:>4} files  copied {:>9} keys  (then sync {:.2}s)",
-            m.seconds,
+            "  {name:<28} {:>20}  downloaded {:>12} B ({:>6.2}s)  build {:>6.2}s  ingested {:>4} files  copied {:>9} keys  (then sync {:.2}s)",
+            spread(times),
             m.summary.downloaded_bytes,
             m.summary.download_seconds,
             m.summary.build_seconds,
@@ -647,13 +681,20 @@ async fn strategies(
         )
         .ok();
     };
+    writeln!(
+        out,
+        "copy against ingest ({rounds} round(s), one after another in each; times as median [min–max], the other figures of the median round, ratios of the medians):"
+    )
+    .ok();
     writeln!(out, "scale-in 2→1 (one new subtask):").ok();
     line(&mut out, "copy", &copy_in);
     line(&mut out, "ingest", &ingest_in);
     writeln!(
         out,
-        "  {:<28} {:>8.2}s  ({cp_bytes} B of SST files; {cp_sync:.2}s with sync)",
-        "raw cp of the same bytes", cp
+        "  {:<28} {:>20}  ({cp_bytes} B of SST files; {} with sync)",
+        "raw cp of the same bytes",
+        spread(&cps),
+        spread(&cps_sync)
     )
     .ok();
     writeln!(out, "scale-out 1→2 (each new subtask):").ok();
@@ -666,14 +707,14 @@ async fn strategies(
             &compacted_out[i],
         );
     }
-    let speedup_in = copy_in.seconds / ingest_in.seconds;
+    let speedup_in = copy_in.0.seconds / ingest_in.0.seconds;
     // A synced restore is held to `cp` + `sync`, an unsynced one to the bare `cp`.
     let (limit, limit_name) = if sync {
         (cp_sync, "the raw cp + sync")
     } else {
         (cp, "the bare raw cp")
     };
-    let vs_limit = ingest_in.seconds / limit;
+    let vs_limit = ingest_in.0.seconds / limit;
     writeln!(out, "ratios:").ok();
     writeln!(
         out,
@@ -691,8 +732,8 @@ async fn strategies(
         writeln!(
             out,
             "  scale-out subtask {i}: ingest is {:.1}× faster than copy; {:.1}× when it compacts the clipped intervals itself",
-            copy_out[i].seconds / ingest_out[i].seconds,
-            copy_out[i].seconds / compacted_out[i].seconds
+            copy_out[i].0.seconds / ingest_out[i].0.seconds,
+            copy_out[i].0.seconds / compacted_out[i].0.seconds
         )
         .ok();
     }
@@ -777,7 +818,19 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     let strategies = if args.rescales_only {
         None
     } else {
-        Some(strategies(store1, store2, &store_root, &dir, keys, half, args.sync).await?)
+        Some(
+            strategies(
+                store1,
+                store2,
+                &store_root,
+                &dir,
+                keys,
+                half,
+                args.sync,
+                args.rounds,
+            )
+            .await?,
+        )
     };
 
     // The rescales of issue 9, each with pods keeping their volumes (new subtask i restores on

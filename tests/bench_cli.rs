@@ -59,3 +59,51 @@ fn bench_restore_sets_up_kept_volumes_with_markers_of_this_boot_and_of_others() 
     assert_eq!((vouched, another_boot, read_back), (8, 8, 8), "{stdout}");
     assert!(stdout.contains("targets:"), "{stdout}");
 }
+
+#[test]
+fn bench_restore_measures_copy_against_ingest_in_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .args([
+            "bench", "restore", "--keys", "5000", "--rounds", "3", "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    assert!(
+        stdout.contains("copy against ingest (3 round(s)"),
+        "{stdout}"
+    );
+    // Scale-in: copy, ingest and the raw cp; scale-out: copy, ingest and ingest compacted for
+    // each of the two new subtasks. Each gives the median of its three rounds and their spread.
+    let measured: Vec<&str> = stdout
+        .lines()
+        .take_while(|l| !l.starts_with("rescales"))
+        .filter(|l| l.contains("downloaded") || l.contains("raw cp of the same bytes"))
+        .collect();
+    assert_eq!(measured.len(), 9, "{stdout}");
+    for line in measured {
+        let (median, rest) = line
+            .split_once("s [")
+            .unwrap_or_else(|| panic!("no spread in {line}"));
+        let median: f64 = median.rsplit(' ').next().unwrap().parse().unwrap();
+        let (min, max) = rest.split_once(']').unwrap().0.split_once('–').unwrap();
+        let (min, max): (f64, f64) = (min.parse().unwrap(), max.parse().unwrap());
+        assert!(min <= median && median <= max, "{line}");
+    }
+    for ratio in [
+        "scale-in: ingest is ",
+        "scale-in: ingest takes ",
+        "scale-out subtask 0: ingest is ",
+        "scale-out subtask 1: ingest is ",
+    ] {
+        assert!(stdout.contains(ratio), "{ratio} missing: {stdout}");
+    }
+}
