@@ -652,11 +652,8 @@ async fn strategies(
         }
     }
     let (copy_in, ingest_in) = (median_round(copy_in), median_round(ingest_in));
-    let [copy_out, ingest_out, compacted_out] = [0, 1, 2].map(|k| {
-        out_rounds
-            .each_mut()
-            .map(|runs| median_round(std::mem::take(&mut runs[k])))
-    });
+    // Per new subtask of the scale-out: copy, ingest, ingest compacted.
+    let scale_out = out_rounds.map(|runs| runs.map(median_round));
     let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v
@@ -698,13 +695,13 @@ async fn strategies(
     )
     .ok();
     writeln!(out, "scale-out 1→2 (each new subtask):").ok();
-    for i in 0..2 {
-        line(&mut out, &format!("copy, subtask {i}"), &copy_out[i]);
-        line(&mut out, &format!("ingest, subtask {i}"), &ingest_out[i]);
+    for (i, [copy, ingest, compacted]) in scale_out.iter().enumerate() {
+        line(&mut out, &format!("copy, subtask {i}"), copy);
+        line(&mut out, &format!("ingest, subtask {i}"), ingest);
         line(
             &mut out,
             &format!("ingest compacted, subtask {i}"),
-            &compacted_out[i],
+            compacted,
         );
     }
     let speedup_in = copy_in.0.seconds / ingest_in.0.seconds;
@@ -728,12 +725,12 @@ async fn strategies(
         if vs_limit <= 2.0 { "met" } else { "NOT met" }
     )
     .ok();
-    for i in 0..2 {
+    for (i, [copy, ingest, compacted]) in scale_out.iter().enumerate() {
         writeln!(
             out,
             "  scale-out subtask {i}: ingest is {:.1}× faster than copy; {:.1}× when it compacts the clipped intervals itself",
-            copy_out[i].0.seconds / ingest_out[i].0.seconds,
-            copy_out[i].0.seconds / compacted_out[i].0.seconds
+            copy.0.seconds / ingest.0.seconds,
+            copy.0.seconds / compacted.0.seconds
         )
         .ok();
     }

@@ -211,7 +211,8 @@ mod tests {
         assert!(matching_handle(&range, &meta).is_err());
     }
 
-    /// A marker vouches for its files only in the boot it was written in.
+    /// A marker vouches for its files in the boot it was written in, and in any boot once
+    /// they were synced before it.
     #[test]
     fn files_are_vouched_for_in_the_markers_boot_or_once_synced() {
         let meta = meta();
