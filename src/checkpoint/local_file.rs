@@ -266,7 +266,24 @@ impl LocalFile {
                 .sync_all()
                 .map_err(Error::io("sync", &self.path))?;
         }
+        close(self.file).map_err(Error::io("close", &self.path))?;
         Ok((self.size, self.checksum))
+    }
+}
+
+/// Closes `file`, returning the error the close reports, which dropping it would ignore. On a
+/// network file system (NFS) the close writes back what the page cache still holds of the file
+/// and reports the errors of that writeback, which an unsynced download would otherwise never
+/// see.
+fn close(file: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken out of an owned `File`, so nothing else closes it; it is not
+    // used again, whatever the result (Linux releases the descriptor even when close fails).
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
