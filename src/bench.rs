@@ -375,8 +375,13 @@ async fn reuse_scenario(
         measured.push(m);
     }
     let (median, restores) = median_round(measured);
-    copies.sort_by(f64::total_cmp);
-    Ok((median, restores, copies))
+    Ok((median, restores, sorted(copies)))
+}
+
+/// `seconds`, ascending.
+fn sorted(mut seconds: Vec<f64>) -> Vec<f64> {
+    seconds.sort_by(f64::total_cmp);
+    seconds
 }
 
 /// The restore of the median round of `rounds` (by time; the upper one of an even count, as
@@ -654,10 +659,6 @@ async fn strategies(
     let (copy_in, ingest_in) = (median_round(copy_in), median_round(ingest_in));
     // Per new subtask of the scale-out: copy, ingest, ingest compacted.
     let scale_out = out_rounds.map(|runs| runs.map(median_round));
-    let sorted = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v
-    };
     let cp_bytes = raw.first().map_or(0, |r| r.2);
     let cps = sorted(raw.iter().map(|r| r.0).collect());
     let cps_sync = sorted(raw.iter().map(|r| r.1).collect());
