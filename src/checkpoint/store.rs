@@ -15,7 +15,7 @@ use object_store::{
 use serde::Serialize;
 use tracing::debug;
 
-use super::local_file::{LocalFile, LocalWrite};
+use super::local_file::{CopyHelpers, LocalFile, LocalWrite};
 use super::metadata::{
     CheckpointMetadata, Checksum, FORMAT_VERSION, FileRef, SubtaskHandle, decode,
 };
@@ -266,15 +266,18 @@ impl CheckpointStore {
     /// Downloads `file` to `local`, verifying size and checksum; `mode` says whether the file
     /// is durable (synced) when this returns (see [`LocalFile`]). On any failure the partial
     /// local file is removed and the error names the file and the metadata referencing it.
+    /// From a store on a file system, `helpers` may write some of it (see
+    /// [`LocalFile::copy_from_file`]).
     pub async fn download_file(
         &self,
         file: &FileRef,
         local: &LocalPath,
         referenced_in: &str,
         mode: LocalWrite,
+        helpers: Option<&Arc<CopyHelpers>>,
     ) -> Result<()> {
         let result = self
-            .download_unchecked(file, local, referenced_in, mode)
+            .download_unchecked(file, local, referenced_in, mode, helpers.cloned())
             .await;
         if result.is_err() {
             let _ = std::fs::remove_file(local);
@@ -288,6 +291,7 @@ impl CheckpointStore {
         local: &LocalPath,
         referenced_in: &str,
         mode: LocalWrite,
+        helpers: Option<Arc<CopyHelpers>>,
     ) -> Result<()> {
         let location = self.paths.resolve(&file.path, referenced_in)?;
         let got = match self.store.get(&location).await {
@@ -300,13 +304,13 @@ impl CheckpointStore {
             }
             Err(e) => return Err(store_err("get", &location)(e)),
         };
-        let local = local.to_path_buf();
+        let (local, expected_size) = (local.to_path_buf(), file.size);
         let task_failed =
             |e: tokio::task::JoinError| Error::Other(format!("download task failed: {e}"));
         let (size, checksum) = match got.payload {
             GetResultPayload::File(src, _) => tokio::task::spawn_blocking(move || {
-                let mut out = LocalFile::create(&local, mode)?;
-                out.copy_from_file(&src)?;
+                let mut out = LocalFile::create(&local, mode, expected_size)?;
+                out.copy_from_file(&src, helpers.as_deref())?;
                 out.finish()
             })
             .await
@@ -318,7 +322,7 @@ impl CheckpointStore {
                 // off (the partial file is neither finished nor synced: the caller removes it).
                 let (chunks, mut arriving) = tokio::sync::mpsc::channel::<Option<bytes::Bytes>>(4);
                 let writer = tokio::task::spawn_blocking(move || {
-                    let mut out = LocalFile::create(&local, mode)?;
+                    let mut out = LocalFile::create(&local, mode, expected_size)?;
                     while let Some(chunk) = arriving.blocking_recv() {
                         match chunk {
                             Some(chunk) => out.write_all(&chunk)?,
@@ -621,7 +625,7 @@ impl CheckpointStore {
             .map(|(name, file)| {
                 let target = dir.join(name);
                 async move {
-                    self.download_file(file, &target, referenced_in, LocalWrite::Cached)
+                    self.download_file(file, &target, referenced_in, LocalWrite::Cached, None)
                         .await
                 }
             })

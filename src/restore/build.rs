@@ -14,7 +14,7 @@ use super::ingest;
 use super::local::LocalSource;
 use super::plan::{InputMethod, PlannedInput, RestoreKind, SubtaskPlan};
 use crate::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
-use crate::checkpoint::local_file::LocalWrite;
+use crate::checkpoint::local_file::{CopyHelpers, LocalWrite, table_metadata_ends};
 use crate::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SubtaskHandle};
 use crate::error::{Error, Result};
@@ -131,7 +131,7 @@ pub async fn build(
     let (from_local, from_store): (Vec<&Transfer>, Vec<&Transfer>) =
         transfers.iter().partition(|t| t.local_name.is_some());
     let checks = futures::stream::iter(from_local)
-        .map(|t| async move { (t, fetch(store, local, t, t.mode).await) })
+        .map(|t| async move { (t, fetch(store, local, t, t.mode, None).await) })
         .buffer_unordered(LOCAL_CHECK_PARALLELISM);
     // Download lanes, each taking the next file as it finishes: page-cache lanes write a file
     // meant for direct I/O through the page cache while the budget lasts, the others with
@@ -139,15 +139,31 @@ pub async fn build(
     // the page cache cost a memory copy, or more where the memory must first be reclaimed or
     // faulted in (a VM whose free memory went back to its host); direct writes cost the disk.
     let queue = std::sync::Mutex::new(from_store.into_iter());
-    let budget = AtomicU64::new(options.page_cache_budget);
+    let budget = Arc::new(AtomicU64::new(options.page_cache_budget));
+    let helpers = Arc::new(CopyHelpers::default());
     let lane = |page_cache: bool| {
-        let (queue, budget) = (&queue, &budget);
-        Box::pin(futures::stream::unfold((), move |()| {
+        let (queue, budget, helpers) = (&queue, &budget, &helpers);
+        Box::pin(futures::stream::unfold(true, move |more| {
             let next = queue.lock().ok().and_then(|mut q| q.next());
             async move {
-                let t = next?;
+                let Some(t) = next.filter(|_| more) else {
+                    if more {
+                        // Nothing left to start: write chunks of the downloads in progress,
+                        // so that they end together instead of one after the other.
+                        // A page-cache lane writes them through the page cache while the budget
+                        // lasts.
+                        let (helpers, budget) = (helpers.clone(), budget.clone());
+                        let _ = tokio::task::spawn_blocking(move || {
+                            helpers.help(page_cache.then_some(&*budget))
+                        })
+                        .await;
+                    }
+                    return None;
+                };
                 let mode = lane_mode(t, page_cache, budget);
-                Some(((t, fetch(store, local, t, mode).await), ()))
+                // Scratch files (read once, through the page cache) are written by their lane.
+                let helpers = (t.mode != LocalWrite::Cached).then_some(helpers);
+                Some(((t, fetch(store, local, t, mode, helpers).await), true))
             }
         }))
     };
@@ -331,6 +347,7 @@ async fn fetch(
     local: Option<&LocalSource>,
     t: &Transfer<'_>,
     mode: LocalWrite,
+    helpers: Option<&Arc<CopyHelpers>>,
 ) -> Result<Fetched> {
     let mut fallback = false;
     if let (Some(local), Some(name)) = (local, t.local_name) {
@@ -350,29 +367,22 @@ async fn fetch(
             }
         }
     }
+    // A file written with direct I/O has the ends its ingestion reads in the page cache
+    // (see `LocalFile`).
     store
-        .download_file(t.file, &t.dest, &t.referenced_in, mode)
+        .download_file(t.file, &t.dest, &t.referenced_in, mode, helpers)
         .await?;
-    if mode != LocalWrite::Cached {
-        // Written around the page cache, and ingested once its handle is complete. (The
-        // read-ahead may wait for the disk's queue: off the async threads.)
-        let (dest, size) = (t.dest.clone(), t.file.size);
-        let _ = tokio::task::spawn_blocking(move || read_ahead_table_metadata(&dest, size)).await;
-    }
     Ok(Fetched::Downloaded { fallback, mode })
 }
 
 /// Asks the kernel to read, in the background, the parts of the SST file at `path` (of
-/// `size` bytes) that its ingestion reads, for a file not in the page cache (linked from the
-/// local DB unread, or downloaded with direct I/O): the footer, metaindex, properties and
-/// index blocks at its end (the last 1/128 of the file, at least 128 KiB: the index of the
-/// benchmark's files is 0.3% of them), and its first data block. RocksDB reads them one file
-/// after the other, a few small reads each; from a cold disk that took ~2 ms per file, on the
-/// restore's critical path (4→3 at 10M keys, subtask 0 with a kept volume: the local handle's
-/// 34 files ingested at +70–85 ms instead of +28–38 ms with this read-ahead; scale-in 2→1: 98
-/// files at +300–500 ms instead of +44–56 ms; the downloaded handle, last, ingested 2–4 ms
-/// after its last file instead of 5–7). Reading ahead 2 MiB of each file instead competed
-/// with the downloads for the disk and was slower. Best effort: a failure leaves the reads to
+/// `size` bytes) that its ingestion reads ([`table_metadata_ends`]), for a file linked from the
+/// local DB unread (not in the page cache). RocksDB reads them one file after the other, a few
+/// small reads each; from a cold disk that took ~2 ms per file, on the restore's critical path
+/// (4→3 at 10M keys, subtask 0 with a kept volume: the local handle's 34 files ingested at
+/// +70–85 ms instead of +28–38 ms with this read-ahead; scale-in 2→1: 98 files at +300–500 ms
+/// instead of +44–56 ms). Reading ahead 2 MiB of each file instead competed with the
+/// downloads for the disk and was slower. Best effort: a failure leaves the reads to
 /// ingestion.
 fn read_ahead_table_metadata(path: &Path, size: u64) {
     use rustix::fs::{Advice, fadvise};
@@ -380,9 +390,14 @@ fn read_ahead_table_metadata(path: &Path, size: u64) {
     let Ok(f) = std::fs::File::open(path) else {
         return;
     };
-    let tail = (size / 128).max(128 << 10).min(size);
-    let _ = fadvise(&f, size - tail, NonZeroU64::new(tail), Advice::WillNeed);
-    let _ = fadvise(&f, 0, NonZeroU64::new(16 << 10), Advice::WillNeed);
+    let (head_end, tail_start) = table_metadata_ends(size);
+    let _ = fadvise(
+        &f,
+        tail_start,
+        NonZeroU64::new(size - tail_start),
+        Advice::WillNeed,
+    );
+    let _ = fadvise(&f, 0, NonZeroU64::new(head_end), Advice::WillNeed);
 }
 
 /// Hard-links `source` to `dest` and makes sure it is `file`: if the local DB's marker vouched
