@@ -674,12 +674,18 @@ mod tests {
         unsafe { memmap2::Mmap::map(&File::open(path).unwrap()) }.unwrap()
     }
 
+    /// `n` bytes of test data, and a file `source` in `dir` holding them.
+    fn source_file(dir: &Path, n: usize) -> (Vec<u8>, PathBuf) {
+        let data = bytes(n);
+        let source = dir.join("source");
+        std::fs::write(&source, &data).unwrap();
+        (data, source)
+    }
+
     #[test]
     fn chunks_written_by_helpers_land_where_they_belong() {
         let dir = tempfile::tempdir().unwrap();
-        let data = bytes(5 * WRITE_BYTES + 300_001);
-        let source = dir.path().join("source");
-        std::fs::write(&source, &data).unwrap();
+        let (data, source) = source_file(dir.path(), 5 * WRITE_BYTES + 300_001);
         let path = dir.path().join("f");
         let mut f = LocalFile::create(&path, LocalWrite::Direct, data.len() as u64).unwrap();
         if !f.is_direct() {
@@ -701,7 +707,25 @@ mod tests {
         assert!(f.write_own_chunks(&copy, None).is_none());
         (f.size, f.checksum) = (data.len() as u64, Checksum::of(&data));
         f.finish().unwrap();
+        // The helpers' chunks went around the page cache too (checked before reading it).
+        assert_only_ends_cached(&path, "written by helpers");
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    /// Asserts that of the file at `path` exactly its [`table_metadata_ends`] are in the page
+    /// cache.
+    fn assert_only_ends_cached(path: &Path, context: &str) {
+        let len = std::fs::metadata(path).unwrap().len();
+        let (head_end, tail_start) = table_metadata_ends(len);
+        let page = page_size() as u64;
+        for (i, r) in resident_pages(path).iter().enumerate() {
+            let at = i as u64 * page;
+            let cached = at < head_end || at >= tail_start;
+            assert_eq!(
+                *r, cached,
+                "page at {at} (ends cached: < {head_end}, >= {tail_start}; {context})"
+            );
+        }
     }
 
     fn page_size() -> usize {
@@ -725,11 +749,7 @@ mod tests {
     #[test]
     fn a_direct_file_has_its_ends_in_the_page_cache_and_the_rest_not() {
         let dir = tempfile::tempdir().unwrap();
-        let data = bytes(40 * WRITE_BYTES + 12_345);
-        let source = dir.path().join("source");
-        std::fs::write(&source, &data).unwrap();
-        let (head_end, tail_start) = table_metadata_ends(data.len() as u64);
-        let page = page_size() as u64;
+        let (data, source) = source_file(dir.path(), 40 * WRITE_BYTES + 12_345);
         for from_map in [false, true] {
             let path = dir.path().join(format!("f-{from_map}"));
             let mut f = LocalFile::create(&path, LocalWrite::Direct, data.len() as u64).unwrap();
@@ -749,15 +769,7 @@ mod tests {
                 f.finish().unwrap(),
                 (data.len() as u64, Checksum::of(&data))
             );
-            let resident = resident_pages(&path);
-            for (i, r) in resident.iter().enumerate() {
-                let at = i as u64 * page;
-                let cached = at < head_end || at >= tail_start;
-                assert_eq!(
-                    *r, cached,
-                    "page at {at} (ends cached: < {head_end}, >= {tail_start}; from a map: {from_map})"
-                );
-            }
+            assert_only_ends_cached(&path, &format!("from a map: {from_map}"));
             assert_eq!(std::fs::read(&path).unwrap(), data);
         }
     }
