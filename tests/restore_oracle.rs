@@ -363,7 +363,7 @@ async fn deferred_compaction_falls_back_to_copy_until_compacted() {
 /// exactly its keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_written_in_chunks_by_several_writers() {
-    let root = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let root = tempfile::tempdir().unwrap();
     let url = format!("file://{}/store", root.path().display());
     let store = CheckpointStore::from_url(&url, job()).unwrap();
     let model = initial_model(600_000);

@@ -384,24 +384,17 @@ pub struct CopyHelpers {
 
 impl CopyHelpers {
     /// Writes chunks of the copies in progress, each time of the copy with the most chunks
-    /// left, until no copy has chunks left to take; returns the number written. A chunk goes
-    /// through the page cache if `page_cache` has room for it (taken from it), else with direct
-    /// I/O. A write error is the copy's; its own writer's checked close (see
+    /// left, until no copy has chunks left to take; returns the number written. A chunk of `n`
+    /// bytes goes through the page cache if `page_cache(n)` says so, else with direct I/O. A write error is the copy's; its own writer's checked close (see
     /// [`LocalFile::finish`]) reports the errors of writing back what goes through the page
     /// cache, which a network file system reports to every descriptor open for the file.
-    pub fn help(&self, page_cache: Option<&AtomicU64>) -> usize {
+    pub fn help(&self, page_cache: impl Fn(u64) -> bool) -> usize {
         let mut written = 0;
         // The file last opened: for which copy, and whether through the page cache.
         let mut open: Option<(Arc<SharedCopy>, bool, File)> = None;
         while let Some((copy, chunk)) = self.take() {
             let (at, data) = copy.chunk(chunk);
-            let cached = page_cache.is_some_and(|budget| {
-                budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                        b.checked_sub(data.len() as u64)
-                    })
-                    .is_ok()
-            });
+            let cached = page_cache(data.len() as u64);
             if !open
                 .as_ref()
                 .is_some_and(|(c, c_cached, _)| Arc::ptr_eq(c, &copy) && *c_cached == cached)
@@ -658,7 +651,7 @@ mod tests {
         let helpers = CopyHelpers::default();
         helpers.offer(&copy);
         assert_eq!(
-            helpers.help(None),
+            helpers.help(|_| false),
             0,
             "a misaligned direct write was accepted"
         );
@@ -700,7 +693,7 @@ mod tests {
         let own = copy.claim().unwrap();
         let helpers = CopyHelpers::default();
         helpers.offer(&copy);
-        assert_eq!(helpers.help(None) as u64, copy.chunks - 1);
+        assert_eq!(helpers.help(|_| false) as u64, copy.chunks - 1);
         let (at, chunk) = copy.chunk(own);
         f.write_at(at, chunk, chunk.len()).unwrap();
         copy.written(None);

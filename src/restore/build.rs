@@ -154,7 +154,7 @@ pub async fn build(
                         // lasts.
                         let (helpers, budget) = (helpers.clone(), budget.clone());
                         let _ = tokio::task::spawn_blocking(move || {
-                            helpers.help(page_cache.then_some(&*budget))
+                            helpers.help(|bytes| page_cache && take_budget(&budget, bytes))
                         })
                         .await;
                     }
@@ -243,19 +243,20 @@ const PAGE_CACHE_LANES: usize = 1;
 /// How a download lane writes `t`: a page-cache lane writes a file meant for direct I/O
 /// (unsynced) through the page cache if the rest of `budget` covers it.
 fn lane_mode(t: &Transfer<'_>, page_cache_lane: bool, budget: &AtomicU64) -> LocalWrite {
-    let size = t.file.size;
-    if t.mode == LocalWrite::Direct
-        && page_cache_lane
-        && budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                b.checked_sub(size)
-            })
-            .is_ok()
-    {
+    if t.mode == LocalWrite::Direct && page_cache_lane && take_budget(budget, t.file.size) {
         LocalWrite::Cached
     } else {
         t.mode
     }
+}
+
+/// Takes `bytes` from the page-cache `budget` if it has that many left.
+fn take_budget(budget: &AtomicU64, bytes: u64) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            b.checked_sub(bytes)
+        })
+        .is_ok()
 }
 
 /// One file the plan needs: where it goes, and the local DB's copy to try first, if any.
