@@ -558,6 +558,20 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
             (stage(&j) == Some(wait_for)).then_some(j)
         })
         .await;
+        if stage_to_kill == Stage::RollingForward {
+            // The operator records Restoring before it applies the StatefulSet of the new
+            // epoch; the pods this arm waits for without an operator need that StatefulSet.
+            let epoch = held.status.as_ref().unwrap().epoch.to_string();
+            let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+            eventually("the StatefulSet of the new epoch", LONG, || async {
+                let set = sets.get("restart").await.ok()?;
+                let spec = set.spec;
+                let labels = spec.template.metadata?.labels?;
+                (spec.replicas == Some(target as i32) && labels.get(EPOCH_LABEL) == Some(&epoch))
+                    .then_some(())
+            })
+            .await;
+        }
         operator.kill().await;
         let recorded = held.status.clone().unwrap().rescale.unwrap();
         assert_eq!(recorded.to, target);
