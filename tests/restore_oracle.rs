@@ -244,7 +244,7 @@ async fn an_unsynced_restore_is_not_trusted_after_a_reboot() {
     }
 }
 
-/// An unsynced restore writes its downloads through the page cache (one of its download lanes)
+/// An unsynced restore writes its downloads through the page cache (one or two of its lanes)
 /// within its budget and with direct I/O otherwise; the DB is the same either way.
 #[tokio::test]
 async fn downloads_beyond_the_page_cache_budget_are_written_direct() {

@@ -138,6 +138,8 @@ pub async fn build(
     // direct I/O. Whichever kind is faster on this node takes more of the files: writes to
     // the page cache cost a memory copy, or more where the memory must first be reclaimed or
     // faulted in (a VM whose free memory went back to its host); direct writes cost the disk.
+    let download_bytes: u64 = from_store.iter().map(|t| t.file.size).sum();
+    let page_cache_lanes = page_cache_lanes(download_bytes);
     let queue = std::sync::Mutex::new(from_store.into_iter());
     let budget = Arc::new(AtomicU64::new(options.page_cache_budget));
     let helpers = Arc::new(CopyHelpers::default());
@@ -168,7 +170,7 @@ pub async fn build(
         }))
     };
     let downloads =
-        futures::stream::select_all((0..DOWNLOAD_PARALLELISM).map(|i| lane(i < PAGE_CACHE_LANES)));
+        futures::stream::select_all((0..DOWNLOAD_PARALLELISM).map(|i| lane(i < page_cache_lanes)));
     let mut fetches = futures::stream::select(checks, downloads);
     while let Some((t, result)) = fetches.next().await {
         match result {
@@ -234,11 +236,20 @@ pub async fn build(
 /// Local files checked (read and checksummed) at once, beside the downloads.
 const LOCAL_CHECK_PARALLELISM: usize = 2;
 
-/// Download lanes (of [`DOWNLOAD_PARALLELISM`]) that may write through the page cache. One:
-/// 1→2 fresh at 10M keys took 0.35–0.39 s with memory at hand and 0.58–0.80 s with memory the
-/// VM first had to fault in from its host; two: 0.30 s and 0.95–0.97 s; none (all direct):
-/// 0.69–0.76 s either way (docs/benchmarks.md).
-const PAGE_CACHE_LANES: usize = 1;
+/// Download lanes (of [`DOWNLOAD_PARALLELISM`]) that may write through the page cache when a
+/// restore downloads `bytes`: two up to [`SMALL_DOWNLOAD`], else one.
+///
+/// For 1→2 fresh at 10M keys (1.2 GB downloaded) one lane took 0.35–0.39 s with memory at hand
+/// and 0.58–0.80 s with memory the VM first had to fault in from its host; two: 0.30 s and
+/// 0.95–0.97 s; none (all direct): 0.69–0.76 s either way. For the smallest kept restores
+/// (0.20–0.23 GB downloaded) two lanes took 0.070–0.072 s against 0.079–0.090 s for one
+/// (docs/benchmarks.md).
+fn page_cache_lanes(bytes: u64) -> usize {
+    if bytes <= SMALL_DOWNLOAD { 2 } else { 1 }
+}
+
+/// Downloads up to this size get a second page-cache lane ([`page_cache_lanes`]).
+const SMALL_DOWNLOAD: u64 = 256 << 20;
 
 /// How a download lane writes `t`: a page-cache lane writes a file meant for direct I/O
 /// (unsynced) through the page cache if the rest of `budget` covers it.
