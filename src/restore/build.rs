@@ -239,17 +239,17 @@ const LOCAL_CHECK_PARALLELISM: usize = 2;
 /// Download lanes (of [`DOWNLOAD_PARALLELISM`]) that may write through the page cache when a
 /// restore downloads `bytes`: two up to [`SMALL_DOWNLOAD`], else one.
 ///
-/// For 1→2 fresh at 10M keys (1.2 GB downloaded) one lane took 0.35–0.39 s with memory at hand
-/// and 0.58–0.80 s with memory the VM first had to fault in from its host; two: 0.30 s and
-/// 0.95–0.97 s; none (all direct): 0.69–0.76 s either way. For the smallest kept restores
-/// (0.20–0.23 GB downloaded) two lanes took 0.070–0.072 s against 0.079–0.090 s for one
-/// (docs/benchmarks.md).
+/// Measured at 10M keys on the test machine (docs/benchmarks.md), two lanes against one: faster
+/// for restores of 0.20–0.59 GB (3–30%, alternating rounds), mixed for 0.75–0.82 GB, slower for
+/// 1.2 GB (0.31–0.35 s against 0.28–0.32 s), where more of the bytes go through memory the VM
+/// may first have to fault in from its host (1→2 fresh, one lane: 0.35–0.39 s with memory at
+/// hand, 0.58–0.80 s without; none, all direct: 0.69–0.76 s either way).
 fn page_cache_lanes(bytes: u64) -> usize {
     if bytes <= SMALL_DOWNLOAD { 2 } else { 1 }
 }
 
 /// Downloads up to this size get a second page-cache lane ([`page_cache_lanes`]).
-const SMALL_DOWNLOAD: u64 = 256 << 20;
+const SMALL_DOWNLOAD: u64 = 512 << 20;
 
 /// How a download lane writes `t`: a page-cache lane writes a file meant for direct I/O
 /// (unsynced) through the page cache if the rest of `budget` covers it.
