@@ -385,9 +385,10 @@ pub struct CopyHelpers {
 impl CopyHelpers {
     /// Writes chunks of the copies in progress, each time of the copy with the most chunks
     /// left, until no copy has chunks left to take; returns the number written. A chunk of `n`
-    /// bytes goes through the page cache if `page_cache(n)` says so, else with direct I/O. A write error is the copy's; its own writer's checked close (see
-    /// [`LocalFile::finish`]) reports the errors of writing back what goes through the page
-    /// cache, which a network file system reports to every descriptor open for the file.
+    /// bytes goes through the page cache if `page_cache(n)` says so, else with direct I/O. A
+    /// write error is the copy's; its own writer's checked close (see [`LocalFile::finish`])
+    /// reports the errors of writing back what goes through the page cache, which a network
+    /// file system reports to every descriptor open for the file.
     pub fn help(&self, page_cache: impl Fn(u64) -> bool) -> usize {
         let mut written = 0;
         // The file last opened: for which copy, and whether through the page cache.

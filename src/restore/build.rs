@@ -145,27 +145,24 @@ pub async fn build(
     let helpers = Arc::new(CopyHelpers::default());
     let lane = |page_cache: bool| {
         let (queue, budget, helpers) = (&queue, &budget, &helpers);
-        Box::pin(futures::stream::unfold(true, move |more| {
+        Box::pin(futures::stream::unfold((), move |()| {
             let next = queue.lock().ok().and_then(|mut q| q.next());
             async move {
-                let Some(t) = next.filter(|_| more) else {
-                    if more {
-                        // Nothing left to start: write chunks of the downloads in progress,
-                        // so that they end together instead of one after the other.
-                        // A page-cache lane writes them through the page cache while the budget
-                        // lasts.
-                        let (helpers, budget) = (helpers.clone(), budget.clone());
-                        let _ = tokio::task::spawn_blocking(move || {
-                            helpers.help(|bytes| page_cache && take_budget(&budget, bytes))
-                        })
-                        .await;
-                    }
+                let Some(t) = next else {
+                    // Nothing left to start: write chunks of the downloads in progress, so
+                    // that they end together instead of one after the other. A page-cache
+                    // lane writes them through the page cache while the budget lasts.
+                    let (helpers, budget) = (helpers.clone(), budget.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        helpers.help(|bytes| page_cache && take_budget(&budget, bytes))
+                    })
+                    .await;
                     return None;
                 };
                 let mode = lane_mode(t, page_cache, budget);
                 // Scratch files (read once, through the page cache) are written by their lane.
                 let helpers = (t.mode != LocalWrite::Cached).then_some(helpers);
-                Some(((t, fetch(store, local, t, mode, helpers).await), true))
+                Some(((t, fetch(store, local, t, mode, helpers).await), ()))
             }
         }))
     };
