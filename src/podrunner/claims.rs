@@ -32,6 +32,55 @@ const PROVISIONER_ANNOTATIONS: [&str; 2] = [
     "volume.beta.kubernetes.io/storage-provisioner",
 ];
 
+/// The name of the runner's second StorageClass, beside `class`: its claims are file systems of
+/// exactly the requested size (a tmpfs mounted on the claim directory), so a volume can fill up.
+pub fn sized_class(class: &str) -> String {
+    format!("{class}-sized")
+}
+
+/// A Kubernetes storage quantity (`64Ki`, `1Mi`, `2Gi`, `500M`, `1000`) in bytes.
+pub fn quantity_bytes(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` unless one is mounted there already.
+fn mount_sized(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let target = dir.to_string_lossy();
+    if mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*target))
+    {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "mount -t tmpfs on {target}: {status}"
+        )))
+    }
+}
+
 /// The StorageClass the runner serves: immediate binding, a volume (and its directory) deleted
 /// with its claim, as with cloud disks.
 pub fn storage_class(name: &str, default: bool) -> StorageClass {
@@ -169,6 +218,11 @@ async fn reclaim(client: kube::Client, namespace: Option<String>, state_dir: std
         let dir = match reclaim_action(&volume, namespace.as_deref(), &state_dir) {
             None => continue,
             Some(Reclaim::OwnDirectory(dir)) => {
+                // A sized claim's file system goes first (a plain directory: no-op).
+                let _ = std::process::Command::new("umount")
+                    .arg(&dir)
+                    .stderr(std::process::Stdio::null())
+                    .status();
                 if let Err(e) = std::fs::remove_dir_all(&dir)
                     && e.kind() != std::io::ErrorKind::NotFound
                 {
@@ -200,16 +254,17 @@ pub(crate) async fn provision(
     state_dir: std::path::PathBuf,
 ) {
     let classes: Api<StorageClass> = Api::all(client.clone());
-    match classes
-        .create(
-            &PostParams::default(),
-            &storage_class(&class, default_class),
-        )
-        .await
-    {
-        Ok(_) => info!(%class, "created StorageClass"),
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => warn!(%class, error = %e, "cannot create StorageClass"),
+    let sized = sized_class(&class);
+    for sc in [
+        storage_class(&class, default_class),
+        storage_class(&sized, false),
+    ] {
+        let name = sc.metadata.name.clone().unwrap_or_default();
+        match classes.create(&PostParams::default(), &sc).await {
+            Ok(_) => info!(class = %name, "created StorageClass"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => warn!(class = %name, error = %e, "cannot create StorageClass"),
+        }
     }
     let claims: Api<PersistentVolumeClaim> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -244,6 +299,22 @@ pub(crate) async fn provision(
         if let Err(e) = std::fs::create_dir_all(&dir) {
             warn!(claim = %format!("{ns}/{name}"), error = %e, "cannot create claim directory");
             continue;
+        }
+        let spec = claim.spec.as_ref();
+        if spec.and_then(|s| s.storage_class_name.as_deref()) == Some(sized.as_str()) {
+            let bytes = spec
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .and_then(quantity_bytes);
+            let mounted = match bytes {
+                Some(b) => mount_sized(&dir, b),
+                None => Err(std::io::Error::other("no storage request in bytes")),
+            };
+            if let Err(e) = mounted {
+                warn!(claim = %format!("{ns}/{name}"), error = %e, "cannot size the claim's file system");
+                continue;
+            }
         }
         match volumes.create(&PostParams::default(), &volume).await {
             Ok(_) => {
@@ -365,5 +436,16 @@ mod tests {
                 .unwrap()
                 .contains_key("storageclass.kubernetes.io/is-default-class")
         );
+    }
+
+    #[test]
+    fn quantities_in_bytes() {
+        let q = |s: &str| quantity_bytes(&Quantity(s.to_owned()));
+        assert_eq!(q("64Ki"), Some(65536));
+        assert_eq!(q("2Gi"), Some(2 << 30));
+        assert_eq!(q("500M"), Some(500_000_000));
+        assert_eq!(q("1000"), Some(1000));
+        assert_eq!(q("1.5Gi"), None, "fractions are not needed here");
+        assert_eq!(sized_class("regroup-local"), "regroup-local-sized");
     }
 }

@@ -62,7 +62,13 @@ pub fn parse_node_labels(s: &str) -> Result<BTreeMap<String, String>> {
 
 struct PodTask {
     updates: watch::Sender<Option<Pod>>,
+    node: String,
+    lost: watch::Sender<bool>,
 }
+
+/// Label a test puts on a node to make it crash: the runner kills the processes of its pods at
+/// once and acts for them no more (no status, no finished deletion).
+pub const LOST_NODE_LABEL: &str = "regroup.dev/pod-runner-lost";
 
 /// Runs the pods until `shutdown` completes, then stops their processes (pods stay, marked
 /// not ready) and returns.
@@ -109,6 +115,14 @@ pub async fn run(
 
     let stream = watcher(pods, watch_config).default_backoff();
     let mut stream = std::pin::pin!(stream);
+    let lost_nodes = watcher(
+        nodes.clone(),
+        watcher::Config::default().labels(&format!("{LOST_NODE_LABEL}=true")),
+    )
+    .default_backoff()
+    .applied_objects();
+    let mut lost_nodes = std::pin::pin!(lost_nodes);
+    let mut lost: HashSet<String> = HashSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -119,6 +133,18 @@ pub async fn run(
                 continue;
             }
             Some(_) = handles.join_next(), if !handles.is_empty() => continue,
+            Some(node) = lost_nodes.next() => {
+                let Ok(node) = node else { continue };
+                let name = node.metadata.name.unwrap_or_default();
+                if lost.insert(name.clone()) {
+                    warn!(node = %name, "node marked lost: killing its pods' processes");
+                }
+                node_ok.insert(name.clone(), false);
+                for task in tasks.values().filter(|t| t.node == name) {
+                    task.lost.send_replace(true);
+                }
+                continue;
+            }
             event = stream.next() => event,
         };
         let event = match event {
@@ -187,9 +213,17 @@ pub async fn run(
             continue;
         }
         let (updates, rx) = watch::channel(Some(pod));
-        let stops = StopWatch::new(rx, shutdown_rx.clone());
+        let (lost_tx, lost_rx) = watch::channel(lost.contains(&node));
+        let stops = StopWatch::new(rx, shutdown_rx.clone(), lost_rx);
         handles.spawn(supervise(shared.clone(), stops, done_tx.clone()));
-        tasks.insert(uid, PodTask { updates });
+        tasks.insert(
+            uid,
+            PodTask {
+                updates,
+                node,
+                lost: lost_tx,
+            },
+        );
     }
     info!(
         pods = tasks.len(),

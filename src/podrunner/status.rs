@@ -34,6 +34,25 @@ pub struct Termination {
     pub started_at: Timestamp,
     /// When it ended.
     pub finished_at: Timestamp,
+    /// The termination message (the end of its log, for `FallbackToLogsOnError`).
+    pub message: Option<String>,
+}
+
+/// Most of a log's end that becomes a termination message, as the kubelet takes it.
+const MESSAGE_MAX_BYTES: usize = 2048;
+const MESSAGE_MAX_LINES: usize = 80;
+
+/// The termination message the kubelet takes from a failed container's log: its last 80 lines,
+/// at most 2048 bytes (`terminationMessagePolicy: FallbackToLogsOnError`).
+pub fn message_from_log(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(MESSAGE_MAX_LINES)..].join("\n");
+    let mut start = tail.len().saturating_sub(MESSAGE_MAX_BYTES);
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    let message = tail[start..].trim();
+    (!message.is_empty()).then(|| message.to_owned())
 }
 
 impl Termination {
@@ -55,6 +74,7 @@ impl Termination {
             reason: if exit_code == 0 { "Completed" } else { "Error" }.to_string(),
             started_at,
             finished_at,
+            message: None,
         }
     }
 
@@ -67,7 +87,7 @@ impl Termination {
                 reason: Some(self.reason.clone()),
                 started_at: Some(Time(self.started_at)),
                 finished_at: Some(Time(self.finished_at)),
-                message: None,
+                message: self.message.clone(),
             }),
             ..Default::default()
         }
@@ -587,5 +607,16 @@ mod tests {
             .collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 10, 10]);
         assert_eq!(restart_delay(10_000, one, cap), cap);
+    }
+
+    #[test]
+    fn termination_messages_are_the_end_of_the_log() {
+        assert_eq!(message_from_log(" \n"), None);
+        let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let m = message_from_log(&log).unwrap();
+        assert!(m.starts_with("line 20\n") && m.ends_with("line 99"), "{m}");
+        let long = format!("{}\nerror: the end", "x".repeat(5000));
+        let m = message_from_log(&long).unwrap();
+        assert!(m.len() <= 2048 && m.ends_with("error: the end"));
     }
 }

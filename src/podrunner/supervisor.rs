@@ -45,22 +45,38 @@ enum Stop {
     Gone,
     /// The runner shuts down: stop, and leave the pod to the next runner.
     Shutdown,
+    /// The pod's node is lost (a test marks it so): its processes die at once and nothing is
+    /// reported or finished for it any more, as when a node crashes.
+    Lost,
 }
 
-/// Watches for a reason to stop, from the pod's updates and the runner's shutdown flag.
+/// Watches for a reason to stop, from the pod's updates, its node and the runner's shutdown
+/// flag.
 #[derive(Clone)]
 pub(crate) struct StopWatch {
     pod: watch::Receiver<Option<Pod>>,
     shutdown: watch::Receiver<bool>,
+    lost: watch::Receiver<bool>,
 }
 
 impl StopWatch {
-    /// A watch over the pod channel and the shutdown flag.
-    pub fn new(pod: watch::Receiver<Option<Pod>>, shutdown: watch::Receiver<bool>) -> Self {
-        StopWatch { pod, shutdown }
+    /// A watch over the pod channel, the shutdown flag and the node-lost flag.
+    pub fn new(
+        pod: watch::Receiver<Option<Pod>>,
+        shutdown: watch::Receiver<bool>,
+        lost: watch::Receiver<bool>,
+    ) -> Self {
+        StopWatch {
+            pod,
+            shutdown,
+            lost,
+        }
     }
 
     fn now(&self) -> Option<Stop> {
+        if *self.lost.borrow() {
+            return Some(Stop::Lost);
+        }
         if *self.shutdown.borrow() {
             return Some(Stop::Shutdown);
         }
@@ -79,6 +95,7 @@ impl StopWatch {
             tokio::select! {
                 r = self.pod.changed() => if r.is_err() { return Stop::Gone },
                 r = self.shutdown.changed() => if r.is_err() { return Stop::Shutdown },
+                r = self.lost.changed() => if r.is_err() { return Stop::Shutdown },
             }
         }
     }
@@ -174,6 +191,19 @@ impl ContainerCtx {
         }
     }
 
+    /// The termination message from the end of the container's log, without the runner's notes.
+    fn log_tail(&self) -> Option<String> {
+        let log = std::fs::read(&self.log_file).ok()?;
+        let start = log.len().saturating_sub(64 << 10);
+        let text = String::from_utf8_lossy(&log[start..]);
+        let own: String = text
+            .lines()
+            .filter(|l| !l.starts_with("--- regroup-pod-runner "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::podrunner::status::message_from_log(&own)
+    }
+
     /// Starts the container's process; the error says why it could not, with the waiting
     /// reason the kubelet would report.
     fn start(&self) -> Result<Process, (String, String)> {
@@ -260,6 +290,15 @@ impl ContainerCtx {
 }
 
 /// The grace period to stop the pod's processes: the deletion's, else the spec's (default 30 s).
+/// How long the processes get to stop: none when the node is lost (it crashed).
+fn stop_grace(stop: Stop, pod: &Pod) -> Duration {
+    if stop == Stop::Lost {
+        Duration::ZERO
+    } else {
+        grace_period(pod)
+    }
+}
+
 fn grace_period(pod: &Pod) -> Duration {
     let secs = pod
         .metadata
@@ -477,7 +516,12 @@ async fn run_container(
             return;
         };
         process.signal_group(libc::SIGKILL);
-        let term = process.termination(status);
+        let mut term = process.termination(status);
+        if term.exit_code != 0
+            && ctx.container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+        {
+            term.message = ctx.log_tail();
+        }
         ctx.note(&format!(
             "exited: exit code {}{}",
             term.exit_code,
@@ -762,6 +806,9 @@ pub(crate) async fn supervise(
     let _ = done.send(uid);
 }
 
+/// How often a running pod's Secret and ConfigMap volumes are brought up to date.
+const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+
 async fn run_pod(
     shared: &Arc<Shared>,
     stops: &mut StopWatch,
@@ -882,14 +929,19 @@ async fn run_pod(
             let status = tokio::select! {
                 status = process.child.wait() => status,
                 stop = stops.wait() => {
-                    let grace = grace_period(&stops.pod().unwrap_or_else(|| pod.clone()));
+                    let grace = stop_grace(stop, &stops.pod().unwrap_or_else(|| pod.clone()));
                     let term = process.stop(grace).await;
                     record.init[i].state = RunState::Terminated(term);
                     return stop;
                 }
             };
             process.signal_group(libc::SIGKILL);
-            let term = process.termination(status);
+            let mut term = process.termination(status);
+            if term.exit_code != 0
+                && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+            {
+                term.message = ctx.log_tail();
+            }
             ctx.note(&format!("exited: exit code {}", term.exit_code));
             if term.exit_code == 0 {
                 record.init[i].state = RunState::Terminated(term);
@@ -940,6 +992,9 @@ async fn run_pod(
         ));
     }
     drop(events_tx);
+    let mut objects = objects;
+    let mut refresh = tokio::time::interval(VOLUME_REFRESH);
+    refresh.tick().await;
     let stop = loop {
         tokio::select! {
             Some((i, r)) = events.recv() => {
@@ -949,10 +1004,24 @@ async fn run_pod(
                 }
                 reporter.report(record, stops.pod().as_ref()).await;
             }
+            _ = refresh.tick() => {
+                // As the kubelet does: a changed Secret or ConfigMap reaches mounted volumes.
+                if let Ok(fresh) = fetch_objects(&shared.client, &pod).await
+                    && (fresh.secrets != objects.secrets || fresh.config_maps != objects.config_maps)
+                {
+                    match volumes::prepare(&pod, dirs, &fresh) {
+                        Ok(()) => {
+                            info!(pod = %key, "updated secret and configMap volumes");
+                            objects = Arc::new(fresh);
+                        }
+                        Err(e) => warn!(pod = %key, error = %e, "cannot update volumes"),
+                    }
+                }
+            }
             stop = stops.wait() => break stop,
         }
     };
-    let grace = grace_period(&stops.pod().unwrap_or_else(|| pod.clone()));
+    let grace = stop_grace(stop, &stops.pod().unwrap_or_else(|| pod.clone()));
     let _ = stop_tx.send(Some(grace));
     while let Some((i, r)) = events.recv().await {
         record.main[i] = r;
@@ -1027,6 +1096,7 @@ async fn finish(
                 warn!(pod = %name, error = %e, "cannot remove the pod's volumes");
             }
         }
+        Stop::Lost => info!(pod = %name, "node lost: processes killed, the pod left as it is"),
         Stop::Shutdown => {
             // The processes are gone while the pod stays: say so, so nobody reads it as ready.
             // Judged by the phase last reported: stopping made every process end just now.
