@@ -5,14 +5,23 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::checkpoint::registry::{FileReferences, RetentionPolicy, collect_garbage};
+use crate::checkpoint::registry::{
+    FileReferences, collect_garbage, manual_policy, recorded_retention,
+};
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use crate::error::Result;
 use crate::telemetry::{self, LogFormat};
 
+/// The version `--version` prints; test builds say that they honour fault injection.
+const VERSION: &str = if crate::fault::ENABLED {
+    concat!(env!("CARGO_PKG_VERSION"), " (fault injection)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// regroup: stateful, key-partitioned jobs on Kubernetes that rescale without losing state.
 #[derive(Parser, Debug)]
-#[command(name = "regroup", version, about)]
+#[command(name = "regroup", version = VERSION, about)]
 pub struct Cli {
     /// Log format.
     #[arg(
@@ -98,10 +107,12 @@ pub struct ShowArgs {
 pub struct GcArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Completed checkpoints to keep, newest first.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    retain: u64,
-    /// Unreferenced objects younger than this are kept (uploads in flight), e.g. 10m, 1h.
+    /// Completed checkpoints to keep, newest first (default: the job's retention as the operator
+    /// recorded it in the store; without either, gc refuses to run).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    retain: Option<u64>,
+    /// Unreferenced objects younger than this are kept (uploads in flight), e.g. 10m, 1h; never
+    /// less than the longest checkpoint timeout the operator recorded for the job.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     grace: Duration,
     /// Print what would be deleted; delete nothing.
@@ -171,10 +182,18 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
         }
         CheckpointsCommand::Gc(args) => {
             let store = args.store.open()?;
-            let policy = RetentionPolicy {
-                retain: args.retain as usize,
-                grace: args.grace,
-            };
+            let recorded = recorded_retention(&store).await?;
+            let policy = manual_policy(args.retain, args.grace, recorded.as_ref(), store.url())?;
+            println!(
+                "policy: retain {}, grace {} ({})",
+                policy.retain,
+                humantime::format_duration(policy.grace),
+                if recorded.is_some() {
+                    "the operator's recorded retention applies where no flag overrides it"
+                } else {
+                    "no retention recorded by the operator"
+                }
+            );
             let plan = collect_garbage(&store, policy, args.dry_run).await?;
             let verb = if args.dry_run {
                 "would delete"

@@ -175,6 +175,18 @@ impl Error {
         move |source| Error::RocksDb { context, source }
     }
 
+    /// True when stored data is damaged, missing or unreadable: retrying cannot help.
+    pub fn is_damaged_data(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. }
+                | Error::MissingFile { .. }
+                | Error::UnsafePath { .. }
+                | Error::UnsupportedVersion { .. }
+                | Error::Json { .. }
+        )
+    }
+
     /// True when retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Store { .. } | Error::Io { .. })

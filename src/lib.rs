@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;
+pub mod fault;
 pub mod keygroup;
 pub mod operator;
 pub mod podrunner;

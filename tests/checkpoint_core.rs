@@ -350,10 +350,84 @@ async fn abort_scenario(store: CheckpointStore) {
     );
 }
 
+/// A worker restarted in the middle of a checkpoint takes it again with a new DB instance: the
+/// second attempt finds the first one's handle, returns it and leaves its files alone, so the
+/// checkpoint restores what the first attempt captured.
+async fn second_attempt_scenario(store: CheckpointStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let range = KeyGroupRange::new(0, M - 1).unwrap();
+    let db = dir.path().join("db");
+    let scratch = dir.path().join("s");
+    let mut model = Model::new();
+    let first = {
+        let backend = StateBackend::open(&db, M, range, &["cold", "hot"]).unwrap();
+        let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+        write(&backend, &mut model, "cold", 0..500, "first");
+        let snapshot = snapshotter.capture(&backend, 1, &scratch).unwrap();
+        snapshotter.upload(snapshot, &store).await.unwrap()
+    };
+    let captured = model.clone();
+    // The restarted worker: the same DB, another instance, more writes, the same checkpoint id.
+    let backend = StateBackend::open(&db, M, range, &["cold", "hot"]).unwrap();
+    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    assert_ne!(backend.instance_id(), first.instance_id);
+    write(&backend, &mut model, "cold", 0..800, "second");
+    let snapshot = snapshotter.capture(&backend, 1, &scratch).unwrap();
+    let second = snapshotter.upload(snapshot, &store).await.unwrap();
+    assert_eq!(second, first, "the first attempt's handle stands");
+    let meta = store.try_complete(1, 1, 1, M).await.unwrap().unwrap();
+    assert_eq!(
+        restored_contents(&store, meta.checkpoint_id).await,
+        captured
+    );
+    // Its files are never reused by the second instance (another instance's names).
+    snapshotter.notify_complete(1);
+    let c2 = checkpoint(&backend, &snapshotter, &store, 2, &scratch).await;
+    assert_eq!(c2.handles[0].bytes_uploaded, c2.handles[0].bytes_total);
+    assert_eq!(restored_contents(&store, 2).await, model);
+}
+
+/// Completion is idempotent (an operator that died after writing `_metadata.json` completes the
+/// same checkpoint again), and a checkpoint whose handle references a file that is not in the
+/// store never completes.
+async fn completion_scenario(store: CheckpointStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let range = KeyGroupRange::new(0, M - 1).unwrap();
+    let backend = StateBackend::open(&dir.path().join("db"), M, range, &["cold", "hot"]).unwrap();
+    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    let scratch = dir.path().join("s");
+    let mut model = Model::new();
+    write(&backend, &mut model, "cold", 0..300, "c");
+    let meta = checkpoint(&backend, &snapshotter, &store, 1, &scratch).await;
+    let again = store.try_complete(1, 1, 1, M).await.unwrap();
+    assert_eq!(
+        again.as_ref(),
+        Some(&meta),
+        "completing again returns the record"
+    );
+
+    write(&backend, &mut model, "cold", 300..600, "c");
+    let snapshot = snapshotter.capture(&backend, 2, &scratch).unwrap();
+    let handle = snapshotter.upload(snapshot, &store).await.unwrap();
+    let gone = &handle.shared.last().unwrap().file.path;
+    store
+        .delete_all(vec![store.paths().resolve(gone, "test").unwrap()])
+        .await
+        .unwrap();
+    let e = store.try_complete(2, 1, 1, M).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingFile { file, .. } if file == gone),
+        "{e}"
+    );
+    assert_eq!(store.completed_ids().await.unwrap(), vec![1]);
+}
+
 async fn run_all(make: impl Fn(&str) -> CheckpointStore) {
     incremental_scenario(make("incremental")).await;
     fault_scenario(make("faults")).await;
     abort_scenario(make("abort")).await;
+    second_attempt_scenario(make("second-attempt")).await;
+    completion_scenario(make("completion")).await;
 }
 
 #[tokio::test]
@@ -433,8 +507,25 @@ async fn cli_prints_the_reference_table() {
         .find(|l| l.starts_with(cold_file.as_str()))
         .expect("cold file listed");
     assert!(line.trim_end().ends_with("1,2"), "{line}");
-    let gc = run(&["gc", "--dry-run", "--grace", "0s"]);
+    let gc = run(&["gc", "--dry-run", "--grace", "0s", "--retain", "1"]);
     assert!(gc.contains("would delete"), "{gc}");
+    // Without --retain and without a retention recorded by the operator, gc does not guess.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .args(["checkpoints", "gc", "--store", &url, "--job", "tests/core"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "gc ran without a retention");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--retain") && err.contains("_retention.json"),
+        "{err}"
+    );
+    // With the operator's record, gc keeps what the job keeps and waits as long as its timeout.
+    regroup::checkpoint::registry::record_retention(&store, 2, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let gc = run(&["gc"]);
+    assert!(gc.contains("policy: retain 2, grace 1h"), "{gc}");
     assert_eq!(
         store.completed_ids().await.unwrap(),
         vec![1, 2],

@@ -180,14 +180,14 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
         env_value(&set, "worker", "REGROUP_PARALLELISM", false).as_deref(),
         Some("3")
     );
-    assert!(
-        spec.template
-            .spec
-            .as_ref()
-            .unwrap()
-            .init_containers
-            .is_none(),
-        "nothing to restore at the first start"
+    assert_eq!(
+        env_value(&set, "regroup-restore", "REGROUP_RESTORE_EMPTY", true).as_deref(),
+        Some("true"),
+        "nothing to restore at the first start: the restore container empties the volumes"
+    );
+    assert_eq!(
+        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        None
     );
     assert_eq!(set.owner_references()[0].kind, "StatefulJob");
     let svc: Api<Service> = Api::namespaced(client.clone(), &ns.name);

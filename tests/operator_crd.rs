@@ -72,6 +72,38 @@ async fn the_api_server_validates_statefuljobs() {
     let msg = refused(&api, bad).await;
     assert!(msg.contains("spec.checkpointing.interval"), "{msg}");
 
+    // Zero durations: a job that would checkpoint continuously or time out at once.
+    for field in ["interval", "timeout"] {
+        let mut zero = job_yaml("zerodur", 1, 16, "s3://bucket/jobs");
+        zero["spec"]["checkpointing"][field] = "0s".into();
+        let msg = refused(&api, zero).await;
+        assert!(
+            msg.contains(&format!(
+                "spec.checkpointing.{field} must be a positive duration"
+            )),
+            "{field}: {msg}"
+        );
+    }
+    let mut zero = job_yaml("zerorestore", 1, 16, "s3://bucket/jobs");
+    zero["spec"]["restore"] = serde_json::json!({"timeout": "0ms"});
+    let msg = refused(&api, zero).await;
+    assert!(
+        msg.contains("spec.restore.timeout must be a positive duration"),
+        "{msg}"
+    );
+
+    // Names that cannot name the workers' StatefulSet, Service and pods.
+    for name in [
+        "a-name-that-is-much-too-long-for-the-pods-of-its-workers",
+        "9starts-with-a-digit",
+    ] {
+        let msg = refused(&api, job_yaml(name, 1, 16, "s3://bucket/jobs")).await;
+        assert!(
+            msg.contains("metadata.name must be at most 52 characters"),
+            "{name}: {msg}"
+        );
+    }
+
     // Both state volume kinds at once.
     let mut both = job_yaml("both", 1, 16, "s3://bucket/jobs");
     both["spec"]["stateVolume"]["claim"] = serde_json::json!({"accessModes": ["ReadWriteOnce"]});
@@ -99,6 +131,38 @@ async fn the_api_server_validates_statefuljobs() {
         .expect_err("maxParallelism changed");
     let msg = err.to_string();
     assert!(msg.contains("maxParallelism is immutable"), "{msg}");
+
+    // Neither can the store (the workers write there) nor the state volume (the StatefulSet's
+    // claim templates are immutable); each refusal says how to do it instead.
+    for (patch, message) in [
+        (
+            serde_json::json!({"spec": {"storage": {"url": "s3://other/jobs"}}}),
+            "storage is immutable",
+        ),
+        (
+            serde_json::json!({"spec": {"storage": {"secretRef": {"name": "creds"}}}}),
+            "storage is immutable",
+        ),
+        (
+            serde_json::json!({"spec": {"stateVolume": {"emptyDir": {"sizeLimit": "1Gi"}}}}),
+            "stateVolume is immutable",
+        ),
+    ] {
+        let err = api
+            .patch("ok", &PatchParams::default(), &Patch::Merge(patch.clone()))
+            .await
+            .expect_err("an immutable field changed");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(message) && msg.contains("delete the job"),
+            "{patch}: {msg}"
+        );
+    }
+    assert_eq!(
+        api.get("ok").await.unwrap().spec.storage.url,
+        "file:///tmp/regroup",
+        "the stored job is untouched"
+    );
 
     // parallelism can change, through the scale subresource too (kubectl scale, HPA).
     run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/ok", "--replicas=5"]));

@@ -147,7 +147,8 @@ async fn helm_install_creates_the_operator() {
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let role = roles.get(&format!("{release}-regroup")).await.unwrap();
     let rules = role.rules.unwrap();
-    // Least privilege: no wildcard, secrets only get/create, pods read-only.
+    // Least privilege: no wildcard, secrets only get/create/patch (the job's token Secret is
+    // refilled when emptied), pods read-only.
     for r in &rules {
         assert!(!r.verbs.contains(&"*".to_owned()), "{r:?}");
         assert!(
@@ -164,7 +165,7 @@ async fn helm_install_creates_the_operator() {
                 .contains(&"secrets".to_owned())
         })
         .unwrap();
-    assert_eq!(secrets.verbs, vec!["get", "create"]);
+    assert_eq!(secrets.verbs, vec!["get", "create", "patch"]);
     // State claims: listed and deleted after a scale-in, never watched, created or updated.
     let claims = rules
         .iter()

@@ -172,6 +172,53 @@ async fn plan_and_restore_a_stored_checkpoint() {
         err.contains("rsync") && err.contains("copy") && err.contains("ingest"),
         "{err}"
     );
+
+    // No checkpoint for the generation: the restore container empties the kept volume (its DB,
+    // a marker and native checkpoints), so the worker never opens a stale DB.
+    let state = target.parent().unwrap();
+    std::fs::write(state.join("checkpoint-marker.json"), "{}").unwrap();
+    std::fs::create_dir_all(state.join("snapshots/chk-9")).unwrap();
+    std::fs::write(state.join("snapshots/chk-9/CURRENT"), "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .arg("restore")
+        .envs(env)
+        .env("REGROUP_RESTORE_EMPTY", "true")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("started empty: no checkpoint to restore for subtask 1/3"),
+        "{stdout}"
+    );
+    let removed: u64 = stdout
+        .split(" removed ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        removed >= 3,
+        "the DB's files, the marker and the snapshot: {stdout}"
+    );
+    assert!(!target.exists() && !state.join("checkpoint-marker.json").exists());
+    assert!(!state.join("snapshots").exists());
+    // Empty and a checkpoint at once is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        .arg("restore")
+        .envs(env)
+        .env("REGROUP_RESTORE_EMPTY", "true")
+        .env("REGROUP_CHECKPOINT", "1")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "--empty with --checkpoint was accepted"
+    );
 }
 
 /// `regroup plan --state-dir NEW=DIR` / `--local-subtask NEW=OLD`: the bytes a pod's local DB

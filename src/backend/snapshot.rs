@@ -222,7 +222,8 @@ impl IncrementalSnapshotter {
             .map(|f| {
                 let dir = &dir;
                 async move {
-                    let relative = JobPaths::private_file(id, self.subtask, &f.name);
+                    let relative =
+                        JobPaths::private_file(id, self.subtask, &self.instance_id, &f.name);
                     let file = store.upload_file(&dir.join(&f.name), &relative).await?;
                     Ok::<_, Error>(PrivateFile {
                         local_name: f.name.clone(),
@@ -259,7 +260,13 @@ impl IncrementalSnapshotter {
             bytes_uploaded,
             created_at: chrono::Utc::now(),
         };
-        store.write_handle(&handle).await?;
+        let handle = match store.write_handle(&handle).await {
+            Ok(()) => handle,
+            // An earlier attempt at this checkpoint (this worker before a restart) wrote its
+            // handle: that one stands, and its files are its own (per-instance paths).
+            Err(Error::AlreadyExists { .. }) => return self.earlier_attempt(id, store).await,
+            Err(e) => return Err(e),
+        };
         self.uploads().pending.insert(id, handle.shared.clone());
         info!(
             checkpoint = id,
@@ -270,6 +277,37 @@ impl IncrementalSnapshotter {
             "snapshot uploaded"
         );
         Ok(handle)
+    }
+
+    /// The handle an earlier attempt at checkpoint `id` wrote for this subtask, when it is of
+    /// this generation. Its SST files are another DB instance's: never reused by this one.
+    async fn earlier_attempt(&self, id: u64, store: &CheckpointStore) -> Result<SubtaskHandle> {
+        let location = store
+            .paths()
+            .relative(&store.paths().handle(id, self.subtask));
+        let stored =
+            store
+                .read_handle(id, self.subtask)
+                .await?
+                .ok_or_else(|| Error::MissingFile {
+                    file: location.clone(),
+                    referenced_by: format!("a create-if-absent write of checkpoint {id}"),
+                })?;
+        if stored.epoch != self.epoch || stored.parallelism != self.parallelism {
+            return Err(Error::AlreadyExists { path: location });
+        }
+        info!(
+            checkpoint = id,
+            subtask = self.subtask,
+            instance = %stored.instance_id,
+            "checkpoint already taken by an earlier attempt of this worker; its handle stands"
+        );
+        Ok(stored)
+    }
+
+    /// This snapshotter's DB instance.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 
     /// Checkpoint `id` completed: its SST files become reusable; older pending entries are moot.

@@ -144,9 +144,19 @@ impl JobPaths {
         format!("shared/{instance}/{file_name}")
     }
 
-    /// Relative path of a private file of `subtask` in checkpoint `id`.
-    pub fn private_file(id: u64, subtask: u32, file_name: &str) -> String {
-        format!("{}/private/{subtask}/{file_name}", checkpoint_dir_name(id))
+    /// Relative path of a private file of `subtask` in checkpoint `id`, written by DB instance
+    /// `instance`: a second attempt at the same checkpoint (a restarted worker) never
+    /// overwrites the files a handle of the first one references.
+    pub fn private_file(id: u64, subtask: u32, instance: &str, file_name: &str) -> String {
+        format!(
+            "{}/private/{subtask}/{instance}/{file_name}",
+            checkpoint_dir_name(id)
+        )
+    }
+
+    /// The retention the operator applies, recorded for garbage collection run by hand.
+    pub fn retention(&self) -> Path {
+        self.root.clone().join("_retention.json")
     }
 
     /// The directory of checkpoint `id`.
@@ -247,8 +257,8 @@ mod tests {
             "shared/abc/000012.sst"
         );
         assert_eq!(
-            JobPaths::private_file(7, 1, "CURRENT"),
-            "chk-7/private/1/CURRENT"
+            JobPaths::private_file(7, 1, "abc", "CURRENT"),
+            "chk-7/private/1/abc/CURRENT"
         );
         let resolved = paths.resolve("shared/abc/000012.sst", "x").unwrap();
         assert_eq!(paths.relative(&resolved), "shared/abc/000012.sst");

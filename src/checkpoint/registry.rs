@@ -12,13 +12,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use object_store::ObjectMeta;
 use object_store::path::Path;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::metadata::{CheckpointMetadata, SubtaskHandle};
+use super::metadata::{CheckpointMetadata, FORMAT_VERSION, SubtaskHandle};
 use super::paths::parse_checkpoint_dir_name;
 use super::store::CheckpointStore;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// For every stored file (job-relative path), the checkpoints that reference it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -74,6 +74,96 @@ impl Default for RetentionPolicy {
             grace: Duration::from_secs(600),
         }
     }
+}
+
+/// The retention the operator applies to a job, recorded in the store (`_retention.json`) so
+/// that `regroup checkpoints gc` run by hand keeps what the job needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedRetention {
+    /// Metadata format version.
+    pub format_version: u32,
+    /// Completed checkpoints the job keeps (`spec.checkpointing.retain`).
+    pub retain: u32,
+    /// The longest checkpoint timeout the job has had, in seconds: unreferenced files younger
+    /// than this may belong to a checkpoint in flight.
+    pub longest_checkpoint_timeout_seconds: u64,
+    /// When this record was last written.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RecordedRetention {
+    /// The policy this record asks for.
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            retain: self.retain.max(1) as usize,
+            grace: Duration::from_secs(self.longest_checkpoint_timeout_seconds),
+        }
+    }
+}
+
+/// The recorded retention of the job, if the operator wrote one.
+pub async fn recorded_retention(store: &CheckpointStore) -> Result<Option<RecordedRetention>> {
+    store.get_json(&store.paths().retention()).await
+}
+
+/// Records `retain` and `timeout` as the job's retention (keeping the longest timeout ever
+/// recorded) and returns the policy to apply now.
+pub async fn record_retention(
+    store: &CheckpointStore,
+    retain: u32,
+    timeout: Duration,
+) -> Result<RetentionPolicy> {
+    let previous = recorded_retention(store).await?;
+    let longest = previous
+        .as_ref()
+        .map_or(0, |r| r.longest_checkpoint_timeout_seconds)
+        .max(timeout.as_secs_f64().ceil() as u64);
+    let unchanged = previous
+        .as_ref()
+        .is_some_and(|r| r.retain == retain && r.longest_checkpoint_timeout_seconds == longest);
+    let record = match previous {
+        Some(r) if unchanged => r,
+        _ => {
+            let r = RecordedRetention {
+                format_version: FORMAT_VERSION,
+                retain,
+                longest_checkpoint_timeout_seconds: longest,
+                updated_at: Utc::now(),
+            };
+            store.put_json(&store.paths().retention(), &r).await?;
+            r
+        }
+    };
+    Ok(record.policy())
+}
+
+/// The policy of a garbage collection run by hand: `retain` as given, else as recorded (refused
+/// when neither says); the grace period never shorter than the longest recorded timeout.
+pub fn manual_policy(
+    retain: Option<u64>,
+    grace: Duration,
+    recorded: Option<&RecordedRetention>,
+    store: &str,
+) -> Result<RetentionPolicy> {
+    let retain = match (retain, recorded) {
+        (Some(r), _) => r as usize,
+        (None, Some(rec)) => rec.retain as usize,
+        (None, None) => {
+            return Err(Error::invalid(
+                "--retain",
+                "(unset)",
+                format!(
+                    "the number of completed checkpoints to keep: no retention is recorded in {store} (_retention.json, written by the operator), so gc does not guess"
+                ),
+            ));
+        }
+    };
+    let recorded_grace = recorded.map_or(Duration::ZERO, |r| r.policy().grace);
+    Ok(RetentionPolicy {
+        retain: retain.max(1),
+        grace: grace.max(recorded_grace),
+    })
 }
 
 /// Why an object is deleted.
@@ -404,5 +494,31 @@ mod tests {
             RetentionPolicy::default(),
         );
         assert!(plan.deletions.is_empty(), "{:?}", plan.deletions);
+    }
+
+    #[test]
+    fn manual_gc_takes_the_recorded_retention_or_refuses() {
+        let recorded = RecordedRetention {
+            format_version: FORMAT_VERSION,
+            retain: 3,
+            longest_checkpoint_timeout_seconds: 3600,
+            updated_at: Utc::now(),
+        };
+        let ten_min = Duration::from_secs(600);
+        let e = manual_policy(None, ten_min, None, "s3://b/p").unwrap_err();
+        assert!(
+            e.to_string().contains("--retain") && e.to_string().contains("s3://b/p"),
+            "{e}"
+        );
+        let p = manual_policy(None, ten_min, Some(&recorded), "s").unwrap();
+        assert_eq!((p.retain, p.grace), (3, Duration::from_secs(3600)));
+        let p = manual_policy(Some(1), ten_min, Some(&recorded), "s").unwrap();
+        assert_eq!(
+            (p.retain, p.grace),
+            (1, Duration::from_secs(3600)),
+            "a flag overrides the count; the grace never drops below the recorded timeout"
+        );
+        let p = manual_policy(Some(2), ten_min, None, "s").unwrap();
+        assert_eq!((p.retain, p.grace), (2, ten_min));
     }
 }

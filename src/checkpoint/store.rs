@@ -31,6 +31,10 @@ const CHUNK: usize = 8 << 20;
 const CHECKSUM_READ: usize = 256 << 10;
 /// Parts of one multipart upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Handles read at once when completing a checkpoint.
+const HANDLE_READS_IN_FLIGHT: usize = 16;
+/// Largest metadata object read: a bound on what a damaged or hostile store can make us load.
+pub const METADATA_MAX_BYTES: u64 = 256 << 20;
 
 /// URL schemes [`CheckpointStore::from_url`] accepts.
 pub const SUPPORTED_SCHEMES: &[&str] = &["file", "memory", "s3", "gs", "az", "abfs", "abfss"];
@@ -64,7 +68,18 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 /// `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`), `gs://bucket/prefix` (`GOOGLE_*`),
 /// `az://container/prefix` (`AZURE_*`).
 pub fn object_store_from_url(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
-    object_store_from_url_with(url, &BTreeMap::new())
+    object_store_from_url_with(url, &BTreeMap::new(), Ambient::Allowed)
+}
+
+/// Whether a store may use credentials and settings from the process environment (the
+/// `AWS_*`, `GOOGLE_*`, `AZURE_*` variables, instance metadata) besides explicit settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ambient {
+    /// From the environment, with explicit settings on top (the CLI, the workers).
+    Allowed,
+    /// Explicit settings only: the operator, which must not lend its own identity to a job
+    /// whose author names a bucket.
+    Forbidden,
 }
 
 /// Like [`object_store_from_url`], with `settings` (e.g. a Secret's `AWS_ACCESS_KEY_ID`,
@@ -73,6 +88,7 @@ pub fn object_store_from_url(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> 
 pub fn object_store_from_url_with(
     url: &str,
     settings: &BTreeMap<String, String>,
+    ambient: Ambient,
 ) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let parsed = url::Url::parse(url).map_err(|e| {
         Error::invalid(
@@ -113,21 +129,27 @@ pub fn object_store_from_url_with(
             prefix()?,
         )),
         "s3" | "s3a" => {
-            let s3 = configured!(object_store::aws::AmazonS3Builder::from_env())
-                .build()
-                .map_err(build_error)?;
+            let builder = match ambient {
+                Ambient::Allowed => object_store::aws::AmazonS3Builder::from_env(),
+                Ambient::Forbidden => object_store::aws::AmazonS3Builder::new(),
+            };
+            let s3 = configured!(builder).build().map_err(build_error)?;
             Ok((Arc::new(s3), prefix()?))
         }
         "gs" => {
-            let gcs = configured!(object_store::gcp::GoogleCloudStorageBuilder::from_env())
-                .build()
-                .map_err(build_error)?;
+            let builder = match ambient {
+                Ambient::Allowed => object_store::gcp::GoogleCloudStorageBuilder::from_env(),
+                Ambient::Forbidden => object_store::gcp::GoogleCloudStorageBuilder::new(),
+            };
+            let gcs = configured!(builder).build().map_err(build_error)?;
             Ok((Arc::new(gcs), prefix()?))
         }
         "az" | "abfs" | "abfss" | "azure" => {
-            let az = configured!(object_store::azure::MicrosoftAzureBuilder::from_env())
-                .build()
-                .map_err(build_error)?;
+            let builder = match ambient {
+                Ambient::Allowed => object_store::azure::MicrosoftAzureBuilder::from_env(),
+                Ambient::Forbidden => object_store::azure::MicrosoftAzureBuilder::new(),
+            };
+            let az = configured!(builder).build().map_err(build_error)?;
             Ok((Arc::new(az), prefix()?))
         }
         other => Err(Error::invalid(
@@ -164,7 +186,7 @@ impl CheckpointStore {
 
     /// The store of `job` at a storage URL (see [`object_store_from_url`]).
     pub fn from_url(url: &str, job: JobId) -> Result<Self> {
-        Self::from_url_with(url, job, &BTreeMap::new())
+        Self::from_url_with(url, job, &BTreeMap::new(), Ambient::Allowed)
     }
 
     /// The store of `job` at a storage URL with extra settings (see
@@ -173,8 +195,9 @@ impl CheckpointStore {
         url: &str,
         job: JobId,
         settings: &BTreeMap<String, String>,
+        ambient: Ambient,
     ) -> Result<Self> {
-        let (store, prefix) = object_store_from_url_with(url, settings)?;
+        let (store, prefix) = object_store_from_url_with(url, settings, ambient)?;
         let mut s = Self::new(store, prefix, job);
         s.url = url.to_owned();
         Ok(s)
@@ -377,12 +400,34 @@ impl CheckpointStore {
         }
     }
 
+    /// Writes `value` as JSON to `location`, replacing what is there (settings, not records).
+    pub async fn put_json<T: Serialize>(&self, location: &Path, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Json {
+            file: location.to_string(),
+            source,
+        })?;
+        self.store
+            .put(location, PutPayload::from(bytes))
+            .await
+            .map_err(store_err("put", location))?;
+        Ok(())
+    }
+
     /// Reads JSON metadata at `location`; `None` when absent.
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         location: &Path,
     ) -> Result<Option<T>> {
         let bytes = match self.store.get(location).await {
+            Ok(got) if got.meta.size > METADATA_MAX_BYTES => {
+                return Err(Error::Corrupt {
+                    file: self.paths.relative(location),
+                    detail: format!(
+                        "{} bytes; metadata larger than {METADATA_MAX_BYTES} bytes is refused",
+                        got.meta.size
+                    ),
+                });
+            }
             Ok(got) => got.bytes().await.map_err(store_err("get", location))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_err("get", location)(e)),
@@ -477,8 +522,11 @@ impl CheckpointStore {
     }
 
     /// Completes checkpoint `id` if every subtask `0..parallelism` has written a handle of
-    /// `epoch`: writes `_metadata.json` (create-if-absent) and returns it. Returns `None` while
-    /// handles are missing. Handles of another epoch are ignored (fencing).
+    /// `epoch`: checks that every file the handles reference is in the store, writes
+    /// `_metadata.json` (create-if-absent) and returns it. Returns `None` while handles are
+    /// missing. Handles of another epoch are ignored (fencing). Idempotent: when
+    /// `_metadata.json` already holds exactly these handles (an operator that died after writing
+    /// it), that record is returned; one with other content is an error.
     pub async fn try_complete(
         &self,
         id: u64,
@@ -486,9 +534,14 @@ impl CheckpointStore {
         parallelism: u32,
         max_parallelism: u32,
     ) -> Result<Option<CheckpointMetadata>> {
+        let read = futures::stream::iter(0..parallelism)
+            .map(|subtask| self.read_handle(id, subtask))
+            .buffered(HANDLE_READS_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
         let mut handles = Vec::with_capacity(parallelism as usize);
-        for subtask in 0..parallelism {
-            match self.read_handle(id, subtask).await? {
+        for h in read {
+            match h {
                 Some(h)
                     if h.epoch == epoch
                         && h.parallelism == parallelism
@@ -499,6 +552,8 @@ impl CheckpointStore {
                 _ => return Ok(None),
             }
         }
+        let location = self.paths.metadata(id);
+        let file = self.paths.relative(&location);
         let meta = CheckpointMetadata {
             format_version: FORMAT_VERSION,
             job: self.job.clone(),
@@ -509,10 +564,60 @@ impl CheckpointStore {
             completed_at: chrono::Utc::now(),
             handles,
         };
-        let location = self.paths.metadata(id);
-        meta.validate(&self.paths.relative(&location))?;
-        self.put_json_if_absent(&location, &meta).await?;
-        Ok(Some(meta))
+        if let Some(stored) = self.get_json::<CheckpointMetadata>(&location).await? {
+            return completed_before(stored, &meta, &file).map(Some);
+        }
+        self.check_files_exist(id, &meta.handles).await?;
+        meta.validate(&file)?;
+        match self.put_json_if_absent(&location, &meta).await {
+            Ok(()) => Ok(Some(meta)),
+            // Written between the read and the write (another operator replica's last act).
+            Err(Error::AlreadyExists { .. }) => {
+                completed_before(self.read_metadata(id).await?, &meta, &file).map(Some)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks that every file the handles of checkpoint `id` reference is in the store with
+    /// its size: a checkpoint never completes referencing a file that garbage collection
+    /// already took.
+    async fn check_files_exist(&self, id: u64, handles: &[SubtaskHandle]) -> Result<()> {
+        let mut stored: HashMap<String, u64> = HashMap::new();
+        for prefix in [self.paths.shared_root(), self.paths.checkpoint_dir(id)] {
+            let mut listing = self.store.list(Some(&prefix));
+            while let Some(meta) = listing
+                .try_next()
+                .await
+                .map_err(store_err("list", &prefix))?
+            {
+                stored.insert(self.paths.relative(&meta.location), meta.size);
+            }
+        }
+        for h in handles {
+            let referenced_by = self.paths.relative(&self.paths.handle(id, h.subtask));
+            for f in h.files() {
+                match stored.get(&f.path) {
+                    Some(&size) if size == f.size => {}
+                    Some(&size) => {
+                        return Err(Error::Corrupt {
+                            file: f.path.clone(),
+                            detail: format!(
+                                "size {size} bytes in the store, {referenced_by} says {}",
+                                f.size
+                            ),
+                        });
+                    }
+                    None => {
+                        return Err(Error::MissingFile {
+                            file: f.path.clone(),
+                            referenced_by,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every object below the job root with its size and last-modified time.
@@ -538,6 +643,33 @@ impl CheckpointStore {
             .await?;
         Ok(())
     }
+}
+
+/// An existing `_metadata.json`: the checkpoint completed when it holds what `written` would
+/// have written (the completion time aside); other content is an error.
+fn completed_before(
+    stored: CheckpointMetadata,
+    written: &CheckpointMetadata,
+    file: &str,
+) -> Result<CheckpointMetadata> {
+    stored.validate(file)?;
+    let same = stored.checkpoint_id == written.checkpoint_id
+        && stored.epoch == written.epoch
+        && stored.parallelism == written.parallelism
+        && stored.max_parallelism == written.max_parallelism
+        && stored.handles == written.handles;
+    if same {
+        return Ok(stored);
+    }
+    Err(Error::Corrupt {
+        file: file.to_owned(),
+        detail: format!(
+            "already written with other content (epoch {}, parallelism {}, {} handles) than the handles in the store",
+            stored.epoch,
+            stored.parallelism,
+            stored.handles.len()
+        ),
+    })
 }
 
 /// Checks a transfer's size and checksum against the reference.

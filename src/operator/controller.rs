@@ -18,19 +18,21 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Client, Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 use super::claims;
 use super::coordinator::{
     self, CheckpointRequest, Decision, Notice, WorkerClient, WorkerTarget, open_store,
 };
-use super::crd::{PendingCheckpoint, Phase, StatefulJob, StatefulJobStatus};
+use super::crd::{PendingCheckpoint, Phase, Stage, StatefulJob, StatefulJobStatus};
+use super::diagnose;
 use super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Observed, Work};
 use super::metrics::{OperatorMetrics, label};
 use super::resources::{
     self, EPOCH_LABEL, FIELD_MANAGER, Generation, JOB_LABEL, POD_INDEX_LABEL, TOKEN_KEY,
 };
 use super::status::{self, Problem};
+use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointStore, JobId};
 
 /// Finalizer the operator puts on every StatefulJob.
@@ -80,6 +82,8 @@ pub struct Context {
     /// (job uid, checkpoint id) this process asked the workers for; a pending checkpoint not in
     /// it was recorded by an earlier process, which may have stopped before asking.
     pub triggered: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Whether job stores may use the operator's own credentials (`--ambient-credentials`).
+    pub ambient: Ambient,
     /// (job uid, epoch) whose unused state claims this process has deleted (or found none):
     /// the claims are listed once per generation, and again after a restart.
     pub claims_settled: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
@@ -104,6 +108,7 @@ impl Context {
             metrics,
             busy_requeue: Duration::from_secs(2),
             triggered: Default::default(),
+            ambient: Ambient::Forbidden,
             claims_settled: Default::default(),
         }
     }
@@ -121,7 +126,18 @@ pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Actio
     let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, job, |event| async {
         match event {
-            finalizer::Event::Apply(job) => Round::new(job, ctx.clone()).await?.run().await,
+            finalizer::Event::Apply(job) => {
+                let result = match Round::new(job.clone(), ctx.clone()).await {
+                    Ok(round) => round.run().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result
+                    && e.kind() == "invalid_spec"
+                {
+                    report_invalid(&job, &ctx, e).await;
+                }
+                result
+            }
             finalizer::Event::Cleanup(job) => cleanup(job, ctx.clone()).await,
         }
     })
@@ -144,6 +160,44 @@ pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Cont
         Action::requeue(Duration::from_secs(300))
     } else {
         Action::requeue(Duration::from_secs(5))
+    }
+}
+
+/// Shows an error that only the user can fix (a bad spec, a foreign Secret) as the Degraded
+/// condition, so that `kubectl get sj -o yaml` says what is wrong, not only the operator's log.
+async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError) {
+    let mut status = job.status.clone().unwrap_or_default();
+    let problem = Problem {
+        reason: status::INVALID_SPEC.to_owned(),
+        message: error.to_string(),
+    };
+    let state = JobState::from_status(Some(&status));
+    status.conditions = status::conditions(
+        &status.conditions,
+        &state,
+        Some(&problem),
+        job.metadata.generation,
+        &now(),
+    );
+    if job.status.as_ref() == Some(&status) {
+        return;
+    }
+    let api: Api<StatefulJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "regroup.dev/v1alpha1",
+        "kind": "StatefulJob",
+        "status": status,
+    });
+    if let Err(e) = api
+        .patch_status(
+            &job.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        warn!(error = %e, "cannot record the Degraded condition");
     }
 }
 
@@ -220,12 +274,16 @@ impl Round {
             Some(r) => secret_settings(&ctx.client, &ns, &r.name).await?,
             None => BTreeMap::new(),
         };
-        let store = open_store(&job.spec.storage.url, job_id, &settings)?;
+        let store = open_store(&job.spec.storage.url, job_id, &settings, ctx.ambient)?;
         let status = job.status.clone().unwrap_or_default();
         let problem = status
             .conditions
             .iter()
-            .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+            .find(|c| {
+                c.type_ == status::DEGRADED
+                    && c.status == "True"
+                    && c.reason != status::INVALID_SPEC
+            })
             .map(|c| Problem {
                 reason: c.reason.clone(),
                 message: c.message.clone(),
@@ -247,14 +305,16 @@ impl Round {
         let timeout = job.spec.checkpointing.timeout()?;
         self.token = self.ensure_token().await?;
         self.apply(&resources::service(&job)?).await?;
+        self.apply(&resources::pod_disruption_budget(&job)?).await?;
 
         let state = JobState::from_status(job.status.as_ref());
         let desired = Desired {
             parallelism: job.spec.parallelism,
             suspend: job.spec.suspend,
             template_hash: resources::template_hash(&job.spec.template),
+            restore_timeout: job.spec.restore.timeout()?,
         };
-        let (observed, ready_pods) = self.observe(&state, timeout).await?;
+        let (observed, ready_pods, pod_problem) = self.observe(&state, timeout).await?;
         let t = now();
         let step = lifecycle::next(&state, &desired, &observed, &t);
 
@@ -266,6 +326,18 @@ impl Round {
                     message: note.message.clone(),
                 });
             }
+        }
+        let warned = step.notes.iter().any(|n| n.warning);
+        match pod_problem {
+            Some(p) if !warned => self.problem = Some(p),
+            None if self
+                .problem
+                .as_ref()
+                .is_some_and(|p| status::OBSERVED_REASONS.contains(&p.reason.as_str())) =>
+            {
+                self.problem = None
+            }
+            _ => {}
         }
         self.observe_stage_metrics(&state, &step.state, &t);
         if let Work::FinalCheckpoint {
@@ -323,6 +395,19 @@ impl Round {
     /// Writes the whole status (server-side apply, forced: the operator owns status).
     async fn save(&mut self) -> Result<()> {
         let job = &self.job;
+        // Every id in status was issued (or is about to be): none of them is ever issued again.
+        self.status.last_issued_checkpoint = [
+            self.status.last_issued_checkpoint,
+            self.status.pending_checkpoint.as_ref().map(|p| p.id),
+            self.status
+                .rescale
+                .as_ref()
+                .and_then(|r| r.final_checkpoint),
+            self.status.last_checkpoint.as_ref().map(|c| c.id),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         self.status.selector = Some(resources::selector_string(job));
         self.status.observed_generation = job.metadata.generation;
         let state = JobState::from_status(Some(&self.status));
@@ -375,32 +460,72 @@ impl Round {
             .await?)
     }
 
-    /// The job's bearer token: the one in its Secret, or a new one written there.
+    /// The job's bearer token: the one in its Secret, or a new one written there. A Secret of
+    /// that name that this job does not control is never trusted (anyone who could create it
+    /// would know the token); one without a token gets a new one.
     async fn ensure_token(&self) -> Result<String> {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let name = resources::token_secret_name(&self.job);
-        if let Some(s) = api.get_opt(&name).await?
-            && let Some(t) = s.data.as_ref().and_then(|d| d.get(TOKEN_KEY))
-            && !t.0.is_empty()
-        {
-            return Ok(String::from_utf8_lossy(&t.0).into_owned());
+        let existing = match api.get_opt(&name).await? {
+            Some(s) => Some(self.owned_token(s)?),
+            None => None,
+        };
+        match existing {
+            Some(Some(token)) => return Ok(token),
+            Some(None) => {
+                let token = resources::new_token();
+                let secret = resources::token_secret(&self.job, &token)?;
+                api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "data": secret.data })),
+                )
+                .await?;
+                return Ok(token);
+            }
+            None => {}
         }
         let token = resources::new_token();
         let secret = resources::token_secret(&self.job, &token)?;
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(token),
-            // Created concurrently (another round): use that one.
+            // Created concurrently (another round): use that one, once it holds a token.
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                let s = api.get(&name).await?;
-                Ok(s.data
-                    .and_then(|d| {
-                        d.get(TOKEN_KEY)
-                            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-                    })
-                    .unwrap_or_default())
+                self.owned_token(api.get(&name).await?)?.ok_or_else(|| {
+                    crate::Error::Other(format!(
+                        "Secret {name} was just created without a token; retrying"
+                    ))
+                    .into()
+                })
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The token of the job's token Secret `s` (none when it holds none), or an error when the
+    /// Secret is not controlled by this job.
+    fn owned_token(&self, s: Secret) -> Result<Option<String>> {
+        let uid = self.job.uid();
+        let owned = s
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+        if !owned {
+            return Err(crate::Error::invalid(
+                format!("Secret {}/{}", self.ns, s.name_any()),
+                "not controlled by this StatefulJob",
+                format!(
+                    "the job's token Secret, created by regroup with a controller owner reference to StatefulJob {}; delete that Secret (regroup creates its own) or give the job another name",
+                    self.job.name_any()
+                ),
+            )
+            .into());
+        }
+        Ok(s.data
+            .as_ref()
+            .and_then(|d| d.get(TOKEN_KEY))
+            .filter(|t| !t.0.is_empty())
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned()))
     }
 
     async fn pods(&self) -> Result<Vec<Pod>> {
@@ -409,12 +534,13 @@ impl Round {
         Ok(api.list(&lp).await?.items)
     }
 
-    /// What the lifecycle needs, and the UIDs of the ready workers of the current epoch.
+    /// What the lifecycle needs, the UIDs of the ready workers of the current epoch, and what
+    /// is wrong with the job's pods, if anything.
     async fn observe(
-        &self,
+        &mut self,
         state: &JobState,
         timeout: Duration,
-    ) -> Result<(Observed, Vec<String>)> {
+    ) -> Result<(Observed, Vec<String>, Option<Problem>)> {
         let pods = self.pods().await?;
         let of_epoch = |p: &&Pod| {
             p.labels().get(EPOCH_LABEL).map(String::as_str)
@@ -440,14 +566,7 @@ impl Round {
         let ids = self.store.checkpoint_ids().await?;
         let latest_completed = ids.iter().rev().find(|(_, done)| *done).map(|(id, _)| *id);
         let store_ids: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
-        let next_checkpoint_id = coordinator::next_checkpoint_id(
-            &store_ids,
-            [
-                self.status.last_checkpoint.as_ref().map(|c| c.id),
-                self.status.pending_checkpoint.as_ref().map(|c| c.id),
-                state.rescale.as_ref().and_then(|r| r.final_checkpoint),
-            ],
-        );
+        let next_checkpoint_id = self.next_checkpoint_id(&store_ids)?;
         let final_checkpoint = match (state.work(), &state.rescale) {
             (
                 Work::FinalCheckpoint {
@@ -458,11 +577,7 @@ impl Round {
                 Some(r),
             ) => {
                 let completed = ids.contains(&(id, true))
-                    || self
-                        .store
-                        .try_complete(id, epoch, parallelism, self.job.spec.max_parallelism)
-                        .await?
-                        .is_some();
+                    || self.complete(id, epoch, parallelism).await?.is_some();
                 if completed {
                     self.notify(&pods, id, epoch, parallelism, Notice::Complete)
                         .await;
@@ -487,6 +602,10 @@ impl Round {
             .filter(|p| condition(p, "Ready"))
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
+        let restore_failure = diagnose::restore_failure(&at_epoch);
+        let pod_problem = self
+            .pod_problem(state, &pods, &at_epoch, restore_failure.clone())
+            .await;
         Ok((
             Observed {
                 pods: pods.len() as u32,
@@ -494,11 +613,119 @@ impl Round {
                 ready,
                 final_checkpoint,
                 latest_completed,
+                completed: ids
+                    .iter()
+                    .filter(|(_, done)| *done)
+                    .map(|(id, _)| *id)
+                    .collect(),
+                restore_failure,
                 next_checkpoint_id,
                 worker_lost,
             },
             ready_pods,
+            pod_problem,
         ))
+    }
+
+    /// What is wrong with the job's pods in the recorded stage, with what the user can do.
+    async fn pod_problem(
+        &self,
+        state: &JobState,
+        pods: &[Pod],
+        at_epoch: &[&Pod],
+        restore_failure: Option<String>,
+    ) -> Option<Problem> {
+        let problem = |reason: &str, message: String| {
+            Some(Problem {
+                reason: reason.to_owned(),
+                message,
+            })
+        };
+        let all: Vec<&Pod> = pods.iter().collect();
+        if let Some((pod, grace)) = stuck_terminating(&all, &now()) {
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_else(|| "(none)".to_owned());
+            let lost = self.node_lost(&node).await;
+            return problem(
+                status::POD_STUCK_TERMINATING,
+                format!(
+                    "pod {} has been terminating for more than its grace period ({grace}s) on node {node}{}: its state claim is held until the kubelet confirms the stop. If the node is gone, force-delete the pod (kubectl delete pod {} -n {} --force --grace-period=0) and the job goes on",
+                    pod.name_any(),
+                    if lost { ", which is not Ready" } else { "" },
+                    pod.name_any(),
+                    self.ns
+                ),
+            );
+        }
+        let r = state.rescale.as_ref()?;
+        let back = format!(
+            "to abandon the rescale, set spec.parallelism back to {}",
+            r.from.max(1)
+        );
+        match r.stage {
+            Stage::Restoring => {
+                if let Some(why) = restore_failure {
+                    return problem(
+                        status::RESTORE_FAILED,
+                        format!(
+                            "{why}. The restore is retried; after spec.restore.timeout ({}) the workers restore from the previous retained checkpoint; {back}",
+                            self.job.spec.restore.timeout
+                        ),
+                    );
+                }
+            }
+            Stage::RollingForward => {
+                if let Some(why) = diagnose::worker_failure(at_epoch) {
+                    return problem(
+                        status::WORKER_FAILING,
+                        format!("{why}. Fix the pod template (spec.template), or {back}"),
+                    );
+                }
+            }
+            _ => return None,
+        }
+        if (at_epoch.len() as u32) < r.to
+            && let Some(why) = self.pods_not_created(&r.stage_started).await
+        {
+            return problem(
+                status::PODS_NOT_CREATED,
+                format!(
+                    "the StatefulSet cannot create the workers' pods: {why}. Fix what refuses them (the namespace's Pod Security level or ResourceQuota, spec.restore, spec.template), or {back}"
+                ),
+            );
+        }
+        None
+    }
+
+    /// The newest reason the workers' StatefulSet gave since `since` for not creating a pod.
+    async fn pods_not_created(&self, since: &Time) -> Option<String> {
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let lp = ListParams::default().fields(&format!(
+            "involvedObject.kind=StatefulSet,involvedObject.name={},reason=FailedCreate",
+            resources::statefulset_name(&self.job)
+        ));
+        let events = api.list(&lp).await.ok()?.items;
+        events
+            .into_iter()
+            .filter_map(|e| {
+                let at = e
+                    .last_timestamp
+                    .clone()
+                    .or(e.event_time.as_ref().map(|t| Time(t.0)))?;
+                (at.0 >= since.0).then_some((at, e.message.unwrap_or_default()))
+            })
+            .max_by_key(|(at, _)| at.0)
+            .map(|(_, m)| m)
+    }
+
+    /// Whether node `name` is known not to be Ready (false when it cannot be read).
+    async fn node_lost(&self, name: &str) -> bool {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
+        matches!(api.get_opt(name).await, Ok(Some(n)) if diagnose::node_not_ready(&n))
     }
 
     /// Tells the workers of `epoch` among `pods` the outcome of checkpoint `id` (best effort:
@@ -618,7 +845,7 @@ impl Round {
                     self.status.pending_checkpoint.as_ref(),
                     self.job.spec.checkpoint_trigger.as_deref(),
                     self.status.checkpoint_trigger.as_deref(),
-                    coordinator::next_checkpoint_id(
+                    self.next_checkpoint_id(
                         &self
                             .store
                             .checkpoint_ids()
@@ -626,11 +853,7 @@ impl Round {
                             .iter()
                             .map(|(i, _)| *i)
                             .collect::<Vec<_>>(),
-                        [
-                            self.status.last_checkpoint.as_ref().map(|c| c.id),
-                            self.status.pending_checkpoint.as_ref().map(|c| c.id),
-                        ],
-                    ),
+                    )?,
                 );
                 match decision {
                     Decision::Wait(d) => Ok(d.min(Duration::from_secs(30))),
@@ -855,11 +1078,15 @@ impl Round {
         parallelism: u32,
         timeout: Duration,
     ) -> Result<()> {
-        let Some(meta) = self
-            .store
-            .try_complete(id, epoch, parallelism, self.job.spec.max_parallelism)
-            .await?
-        else {
+        let Some(meta) = self.complete(id, epoch, parallelism).await? else {
+            if self
+                .status
+                .pending_checkpoint
+                .as_ref()
+                .is_some_and(|p| p.failure.is_some())
+            {
+                self.save().await?;
+            }
             return Ok(());
         };
         let t = now();
@@ -894,10 +1121,94 @@ impl Round {
         Ok(())
     }
 
+    /// The id the next checkpoint gets: above every id in the store and every id ever issued.
+    fn next_checkpoint_id(&self, store_ids: &[u64]) -> crate::Result<u64> {
+        coordinator::next_checkpoint_id(
+            store_ids,
+            [
+                self.status.last_issued_checkpoint,
+                self.status.last_checkpoint.as_ref().map(|c| c.id),
+                self.status.pending_checkpoint.as_ref().map(|c| c.id),
+                self.status
+                    .rescale
+                    .as_ref()
+                    .and_then(|r| r.final_checkpoint),
+            ],
+        )
+    }
+
+    /// Completes checkpoint `id` once every handle is in (see
+    /// [`CheckpointStore::try_complete`]). While it is not complete, a worker that failed it
+    /// or no longer knows it, or stored data that make it impossible, fail the pending
+    /// checkpoint at once rather than at its timeout.
+    async fn complete(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        parallelism: u32,
+    ) -> Result<Option<crate::checkpoint::CheckpointMetadata>> {
+        let outcome = self
+            .store
+            .try_complete(id, epoch, parallelism, self.job.spec.max_parallelism)
+            .await;
+        let failure = match outcome {
+            Ok(Some(meta)) => {
+                if crate::fault::faults().exit_after_metadata(&self.store.job().to_string()) {
+                    error!(
+                        checkpoint = id,
+                        "fault injection: exiting after writing _metadata.json"
+                    );
+                    std::process::exit(3);
+                }
+                return Ok(Some(meta));
+            }
+            // Workers are asked only about a checkpoint this process asked them for: after a
+            // restart, a worker that restarted too learns of it from the trigger first.
+            Ok(None) if !self.triggered_here(id) => None,
+            Ok(None) => {
+                let pods = self.pods().await?;
+                match self.workers(&pods, epoch, parallelism) {
+                    Ok(workers) => {
+                        coordinator::first_failure(
+                            self.ctx.workers.as_ref(),
+                            &workers,
+                            &self.token,
+                            id,
+                        )
+                        .await
+                    }
+                    Err(_) => None,
+                }
+            }
+            Err(e) if e.is_damaged_data() => Some(format!("cannot complete: {e}")),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(reason) = failure
+            && let Some(p) = self
+                .status
+                .pending_checkpoint
+                .as_mut()
+                .filter(|p| p.id == id && p.failure.is_none())
+        {
+            warn!(checkpoint = id, %reason, "checkpoint failed");
+            p.failure = Some(reason.clone());
+            let message = format!("checkpoint {id} failed: {reason}");
+            self.ctx.metrics.checkpoint_ended("failed");
+            self.problem = Some(Problem {
+                reason: "CheckpointFailed".to_owned(),
+                message: message.clone(),
+            });
+            publish(&self.ctx, &self.job, true, "CheckpointFailed", message).await;
+        }
+        Ok(None)
+    }
+
     /// A completed checkpoint ends a Degraded condition that a failed or aborted one started.
     fn clear_checkpoint_problem(&mut self) {
         if self.problem.as_ref().is_some_and(|p| {
-            p.reason.starts_with("Checkpoint") || p.reason.starts_with("FinalCheckpoint")
+            p.reason.starts_with("Checkpoint")
+                || p.reason.starts_with("FinalCheckpoint")
+                || p.reason == "RestoreFallback"
         }) {
             self.problem = None;
         }
@@ -1005,6 +1316,20 @@ pub fn lost_worker(recorded: &[String], live: &[&Pod]) -> Option<String> {
         }
     }
     None
+}
+
+/// The first of `pods` still there a minute after its grace period ended (the API server sets
+/// `deletionTimestamp` to the end of the grace period), with that grace period in seconds.
+fn stuck_terminating<'a>(pods: &[&'a Pod], now: &Time) -> Option<(&'a Pod, i64)> {
+    pods.iter().find_map(|p| {
+        let end = p.metadata.deletion_timestamp.as_ref()?;
+        let grace = p
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or(30)
+            .max(0);
+        (lifecycle::elapsed(end, now).as_secs() > 60).then_some((*p, grace))
+    })
 }
 
 /// The storage Secret's keys and values.

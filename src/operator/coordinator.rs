@@ -14,8 +14,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::crd::{CheckpointRecord, PendingCheckpoint};
-use super::lifecycle::FinalCheckpoint;
-use crate::checkpoint::registry::{GcPlan, RetentionPolicy, collect_garbage};
+use super::lifecycle::{FinalCheckpoint, elapsed};
+use crate::checkpoint::registry::{GcPlan, collect_garbage, record_retention};
+use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use crate::error::{Error, Result};
 
@@ -73,6 +74,13 @@ pub trait WorkerClient: Send + Sync {
         token: &str,
         request: &CheckpointRequest,
     ) -> Result<()>;
+    /// Why checkpoint `id` can no longer complete on `worker`, if it cannot: the worker
+    /// reported a failure, or does not know the id (it restarted after it was asked). Errors
+    /// reaching the worker are not failures of the checkpoint: the timeout covers them.
+    async fn failure(&self, worker: &WorkerTarget, token: &str, id: u64) -> Result<Option<String>> {
+        let _ = (worker, token, id);
+        Ok(None)
+    }
     /// Tells `worker` that checkpoint `id` completed or was aborted.
     async fn notify(
         &self,
@@ -143,6 +151,26 @@ impl WorkerClient for HttpWorkerClient {
         answer(worker, &format!("checkpoint {}", request.id), result)
     }
 
+    async fn failure(&self, worker: &WorkerTarget, token: &str, id: u64) -> Result<Option<String>> {
+        use crate::worker::checkpoints::CheckpointStatus;
+        use crate::worker::client::Refused;
+        let name = format!("worker {} of {}", worker.subtask, worker.job);
+        Ok(
+            match self.client(token)?.status(&worker.base_url, id).await? {
+                Ok(record) => match record.status {
+                    CheckpointStatus::Failed { reason } => {
+                        Some(format!("{name} failed checkpoint {id}: {reason}"))
+                    }
+                    _ => None,
+                },
+                Err(Refused::Unknown(_)) => Some(format!(
+                    "{name} does not know checkpoint {id}: it restarted after it was asked"
+                )),
+                Err(_) => None,
+            },
+        )
+    }
+
     async fn notify(
         &self,
         worker: &WorkerTarget,
@@ -178,6 +206,25 @@ pub async fn trigger_all(
     let results =
         futures::future::join_all(workers.iter().map(|w| client.trigger(w, token, request))).await;
     results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+}
+
+/// The first reason why checkpoint `id` can no longer complete on one of `workers`, asking
+/// them concurrently (see [`WorkerClient::failure`]).
+pub async fn first_failure(
+    client: &dyn WorkerClient,
+    workers: &[WorkerTarget],
+    token: &str,
+    id: u64,
+) -> Option<String> {
+    let answers =
+        futures::future::join_all(workers.iter().map(|w| client.failure(w, token, id))).await;
+    answers.into_iter().find_map(|a| match a {
+        Ok(failure) => failure,
+        Err(e) => {
+            warn!(checkpoint = id, error = %e, "checkpoint status not read");
+            None
+        }
+    })
 }
 
 /// Sends a notice to every worker, concurrently; failures are logged, not returned: the store
@@ -227,11 +274,6 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
-}
-
-fn elapsed(since: &Time, now: &Time) -> Duration {
-    let d = now.0.duration_since(since.0);
-    Duration::try_from(d).unwrap_or_default()
 }
 
 /// The periodic and on-demand checkpoint decision for running workers of `epoch`.
@@ -316,17 +358,27 @@ pub fn final_outcome(
     FinalCheckpoint::InProgress
 }
 
-/// The next checkpoint id: above every id in the store and every id recorded in status.
+/// The next checkpoint id: above every id in the store and every id recorded in status
+/// (`status.lastIssuedCheckpoint` among them, so an aborted id is never issued again).
 pub fn next_checkpoint_id(
     store_ids: &[u64],
     recorded: impl IntoIterator<Item = Option<u64>>,
-) -> u64 {
-    store_ids
+) -> Result<u64> {
+    let highest = store_ids
         .iter()
         .copied()
         .chain(recorded.into_iter().flatten())
-        .max()
-        .map_or(1, |m| m + 1)
+        .max();
+    match highest {
+        None => Ok(1),
+        Some(m) => m.checked_add(1).ok_or_else(|| {
+            Error::invalid(
+                "checkpoint id",
+                m,
+                "ids below 18446744073709551615 (u64::MAX): this job's ids are exhausted; move it to a new storage path",
+            )
+        }),
+    }
 }
 
 /// The status record of a completed checkpoint.
@@ -342,31 +394,30 @@ pub fn record(meta: &CheckpointMetadata, started: Option<&Time>, now: &Time) -> 
 }
 
 /// Applies retention after a completed checkpoint: keeps `retain` completed checkpoints and
-/// deletes what nothing retained references. Unreferenced files younger than the checkpoint
-/// timeout are kept: they may be uploads of a checkpoint still in flight.
+/// deletes what nothing retained references. Unreferenced files younger than the longest
+/// checkpoint timeout the job has had are kept: they may be uploads of a checkpoint in flight.
+/// The policy is recorded in the store first, for `regroup checkpoints gc` run by hand.
 pub async fn retain_and_collect(
     store: &CheckpointStore,
     retain: u32,
     timeout: Duration,
 ) -> Result<GcPlan> {
-    let policy = RetentionPolicy {
-        retain: retain.max(1) as usize,
-        grace: timeout,
-    };
+    let policy = record_retention(store, retain, timeout).await?;
     let plan = collect_garbage(store, policy, false).await?;
     info!(job = %store.job(), deleted = plan.deletions.len(), bytes = plan.bytes(), "retention applied");
     Ok(plan)
 }
 
 /// Opens a job's store with the settings of its storage Secret (keys such as AWS_ACCESS_KEY_ID,
-/// AWS_ENDPOINT, AWS_ALLOW_HTTP; case does not matter; unknown keys are ignored) on top of the
-/// operator's own environment.
+/// AWS_ENDPOINT, AWS_ALLOW_HTTP; case does not matter; unknown keys are ignored), on top of the
+/// operator's own environment only when `ambient` allows it.
 pub fn open_store(
     url: &str,
     job: JobId,
     settings: &BTreeMap<String, String>,
+    ambient: Ambient,
 ) -> Result<CheckpointStore> {
-    CheckpointStore::from_url_with(url, job, settings)
+    CheckpointStore::from_url_with(url, job, settings, ambient)
 }
 
 #[cfg(test)]
@@ -544,9 +595,11 @@ mod tests {
 
     #[test]
     fn next_ids() {
-        assert_eq!(next_checkpoint_id(&[], [None]), 1);
-        assert_eq!(next_checkpoint_id(&[1, 2, 5], [Some(3)]), 6);
-        assert_eq!(next_checkpoint_id(&[1], [Some(8), None]), 9);
+        assert_eq!(next_checkpoint_id(&[], [None]).unwrap(), 1);
+        assert_eq!(next_checkpoint_id(&[1, 2, 5], [Some(3)]).unwrap(), 6);
+        assert_eq!(next_checkpoint_id(&[1], [Some(8), None]).unwrap(), 9);
+        let e = next_checkpoint_id(&[u64::MAX], [None]).unwrap_err();
+        assert!(e.to_string().contains("exhausted"), "{e}");
     }
 }
 

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, PersistentVolumeClaimSpec, PodTemplateSpec,
+    EmptyDirVolumeSource, PersistentVolumeClaimSpec, PodTemplateSpec, ResourceRequirements,
+    SecurityContext,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -116,7 +117,14 @@ pub struct StatefulJobSpec {
     /// container is the worker; it serves the checkpoint API on port 8080.
     pub template: PodTemplateSpec,
 
-    /// Where checkpoints are stored.
+    /// Where checkpoints are stored. Immutable: the running workers write to this store.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self == oldSelf",
+            "message": "storage is immutable: the running workers write their checkpoints there. To move the job to another store, suspend it (spec.suspend: true), copy <url>/<namespace>/<name>/ to the new location, then delete the job and create it again with the new storage",
+            "reason": "FieldValueForbidden"
+        }
+    ]))]
     pub storage: Storage,
 
     /// When and how checkpoints are taken.
@@ -139,7 +147,8 @@ pub struct StatefulJobSpec {
 
     /// The per-worker volume mounted at /state that holds the worker's RocksDB. A persistent
     /// volume claim per worker by default (kept through rescales, so a worker that keeps its
-    /// ordinal reuses its local files); emptyDir on request.
+    /// ordinal reuses its local files); emptyDir on request. Immutable (a StatefulSet's claim
+    /// templates are).
     #[serde(default)]
     pub state_volume: StateVolume,
 }
@@ -187,12 +196,14 @@ pub struct SecretReference {
 pub struct Checkpointing {
     /// Time between the start of periodic checkpoints, e.g. 30s, 5m, 1h.
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [positive_duration("spec.checkpointing.interval")]))]
     pub interval: String,
 
     /// A checkpoint not completed within this time is aborted, e.g. 10m.
     #[serde(default = "default_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [positive_duration("spec.checkpointing.timeout")]))]
     pub timeout: String,
 
     /// Completed checkpoints kept in the store, newest first; older ones and files only they
@@ -200,6 +211,15 @@ pub struct Checkpointing {
     #[serde(default = "default_retain")]
     #[schemars(range(min = 1, max = 1000))]
     pub retain: u32,
+}
+
+/// A CEL rule refusing a zero duration, naming `field`.
+fn positive_duration(field: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rule": "duration(self) > duration('0s')",
+        "message": format!("{field} must be a positive duration such as 500ms, 30s, 5m or 1h30m"),
+        "reason": "FieldValueInvalid"
+    })
 }
 
 fn default_interval() -> String {
@@ -303,6 +323,29 @@ pub struct Restore {
     /// the template's first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+
+    /// Resources of the restore init container; defaults to the worker container's (so a
+    /// ResourceQuota that requires limits admits it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Security context of the restore init container; defaults to the worker container's, or,
+    /// when the template sets none, to what the restricted Pod Security level demands (non-root,
+    /// no privilege escalation, all capabilities dropped, RuntimeDefault seccomp, read-only
+    /// root file system).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+
+    /// A restore that has not finished within this time (e.g. 10m) is given up: the workers
+    /// restore from the previous retained checkpoint instead, with a RestoreFallback Event.
+    #[serde(default = "default_restore_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [positive_duration("spec.restore.timeout")]))]
+    pub timeout: String,
+}
+
+fn default_restore_timeout() -> String {
+    "10m".to_owned()
 }
 
 fn default_overlap() -> f64 {
@@ -317,6 +360,9 @@ impl Default for Restore {
             compact: false,
             sync: false,
             image: None,
+            resources: None,
+            security_context: None,
+            timeout: default_restore_timeout(),
         }
     }
 }
@@ -330,6 +376,13 @@ pub enum RestoreStrategy {
     Ingest,
     /// Copy the records of the new range from each overlapping checkpoint DB.
     Copy,
+}
+
+impl Restore {
+    /// The restore timeout.
+    pub fn timeout(&self) -> Result<Duration> {
+        parse_duration("spec.restore.timeout", &self.timeout)
+    }
 }
 
 impl RestoreStrategy {
@@ -350,6 +403,11 @@ impl RestoreStrategy {
     {
         "rule": "!(has(self.claim) && has(self.emptyDir))",
         "message": "stateVolume takes at most one of claim and emptyDir"
+    },
+    {
+        "rule": "self == oldSelf",
+        "message": "stateVolume is immutable: the workers' StatefulSet cannot change its volume claim templates. To change it, delete the job (its checkpoints and claims stay), delete the claims state-<name>-<ordinal> if their size or class must change, and create the job again with the new stateVolume: it restores from its latest checkpoint",
+        "reason": "FieldValueForbidden"
     }
 ]))]
 pub struct StateVolume {
@@ -409,6 +467,11 @@ pub struct StatefulJobStatus {
     /// The checkpoint being taken, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_checkpoint: Option<PendingCheckpoint>,
+
+    /// The highest checkpoint id ever issued to the workers, recorded before they are asked:
+    /// every new checkpoint gets a higher id, so no id is ever used twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_issued_checkpoint: Option<u64>,
 
     /// The rescale (or start, suspend, resume, restart) in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -597,9 +660,14 @@ impl RescaleReason {
     }
 }
 
+/// Longest job name: it names the workers' StatefulSet, whose pods carry a
+/// `controller-revision-hash` label of the name plus up to 11 characters (63 at most).
+pub const MAX_NAME_LENGTH: usize = 52;
+
 /// The CRD as installed: the derived one, without the descriptions of the embedded Kubernetes
-/// types (pod template, claim, emptyDir). Those are documented upstream and would make the CRD
-/// too large for `kubectl apply` (its last-applied annotation is limited to 256 KiB).
+/// types (pod template, claim, emptyDir), which are documented upstream and would make the CRD
+/// too large for `kubectl apply` (its last-applied annotation is limited to 256 KiB), and with a
+/// rule on the name (the schema of `metadata` cannot carry one).
 pub fn crd() -> CustomResourceDefinition {
     let crd = StatefulJob::crd();
     let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
@@ -608,8 +676,15 @@ pub fn crd() -> CustomResourceDefinition {
         .into_iter()
         .flatten()
     {
+        version["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] = serde_json::json!([{
+            "rule": format!("self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"),
+            "message": format!("metadata.name must be at most {MAX_NAME_LENGTH} characters of lower-case letters, digits and '-', starting with a letter and ending with a letter or digit: it names the workers' StatefulSet, Service and pods"),
+            "reason": "FieldValueInvalid"
+        }]);
         let spec = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         strip_nested_descriptions(&mut spec["template"]);
+        strip_nested_descriptions(&mut spec["restore"]["properties"]["resources"]);
+        strip_nested_descriptions(&mut spec["restore"]["properties"]["securityContext"]);
         strip_nested_descriptions(&mut spec["stateVolume"]["properties"]["claim"]);
         strip_nested_descriptions(&mut spec["stateVolume"]["properties"]["emptyDir"]);
     }
@@ -739,6 +814,27 @@ mod tests {
             spec["properties"]["checkpointing"]["properties"]["interval"]["pattern"],
             DURATION_PATTERN
         );
+        let rules = |v: &serde_json::Value| -> Vec<String> {
+            v["x-kubernetes-validations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["rule"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        // Both the shape rule and immutability (a field's rule must not replace its type's).
+        let volume = rules(&spec["properties"]["stateVolume"]);
+        assert!(
+            volume.iter().any(|r| r.contains("has(self.claim)")),
+            "{volume:?}"
+        );
+        assert!(volume.iter().any(|r| r == "self == oldSelf"), "{volume:?}");
+        assert_eq!(rules(&spec["properties"]["storage"]), ["self == oldSelf"]);
+        assert!(
+            rules(&s)
+                .iter()
+                .any(|r| r.contains("self.metadata.name.size()"))
+        );
         let required: Vec<&str> = spec["required"]
             .as_array()
             .unwrap()
@@ -758,6 +854,8 @@ mod tests {
                     if name != "template"
                         && name != "claim"
                         && name != "emptyDir"
+                        && name != "resources"
+                        && name != "securityContext"
                         && name != "conditions"
                     {
                         documented(&here, p);

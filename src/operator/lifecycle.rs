@@ -9,6 +9,8 @@
 //! depends only on that recorded state ([`JobState::work`]), so an operator restarted at any
 //! point resumes the same rescale.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::crd::{Phase, RescaleReason, RescaleStatus, Stage, StatefulJobStatus};
@@ -134,6 +136,8 @@ pub struct Desired {
     pub suspend: bool,
     /// Hash of spec.template (see `resources::template_hash`).
     pub template_hash: String,
+    /// spec.restore.timeout: a restore not finished by then falls back to an older checkpoint.
+    pub restore_timeout: Duration,
 }
 
 impl Desired {
@@ -167,6 +171,11 @@ pub struct Observed {
     pub final_checkpoint: FinalCheckpoint,
     /// Newest completed checkpoint in the store.
     pub latest_completed: Option<u64>,
+    /// Every completed checkpoint in the store, ascending.
+    pub completed: Vec<u64>,
+    /// Why a restore of the current epoch failed, when one did (its container's reason and
+    /// message).
+    pub restore_failure: Option<String>,
     /// Id the next checkpoint gets (above every id in the store and in status).
     pub next_checkpoint_id: u64,
     /// A worker of the running generation is gone, replaced or restarted (see
@@ -402,7 +411,37 @@ fn transition(
             }
             if r.stage == Stage::Restoring {
                 if observed.initialized < r.to && observed.ready < r.to {
-                    return None;
+                    if elapsed(&r.stage_started, now) < desired.restore_timeout {
+                        return None;
+                    }
+                    // Overdue: the checkpoint may be damaged; an older retained one is not.
+                    let current = r.checkpoint?;
+                    let older = observed
+                        .completed
+                        .iter()
+                        .rev()
+                        .copied()
+                        .find(|&c| c < current)?;
+                    r2.checkpoint = Some(older);
+                    enter(&mut r2, Stage::Stopping);
+                    next.phase = Phase::Stopping;
+                    next.rescale = Some(r2);
+                    let why = observed
+                        .restore_failure
+                        .as_ref()
+                        .map(|f| format!(" ({f})"))
+                        .unwrap_or_default();
+                    return Some((
+                        next,
+                        Note::warning(
+                            "RestoreFallback",
+                            format!(
+                                "the restore from checkpoint {current} did not finish within {}{why}; stopping epoch {} and restoring from the previous retained checkpoint {older}",
+                                humantime::format_duration(desired.restore_timeout),
+                                s.epoch
+                            ),
+                        ),
+                    ));
                 }
                 enter(&mut r2, Stage::RollingForward);
                 next.phase = Phase::RollingForward;
@@ -576,6 +615,11 @@ fn steady(
     }
 }
 
+/// Time from `since` to `now` (zero when `now` is earlier).
+pub fn elapsed(since: &Time, now: &Time) -> Duration {
+    Duration::try_from(now.0.duration_since(since.0)).unwrap_or_default()
+}
+
 fn retarget(r: &RescaleStatus, target: u32) -> Note {
     Note::normal(
         "RescaleRetargeted",
@@ -612,6 +656,7 @@ mod tests {
             parallelism: p,
             suspend: false,
             template_hash: "t1".into(),
+            restore_timeout: Duration::from_secs(600),
         }
     }
 
@@ -622,6 +667,8 @@ mod tests {
             ready: 0,
             final_checkpoint: FinalCheckpoint::InProgress,
             latest_completed: None,
+            completed: Vec::new(),
+            restore_failure: None,
             next_checkpoint_id: 1,
             worker_lost: None,
         }
@@ -907,6 +954,61 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn an_overdue_restore_falls_back_to_the_previous_retained_checkpoint() {
+        let mut s = running(0, 5);
+        s.phase = Phase::Restoring;
+        s.rescale = Some(rescale(
+            2,
+            3,
+            Stage::Restoring,
+            RescaleReason::Scale,
+            Some(9),
+            Some(9),
+            &now(),
+        ));
+        let mut o = observed();
+        o.pods = 3;
+        o.initialized = 1;
+        o.completed = vec![4, 6, 9];
+        o.restore_failure = Some("pod j-0: corrupt file chk-9/x".into());
+        let d = desired(3);
+        let in_time = Time(Timestamp::from_second(1_800_000_599).unwrap());
+        assert!(
+            next(&s, &d, &o, &in_time).notes.is_empty(),
+            "not overdue yet"
+        );
+        let overdue = Time(Timestamp::from_second(1_800_000_600).unwrap());
+        let step = next(&s, &d, &o, &overdue);
+        let r = step.state.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.checkpoint, step.state.epoch),
+            (Stage::Stopping, Some(6), 5)
+        );
+        let note = &step.notes[0];
+        assert!(note.warning && note.reason == "RestoreFallback");
+        assert!(
+            note.message.contains("checkpoint 9") && note.message.contains("corrupt file"),
+            "{}",
+            note.message
+        );
+        // Stopped, it restores from 6 at the next epoch.
+        o.pods = 0;
+        let s2 = next(&step.state, &d, &o, &overdue).state;
+        assert_eq!(
+            s2.work(),
+            Work::RunWorkers {
+                epoch: 6,
+                parallelism: 3,
+                checkpoint: Some(6)
+            }
+        );
+        // Nothing older to fall back to: it stays (Degraded says why).
+        o.pods = 3;
+        o.completed = vec![9];
+        assert!(next(&s, &d, &o, &overdue).notes.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod claims;
 pub mod controller;
 pub mod coordinator;
 pub mod crd;
+pub mod diagnose;
 pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
@@ -54,6 +55,11 @@ pub struct OperatorArgs {
     /// How long a leader Lease lasts without renewal, e.g. 15s.
     #[arg(long, default_value = "15s", value_parser = crate::cli::parse_duration)]
     pub lease_duration: Duration,
+    /// Let job stores use the operator's own credentials (its AWS_*/GOOGLE_*/AZURE_* variables,
+    /// instance or workload identity) besides each job's storage Secret. Off by default: a job
+    /// without spec.storage.secretRef then gets no credentials, rather than the operator's.
+    #[arg(long, env = "REGROUP_AMBIENT_CREDENTIALS", default_value_t = false)]
+    pub ambient_credentials: bool,
     /// Timeout of one call to a worker's checkpoint API, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub worker_timeout: Duration,
@@ -106,12 +112,11 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         metrics.leader.set(1);
     }
     let workers = Arc::new(HttpWorkerClient::new(args.worker_timeout)?);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        workers,
-        metrics.clone(),
-        Some(identity),
-    ));
+    let mut ctx = Context::new(client.clone(), workers, metrics.clone(), Some(identity));
+    if args.ambient_credentials {
+        ctx.ambient = crate::checkpoint::store::Ambient::Allowed;
+    }
+    let ctx = Arc::new(ctx);
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]
     } else {

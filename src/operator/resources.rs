@@ -10,11 +10,12 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec, Secret, SecretEnvSource,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec,
+    SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -54,7 +55,8 @@ pub struct Generation {
     pub epoch: u64,
     /// Number of workers (StatefulSet replicas).
     pub parallelism: u32,
-    /// The checkpoint the workers restore (none: start empty, no restore container).
+    /// The checkpoint the workers restore (none: they start empty, and the restore container
+    /// empties whatever their volumes hold).
     pub checkpoint: Option<u64>,
 }
 
@@ -185,11 +187,11 @@ fn add_mount(container: &mut Container, name: &str, path: &str, read_only: bool)
 }
 
 /// The restore init container: `regroup restore` builds /state for the pod's key group range
-/// from `checkpoint`.
+/// from `checkpoint`, or, without one, empties what a kept volume holds (never a stale DB).
 pub fn restore_container(
     job: &StatefulJob,
     generation: &Generation,
-    checkpoint: u64,
+    checkpoint: Option<u64>,
 ) -> Result<Container> {
     let image = match &job.spec.restore.image {
         Some(i) => i.clone(),
@@ -204,12 +206,30 @@ pub fn restore_container(
                 )
             })?,
     };
+    let worker = worker_container(&job.spec.template)?;
     let mut c = Container {
         name: RESTORE_CONTAINER.to_owned(),
         image: Some(image),
         command: Some(vec!["regroup".to_owned()]),
         args: Some(vec!["restore".to_owned()]),
         env_from: storage_env_from(job).map(|e| vec![e]),
+        resources: job
+            .spec
+            .restore
+            .resources
+            .clone()
+            .or_else(|| worker.resources.clone()),
+        security_context: Some(
+            job.spec
+                .restore
+                .security_context
+                .clone()
+                .or_else(|| worker.security_context.clone())
+                .unwrap_or_else(restricted_security_context),
+        ),
+        // A failed restore's last log lines become its status message, which the operator
+        // shows in the job's Degraded condition.
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Default::default()
     };
     merge_env(
@@ -217,7 +237,10 @@ pub fn restore_container(
         vec![
             env("REGROUP_STORE", &job.spec.storage.url),
             env("REGROUP_JOB", job_id(job)),
-            env("REGROUP_CHECKPOINT", checkpoint),
+            match checkpoint {
+                Some(id) => env("REGROUP_CHECKPOINT", id),
+                None => env("REGROUP_RESTORE_EMPTY", true),
+            },
             subtask_env(),
             env("REGROUP_PARALLELISM", generation.parallelism),
             env("REGROUP_MAX_PARALLELISM", job.spec.max_parallelism),
@@ -251,6 +274,25 @@ pub fn restore_container(
     Ok(c)
 }
 
+/// What the restricted Pod Security level demands of a container, and a read-only root file
+/// system: the restore writes only to the state volume.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
 fn worker_container(template: &PodTemplateSpec) -> Result<&Container> {
     template
         .spec
@@ -279,10 +321,7 @@ pub fn pod_template(job: &StatefulJob, generation: &Generation) -> Result<PodTem
             .get_or_insert_with(Default::default)
             .insert(CHECKPOINT_ANNOTATION.to_owned(), id.to_string());
     }
-    let restore = generation
-        .checkpoint
-        .map(|id| restore_container(job, generation, id))
-        .transpose()?;
+    let restore = restore_container(job, generation, generation.checkpoint)?;
     let pod = template.spec.get_or_insert_with(Default::default);
     let worker = &mut pod.containers[0];
     merge_env(
@@ -315,11 +354,9 @@ pub fn pod_template(job: &StatefulJob, generation: &Generation) -> Result<PodTem
     }
     add_mount(worker, STATE_VOLUME, STATE_DIR, false);
     add_mount(worker, TOKEN_VOLUME, TOKEN_DIR, true);
-    if let Some(restore) = restore {
-        let inits = pod.init_containers.get_or_insert_with(Vec::new);
-        inits.retain(|c| c.name != RESTORE_CONTAINER);
-        inits.insert(0, restore);
-    }
+    let inits = pod.init_containers.get_or_insert_with(Vec::new);
+    inits.retain(|c| c.name != RESTORE_CONTAINER);
+    inits.insert(0, restore);
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
     volumes.retain(|v| v.name != TOKEN_VOLUME && v.name != STATE_VOLUME);
     volumes.push(Volume {
@@ -440,6 +477,24 @@ pub fn service(job: &StatefulJob) -> Result<Service> {
                 protocol: Some("TCP".to_owned()),
                 ..Default::default()
             }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The workers' PodDisruptionBudget: no voluntary eviction (a node drain) takes a worker
+/// unasked. Every worker holds key groups no other has, so losing one restarts them all from
+/// the latest checkpoint; the drain waits until the job is suspended or rescaled off the node.
+pub fn pod_disruption_budget(job: &StatefulJob) -> Result<PodDisruptionBudget> {
+    Ok(PodDisruptionBudget {
+        metadata: meta(job, statefulset_name(job))?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(0)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(job)),
+                match_expressions: None,
+            }),
             ..Default::default()
         }),
         status: None,
@@ -710,9 +765,13 @@ mod tests {
         assert_eq!(value(&e, "REGROUP_RESTORE_COMPACT"), "true");
         assert_eq!(value(&e, "REGROUP_RESTORE_SYNC"), "true");
 
-        // No checkpoint: nothing to restore, no init container, no annotation.
+        // No checkpoint: the restore container still runs, to empty a kept volume; no
+        // annotation.
         let t = pod_template(&j, &gen_(None)).unwrap();
-        assert!(t.spec.unwrap().init_containers.is_none());
+        let inits = t.spec.unwrap().init_containers.unwrap();
+        let e = env_of(&inits[0]);
+        assert_eq!(value(&e, "REGROUP_RESTORE_EMPTY"), "true");
+        assert!(!e.contains_key("REGROUP_CHECKPOINT"));
         assert!(t.metadata.unwrap().annotations.is_none());
 
         // An explicit image wins.

@@ -13,6 +13,26 @@ pub const PROGRESSING: &str = "Progressing";
 /// Something needs attention: a failed checkpoint, a fallback, an error reconciling.
 pub const DEGRADED: &str = "Degraded";
 
+/// Degraded reason of an error only the user can fix (a bad spec, a foreign Secret); the next
+/// round that gets past it clears it.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
+/// Degraded reason: a restore init container of the current generation failed.
+pub const RESTORE_FAILED: &str = "RestoreFailed";
+/// Degraded reason: a worker container of the current generation keeps failing.
+pub const WORKER_FAILING: &str = "WorkerFailing";
+/// Degraded reason: the StatefulSet cannot create the generation's pods (admission, quota).
+pub const PODS_NOT_CREATED: &str = "PodsNotCreated";
+/// Degraded reason: a pod has been terminating far longer than its grace period.
+pub const POD_STUCK_TERMINATING: &str = "PodStuckTerminating";
+/// Degraded reasons read from the pods each round: they clear when no longer observed.
+pub const OBSERVED_REASONS: [&str; 4] = [
+    RESTORE_FAILED,
+    WORKER_FAILING,
+    PODS_NOT_CREATED,
+    POD_STUCK_TERMINATING,
+];
+
 /// A problem to report in the Degraded condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {

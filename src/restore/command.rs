@@ -76,6 +76,11 @@ pub struct RestoreArgs {
     /// Checkpoint id (default: the latest completed).
     #[arg(long, env = "REGROUP_CHECKPOINT")]
     pub checkpoint: Option<u64>,
+    /// Restore nothing: the worker starts with empty state, and whatever DB, checkpoint marker
+    /// and native checkpoints the volume holds are removed (a generation for which no
+    /// checkpoint exists yet).
+    #[arg(long, env = "REGROUP_RESTORE_EMPTY", conflicts_with = "checkpoint")]
+    pub empty: bool,
     /// New subtask index (the pod's ordinal).
     #[arg(long, env = "REGROUP_SUBTASK")]
     pub subtask: u32,
@@ -113,9 +118,6 @@ pub struct RestoreArgs {
     /// Output format of the summary.
     #[arg(long, env = "REGROUP_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// Fault injection for end-to-end tests (see `RestoreRequest::fault_pause_before_rename`).
-    #[arg(long, env = "REGROUP_FAULT_RESTORE_PAUSE", hide = true, value_parser = crate::cli::parse_duration)]
-    pub fault_pause_before_rename: Option<std::time::Duration>,
 }
 
 /// Runs `regroup plan`.
@@ -382,6 +384,14 @@ pub fn plan_with_local(
 
 /// Runs `regroup restore`.
 pub async fn run_restore(args: RestoreArgs) -> Result<()> {
+    if args.empty {
+        let e = super::start_empty(&args.target)?;
+        println!(
+            "started empty: no checkpoint to restore for subtask {}/{} of {}; removed {} files ({} bytes) left on the volume",
+            args.subtask, args.parallelism, args.job, e.files, e.bytes
+        );
+        return Ok(());
+    }
     let store = CheckpointStore::from_url(&args.store, args.job.clone())?;
     let request = RestoreRequest {
         checkpoint: args.checkpoint,
@@ -393,7 +403,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         compact: args.compact,
         sync: args.sync,
         page_cache_budget: args.page_cache_budget,
-        fault_pause_before_rename: args.fault_pause_before_rename,
+        fault_pause_before_rename: crate::fault::faults().restore_pause,
     };
     let summary = restore_subtask(&store, &request).await?;
     match args.output {

@@ -459,6 +459,7 @@ pub async fn restore_subtask(
         .to_string_lossy()
         .into_owned();
     remove_stale_work_dirs(parent, &name);
+    check_space(parent, plan.bytes_to_download)?;
     let work = parent.join(format!(".{name}.restore-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&work).map_err(Error::io("create directory", &work))?;
 
@@ -618,6 +619,79 @@ pub fn sync_path(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(Error::io("sync", path))
+}
+
+/// Refuses a restore whose downloads cannot fit on the volume of `dir`, before downloading
+/// anything: the message says how much is needed, how much is there and what to do.
+fn check_space(dir: &Path, needed: u64) -> Result<()> {
+    let stat = rustix::fs::statvfs(dir).map_err(|e| Error::io("statvfs", dir)(e.into()))?;
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if needed <= available {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "no space left for the restore on {}: it downloads {needed} bytes, {available} bytes are available; give the worker a larger state volume (expand its claim, e.g. kubectl patch pvc state-<job>-<ordinal> with a larger spec.resources.requests.storage, where the storage class allows expansion)",
+        dir.display()
+    )))
+}
+
+/// What [`start_empty`] removed from a kept volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Emptied {
+    /// Files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Prepares `target` for a worker whose generation restores no checkpoint (none completed
+/// yet): removes the DB, the checkpoint marker and the native checkpoints a kept volume holds
+/// (an earlier generation's, or an earlier job's of the same name), so that the worker starts
+/// with empty state and no stale key group comes back.
+pub fn start_empty(target: &Path) -> Result<Emptied> {
+    fn measure(path: &Path, out: &mut Emptied) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                measure(&entry.path(), out);
+            }
+        } else {
+            out.files += 1;
+            out.bytes += meta.len();
+        }
+    }
+    let target = absolute(target)?;
+    let state_dir = target.parent().ok_or_else(|| {
+        Error::invalid(
+            "target",
+            target.display(),
+            "a directory below the worker's volume",
+        )
+    })?;
+    let mut emptied = Emptied::default();
+    let marker = crate::worker::marker::marker_path(state_dir);
+    let snapshots = state_dir.join(crate::worker::SNAPSHOT_DIR);
+    for path in [&marker, &target, &snapshots] {
+        measure(path, &mut emptied);
+    }
+    // The marker first: no crash leaves a marker naming a DB that is half gone.
+    crate::worker::marker::LocalCheckpointMarker::remove(state_dir)?;
+    for dir in [&target, &snapshots] {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", dir.as_path())(e)),
+        }
+    }
+    if let Some(name) = target.file_name() {
+        remove_stale_work_dirs(state_dir, &name.to_string_lossy());
+    }
+    if state_dir.exists() {
+        sync_path(state_dir)?;
+    }
+    Ok(emptied)
 }
 
 /// Removes work directories a killed restore of the same target left behind.

@@ -81,6 +81,66 @@ impl BearerToken {
     }
 }
 
+/// The token file a worker was given (a mounted Secret) and the token last read from it. A
+/// request with another token makes it read the file again (at most once a second): when the
+/// Secret is replaced, the kubelet updates the file and the worker follows without a restart.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: std::path::PathBuf,
+    current: std::sync::Mutex<(BearerToken, Option<std::time::Instant>)>,
+}
+
+/// Shortest time between two reads of the token file prompted by wrong tokens.
+const RELOAD_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl TokenFile {
+    /// Reads the token at `path`; an unreadable or empty file is an error naming it.
+    pub fn open(path: &std::path::Path) -> crate::Result<Self> {
+        let token = read_token(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            current: std::sync::Mutex::new((token, None)),
+        })
+    }
+
+    /// Checks an `Authorization` header value against the token, reading the file again when
+    /// a well-formed but different token arrives.
+    pub fn check(&self, authorization: Option<&str>) -> Result<(), Refusal> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match current.0.check(authorization) {
+            Err(Refusal::WrongToken) => {}
+            other => return other,
+        }
+        if current.1.is_some_and(|t| t.elapsed() < RELOAD_SPACING) {
+            return Err(Refusal::WrongToken);
+        }
+        current.1 = Some(std::time::Instant::now());
+        match read_token(&self.path) {
+            Ok(t) if t.0 != current.0.0 => {
+                tracing::info!(file = %self.path.display(), "the token file changed; using the new token");
+                current.0 = t;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the token file again; keeping the token")
+            }
+        }
+        current.0.check(authorization)
+    }
+}
+
+fn read_token(path: &std::path::Path) -> crate::Result<BearerToken> {
+    let content =
+        std::fs::read_to_string(path).map_err(crate::Error::io("read token file", path))?;
+    BearerToken::from_file_content(&content).ok_or_else(|| {
+        crate::Error::invalid(
+            "token file",
+            path.display(),
+            "a file holding the job's checkpoint token (it is empty)",
+        )
+    })
+}
+
 /// Compares without an early exit, so response times do not reveal a token's prefix.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -98,14 +158,14 @@ pub fn check_epoch(requested: u64, current: u64) -> Result<(), Refusal> {
     }
 }
 
-/// Token first (a caller without the token learns nothing about epochs), then the epoch.
+/// Token first (a caller without the token learns nothing about epochs), then the epoch;
+/// `token` is the outcome of the token check.
 pub fn admit(
-    token: &BearerToken,
-    authorization: Option<&str>,
+    token: Result<(), Refusal>,
     requested_epoch: Option<u64>,
     current_epoch: u64,
 ) -> Result<(), Refusal> {
-    token.check(authorization)?;
+    token?;
     match requested_epoch {
         Some(e) => check_epoch(e, current_epoch),
         None => Ok(()),
@@ -160,7 +220,7 @@ mod tests {
     #[test]
     fn other_epoch_is_403_only_with_the_right_token() {
         let t = token();
-        let r = admit(&t, Some("Bearer s3cret-token"), Some(3), 4).unwrap_err();
+        let r = admit(t.check(Some("Bearer s3cret-token")), Some(3), 4).unwrap_err();
         assert_eq!(
             r,
             Refusal::StaleEpoch {
@@ -171,15 +231,40 @@ mod tests {
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert!(r.message().contains("epoch 3") && r.message().contains("epoch 4"));
         // A newer epoch is refused too: a worker never acts for a generation it is not.
-        assert!(admit(&t, Some("Bearer s3cret-token"), Some(5), 4).is_err());
+        assert!(admit(t.check(Some("Bearer s3cret-token")), Some(5), 4).is_err());
         // Without the token the epoch is not even looked at.
         assert_eq!(
-            admit(&t, Some("Bearer nope"), Some(3), 4),
+            admit(t.check(Some("Bearer nope")), Some(3), 4),
             Err(Refusal::WrongToken)
         );
-        assert_eq!(admit(&t, None, Some(4), 4), Err(Refusal::MissingToken));
-        assert_eq!(admit(&t, Some("Bearer s3cret-token"), Some(4), 4), Ok(()));
-        assert_eq!(admit(&t, Some("Bearer s3cret-token"), None, 4), Ok(()));
+        assert_eq!(admit(t.check(None), Some(4), 4), Err(Refusal::MissingToken));
+        assert_eq!(
+            admit(t.check(Some("Bearer s3cret-token")), Some(4), 4),
+            Ok(())
+        );
+        assert_eq!(admit(t.check(Some("Bearer s3cret-token")), None, 4), Ok(()));
+    }
+
+    #[test]
+    fn a_changed_token_file_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "old-token\n").unwrap();
+        let file = TokenFile::open(&path).unwrap();
+        assert_eq!(file.check(Some("Bearer old-token")), Ok(()));
+        // The Secret was replaced: the kubelet rewrites the mounted file.
+        std::fs::write(&path, "new-token\n").unwrap();
+        assert_eq!(file.check(Some("Bearer new-token")), Ok(()));
+        assert_eq!(
+            file.check(Some("Bearer old-token")),
+            Err(Refusal::WrongToken),
+            "the old token is no longer accepted"
+        );
+        std::fs::write(&path, "").unwrap();
+        assert!(
+            TokenFile::open(&path).is_err(),
+            "an empty token file is refused"
+        );
     }
 
     #[test]

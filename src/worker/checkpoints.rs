@@ -60,13 +60,21 @@ pub enum TableError {
     Conflict(String),
     /// No checkpoint of that id was requested from this worker.
     Unknown(u64),
+    /// The checkpoint was requested before and failed here: it can never complete, and a
+    /// repeated request is answered so, not as accepted.
+    Failed {
+        /// Checkpoint id.
+        id: u64,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 impl TableError {
-    /// 409 for conflicts, 404 for unknown ids.
+    /// 409 for conflicts and failed checkpoints, 404 for unknown ids.
     pub fn status(&self) -> StatusCode {
         match self {
-            TableError::Conflict(_) => StatusCode::CONFLICT,
+            TableError::Conflict(_) | TableError::Failed { .. } => StatusCode::CONFLICT,
             TableError::Unknown(_) => StatusCode::NOT_FOUND,
         }
     }
@@ -77,6 +85,9 @@ impl TableError {
             TableError::Conflict(m) => m.clone(),
             TableError::Unknown(id) => {
                 format!("checkpoint {id} was never requested from this worker")
+            }
+            TableError::Failed { id, reason } => {
+                format!("checkpoint {id} failed on this worker ({reason}); ask for a new id")
             }
         }
     }
@@ -120,7 +131,7 @@ impl CheckpointTable {
         Self::default()
     }
 
-    /// A request for checkpoint `id`: new, a repeat, or a conflict.
+    /// A request for checkpoint `id`: new, a repeat, a conflict, or one that failed before.
     pub fn begin(&mut self, id: u64, epoch: u64, stop: bool) -> Result<Begin, TableError> {
         if let Some(r) = self.records.get(&id) {
             if r.stop != stop || r.epoch != epoch {
@@ -128,6 +139,12 @@ impl CheckpointTable {
                     "checkpoint {id} was already requested with stop={} at epoch {}; a checkpoint id is used once",
                     r.stop, r.epoch
                 )));
+            }
+            if let CheckpointStatus::Failed { reason } = &r.status {
+                return Err(TableError::Failed {
+                    id,
+                    reason: reason.clone(),
+                });
             }
             return Ok(Begin::Repeat(r.clone()));
         }
@@ -254,6 +271,20 @@ mod tests {
         t.finish(1, Ok(handle(1)));
         assert!(
             matches!(t.begin(1, 1, false), Ok(Begin::Repeat(r)) if matches!(r.status, CheckpointStatus::Completed{..}))
+        );
+    }
+
+    #[test]
+    fn a_repeat_of_a_failed_checkpoint_says_it_failed() {
+        let mut t = CheckpointTable::new();
+        t.begin(2, 1, false).unwrap();
+        t.finish(2, Err("store refused the upload".into()));
+        let e = t.begin(2, 1, false).unwrap_err();
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(
+            e.message().contains("checkpoint 2 failed") && e.message().contains("store refused"),
+            "{}",
+            e.message()
         );
     }
 

@@ -102,8 +102,7 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         Err(resp) => return *resp,
     };
     if let Err(r) = admit(
-        &shared.token,
-        authorization(&headers),
+        shared.token.check(authorization(&headers)),
         Some(req.epoch),
         shared.identity.epoch,
     ) {
@@ -143,10 +142,18 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     let stop = req.stop;
     shared.spawn_upload(async move {
         let shared = task_shared;
-        if let Some(delay) = shared.upload_delay {
+        let faults = crate::fault::faults();
+        if let Some(delay) = faults.upload_delay_for(shared.identity.subtask) {
             tokio::time::sleep(delay).await;
         }
-        let outcome = snapshotter.upload(snapshot, &shared.store).await;
+        let outcome = if faults.fail_upload(shared.identity.epoch) {
+            drop(snapshot);
+            Err(crate::Error::Other(
+                "the store refused the upload (fault injection)".to_owned(),
+            ))
+        } else {
+            snapshotter.upload(snapshot, &shared.store).await
+        };
         let outcome = match outcome {
             Ok(handle) => {
                 shared
@@ -162,7 +169,9 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                     .checkpoint_size_bytes
                     .set(handle.bytes_total as i64);
                 shared.metrics.checkpoints_completed.inc();
-                if stop {
+                // The handle may be an earlier attempt's (this worker before a restart): the
+                // marker vouches for the local DB only when the handle describes it.
+                if stop && handle.instance_id == snapshotter.instance_id() {
                     // The upload removed the native checkpoint's links: nothing changes the
                     // DB's files from here on, so the marker records what they are now.
                     let db = super::db_dir(&shared.identity.state_dir);
@@ -234,8 +243,7 @@ fn notice(shared: Arc<Shared>, headers: HeaderMap, id: u64, body: Bytes, n: Noti
         Err(resp) => return *resp,
     };
     if let Err(r) = admit(
-        &shared.token,
-        authorization(&headers),
+        shared.token.check(authorization(&headers)),
         req.epoch,
         shared.identity.epoch,
     ) {

@@ -28,7 +28,7 @@ use clap::Args;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use self::auth::BearerToken;
+use self::auth::TokenFile;
 use self::checkpoints::{CheckpointTable, Effect};
 use self::engine::Engine;
 use self::metrics::WorkerMetrics;
@@ -105,9 +105,6 @@ pub struct WorkerConfig {
     /// Address of the HTTP API (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "REGROUP_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Fault injection for tests: wait this long between a native checkpoint and its upload.
-    #[arg(long, hide = true, env = "REGROUP_FAULT_UPLOAD_DELAY", value_parser = crate::cli::parse_duration)]
-    pub fault_upload_delay: Option<Duration>,
 }
 
 /// Parses a subtask index from a number or a pod name ending in `-<ordinal>`.
@@ -156,17 +153,9 @@ impl WorkerConfig {
         })
     }
 
-    /// Reads the bearer token file.
-    pub fn token(&self) -> Result<BearerToken> {
-        let content = std::fs::read_to_string(&self.token_file)
-            .map_err(Error::io("read token file", &self.token_file))?;
-        BearerToken::from_file_content(&content).ok_or_else(|| {
-            Error::invalid(
-                "token file",
-                self.token_file.display(),
-                "a file holding the job's checkpoint token (it is empty)",
-            )
-        })
+    /// Opens the bearer token file.
+    pub fn token(&self) -> Result<TokenFile> {
+        TokenFile::open(&self.token_file)
     }
 }
 
@@ -203,8 +192,8 @@ impl Running {
 pub struct Shared {
     /// Who this worker is.
     pub identity: WorkerIdentity,
-    /// The accepted bearer token.
-    pub token: BearerToken,
+    /// The accepted bearer token, followed through changes of its file.
+    pub token: TokenFile,
     /// Where handles go.
     pub store: CheckpointStore,
     /// Metrics.
@@ -213,8 +202,6 @@ pub struct Shared {
     pub running: OnceLock<Running>,
     /// Set when the worker is stopping.
     pub shutting_down: AtomicBool,
-    /// Fault injection: delay before each upload.
-    pub upload_delay: Option<Duration>,
     table: Mutex<CheckpointTable>,
     uploads: Mutex<JoinSet<()>>,
 }
@@ -280,7 +267,6 @@ pub async fn run<J: KeyedJob>(
         metrics: metrics.clone(),
         running: OnceLock::new(),
         shutting_down: AtomicBool::new(false),
-        upload_delay: config.fault_upload_delay,
         table: Mutex::new(CheckpointTable::new()),
         uploads: Mutex::new(JoinSet::new()),
     });

@@ -122,7 +122,7 @@ impl Cluster {
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
         if let Some(d) = options.upload_delay {
-            cmd.args(["--fault-upload-delay", d]);
+            cmd.env("REGROUP_FAULT_UPLOAD_DELAY", d);
         }
         let mut child = cmd.spawn().expect("start regroup worker");
         let stdout = child.stdout.take().unwrap();

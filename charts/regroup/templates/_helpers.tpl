@@ -56,11 +56,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [list, delete]
-# The per-job token Secret (created once) and the storage Secret named by a job (read).
+# The per-job token Secret (created, refilled if emptied) and the storage Secret named by a job
+# (read).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [get, create, patch]
+# The workers' PodDisruptionBudget.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, create, patch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# Why the StatefulSet cannot create pods (FailedCreate Events), shown in Degraded.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list]
 {{- end -}}
