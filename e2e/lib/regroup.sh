@@ -17,6 +17,7 @@ fail() {
 # Installs the CRD (from the chart's crds/) and the operator with `helm install`: two replicas
 # with leader election, run by the pod runner as local processes (command [regroup], the
 # run-locally label, metrics bound to the pod's IP since pods share the host's network).
+# Extra arguments go to helm (e.g. --set extraEnv...).
 install_operator() {
   say "helm install regroup (namespace $OPERATOR_NS)"
   helm upgrade --install regroup "$ROOT/charts/regroup" -n "$OPERATOR_NS" --create-namespace \
@@ -24,13 +25,17 @@ install_operator() {
     --set-string 'podLabels.regroup\.dev/run-locally=true' \
     --set 'metrics.bindAddress=$(POD_IP)' --set logFormat=text \
     --set-string 'logLevel=info\,regroup=debug' --set leaderElection.leaseDuration=10s \
-    --set nodeSelector.type=kwok --wait --timeout 120s >/dev/null
+    --set nodeSelector.type=kwok --wait --timeout 120s "$@" >/dev/null
   kubectl wait --for condition=Established crd/statefuljobs.regroup.dev --timeout=60s >/dev/null
   say "operator ready: $(kubectl get pods -n "$OPERATOR_NS" -o name | tr '\n' ' ')"
 }
 
 # The StatefulJob NAME in NS at PARALLELISM, storing into STORE, with the MinIO credentials in a
 # Secret; the worker template is run by the pod runner (`regroup worker`, bound to its pod IP).
+# Optional settings (environment): JOB_INTERVAL (10s), JOB_TIMEOUT (20s), JOB_RETAIN (3), and
+# lines added as they are (indented for their place): JOB_SECRET_EXTRA (the Secret's
+# stringData, 2 spaces), JOB_SPEC_EXTRA (spec, 2 spaces), JOB_POD_EXTRA (the pod spec, 6 spaces),
+# JOB_CONTAINER_EXTRA (the worker container, 10 spaces).
 job_manifest() {
   local ns=$1 name=$2 parallelism=$3 store=$4 rate=${5:-300} marker=${6:-a}
   cat <<EOF
@@ -46,6 +51,7 @@ stringData:
   AWS_REGION: "$AWS_REGION"
   AWS_ENDPOINT: "$AWS_ENDPOINT"
   AWS_ALLOW_HTTP: "true"
+${JOB_SECRET_EXTRA:-}
 ---
 apiVersion: regroup.dev/v1alpha1
 kind: StatefulJob
@@ -60,9 +66,10 @@ spec:
     secretRef:
       name: $name-s3
   checkpointing:
-    interval: 10s
-    timeout: 20s
-    retain: 3
+    interval: ${JOB_INTERVAL:-10s}
+    timeout: ${JOB_TIMEOUT:-20s}
+    retain: ${JOB_RETAIN:-3}
+${JOB_SPEC_EXTRA:-}
   template:
     metadata:
       labels:
@@ -73,6 +80,7 @@ spec:
       nodeSelector:
         type: kwok
       terminationGracePeriodSeconds: 20
+${JOB_POD_EXTRA:-}
       containers:
         - name: worker
           image: regroup:e2e
@@ -92,7 +100,71 @@ spec:
               path: /readyz
               port: 8080
             periodSeconds: 1
+${JOB_CONTAINER_EXTRA:-}
 EOF
+}
+
+# s3 METHOD KEY [CURL ARGS...]: a request to the test bucket signed with AWS signature version 4
+# (curl signs); prints the HTTP status, the body goes to S3_OUT (default /dev/null).
+s3() {
+  local method=$1 key=$2
+  shift 2
+  # curl -X HEAD would wait for the body the Content-Length announces; --head does not.
+  local how=(-X "$method")
+  [[ $method == HEAD ]] && how=(--head)
+  curl -sS -o "${S3_OUT:-/dev/null}" -w '%{http_code}' --aws-sigv4 "aws:amz:$AWS_REGION:s3" \
+    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "${how[@]}" "$@" \
+    "$AWS_ENDPOINT/$REGROUP_TEST_S3_BUCKET/$key"
+}
+
+# s3_put KEY DATA: writes DATA to KEY (curl 7.88 signs a body only with its hash given).
+s3_put() {
+  s3 PUT "$1" -H "x-amz-content-sha256: $(printf '%s' "$2" | sha256sum | cut -d' ' -f1)" --data-binary "$2"
+}
+
+# The object key of NS/NAME's directory (a store s3://BUCKET/PREFIX holds <PREFIX>/<ns>/<name>).
+job_key() {
+  local url
+  url=$(store_url "$1" "$2")
+  echo "${url#s3://"$REGROUP_TEST_S3_BUCKET"/}/$1/$2"
+}
+
+# Prints checkpoint ID's _metadata.json of NS/NAME.
+checkpoint_metadata() {
+  local out rc=0
+  out=$(mktemp)
+  [[ $(S3_OUT=$out s3 GET "$(job_key "$1" "$2")/chk-$3/_metadata.json") == 200 ]] && cat "$out" || rc=1
+  rm -f "$out"
+  return "$rc"
+}
+
+# Waits up to SECONDS for COMMAND... to succeed (every half second); fails naming DESC.
+wait_until() {
+  local desc=$1 seconds=$2 i
+  shift 2
+  for ((i = 0; i < seconds * 2; i++)); do
+    "$@" && return 0
+    sleep 0.5
+  done
+  fail "$desc: not within ${seconds}s"
+}
+
+# Prints "STATUS REASON MESSAGE" of condition TYPE of NS/NAME.
+condition() {
+  sj "$1" "$2" | jq -r --arg t "$3" '.status.conditions[]? | select(.type == $t) | "\(.status) \(.reason) \(.message)"'
+}
+
+# Succeeds when NS/NAME is Degraded for REASON with a message matching PATTERN (grep -E).
+degraded_with() {
+  local c
+  c=$(condition "$1" "$2" Degraded)
+  [[ $c == "True $3 "* ]] && grep -Eq -- "$4" <<<"$c"
+}
+
+# The notes of the Events of NS/NAME with REASON, one per line.
+events_of() {
+  kubectl get events -n "$1" --field-selector "involvedObject.name=$2,reason=$3" -o json |
+    jq -r '.items[] | (.message // .note // "")'
 }
 
 sj() { kubectl get sj "$2" -n "$1" -o json; }
