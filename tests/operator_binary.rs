@@ -179,3 +179,42 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
         "the lease is released on shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_exits_at_once() {
+    let Some(client) = cluster("a_leader_whose_lease_is_taken_exits_at_once").await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "regroup-bin").await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("a.log");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let mut a = Replica::start(&ns.name, "replica-a", &log);
+    eventually("replica a to lead", LONG, || async {
+        (a.leader_gauge().await == Some(1)).then_some(())
+    })
+    .await;
+
+    // Another writer takes the lease (a replace with the version read; retried on conflict).
+    eventually("the lease written to another holder", LONG, || async {
+        let mut lease = leases.get("regroup-operator").await.ok()?;
+        lease.spec.as_mut()?.holder_identity = Some("intruder".into());
+        leases
+            .replace("regroup-operator", &PostParams::default(), &lease)
+            .await
+            .ok()
+    })
+    .await;
+    let code = eventually("replica a to exit", LONG, || {
+        let exited = a.child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!code.success(), "exit status {code:?}; log:\n{text}");
+    assert!(
+        text.contains("lost the leader lease") && text.contains("intruder"),
+        "{text}"
+    );
+    assert_eq!(holder(&leases).await.as_deref(), Some("intruder"));
+}

@@ -77,6 +77,31 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("replicas"), "{text}");
 
+    // The lease's renew deadline and retry period follow leaseDuration unless set.
+    let defaults = run(Command::new("helm").arg("template").arg("r").arg(&chart));
+    assert!(defaults.contains("--lease-duration=15s"), "{defaults}");
+    assert!(!defaults.contains("--lease-renew-deadline"), "{defaults}");
+    assert!(!defaults.contains("--lease-retry-period"), "{defaults}");
+    let timed = run(Command::new("helm")
+        .arg("template")
+        .arg("r")
+        .arg(&chart)
+        .args([
+            "--set",
+            "leaderElection.renewDeadline=8s",
+            "--set",
+            "leaderElection.retryPeriod=1500ms",
+        ]));
+    assert!(timed.contains("--lease-renew-deadline=8s"), "{timed}");
+    assert!(timed.contains("--lease-retry-period=1500ms"), "{timed}");
+    let out = Command::new("helm")
+        .arg("lint")
+        .arg(&chart)
+        .args(["--set", "leaderElection.leaseDuration=1500ms"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a lease of 1500ms accepted");
+
     // Namespaced mode renders Roles and no ClusterRole.
     let rendered = run(Command::new("helm")
         .arg("template")

@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use self::controller::{Context, error_policy, pod_to_job, reconcile};
 use self::coordinator::HttpWorkerClient;
 use self::crd::StatefulJob;
-use self::lease::LeaseLock;
+use self::lease::{LeaseLock, LeaseTimings};
 use self::metrics::OperatorMetrics;
 use crate::error::{Error, Result};
 
@@ -52,7 +52,8 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease and in Events (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// How long a leader Lease lasts without renewal, e.g. 15s.
+    /// How long a leader Lease lasts without renewal, in whole seconds, e.g. 15s: a standby
+    /// takes over once the Lease has not changed for this long on its own clock.
     #[arg(long, default_value = "15s", value_parser = crate::cli::parse_duration)]
     pub lease_duration: Duration,
     /// Let job stores use the operator's own credentials (its AWS_*/GOOGLE_*/AZURE_* variables,
@@ -60,6 +61,14 @@ pub struct OperatorArgs {
     /// without spec.storage.secretRef then gets no credentials, rather than the operator's.
     #[arg(long, env = "REGROUP_AMBIENT_CREDENTIALS", default_value_t = false)]
     pub ambient_credentials: bool,
+    /// How long the leader keeps trying to renew before it stops acting, e.g. 10s (less than
+    /// --lease-duration; default 2/3 of it).
+    #[arg(long, value_parser = crate::cli::parse_duration)]
+    pub lease_renew_deadline: Option<Duration>,
+    /// Time between two tries to acquire or renew the Lease, e.g. 2s (less than
+    /// --lease-renew-deadline; default a fifth of --lease-duration, at most 2s).
+    #[arg(long, value_parser = crate::cli::parse_duration)]
+    pub lease_retry_period: Option<Duration>,
     /// Timeout of one call to a worker's checkpoint API, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub worker_timeout: Duration,
@@ -71,6 +80,11 @@ fn kube_err(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
 
 /// Runs the operator until SIGTERM/SIGINT (or until it loses the leader Lease).
 pub async fn run(args: OperatorArgs) -> Result<()> {
+    let timings = LeaseTimings::new(
+        args.lease_duration,
+        args.lease_renew_deadline,
+        args.lease_retry_period,
+    )?;
     let client = Client::try_default().await.map_err(kube_err(
         "cannot configure the Kubernetes client (in-cluster or KUBECONFIG)",
     ))?;
@@ -100,17 +114,22 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             &args.lease_namespace,
             &args.lease_name,
             &identity,
-            args.lease_duration,
+            timings,
         )
     });
-    if let Some(lock) = &lock {
-        info!(identity = %identity, "waiting for the leader lease");
-        tokio::select! {
-            _ = lock.acquire() => {}
-            _ = shutdown_signal() => { server.abort(); return Ok(()); }
+    let mut leadership = match lock {
+        Some(lock) => {
+            info!(identity = %identity, "waiting for the leader lease");
+            tokio::select! {
+                leadership = lock.acquire() => {
+                    metrics.leader.set(1);
+                    Some(leadership)
+                }
+                _ = shutdown_signal() => { server.abort(); return Ok(()); }
+            }
         }
-        metrics.leader.set(1);
-    }
+        None => None,
+    };
     let workers = Arc::new(HttpWorkerClient::new(args.worker_timeout)?);
     let mut ctx = Context::new(client.clone(), workers, metrics.clone(), Some(identity));
     if args.ambient_credentials {
@@ -127,21 +146,26 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             .into_iter()
             .map(|ns| run_controller(client.clone(), ns, ctx.clone())),
     );
-    match &lock {
-        Some(lock) => {
+    match leadership.as_mut() {
+        Some(held) => {
+            // Renewal runs on its own task: a busy reconcile cannot delay it, and losing the
+            // lease drops the controllers (and their reconciles) at once.
             tokio::select! {
                 _ = controllers => {}
-                _ = lock.keep() => {
-                    error!("lost the leader lease; exiting so that no two replicas act");
+                reason = held.lost() => {
+                    metrics.leader.set(0);
+                    error!(%reason, "lost the leader lease; exiting so that no two replicas act");
                     server.abort();
-                    return Err(Error::Other("lost the leader lease".to_owned()));
+                    return Err(Error::Other(format!("lost the leader lease: {reason}")));
                 }
             }
-            lock.release().await;
         }
         None => {
             controllers.await;
         }
+    }
+    if let Some(held) = leadership {
+        held.release().await;
     }
     server.abort();
     info!("operator stopped");
