@@ -10,10 +10,12 @@
 //! labelled `regroup.dev/runner=<namespace>`, which a runner with the default selector leaves
 //! alone: tests and a cluster-wide runner do not run each other's pods. The containers are Python's
 //! `http.server` and small Python scripts, mapped with `--binary python3=...`: they serve on the
-//! pod IP, so a test can reach them there. Without `KUBECONFIG` the tests say why and pass;
-//! `REGROUP_REQUIRE_CLUSTER=1` turns that into a failure. The pods go to nodes labelled
+//! pod IP, so a test can reach them there; pod IPs must come from the cluster's range,
+//! `REGROUP_E2E_POD_CIDR` (set by `e2e/cluster env`). Without `KUBECONFIG` the tests say why and
+//! pass; `REGROUP_REQUIRE_CLUSTER=1` turns that into a failure. The pods go to nodes labelled
 //! `type=kwok`, or `type=$REGROUP_PODRUNNER_TEST_NODE_TYPE` (to try other kwok stages on nodes
-//! of a kwok of one's own; the test pods tolerate every taint).
+//! of a kwok of one's own, with `REGROUP_E2E_POD_CIDR` set to its `--cidr`; the test pods
+//! tolerate every taint).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,17 @@ fn cluster_or_skip(test: &str) -> bool {
             false
         }
     }
+}
+
+/// The cluster's pod address range, from `e2e/cluster env` (each cluster has its own).
+fn pod_cidr() -> anyhow::Result<ipnet::Ipv4Net> {
+    let var = "REGROUP_E2E_POD_CIDR";
+    let value = std::env::var(var).with_context(|| {
+        format!("{var} is not set: load the cluster's environment with eval \"$(e2e/cluster env)\"")
+    })?;
+    value
+        .parse()
+        .with_context(|| format!("{var} = {value:?} is not an IPv4 range (e.g. 127.93.0.0/16)"))
 }
 
 /// The real Python interpreter (not a pyenv shim, which needs its own environment).
@@ -446,9 +459,11 @@ async fn statefulset_scenario(
             status.phase
         );
         let ip = status.pod_ip.clone().context("pod IP")?;
+        let range = pod_cidr()?;
         ensure!(
-            ip.starts_with("127.1."),
-            "{name} pod IP {ip} is not in 127.1.0.0/16"
+            ip.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| range.contains(&ip)),
+            "{name} pod IP {ip} is not in the cluster's pod range {range}"
         );
         let init = &status
             .init_container_statuses

@@ -38,3 +38,94 @@ fmt_duration() {
     printf '%ds' "$s"
   fi
 }
+
+# --- processes we started, found again from their records alone ---------------------------------
+
+# proc_start_time PID: when the process started (field 22 of /proc/PID/stat, clock ticks after
+# boot). A process id can be reused; an id together with its start time cannot.
+proc_start_time() {
+  local stat fields
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  # Field 2, the command name in parentheses, may itself hold spaces and parentheses.
+  read -ra fields <<<"${stat##*) }"
+  [[ ${fields[19]:-} =~ ^[0-9]+$ ]] || return 1
+  echo "${fields[19]}"
+}
+
+# running PID: true while the process exists and has not exited (a zombie not yet reaped has).
+running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ ${stat##*) } != Z* ]]
+}
+
+# record_process RECORD PID BIN: writes RECORD.pid, RECORD.bin and RECORD.start for a process
+# just started from BIN, so that whoever stops it later needs nothing but these files.
+record_process() {
+  local record=$1 pid=$2 bin=$3
+  echo "$pid" >"$record.pid"
+  echo "$bin" >"$record.bin"
+  proc_start_time "$pid" >"$record.start" || rm -f "$record.start"
+}
+
+# recorded_live_pid RECORD [BIN]: the recorded process id, if that process still runs: its start
+# time is the recorded one and its command line begins with the recorded binary. (Records of
+# older scripts lack .start, and some .bin: then the binary, or BIN, alone decides, as it did.)
+recorded_live_pid() {
+  local record=$1 bin=${2:-} pid cmd
+  [[ -f $record.bin ]] && bin=$(<"$record.bin")
+  [[ -f $record.pid && -n $bin ]] || return 1
+  pid=$(<"$record.pid")
+  [[ $pid =~ ^[1-9][0-9]*$ && -r /proc/$pid/cmdline ]] || return 1
+  cmd=$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -n 1) || return 1
+  [[ $cmd == "$bin" ]] || return 1
+  if [[ -f $record.start ]]; then
+    [[ $(proc_start_time "$pid") == "$(<"$record.start")" ]] || return 1
+  fi
+  echo "$pid"
+}
+
+# forget_process RECORD: removes the record's files.
+forget_process() {
+  rm -f "$1.pid" "$1.bin" "$1.start"
+}
+
+# stop_recorded LABEL WAIT_TENTHS RECORD [BIN]: SIGTERM to the recorded process if it is still
+# ours (see recorded_live_pid), up to WAIT_TENTHS tenths of a second for it to end, then SIGKILL;
+# forgets the record. Prints nothing when there was no live process.
+stop_recorded() {
+  local label=$1 wait=$2 pid i
+  shift 2
+  if pid=$(recorded_live_pid "$@"); then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < wait; i++)); do
+      running "$pid" || break
+      sleep 0.1
+    done
+    if running "$pid"; then
+      log "$label (pid $pid) did not stop in $((wait / 10)) s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "stopped $label (pid $pid)"
+  fi
+  forget_process "$1"
+}
+
+# ip_in_cidr IP CIDR: true when the IPv4 address IP lies in CIDR (A.B.C.D/LEN).
+ip_in_cidr() {
+  local ip net len mask
+  ip=$(ipv4_number "$1") && net=$(ipv4_number "${2%/*}") || return 1
+  len=${2#*/}
+  [[ $len =~ ^[0-9]+$ ]] && ((len <= 32)) || return 1
+  mask=$(((0xFFFFFFFF << (32 - len)) & 0xFFFFFFFF))
+  (((ip & mask) == (net & mask)))
+}
+
+# ipv4_number A.B.C.D: the address as one number.
+ipv4_number() {
+  local o
+  IFS=. read -ra o <<<"$1"
+  ((${#o[@]} == 4)) || return 1
+  [[ ${o[0]} =~ ^[0-9]{1,3}$ && ${o[1]} =~ ^[0-9]{1,3}$ && ${o[2]} =~ ^[0-9]{1,3}$ && ${o[3]} =~ ^[0-9]{1,3}$ ]] || return 1
+  echo $(((o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]))
+}
