@@ -55,15 +55,15 @@ pub enum Error {
 
     /// Metadata written in a format this build does not understand.
     #[error(
-        "unsupported format version {found} in {file}: this build of regroup reads version {supported}"
+        "unsupported format version {found} in {file}: this build of regroup reads versions {supported}"
     )]
     UnsupportedVersion {
         /// The metadata file.
         file: String,
         /// The version found in it.
         found: u32,
-        /// The version this build reads and writes.
-        supported: u32,
+        /// The versions this build reads, e.g. `1, 2`.
+        supported: String,
     },
 
     /// A create-if-absent write found the object already present.

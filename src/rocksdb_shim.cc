@@ -6,6 +6,8 @@
 // - an SST partitioner that ends compaction output files at key-group boundaries;
 // - a file system without syncs, for the DB a restore builds when it is deliberately not made
 //   durable (RocksDB syncs every file it links in, its MANIFEST and its directory otherwise).
+// - each live SST file's sequence numbers and epoch number (`LiveFileMetaData`; the C API's
+//   live files carry neither), which order L0 files.
 //
 // The handles come from the `rocksdb` crate's C API objects; in RocksDB's c.cc these structs
 // hold the C++ object as their first member (`rocksdb_t { DB* rep; }`,
@@ -22,6 +24,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
 #include "rocksdb/file_system.h"
+#include "rocksdb/metadata.h"
 #include "rocksdb/options.h"
 #include "rocksdb/sst_partitioner.h"
 
@@ -294,6 +297,26 @@ void regroup_set_key_group_partitioner(void* options, size_t prefix_len,
 // Makes a DB opened with these `rocksdb_options_t` sync nothing (UnsyncedFileSystem above).
 void regroup_set_unsynced(void* options) {
   static_cast<OptionsHandle*>(options)->rep.env = unsynced_env();
+}
+
+// Calls `each` once per live SST file of `db`, with its name (relative to the DB directory),
+// column family, level, smallest and largest sequence number and epoch number (0: unknown).
+// The strings are valid only during the call. Returns 0, or 1 and a message as above.
+typedef void (*regroup_live_sst_fn)(void* context, const char* name, size_t name_len,
+                                    const char* column_family, size_t column_family_len,
+                                    int level, uint64_t smallest_seqno, uint64_t largest_seqno,
+                                    uint64_t epoch_number);
+int regroup_live_sst_order(void* db, regroup_live_sst_fn each, void* context, char** error) {
+  return guarded(error, [&] {
+    std::vector<rocksdb::LiveFileMetaData> files;
+    static_cast<DbHandle*>(db)->rep->GetLiveFilesMetaData(&files);
+    for (const auto& f : files) {
+      each(context, f.relative_filename.data(), f.relative_filename.size(),
+           f.column_family_name.data(), f.column_family_name.size(), f.level, f.smallest_seqno,
+           f.largest_seqno, f.epoch_number);
+    }
+    return rocksdb::Status::OK();
+  });
 }
 
 void regroup_free_error(char* error) { std::free(error); }

@@ -16,11 +16,14 @@ use rocksdb::DB;
 use tracing::{debug, info};
 
 use super::{StateBackend, db_options};
-use crate::checkpoint::metadata::{FORMAT_VERSION, PrivateFile, SharedFile, SubtaskHandle};
+use crate::checkpoint::metadata::{
+    FORMAT_VERSION, PrivateFile, SharedFile, SstOrder, SubtaskHandle,
+};
 use crate::checkpoint::paths::JobPaths;
 use crate::checkpoint::store::CheckpointStore;
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, read_key_group_prefix};
+use crate::restore::ingest::live_sst_order;
 
 /// Uploads of one snapshot in flight at once.
 pub const UPLOAD_PARALLELISM: usize = 4;
@@ -36,7 +39,7 @@ pub struct LocalFile {
     pub sst: Option<SstInfo>,
 }
 
-/// Where an SST file sits in the LSM tree and which key groups it holds.
+/// Where an SST file sits in the LSM tree, which key groups it holds and how old its data is.
 #[derive(Clone, Debug)]
 pub struct SstInfo {
     /// Column family name.
@@ -45,6 +48,8 @@ pub struct SstInfo {
     pub level: i32,
     /// First and last key group of the file, when its keys carry a prefix.
     pub key_groups: Option<KeyGroupRange>,
+    /// Its sequence numbers and epoch number.
+    pub order: SstOrder,
 }
 
 /// A native checkpoint on local disk, removed when dropped.
@@ -189,6 +194,7 @@ impl IncrementalSnapshotter {
                         s.level = Some(info.level);
                         s.column_family = Some(info.column_family.clone());
                         s.key_groups = info.key_groups.or(prev.key_groups);
+                        s.order = Some(info.order);
                         reused.push(s);
                     }
                     _ => to_upload.push(f.clone()),
@@ -212,6 +218,7 @@ impl IncrementalSnapshotter {
                         column_family: Some(info.column_family.clone()),
                         level: Some(info.level),
                         key_groups: info.key_groups,
+                        order: Some(info.order),
                     })
                 }
             })
@@ -337,8 +344,8 @@ impl IncrementalSnapshotter {
     }
 }
 
-/// Column families of the DB in `dir` and, per SST file name, its column family, level and
-/// key-group span, read from the DB itself (opened read-only).
+/// Column families of the DB in `dir` and, per SST file name, its column family, level,
+/// key-group span and order, read from the DB itself (opened read-only).
 pub fn describe_ssts(
     dir: &Path,
     max_parallelism: u32,
@@ -354,9 +361,17 @@ pub fn describe_ssts(
         "list live files of {}",
         dir.display()
     )))?;
+    let mut orders: HashMap<String, SstOrder> = live_sst_order(&db, &dir.display().to_string())?
+        .into_iter()
+        .map(|f| (f.name, f.order))
+        .collect();
     let mut out = HashMap::with_capacity(live.len());
     for f in live {
         let name = f.name.trim_start_matches('/').to_owned();
+        let order = orders.remove(&name).ok_or_else(|| Error::Corrupt {
+            file: dir.join(&name).display().to_string(),
+            detail: "live file without RocksDB's file metadata".into(),
+        })?;
         let first = f
             .start_key
             .as_deref()
@@ -375,6 +390,7 @@ pub fn describe_ssts(
                 column_family: f.column_family_name,
                 level: f.level,
                 key_groups,
+                order,
             },
         );
     }

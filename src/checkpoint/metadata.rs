@@ -11,8 +11,28 @@ use super::paths::{JobId, check_local_name, check_relative_path, checkpoint_dir_
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 
-/// The metadata format this build reads and writes. Any other version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// The metadata format this build writes. Version 2 added each SST file's [`SstOrder`].
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The metadata formats this build reads; any other version is refused. Handles of format 1
+/// lack [`SstOrder`]: a restore ingests their files only where the order cannot matter.
+pub const READABLE_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+
+/// Refuses a format version this build cannot read; `file` names the metadata.
+fn check_version(found: u32, file: &str) -> Result<()> {
+    if READABLE_FORMAT_VERSIONS.contains(&found) {
+        return Ok(());
+    }
+    Err(Error::UnsupportedVersion {
+        file: file.to_owned(),
+        found,
+        supported: READABLE_FORMAT_VERSIONS
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
 
 /// A CRC-32C (Castagnoli) checksum, written as `crc32c:xxxxxxxx`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -90,6 +110,25 @@ pub struct SharedFile {
     /// First and last key group the file holds; absent means "may hold any key group".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_groups: Option<KeyGroupRange>,
+    /// Where the file's data stands in time among the DB's files (format 2; absent in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<SstOrder>,
+}
+
+/// What RocksDB knows of an SST file's age: a restore that ingests files which overlap must
+/// pass them oldest first, and within L0 neither the file number nor the level tells that (an
+/// intra-L0 compaction's output can hold older data than a flush numbered before it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SstOrder {
+    /// Smallest sequence number of the file's entries.
+    pub smallest_seqno: u64,
+    /// Largest sequence number of the file's entries.
+    pub largest_seqno: u64,
+    /// RocksDB's epoch number, its own order of L0 files (larger is newer; a compaction's output
+    /// takes its oldest input's); absent when RocksDB did not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_number: Option<u64>,
 }
 
 /// A non-SST file (MANIFEST, CURRENT, OPTIONS) private to one checkpoint of one subtask.
@@ -106,7 +145,8 @@ pub struct PrivateFile {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubtaskHandle {
-    /// Metadata format version; always [`FORMAT_VERSION`] when written by this build.
+    /// Metadata format version; always [`FORMAT_VERSION`] when written by this build, one of
+    /// [`READABLE_FORMAT_VERSIONS`] when read.
     pub format_version: u32,
     /// The job the state belongs to.
     pub job: JobId,
@@ -167,21 +207,15 @@ struct VersionProbe {
     format_version: Option<u32>,
 }
 
-/// Parses metadata JSON, refusing an unknown format version before looking at anything else.
+/// Parses metadata JSON, refusing a format version this build cannot read before looking at
+/// anything else.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T> {
     let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|source| Error::Json {
         file: file.to_owned(),
         source,
     })?;
     match probe.format_version {
-        Some(FORMAT_VERSION) => {}
-        Some(found) => {
-            return Err(Error::UnsupportedVersion {
-                file: file.to_owned(),
-                found,
-                supported: FORMAT_VERSION,
-            });
-        }
+        Some(found) => check_version(found, file)?,
         None => {
             return Err(Error::Corrupt {
                 file: file.to_owned(),
@@ -206,13 +240,7 @@ impl SubtaskHandle {
 
     /// Checks what a restore relies on; `file` names the metadata for error messages.
     pub fn validate(&self, file: &str) -> Result<()> {
-        if self.format_version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                file: file.to_owned(),
-                found: self.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        check_version(self.format_version, file)?;
         check_max_parallelism(self.max_parallelism)?;
         if self.key_group_range.start > self.key_group_range.end
             || self.key_group_range.end >= self.max_parallelism
@@ -243,6 +271,17 @@ impl SubtaskHandle {
                     detail: format!("local file {} listed twice", s.local_name),
                 });
             }
+            if let Some(order) = s.order
+                && order.smallest_seqno > order.largest_seqno
+            {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!(
+                        "local file {}: smallest sequence number {} above the largest, {}",
+                        s.local_name, order.smallest_seqno, order.largest_seqno
+                    ),
+                });
+            }
         }
         for p in &self.private {
             check_local_name(&p.local_name, file)?;
@@ -268,13 +307,7 @@ impl SubtaskHandle {
 impl CheckpointMetadata {
     /// Checks every handle and that the handles' ranges partition `[0, maxParallelism)`.
     pub fn validate(&self, file: &str) -> Result<()> {
-        if self.format_version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                file: file.to_owned(),
-                found: self.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        check_version(self.format_version, file)?;
         let mut next = 0u32;
         for h in &self.handles {
             h.validate(file)?;
@@ -347,6 +380,11 @@ mod tests {
                 column_family: Some("default".into()),
                 level: Some(0),
                 key_groups: Some(KeyGroupRange { start: 0, end: 3 }),
+                order: Some(SstOrder {
+                    smallest_seqno: 5,
+                    largest_seqno: 9,
+                    epoch_number: Some(2),
+                }),
             }],
             private: vec![PrivateFile {
                 local_name: "CURRENT".into(),
@@ -375,8 +413,40 @@ mod tests {
         v["formatVersion"] = 99.into();
         let e = decode::<SubtaskHandle>(&serde_json::to_vec(&v).unwrap(), "h.json").unwrap_err();
         assert!(
-            e.to_string()
-                .contains("unsupported format version 99 in h.json"),
+            e.to_string().contains(
+                "unsupported format version 99 in h.json: this build of regroup reads versions 1, 2"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn format_1_handles_still_read() {
+        // A handle as format 1 wrote it: no `order` on its shared files.
+        let mut v = serde_json::to_value(sample_handle()).unwrap();
+        v["formatVersion"] = 1.into();
+        v["shared"][0].as_object_mut().unwrap().remove("order");
+        let back: SubtaskHandle = decode(&serde_json::to_vec(&v).unwrap(), "h.json").unwrap();
+        assert_eq!(back.format_version, 1);
+        assert_eq!(back.shared[0].order, None);
+        back.validate("h.json").unwrap();
+        let mut m = back;
+        m.format_version = 0;
+        let e = m.validate("h.json").unwrap_err().to_string();
+        assert!(e.contains("version 0 in h.json"), "{e}");
+    }
+
+    #[test]
+    fn an_inverted_sequence_range_is_refused() {
+        let mut h = sample_handle();
+        h.shared[0].order = Some(SstOrder {
+            smallest_seqno: 10,
+            largest_seqno: 9,
+            epoch_number: None,
+        });
+        let e = h.validate("chk-3/handles/0.json").unwrap_err().to_string();
+        assert!(
+            e.contains("chk-3/handles/0.json") && e.contains("000009.sst") && e.contains("10"),
             "{e}"
         );
     }

@@ -7,6 +7,8 @@ pub mod paths;
 pub mod registry;
 pub mod store;
 
-pub use metadata::{CheckpointMetadata, Checksum, FileRef, PrivateFile, SharedFile, SubtaskHandle};
+pub use metadata::{
+    CheckpointMetadata, Checksum, FileRef, PrivateFile, SharedFile, SstOrder, SubtaskHandle,
+};
 pub use paths::{JobId, JobPaths};
 pub use store::CheckpointStore;

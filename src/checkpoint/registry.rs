@@ -405,6 +405,7 @@ mod tests {
                     column_family: None,
                     level: None,
                     key_groups: None,
+                    order: None,
                 })
                 .collect(),
             private: vec![],

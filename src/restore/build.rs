@@ -12,11 +12,12 @@ use tracing::{debug, info, warn};
 
 use super::ingest;
 use super::local::LocalSource;
+use super::order::sort_for_ingestion;
 use super::plan::{InputMethod, PlannedInput, RestoreKind, SubtaskPlan};
 use crate::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
 use crate::checkpoint::local_file::{CopyHelpers, LocalWrite, table_metadata_ends};
 use crate::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SubtaskHandle};
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SharedFile, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
 use crate::worker::marker::{FileIdentity, VouchedFile};
@@ -577,31 +578,23 @@ fn add_input(
     Ok(())
 }
 
-/// The file number in an SST name such as `000123.sst`, for ordering L0 files oldest first.
-fn file_number(name: &str) -> u64 {
-    name.trim_end_matches(".sst").parse().unwrap_or(u64::MAX)
-}
-
-/// Ingests a handle's downloaded SST files, one call per column family, lowest level first and
-/// within L0 oldest first (the order RocksDB needs to keep newer versions above older ones).
+/// Ingests a handle's downloaded SST files, one call per column family, oldest data first
+/// ([`sort_for_ingestion`]: the order RocksDB needs to keep newer versions above older ones).
 fn ingest_handle(db: &DB, h: &SubtaskHandle, input: &PlannedInput, dir: &Path) -> Result<usize> {
-    let mut by_cf: std::collections::BTreeMap<&str, Vec<(i32, u64, PathBuf)>> = Default::default();
+    let mut by_cf: std::collections::BTreeMap<&str, Vec<&SharedFile>> = Default::default();
     for &i in &input.shared_files {
         let f = &h.shared[i];
         let name = f
             .column_family
             .as_deref()
             .unwrap_or(crate::backend::DEFAULT_STATE);
-        by_cf.entry(name).or_default().push((
-            f.level.unwrap_or(0),
-            file_number(&f.local_name),
-            dir.join(&f.local_name),
-        ));
+        by_cf.entry(name).or_default().push(f);
     }
     let mut count = 0;
     for (name, mut files) in by_cf {
-        files.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let paths: Vec<&Path> = files.iter().map(|(_, _, p)| p.as_path()).collect();
+        sort_for_ingestion(&mut files);
+        let downloaded: Vec<PathBuf> = files.iter().map(|f| dir.join(&f.local_name)).collect();
+        let paths: Vec<&Path> = downloaded.iter().map(PathBuf::as_path).collect();
         let handle = cf(db, name)?;
         let context = format!(
             "{} files of column family {name} of the handle of subtask {} ({}), checkpoint {}",

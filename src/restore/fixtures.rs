@@ -29,6 +29,7 @@ pub fn checkpoint(m: u32, p: u32, files_per_handle: u32) -> CheckpointMetadata {
                         column_family: Some("default".into()),
                         level: Some(6),
                         key_groups: Some(KeyGroupRange { start, end }),
+                        order: None,
                     }
                 })
                 .collect();

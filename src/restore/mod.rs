@@ -35,8 +35,9 @@ mod build;
 pub mod command;
 #[cfg(test)]
 mod fixtures;
-mod ingest;
+pub(crate) mod ingest;
 pub mod local;
+pub mod order;
 pub mod page_cache;
 pub mod plan;
 

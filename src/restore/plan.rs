@@ -15,6 +15,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use super::order::l0_order_proven;
 use crate::checkpoint::{CheckpointMetadata, SharedFile, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, check_parallelism, ranges, subtask_for_key_group};
@@ -218,16 +219,17 @@ pub fn file_intersects(file: &SharedFile, range: &KeyGroupRange) -> bool {
 }
 
 /// True when every SST file of `h` records its column family and level and a key-group span
-/// inside the handle's range: only then can its files be ingested next to other handles' files
+/// inside the handle's range, and the handle proves the order of its L0 files
+/// ([`l0_order_proven`]): only then can its files be ingested next to other handles' files
 /// without overlapping them (a file whose span reaches outside, e.g. through a range tombstone,
-/// could delete another handle's keys).
+/// could delete another handle's keys), and newer versions of a key end up above older ones.
 pub fn ingestible(h: &SubtaskHandle) -> bool {
     h.shared.iter().all(|f| {
         f.column_family.is_some()
             && f.level.is_some()
             && f.key_groups
                 .is_some_and(|span| h.key_group_range.covers(&span))
-    })
+    }) && l0_order_proven(h)
 }
 
 /// Plans the restore of `subtask` of `parallelism` from `meta`.
@@ -658,6 +660,45 @@ mod tests {
         assert_eq!(methods, vec![InputMethod::Ingest, InputMethod::Copy]);
         assert!(s1.inputs[1].private_files);
         assert_eq!(s1.inputs[1].shared_files, vec![0, 1]);
+    }
+
+    #[test]
+    fn format_1_handles_with_overlapping_l0_files_are_copied() {
+        // 2 → 3: new subtask 1 takes part of both handles. Handle 0 holds two L0 files with
+        // intersecting spans and, as format 1 wrote it, nothing that orders them.
+        let mut meta = checkpoint(128, 2, 2);
+        for h in &mut meta.handles {
+            h.format_version = 1;
+        }
+        let old = &mut meta.handles[0];
+        old.shared[0].level = Some(0);
+        old.shared[1].level = Some(0);
+        old.shared[1].key_groups = Some(r(20, 63));
+        let methods = |meta: &CheckpointMetadata| -> Vec<InputMethod> {
+            plan(meta, 3, &PlanOptions::default()).unwrap().subtasks[1]
+                .inputs
+                .iter()
+                .map(|i| i.method)
+                .collect()
+        };
+        assert_eq!(methods(&meta), [InputMethod::Copy, InputMethod::Ingest]);
+        // The same files with their epoch numbers (format 2) are ingested.
+        for (f, epoch) in meta.handles[0].shared.iter_mut().zip([4, 3]) {
+            f.order = Some(crate::checkpoint::SstOrder {
+                smallest_seqno: epoch * 10,
+                largest_seqno: epoch * 10 + 5,
+                epoch_number: Some(epoch),
+            });
+        }
+        meta.handles[0].format_version = 2;
+        assert_eq!(methods(&meta), [InputMethod::Ingest, InputMethod::Ingest]);
+        // Format 1 with L0 files that cannot overlap is ingested too.
+        meta.handles[0].format_version = 1;
+        meta.handles[0].shared[1].key_groups = Some(r(32, 63));
+        for f in &mut meta.handles[0].shared {
+            f.order = None;
+        }
+        assert_eq!(methods(&meta), [InputMethod::Ingest, InputMethod::Ingest]);
     }
 
     #[test]
