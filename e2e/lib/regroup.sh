@@ -20,6 +20,8 @@ fail() {
 # Extra arguments go to helm (e.g. --set extraEnv...).
 install_operator() {
   say "helm install regroup (namespace $OPERATOR_NS)"
+  # Helm installs crds/ once and never upgrades it: the CRD of this tree is applied first.
+  kubectl apply -f "$ROOT/charts/regroup/crds/" >/dev/null
   helm upgrade --install regroup "$ROOT/charts/regroup" -n "$OPERATOR_NS" --create-namespace \
     --set image.repository=regroup --set 'command={regroup}' \
     --set-string 'podLabels.regroup\.dev/run-locally=true' \

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerStatus, Pod, PodStatus, Probe, Secret, ServiceAccount,
+    ConfigMap, Container, ContainerStatus, Pod, PodCondition, PodStatus, Probe, Secret,
+    ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
@@ -558,6 +559,25 @@ async fn run_container(
     }
 }
 
+/// The status to build on: `base` (the pod's own) for the conditions others own, with the
+/// runner's conditions as last `sent`. Only the runner's own conditions are taken from `sent`:
+/// the others in it came from an earlier `base` and would pile up, report after report.
+fn previous_status(mut base: PodStatus, sent: Option<&PodStatus>) -> PodStatus {
+    let Some(sent) = sent else { return base };
+    let owned = |c: &PodCondition| OWNED_CONDITIONS.contains(&c.type_.as_str());
+    let mut conditions: Vec<PodCondition> = base
+        .conditions
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| !owned(c))
+        .collect();
+    conditions.extend(sent.conditions.iter().flatten().filter(|c| owned(c)).cloned());
+    base.conditions = Some(conditions);
+    base.start_time = sent.start_time.clone().or(base.start_time);
+    base
+}
+
 /// Writes the pod status the runner owns, skipping writes that would change nothing.
 struct Reporter {
     api: Api<Pod>,
@@ -571,20 +591,10 @@ impl Reporter {
     /// The status to build on: the pod's own (for conditions others own), with the runner's
     /// conditions as last written (the watch may not have caught up yet).
     fn previous(&self, current: Option<&Pod>) -> PodStatus {
-        let mut base = current.and_then(|p| p.status.clone()).unwrap_or_default();
-        if let Some(sent) = &self.last_sent {
-            let mut conditions: Vec<_> = base
-                .conditions
-                .take()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| !OWNED_CONDITIONS.contains(&c.type_.as_str()))
-                .collect();
-            conditions.extend(sent.conditions.iter().flatten().cloned());
-            base.conditions = Some(conditions);
-            base.start_time = sent.start_time.clone().or(base.start_time);
-        }
-        base
+        previous_status(
+            current.and_then(|p| p.status.clone()).unwrap_or_default(),
+            self.last_sent.as_ref(),
+        )
     }
 
     async fn report(&mut self, record: &PodRecord, current: Option<&Pod>) {
@@ -1128,5 +1138,33 @@ mod tests {
         assert!(is_transient(&kube::Error::Service(
             "client error (SendRequest)".into()
         )));
+    }
+
+    #[test]
+    fn conditions_of_others_do_not_pile_up_report_after_report() {
+        let condition = |t: &str| PodCondition {
+            type_: t.to_owned(),
+            status: "True".to_owned(),
+            ..Default::default()
+        };
+        // The pod as the API server has it: the scheduler's condition and ours.
+        let mut pod = PodStatus {
+            conditions: Some(vec![condition("PodScheduled"), condition("Ready")]),
+            ..Default::default()
+        };
+        let mut sent: Option<PodStatus> = None;
+        for _ in 0..20 {
+            let previous = previous_status(pod.clone(), sent.as_ref());
+            // What the runner writes keeps the conditions of others it built on.
+            sent = Some(previous.clone());
+            pod = previous;
+        }
+        let types: Vec<String> = pod
+            .conditions
+            .unwrap()
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(types, ["PodScheduled", "Ready"]);
     }
 }
