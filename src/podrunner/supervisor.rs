@@ -572,7 +572,13 @@ fn previous_status(mut base: PodStatus, sent: Option<&PodStatus>) -> PodStatus {
         .into_iter()
         .filter(|c| !owned(c))
         .collect();
-    conditions.extend(sent.conditions.iter().flatten().filter(|c| owned(c)).cloned());
+    conditions.extend(
+        sent.conditions
+            .iter()
+            .flatten()
+            .filter(|c| owned(c))
+            .cloned(),
+    );
     base.conditions = Some(conditions);
     base.start_time = sent.start_time.clone().or(base.start_time);
     base
