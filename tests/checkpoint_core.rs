@@ -544,3 +544,65 @@ async fn cli_prints_the_reference_table() {
         "{err}"
     );
 }
+
+/// Serves 403 to every request and records each request line, standing in for both an S3
+/// endpoint and the instance-metadata service.
+async fn recording_server() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                let Ok(n) = conn.read(&mut buf).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buf[..n]);
+                log.lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or("").to_string());
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// The operator's stores (`Ambient::Forbidden`) never borrow an identity from around the
+/// process: without credentials in the settings, requests go unsigned instead of to the
+/// instance-metadata service.
+#[tokio::test]
+async fn forbidden_ambient_never_asks_instance_metadata() {
+    use regroup::checkpoint::store::{Ambient, object_store_from_url_with};
+    let (url, seen) = recording_server().await;
+    let settings: BTreeMap<String, String> = [
+        ("AWS_ENDPOINT", url.as_str()),
+        ("AWS_METADATA_ENDPOINT", url.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (store, prefix) =
+        object_store_from_url_with("s3://bucket/prefix", &settings, Ambient::Forbidden).unwrap();
+    let listed = store.list_with_delimiter(Some(&prefix)).await;
+    assert!(listed.is_err(), "the recording server refuses everything");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|line| !line.contains("/latest/")),
+        "asked the instance-metadata service: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|line| line.contains("/bucket")),
+        "the request reached the endpoint unsigned: {seen:?}"
+    );
+}

@@ -102,6 +102,14 @@ pub fn object_store_from_url_with(
         Path::from_url_path(parsed.path())
             .map_err(|e| Error::invalid("storage url", url, e.to_string()))
     };
+    // Whether the settings name credentials (any of `keys`, case aside): without them and without
+    // ambient credentials, requests go unsigned rather than under an identity found around us
+    // (instance metadata, web identity).
+    let given = |keys: &[&str]| {
+        settings
+            .iter()
+            .any(|(k, v)| !v.is_empty() && keys.contains(&k.to_ascii_lowercase().as_str()))
+    };
     // Applies every setting whose (lower-cased) name the builder knows.
     macro_rules! configured {
         ($builder:expr) => {
@@ -133,7 +141,11 @@ pub fn object_store_from_url_with(
                 Ambient::Allowed => object_store::aws::AmazonS3Builder::from_env(),
                 Ambient::Forbidden => object_store::aws::AmazonS3Builder::new(),
             };
-            let s3 = configured!(builder).build().map_err(build_error)?;
+            let anonymous = ambient == Ambient::Forbidden && !given(&["aws_access_key_id"]);
+            let s3 = configured!(builder)
+                .with_skip_signature(anonymous)
+                .build()
+                .map_err(build_error)?;
             Ok((Arc::new(s3), prefix()?))
         }
         "gs" => {
@@ -141,7 +153,16 @@ pub fn object_store_from_url_with(
                 Ambient::Allowed => object_store::gcp::GoogleCloudStorageBuilder::from_env(),
                 Ambient::Forbidden => object_store::gcp::GoogleCloudStorageBuilder::new(),
             };
-            let gcs = configured!(builder).build().map_err(build_error)?;
+            let anonymous = ambient == Ambient::Forbidden
+                && !given(&[
+                    "google_service_account",
+                    "google_service_account_key",
+                    "google_application_credentials",
+                ]);
+            let gcs = configured!(builder)
+                .with_skip_signature(anonymous)
+                .build()
+                .map_err(build_error)?;
             Ok((Arc::new(gcs), prefix()?))
         }
         "az" | "abfs" | "abfss" | "azure" => {
@@ -149,7 +170,19 @@ pub fn object_store_from_url_with(
                 Ambient::Allowed => object_store::azure::MicrosoftAzureBuilder::from_env(),
                 Ambient::Forbidden => object_store::azure::MicrosoftAzureBuilder::new(),
             };
-            let az = configured!(builder).build().map_err(build_error)?;
+            let anonymous = ambient == Ambient::Forbidden
+                && !given(&[
+                    "azure_storage_account_key",
+                    "azure_storage_access_key",
+                    "azure_storage_sas_key",
+                    "azure_storage_sas_token",
+                    "azure_client_secret",
+                    "azure_storage_token",
+                ]);
+            let az = configured!(builder)
+                .with_skip_signature(anonymous)
+                .build()
+                .map_err(build_error)?;
             Ok((Arc::new(az), prefix()?))
         }
         other => Err(Error::invalid(
