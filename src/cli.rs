@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::args::{StoreArgs, parse_duration};
 use crate::checkpoint::registry::{
     FileReferences, collect_garbage, manual_policy, recorded_retention,
 };
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore};
 use crate::error::Result;
 use crate::telemetry::{self, LogFormat};
 
@@ -55,27 +56,6 @@ pub enum Command {
     Plan(crate::restore::command::PlanArgs),
     /// Builds one subtask's RocksDB from a completed checkpoint (the workers' init container).
     Restore(crate::restore::command::RestoreArgs),
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
-}
-
-/// Where a job's checkpoints are.
-#[derive(Args, Debug, Clone)]
-pub struct StoreArgs {
-    /// Storage URL: file:///DIR, s3://BUCKET/PREFIX, gs://..., az://..., memory://NAME.
-    #[arg(long, env = "REGROUP_STORE")]
-    pub store: String,
-    /// The job, as NAMESPACE/NAME.
-    #[arg(long, env = "REGROUP_JOB")]
-    pub job: JobId,
-}
-
-impl StoreArgs {
-    /// Opens the job's checkpoint store.
-    pub fn open(&self) -> Result<CheckpointStore> {
-        CheckpointStore::from_url(&self.store, self.job.clone())
-    }
 }
 
 /// `regroup checkpoints ...`
@@ -120,12 +100,6 @@ pub struct GcArgs {
     dry_run: bool,
 }
 
-/// Parses a duration such as `30s`, `10m`, `1h30m`.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 30s, 10m or 1h ({e})"))
-}
-
 /// Entry point of the binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -157,7 +131,6 @@ pub async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Verify(args) => return crate::worker::oracle::main(args).await,
         Command::Plan(args) => crate::restore::command::run_plan(args).await?,
         Command::Restore(args) => crate::restore::command::run_restore(args).await?,
-        Command::Bench(c) => crate::bench::run(c).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1,22 +1,17 @@
 //! regroup: stateful, key-partitioned jobs on Kubernetes that rescale without losing state.
 //!
-//! The library holds all logic; `src/main.rs` only wires subcommands. See
-//! `architecture.md` for the picture: key groups ([`keygroup`]), checkpoint metadata and the
-//! object store ([`checkpoint`]), the RocksDB state backend with incremental snapshots
-//! ([`backend`]), the in-pod worker runtime with the reference job and its oracle ([`worker`]).
+//! This crate is the top floor: the in-pod worker runtime with the reference job and its oracle
+//! ([`worker`]), the operator ([`operator`]) and the command line ([`cli`]; `src/main.rs` only
+//! calls it). The floors below are re-exported under their usual names: [`regroup_core`]
+//! (key groups, checkpoints, the state backend, the state volume) and [`regroup_restore`].
+//! `docs/architecture.md` draws the whole house.
 
-pub mod backend;
-pub mod bench;
-pub mod checkpoint;
+pub mod args;
 pub mod cli;
-pub mod error;
-pub mod fault;
-pub mod keygroup;
 pub mod operator;
-pub mod podrunner;
-pub mod restore;
 pub mod telemetry;
 pub mod tls;
 pub mod worker;
 
-pub use error::{Error, Result};
+pub use regroup_core::{Error, Result, backend, checkpoint, error, fault, keygroup, statedir};
+pub use regroup_restore as restore;

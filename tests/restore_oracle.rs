@@ -83,7 +83,7 @@ async fn rescale_chain(
                 }
                 let backend = StateBackend::open(&target, m, range, &STATES).unwrap();
                 // What the worker does once running: compact what the restore clipped.
-                regroup::restore::compact_outside_range(&backend).unwrap();
+                backend.compact_outside_range().unwrap();
                 let got = contents(&backend);
                 assert_eq!(
                     all_keys(&backend),
@@ -221,7 +221,7 @@ async fn an_unsynced_restore_is_not_trusted_after_a_reboot() {
         assert_eq!(again.mode, RestoreMode::LocalRecovery, "same boot");
 
         // The node restarts: the marker names the boot before.
-        let path = target.join(regroup::restore::MARKER_FILE);
+        let path = target.join(regroup::statedir::restored::RESTORE_MARKER_FILE);
         let mut marker: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(marker["synced"], sync, "{marker}");
@@ -341,7 +341,7 @@ async fn deferred_compaction_falls_back_to_copy_until_compacted() {
     for (i, dir) in dirs.iter().enumerate() {
         let range = KeyGroupRange::for_subtask(128, 2, i as u32).unwrap();
         let b = StateBackend::open(dir, 128, range, &STATES).unwrap();
-        regroup::restore::compact_outside_range(&b).unwrap();
+        b.compact_outside_range().unwrap();
         assert_files_inside_range(&b);
     }
     let meta = mutate_and_checkpoint(&store, &dirs, &mut model, 3, 3, 128, &scratch).await;

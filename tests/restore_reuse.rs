@@ -15,7 +15,7 @@ use regroup::checkpoint::store::checksum_file;
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
 use regroup::keygroup::KeyGroupRange;
 use regroup::restore::{PlanOptions, RestoreRequest, plan_subtask, restore_subtask};
-use regroup::worker::marker::LocalCheckpointMarker;
+use regroup::statedir::marker::LocalCheckpointMarker;
 use restore_support::*;
 
 const M: u32 = 128;

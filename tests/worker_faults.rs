@@ -6,8 +6,8 @@ mod worker_common;
 use std::path::PathBuf;
 
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
+use regroup::statedir::db_dir;
 use regroup::worker::checkpoints::CheckpointStatus;
-use regroup::worker::db_dir;
 use regroup::worker::oracle::verify;
 use regroup::worker::reference::{COUNTS, decode_u64};
 use serde_json::json;

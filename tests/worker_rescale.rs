@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use regroup::checkpoint::CheckpointMetadata;
-use regroup::worker::marker::{FileIdentity, LocalCheckpointMarker};
+use regroup::statedir::marker::{FileIdentity, LocalCheckpointMarker};
 use regroup::worker::oracle::verify;
 use worker_common::{Cluster, restore_into};
 
@@ -94,7 +94,7 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
         // it was: a restore on these volumes may reuse them without reading them.
         for (state_dir, marker) in &markers {
             for (name, local) in &marker.files {
-                let path = regroup::worker::db_dir(state_dir).join(name);
+                let path = regroup::statedir::db_dir(state_dir).join(name);
                 assert_eq!(FileIdentity::read(&path).unwrap(), local.identity, "{name}");
             }
         }

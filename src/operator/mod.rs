@@ -54,7 +54,7 @@ pub struct OperatorArgs {
     pub identity: Option<String>,
     /// How long a leader Lease lasts without renewal, in whole seconds, e.g. 15s: a standby
     /// takes over once the Lease has not changed for this long on its own clock.
-    #[arg(long, default_value = "15s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = crate::args::parse_duration)]
     pub lease_duration: Duration,
     /// Let job stores use the operator's own credentials (its AWS_*/GOOGLE_*/AZURE_* variables,
     /// instance or workload identity) besides each job's storage Secret. Off by default: a job
@@ -63,14 +63,14 @@ pub struct OperatorArgs {
     pub ambient_credentials: bool,
     /// How long the leader keeps trying to renew before it stops acting, e.g. 10s (less than
     /// --lease-duration; default 2/3 of it).
-    #[arg(long, value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     pub lease_renew_deadline: Option<Duration>,
     /// Time between two tries to acquire or renew the Lease, e.g. 2s (less than
     /// --lease-renew-deadline; default a fifth of --lease-duration, at most 2s).
-    #[arg(long, value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     pub lease_retry_period: Option<Duration>,
     /// Timeout of one call to a worker's checkpoint API, e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
     pub worker_timeout: Duration,
 }
 

@@ -244,11 +244,11 @@ pub fn restore_container(
             subtask_env(),
             env("REGROUP_PARALLELISM", generation.parallelism),
             env("REGROUP_MAX_PARALLELISM", job.spec.max_parallelism),
-            // The worker opens <state dir>/db (worker::db_dir): restoring into the state dir
+            // The worker opens <state dir>/db (statedir::db_dir): restoring into the state dir
             // itself would leave the worker its old or an empty DB.
             env(
                 "REGROUP_TARGET",
-                crate::worker::db_dir(std::path::Path::new(STATE_DIR)).display(),
+                crate::statedir::db_dir(std::path::Path::new(STATE_DIR)).display(),
             ),
             env(
                 "REGROUP_RESTORE_STRATEGY",

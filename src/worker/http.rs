@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::Shared;
 use super::auth::{Refusal, admit};
 use super::checkpoints::{Begin, Notice};
-use super::marker::LocalCheckpointMarker;
+use crate::statedir::{self, marker::LocalCheckpointMarker};
 
 /// Body of `POST /v1/checkpoints`.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -174,7 +174,7 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                 if stop && handle.instance_id == snapshotter.instance_id() {
                     // The upload removed the native checkpoint's links: nothing changes the
                     // DB's files from here on, so the marker records what they are now.
-                    let db = super::db_dir(&shared.identity.state_dir);
+                    let db = statedir::db_dir(&shared.identity.state_dir);
                     let mut marker = LocalCheckpointMarker::of_local_db(&handle, &db);
                     if let Err(e) = marker.sync_files(&db) {
                         warn!(error = %e, "cannot sync the local DB's files: the checkpoint marker vouches for them in this boot of the node only");

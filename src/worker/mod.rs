@@ -5,21 +5,20 @@
 //! reference job ([`reference`]) is `regroup worker`. The state directory holds the DB in `db/`
 //! (what an init container's `regroup restore --target <state-dir>/db` builds), native
 //! checkpoints in `snapshots/` (same file system, so they are hard links) and, after a
-//! stop-with-checkpoint, the [`marker`] naming the checkpoint the DB equals.
+//! stop-with-checkpoint, the [`crate::statedir::marker`] naming the checkpoint the DB equals.
 
 pub mod auth;
 pub mod checkpoints;
 pub mod client;
 pub mod engine;
 pub mod http;
-pub mod marker;
 pub mod metrics;
 pub mod oracle;
 pub mod reference;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -32,24 +31,15 @@ use self::auth::TokenFile;
 use self::checkpoints::{CheckpointTable, Effect};
 use self::engine::Engine;
 use self::metrics::WorkerMetrics;
+use crate::args::StoreArgs;
 use crate::backend::{IncrementalSnapshotter, StateBackend, StateBatch};
 use crate::checkpoint::{CheckpointStore, JobId};
-use crate::cli::StoreArgs;
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
-
-/// Directory of the DB inside the state directory.
-pub const DB_DIR: &str = "db";
-/// Directory of native checkpoints inside the state directory.
-pub const SNAPSHOT_DIR: &str = "snapshots";
+use crate::statedir::{self, marker::LocalCheckpointMarker};
 
 /// How long open HTTP connections may take to finish when the worker stops.
 pub const SERVER_GRACE: Duration = Duration::from_secs(5);
-
-/// The DB directory of a state directory.
-pub fn db_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(DB_DIR)
-}
 
 /// The logic of a keyed job. The runtime calls [`KeyedJob::step`] in a loop on a thread of its
 /// own and commits the batch after each step; snapshots are taken only between steps, so a
@@ -301,7 +291,7 @@ pub async fn run<J: KeyedJob>(
             let running = shared.running.get().expect("set above");
             let r = running.engine.shutdown().await;
             // Closing the DB must not wait for the cleanup compaction: end it early.
-            crate::restore::stop_manual_compactions(&running.backend);
+            running.backend.stop_manual_compactions();
             if let Some(t) = running.cleanup.take() {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }
@@ -345,15 +335,15 @@ fn open_and_start<J: KeyedJob>(
     let dir = &identity.state_dir;
     std::fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
     // The DB is about to change: it no longer equals any stop-with-checkpoint.
-    marker::LocalCheckpointMarker::remove(dir)?;
-    let scratch = dir.join(SNAPSHOT_DIR);
+    LocalCheckpointMarker::remove(dir)?;
+    let scratch = statedir::snapshot_dir(dir);
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).map_err(Error::io("remove", &scratch))?;
     }
     let states = job.states();
     let state_refs: Vec<&str> = states.iter().map(String::as_str).collect();
     let backend = StateBackend::open(
-        &db_dir(dir),
+        &statedir::db_dir(dir),
         identity.max_parallelism,
         identity.range,
         &state_refs,
@@ -375,7 +365,7 @@ fn open_and_start<J: KeyedJob>(
             .name("compact-outside-range".to_owned())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                match crate::restore::compact_outside_range(&backend) {
+                match backend.compact_outside_range() {
                     Ok(()) => info!(
                         seconds = started.elapsed().as_secs_f64(),
                         "compacted the key intervals outside the range"

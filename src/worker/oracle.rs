@@ -13,9 +13,9 @@ use clap::Args;
 use super::reference::{
     COUNTS, KeySpace, POSITION_KEY, Position, SUMS, decode_u64, expected_state,
 };
+use crate::args::StoreArgs;
 use crate::backend::{DEFAULT_STATE, StateBackend, scan_cf};
 use crate::checkpoint::CheckpointStore;
-use crate::cli::StoreArgs;
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, key_group_for_key};
 

@@ -10,7 +10,7 @@ use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup::keygroup::{KeyGroupRange, key_group_for_key, subtask_for_key_group};
 use regroup::restore::{RestoreRequest, RestoreSummary, Strategy, restore_subtask};
-use regroup::worker::marker::LocalCheckpointMarker;
+use regroup::statedir::marker::LocalCheckpointMarker;
 
 /// Named states (column families) every worker declares.
 pub const STATES: [&str; 2] = ["counts", "sessions"];

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup::statedir::db_dir;
 use regroup::worker::checkpoints::{CheckpointRecord, CheckpointStatus, Notice};
 use regroup::worker::client::WorkerClient;
-use regroup::worker::db_dir;
 use serde_json::{Value, json};
 
 /// Number of key groups of every test job.

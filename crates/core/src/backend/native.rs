@@ -1,6 +1,7 @@
-//! Safe wrappers over the C++ shim (`src/rocksdb_shim.cc`, built by `build.rs`): ingestion of
-//! DB-generated SST files, an end-exclusive `DeleteFilesInRange` and the sequence numbers and
-//! epoch numbers of live SST files.
+//! All of regroup's FFI, as safe functions over the C++ shim (`src/rocksdb_shim.cc`, built by
+//! `build.rs`) that reaches what RocksDB's C API does not expose: the key-group SST
+//! partitioner, ingestion of DB-generated SST files, an end-exclusive `DeleteFilesInRange`, the
+//! sequence numbers and epoch numbers of live SST files.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::Path;
@@ -44,6 +45,11 @@ unsafe extern "C" {
     fn regroup_free_error(error: *mut c_char);
     fn regroup_disable_manual_compaction(db: *mut c_void);
     fn regroup_set_unsynced(options: *mut c_void);
+    fn regroup_set_key_group_partitioner(
+        options: *mut c_void,
+        prefix_len: usize,
+        min_file_bytes: u64,
+    );
     fn regroup_live_sst_order(
         db: *mut c_void,
         each: LiveSstFn,
@@ -65,6 +71,23 @@ fn take_error(code: c_int, error: *mut c_char) -> Option<String> {
         .into_owned();
     unsafe { regroup_free_error(error) };
     Some(message)
+}
+
+/// Makes DBs opened with `options` cut compaction output files at key-group boundaries (keys
+/// start with a `prefix_len`-byte key group) once a file holds `min_file_bytes`.
+pub fn set_key_group_partitioner(
+    options: &mut rocksdb::Options,
+    prefix_len: usize,
+    min_file_bytes: u64,
+) {
+    // SAFETY: `options` is a live `rocksdb_options_t`; the shim only sets a shared_ptr field in it.
+    unsafe {
+        regroup_set_key_group_partitioner(
+            rocksdb::AsRawPtr::as_raw_ptr(options).cast(),
+            prefix_len,
+            min_file_bytes,
+        );
+    }
 }
 
 /// Ingests `files` (SST files written by some RocksDB instance, ordered oldest data first: lowest
@@ -146,7 +169,7 @@ pub fn set_unsynced(options: &mut rocksdb::Options) {
     unsafe { regroup_set_unsynced(rocksdb::AsRawPtr::as_raw_ptr(options).cast()) }
 }
 
-/// Makes running and later manual compactions of `db` (e.g. [`super::compact_outside_range`])
+/// Makes running and later manual compactions of `db` (e.g. [`super::StateBackend::compact_outside_range`])
 /// end early, so that closing the DB does not wait for them.
 pub fn stop_manual_compactions(db: &DB) {
     // SAFETY: `db` outlives the call.

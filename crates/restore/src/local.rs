@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::checkpoint::CheckpointMetadata;
-use crate::worker::marker::{LocalCheckpointMarker, MARKER_FILE, MARKER_VERSION, VouchedFile};
+use regroup_core::checkpoint::CheckpointMetadata;
+use regroup_core::statedir::in_this_boot;
+use regroup_core::statedir::marker::{
+    LocalCheckpointMarker, MARKER_FILE, MARKER_VERSION, VouchedFile,
+};
 
 /// A local DB that equals one handle of the checkpoint being restored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,12 +113,12 @@ pub fn examine(
         Ok(None) => return Err(LocalUnused::NoMarker),
         Err(e) => return Err(LocalUnused::UnreadableMarker(e.to_string())),
     };
-    let db = state_dir.join(crate::worker::DB_DIR);
+    let db = regroup_core::statedir::db_dir(state_dir);
     let old_subtask = matching_handle(&marker, meta).map_err(LocalUnused::Mismatch)?;
     if !db.is_dir() {
         return Err(LocalUnused::MissingDb(db));
     }
-    let files = if marker.files_synced || super::in_this_boot(marker.boot_id.as_deref()) {
+    let files = if marker.files_synced || in_this_boot(marker.boot_id.as_deref()) {
         marker.files
     } else {
         BTreeMap::new()
@@ -153,11 +156,11 @@ pub fn find(state_dir: &Path, meta: &CheckpointMetadata) -> Option<LocalSource> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keygroup::KeyGroupRange;
-    use crate::worker::marker::MARKER_VERSION;
+    use regroup_core::keygroup::KeyGroupRange;
+    use regroup_core::statedir::marker::MARKER_VERSION;
 
     fn meta() -> CheckpointMetadata {
-        crate::restore::fixtures::checkpoint(8, 2, 2)
+        crate::fixtures::checkpoint(8, 2, 2)
     }
 
     fn marker() -> LocalCheckpointMarker {
@@ -217,10 +220,10 @@ mod tests {
     fn files_are_vouched_for_in_the_markers_boot_or_once_synced() {
         let meta = meta();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(crate::worker::DB_DIR)).unwrap();
+        std::fs::create_dir(dir.path().join(regroup_core::statedir::DB_DIR)).unwrap();
         let file = VouchedFile {
-            checksum: crate::checkpoint::Checksum(7),
-            identity: crate::worker::marker::FileIdentity {
+            checksum: regroup_core::checkpoint::Checksum(7),
+            identity: regroup_core::statedir::marker::FileIdentity {
                 inode: 12,
                 size: 1000,
                 mtime_ns: 1,
@@ -229,7 +232,7 @@ mod tests {
         };
         let mut m = marker();
         m.files = BTreeMap::from([("000001.sst".to_owned(), file)]);
-        let boot = crate::restore::boot_id();
+        let boot = regroup_core::statedir::boot_id();
         assert!(
             boot.is_some(),
             "this test needs /proc/sys/kernel/random/boot_id"
@@ -258,7 +261,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(examine(dir.path(), &meta), Err(LocalUnused::NoMarker));
         marker().write(dir.path()).unwrap();
-        let db = dir.path().join(crate::worker::DB_DIR);
+        let db = dir.path().join(regroup_core::statedir::DB_DIR);
         assert_eq!(
             examine(dir.path(), &meta),
             Err(LocalUnused::MissingDb(db.clone()))

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::sync_path;
 use crate::checkpoint::{Checksum, JobId, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
-use crate::restore::sync_path;
 
 /// File name of the marker in the state directory, beside `db/`.
 pub const MARKER_FILE: &str = "checkpoint-marker.json";
@@ -157,7 +157,7 @@ impl LocalCheckpointMarker {
     /// in whole seconds too, see [`FileIdentity::fine_grained`]: a restore reads them back).
     pub fn of_local_db(handle: &SubtaskHandle, db: &Path) -> Self {
         let mut marker = Self::of_handle(handle);
-        marker.boot_id = crate::restore::boot_id();
+        marker.boot_id = super::boot_id();
         marker.files = handle
             .shared
             .iter()

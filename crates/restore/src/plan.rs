@@ -16,9 +16,9 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use super::order::l0_order_proven;
-use crate::checkpoint::{CheckpointMetadata, SharedFile, SubtaskHandle};
-use crate::error::{Error, Result};
-use crate::keygroup::{KeyGroupRange, check_parallelism, ranges, subtask_for_key_group};
+use regroup_core::checkpoint::{CheckpointMetadata, SharedFile, SubtaskHandle};
+use regroup_core::error::{Error, Result};
+use regroup_core::keygroup::{KeyGroupRange, check_parallelism, ranges, subtask_for_key_group};
 
 /// How the inputs of a rescaling restore are merged into the new DB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
@@ -496,7 +496,7 @@ pub fn plan_ranges(max_parallelism: u32, from: Option<u32>, to: u32) -> Result<R
 mod tests {
     use super::Strategy;
     use super::*;
-    use crate::restore::fixtures::checkpoint;
+    use crate::fixtures::checkpoint;
     use proptest::prelude::*;
 
     fn r(start: u32, end: u32) -> KeyGroupRange {
@@ -684,7 +684,7 @@ mod tests {
         assert_eq!(methods(&meta), [InputMethod::Copy, InputMethod::Ingest]);
         // The same files with their epoch numbers (format 2) are ingested.
         for (f, epoch) in meta.handles[0].shared.iter_mut().zip([4, 3]) {
-            f.order = Some(crate::checkpoint::SstOrder {
+            f.order = Some(regroup_core::checkpoint::SstOrder {
                 smallest_seqno: epoch * 10,
                 largest_seqno: epoch * 10 + 5,
                 epoch_number: Some(epoch),

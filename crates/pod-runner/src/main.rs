@@ -1,14 +1,13 @@
 //! `regroup-pod-runner`: runs the test cluster's pods labelled `regroup.dev/run-locally=true`
-//! on kwok nodes as local processes, until SIGTERM or Ctrl-C. See [`regroup::podrunner`].
+//! on kwok nodes as local processes, until SIGTERM or Ctrl-C. See [`regroup_pod_runner`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use regroup::podrunner::spec::{BinaryTable, RUN_LOCALLY_LABEL, RUNNER_LABEL};
-use regroup::podrunner::{RunnerConfig, parse_node_labels, run};
-use regroup::telemetry::{self, LogFormat};
+use regroup_pod_runner::spec::{BinaryTable, RUN_LOCALLY_LABEL, RUNNER_LABEL};
+use regroup_pod_runner::{RunnerConfig, parse_node_labels, run};
 
 /// Runs pods of kwok nodes as local processes (the test cluster has no container runtime).
 #[derive(Parser, Debug)]
@@ -63,6 +62,28 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// Log format of the runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("install SIGTERM handler");
@@ -75,8 +96,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_format);
-    regroup::tls::install_crypto_provider();
+    init_logs(args.log_format);
+    // rustls cannot pick a provider when a build of the workspace compiles in two.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let binaries = BinaryTable::parse(&args.binaries)?;
     for (name, path) in binaries.entries() {
         anyhow::ensure!(

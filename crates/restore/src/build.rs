@@ -10,20 +10,22 @@ use futures::StreamExt;
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 use tracing::{debug, info, warn};
 
-use super::ingest;
 use super::local::LocalSource;
 use super::order::sort_for_ingestion;
 use super::plan::{InputMethod, PlannedInput, RestoreKind, SubtaskPlan};
-use crate::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
-use crate::checkpoint::local_file::{CopyHelpers, LocalWrite, table_metadata_ends};
-use crate::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore, FileRef, SharedFile, SubtaskHandle};
-use crate::error::{Error, Result};
-use crate::keygroup::KeyGroupRange;
-use crate::worker::marker::{FileIdentity, VouchedFile};
+use regroup_core::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
+use regroup_core::backend::{clip::clip, native};
+use regroup_core::checkpoint::local_file::{CopyHelpers, LocalWrite, table_metadata_ends};
+use regroup_core::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
+use regroup_core::checkpoint::{
+    CheckpointMetadata, CheckpointStore, FileRef, SharedFile, SubtaskHandle,
+};
+use regroup_core::error::{Error, Result};
+use regroup_core::keygroup::KeyGroupRange;
+use regroup_core::statedir::marker::{FileIdentity, VouchedFile};
 
 /// The directory, inside the work directory, where the new DB is built.
-pub const DB_DIR: &str = "db";
+pub const BUILT_DB_DIR: &str = "db";
 /// The directory, inside the work directory, where inputs are downloaded.
 const INPUTS_DIR: &str = "inputs";
 
@@ -57,7 +59,7 @@ pub struct BuildStats {
 /// Where an input's files go: the DB directory itself for `Whole` and `Base`, else its own.
 fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
     match input.method {
-        InputMethod::Whole | InputMethod::Base => work.join(DB_DIR),
+        InputMethod::Whole | InputMethod::Base => work.join(BUILT_DB_DIR),
         InputMethod::Copy | InputMethod::Ingest => {
             work.join(INPUTS_DIR).join(input.old_subtask.to_string())
         }
@@ -451,7 +453,7 @@ fn open_db(dir: &Path, column_families: &[String], max_parallelism: u32, sync: b
         let mut o = db_options(max_parallelism);
         o.set_disable_auto_compactions(true);
         if !sync {
-            ingest::set_unsynced(&mut o);
+            native::set_unsynced(&mut o);
         }
         o
     };
@@ -486,7 +488,7 @@ fn merge(
     options: BuildOptions,
     ready: Receiver<usize>,
 ) -> Result<Merged> {
-    let db_dir = work.join(DB_DIR);
+    let db_dir = work.join(BUILT_DB_DIR);
     std::fs::create_dir_all(&db_dir).map_err(Error::io("create directory", &db_dir))?;
     let max_parallelism = meta.max_parallelism;
     let base = plan
@@ -587,7 +589,7 @@ fn ingest_handle(db: &DB, h: &SubtaskHandle, input: &PlannedInput, dir: &Path) -
         let name = f
             .column_family
             .as_deref()
-            .unwrap_or(crate::backend::DEFAULT_STATE);
+            .unwrap_or(regroup_core::backend::DEFAULT_STATE);
         by_cf.entry(name).or_default().push(f);
     }
     let mut count = 0;
@@ -603,7 +605,7 @@ fn ingest_handle(db: &DB, h: &SubtaskHandle, input: &PlannedInput, dir: &Path) -
             h.key_group_range,
             h.checkpoint_id
         );
-        ingest::ingest_db_generated_files(db, &handle, &paths, &context)?;
+        native::ingest_db_generated_files(db, &handle, &paths, &context)?;
         debug!(%context, "ingested");
         count += paths.len();
     }
@@ -664,134 +666,4 @@ fn copy_handle(
     }
     info!(subtask = h.subtask, keys = copied, "copied handle");
     Ok(copied)
-}
-
-/// The key intervals of the key groups outside `range`.
-fn outside_intervals(
-    range: KeyGroupRange,
-    max_parallelism: u32,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut outside = Vec::new();
-    if range.start > 0 {
-        outside.push(KeyGroupRange::new(0, range.start - 1)?.key_interval(max_parallelism));
-    }
-    if range.end + 1 < max_parallelism {
-        outside.push(
-            KeyGroupRange::new(range.end + 1, max_parallelism - 1)?.key_interval(max_parallelism),
-        );
-    }
-    Ok(outside)
-}
-
-/// Whether live file `f` holds keys in `[lower, upper)`, judged by its first and last key.
-fn reaches(f: &rocksdb::LiveFile, lower: &[u8], upper: &[u8]) -> bool {
-    f.start_key.as_deref().is_none_or(|s| s < upper)
-        && f.end_key.as_deref().is_none_or(|e| e >= lower)
-}
-
-/// The outside intervals that some live file of column family `name` reaches into.
-fn reached<'a>(
-    live: &[rocksdb::LiveFile],
-    name: &str,
-    outside: &'a [(Vec<u8>, Vec<u8>)],
-) -> Vec<&'a (Vec<u8>, Vec<u8>)> {
-    outside
-        .iter()
-        .filter(|(lower, upper)| {
-            live.iter()
-                .any(|f| f.column_family_name == name && reaches(f, lower, upper))
-        })
-        .collect()
-}
-
-/// Removes every key outside `range` from every column family: whole files first
-/// (end-exclusive `DeleteFilesInRange`), then, only where some file still reaches outside (it
-/// straddles a boundary of the range), range tombstones; with `compact`, a compaction of just
-/// those intervals, so neither tombstones nor clipped records survive into later checkpoints
-/// (whose files can then be ingested next to other handles' files: a file reaching outside its
-/// handle's range makes the next restore copy that handle instead). With the key-group
-/// partitioner ([`crate::backend::PARTITION_MIN_FILE_BYTES`]) files rarely straddle, and the
-/// clip is usually nothing but dropping whole files.
-fn clip(
-    db: &DB,
-    column_families: &[String],
-    range: KeyGroupRange,
-    max_parallelism: u32,
-    compact: bool,
-) -> Result<()> {
-    let outside = outside_intervals(range, max_parallelism)?;
-    if outside.is_empty() {
-        return Ok(());
-    }
-    let live = db
-        .live_files()
-        .map_err(Error::rocks("list live files of the new DB"))?;
-    for name in column_families {
-        let handle = cf(db, name)?;
-        for (lower, upper) in reached(&live, name, &outside) {
-            let context = format!("column family {name}, keys outside {range}");
-            ingest::delete_files_in_range(db, &handle, lower, upper, &context)?;
-        }
-    }
-    let live = db
-        .live_files()
-        .map_err(Error::rocks("list live files of the new DB"))?;
-    let mut straddling = 0;
-    for name in column_families {
-        let reached = reached(&live, name, &outside);
-        if reached.is_empty() {
-            continue;
-        }
-        straddling += live
-            .iter()
-            .filter(|f| f.column_family_name == *name)
-            .filter(|f| {
-                reached
-                    .iter()
-                    .any(|(lower, upper)| reaches(f, lower, upper))
-            })
-            .count();
-        let handle = cf(db, name)?;
-        for (lower, upper) in &reached {
-            db.delete_range_cf_opt(&handle, lower, upper, &write_options())
-                .map_err(Error::rocks(format!(
-                    "delete range of column family {name}, keys outside {range}"
-                )))?;
-        }
-        db.flush_cf(&handle)
-            .map_err(Error::rocks(format!("flush column family {name}")))?;
-    }
-    debug!(
-        straddling,
-        "files reaching outside the range after dropping whole files"
-    );
-    if compact && straddling > 0 {
-        compact_outside(db, column_families, range, max_parallelism)?;
-    }
-    Ok(())
-}
-
-/// Compacts the key intervals outside `range` that some file still reaches into, in every
-/// column family: drops clipped records and their range tombstones.
-pub fn compact_outside(
-    db: &DB,
-    column_families: &[String],
-    range: KeyGroupRange,
-    max_parallelism: u32,
-) -> Result<()> {
-    let outside = outside_intervals(range, max_parallelism)?;
-    let live = db.live_files().map_err(Error::rocks("list live files"))?;
-    let mut compact = rocksdb::CompactOptions::default();
-    compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
-    for name in column_families {
-        let reached = reached(&live, name, &outside);
-        if reached.is_empty() {
-            continue;
-        }
-        let handle = cf(db, name)?;
-        for (lower, upper) in reached {
-            db.compact_range_cf_opt(&handle, Some(lower), Some(upper), &compact);
-        }
-    }
-    Ok(())
 }

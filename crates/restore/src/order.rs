@@ -8,8 +8,8 @@
 
 use std::cmp::Ordering;
 
-use crate::backend::DEFAULT_STATE;
-use crate::checkpoint::{SharedFile, SubtaskHandle};
+use regroup_core::backend::DEFAULT_STATE;
+use regroup_core::checkpoint::{SharedFile, SubtaskHandle};
 
 /// True when `h` records enough to ingest its L0 files in their true order: every two L0 files
 /// of one column family whose key-group spans may intersect both carry an epoch number. A
@@ -75,9 +75,9 @@ fn file_number(name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::SstOrder;
-    use crate::keygroup::KeyGroupRange;
-    use crate::restore::fixtures::checkpoint;
+    use crate::fixtures::checkpoint;
+    use regroup_core::checkpoint::SstOrder;
+    use regroup_core::keygroup::KeyGroupRange;
 
     /// An SST file of column family `state` named after `number`.
     fn sst(

@@ -38,7 +38,7 @@ fn node_type() -> String {
 }
 
 fn cluster_or_skip(test: &str) -> bool {
-    regroup::tls::install_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match std::env::var("KUBECONFIG") {
         Ok(v) if !v.is_empty() => true,
         _ => {

@@ -10,9 +10,9 @@ use super::plan::{
     PlanOptions, RangePlan, RescalePlan, Strategy, plan, plan_ranges, plan_subtask_with_local,
 };
 use super::{RestoreRequest, is_local_copy, local, resolve_checkpoint, restore_subtask};
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
-use crate::error::{Error, Result};
-use crate::keygroup::KeyGroupRange;
+use regroup_core::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup_core::error::{Error, Result};
+use regroup_core::keygroup::KeyGroupRange;
 
 /// Output format of a command's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -273,7 +273,7 @@ pub fn local_states(
             ));
         }
         let range = KeyGroupRange::for_subtask(meta.max_parallelism, to, new)?;
-        let target = dir.join(crate::worker::DB_DIR);
+        let target = dir.join(regroup_core::statedir::DB_DIR);
         let state = if is_local_copy(
             &target,
             &meta.job,
@@ -403,7 +403,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         compact: args.compact,
         sync: args.sync,
         page_cache_budget: args.page_cache_budget,
-        fault_pause_before_rename: crate::fault::faults().restore_pause,
+        fault_pause_before_rename: regroup_core::fault::faults().restore_pause,
     };
     let summary = restore_subtask(&store, &request).await?;
     match args.output {
@@ -564,7 +564,7 @@ mod tests {
     /// Checkpoint 5 at parallelism 2 of M = 8: each handle has two SSTs (one per half of its
     /// range) of 1000 and 1001 bytes and a 16-byte private file.
     fn meta() -> CheckpointMetadata {
-        crate::restore::fixtures::checkpoint(8, 2, 2)
+        crate::fixtures::checkpoint(8, 2, 2)
     }
 
     fn state(subtask: u32, old_subtask: Option<u32>) -> LocalState {

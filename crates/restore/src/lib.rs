@@ -13,7 +13,7 @@
 //!
 //! - **local state reused**: when the target's parent (the pod's volume) holds the DB a worker
 //!   left after a stop-with-checkpoint, and its marker (`checkpoint-marker.json`, see
-//!   [`crate::worker::marker`]) names a handle of the restored checkpoint (same job, checkpoint
+//!   [`regroup_core::statedir::marker`]) names a handle of the restored checkpoint (same job, checkpoint
 //!   and DB instance), that handle is preferred as the initial one and the SST files the plan
 //!   needs from it are hard-linked from the local DB after checking them (any that do not
 //!   verify or cannot be linked are downloaded, and logged); only the rest is fetched. A file
@@ -35,7 +35,6 @@ mod build;
 pub mod command;
 #[cfg(test)]
 mod fixtures;
-pub(crate) mod ingest;
 pub mod local;
 pub mod order;
 pub mod page_cache;
@@ -48,18 +47,18 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId, SharedFile};
-use crate::error::{Error, Result};
-use crate::keygroup::KeyGroupRange;
+use regroup_core::checkpoint::{CheckpointMetadata, CheckpointStore, JobId, SharedFile};
+use regroup_core::error::{Error, Result};
+use regroup_core::keygroup::KeyGroupRange;
+use regroup_core::statedir::restored::{RESTORE_MARKER_FILE, RestoreMarker};
+use regroup_core::statedir::{self, in_this_boot, sync_path};
+
 use local::LocalSource;
 
 pub use plan::{
     InputMethod, PlanOptions, RescalePlan, RestoreKind, Strategy, SubtaskPlan, plan, plan_ranges,
     plan_subtask, plan_subtask_with_local,
 };
-
-/// Name of the marker file the restore writes into the DB directory it produced.
-pub const MARKER_FILE: &str = "REGROUP-RESTORE.json";
 
 /// What to restore, and where.
 #[derive(Clone, Debug)]
@@ -199,7 +198,7 @@ pub struct RestoreSummary {
     pub target: PathBuf,
     /// SST files that the DB holds under their stored names (unchanged restores), which the next
     /// incremental snapshot may reference instead of uploading
-    /// ([`crate::backend::IncrementalSnapshotter::seed_confirmed`]).
+    /// ([`regroup_core::backend::IncrementalSnapshotter::seed_confirmed`]).
     #[serde(skip)]
     pub reusable_files: Vec<SharedFile>,
 }
@@ -251,71 +250,13 @@ impl RestoreSummary {
     }
 }
 
-/// The marker a restore leaves in the DB it built: which restore produced it, and its files.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RestoreMarker {
-    /// The job.
-    pub job: JobId,
-    /// The checkpoint restored.
-    pub checkpoint_id: u64,
-    /// Key groups of the job.
-    pub max_parallelism: u32,
-    /// Key groups of the DB.
-    pub range: KeyGroupRange,
-    /// Every file of the directory (the marker excepted) with its size, when the restore ended.
-    pub files: BTreeMap<String, u64>,
-    /// The files were synced before the restore ended (markers older than this field were).
-    #[serde(default = "synced_by_default")]
-    pub synced: bool,
-    /// The boot of the node the restore ran on (`/proc/sys/kernel/random/boot_id`): the files of
-    /// an unsynced restore are only sure to be what it wrote until the node restarts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_id: Option<String>,
-}
-
-fn synced_by_default() -> bool {
-    true
-}
-
-/// The current boot of this machine, where the kernel says it (Linux).
-pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
-/// Whether `recorded` (a marker's boot id) is this boot of the machine: files not yet written
-/// back when the marker was written may have been lost in a crash since. An unknown boot never
-/// is.
-pub fn in_this_boot(recorded: Option<&str>) -> bool {
-    recorded.is_some() && recorded == boot_id().as_deref()
-}
-
-impl RestoreMarker {
-    fn read(dir: &Path) -> Option<Self> {
-        let bytes = std::fs::read(dir.join(MARKER_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(MARKER_FILE);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Json {
-            file: path.display().to_string(),
-            source,
-        })?;
-        std::fs::write(&path, bytes).map_err(Error::io("write", &path))
-    }
-}
-
 /// Names and sizes of the files of `dir`, the marker excepted.
 fn list_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
         let entry = entry.map_err(Error::io("list", dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == MARKER_FILE {
+        if name == RESTORE_MARKER_FILE {
             continue;
         }
         let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
@@ -527,26 +468,9 @@ pub async fn restore_subtask(
     Ok(summary)
 }
 
-/// Compacts away what a restore (without [`RestoreRequest::compact`]) clipped from the
-/// backend's DB (records and range tombstones outside its range); a no-op when nothing is left.
-/// [`stop_manual_compactions`] makes it end early.
-pub fn compact_outside_range(backend: &crate::backend::StateBackend) -> Result<()> {
-    build::compact_outside(
-        backend.db(),
-        backend.states(),
-        backend.range(),
-        backend.max_parallelism(),
-    )
-}
-
-/// Makes a running [`compact_outside_range`] (and any later one) of `backend` end early.
-pub fn stop_manual_compactions(backend: &crate::backend::StateBackend) {
-    ingest::stop_manual_compactions(backend.db());
-}
-
 /// Column families of the restored DB: those of every input handle, `default` first.
 fn column_families(meta: &CheckpointMetadata, plan: &SubtaskPlan) -> Vec<String> {
-    let mut out = vec![crate::backend::DEFAULT_STATE.to_owned()];
+    let mut out = vec![regroup_core::backend::DEFAULT_STATE.to_owned()];
     for input in &plan.inputs {
         let h = &meta.handles[input.old_subtask as usize];
         let names = h
@@ -574,7 +498,7 @@ fn finish(
     local: Option<&LocalSource>,
     sync: bool,
 ) -> Result<()> {
-    let db = work.join(build::DB_DIR);
+    let db = work.join(build::BUILT_DB_DIR);
     let marker = RestoreMarker {
         job: meta.job.clone(),
         checkpoint_id: meta.checkpoint_id,
@@ -582,18 +506,18 @@ fn finish(
         range: plan.range,
         files: list_files(&db)?,
         synced: sync,
-        boot_id: if sync { None } else { boot_id() },
+        boot_id: if sync { None } else { statedir::boot_id() },
     };
     marker.write(&db)?;
     if sync {
         sync_path(&db)?;
     }
     let state_dir = target.parent();
-    let target_is_marked_db = state_dir.is_some_and(|d| d.join(crate::worker::DB_DIR) == target);
+    let target_is_marked_db = state_dir.is_some_and(|d| statedir::db_dir(d) == target);
     if let Some(d) = state_dir
         && (target_is_marked_db || local.is_some())
     {
-        crate::worker::marker::LocalCheckpointMarker::remove(d)?;
+        regroup_core::statedir::marker::LocalCheckpointMarker::remove(d)?;
     }
     if target.exists() {
         // A stale DB (another checkpoint, another range, or opened since): replaced only now
@@ -613,13 +537,6 @@ fn finish(
         std::fs::remove_dir_all(&l.db).map_err(Error::io("remove the reused local DB", &l.db))?;
     }
     Ok(())
-}
-
-/// Syncs the file or directory at `path` to disk.
-pub fn sync_path(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io("sync", path))
 }
 
 /// Refuses a restore whose downloads cannot fit on the volume of `dir`, before downloading
@@ -672,13 +589,13 @@ pub fn start_empty(target: &Path) -> Result<Emptied> {
         )
     })?;
     let mut emptied = Emptied::default();
-    let marker = crate::worker::marker::marker_path(state_dir);
-    let snapshots = state_dir.join(crate::worker::SNAPSHOT_DIR);
+    let marker = regroup_core::statedir::marker::marker_path(state_dir);
+    let snapshots = statedir::snapshot_dir(state_dir);
     for path in [&marker, &target, &snapshots] {
         measure(path, &mut emptied);
     }
     // The marker first: no crash leaves a marker naming a DB that is half gone.
-    crate::worker::marker::LocalCheckpointMarker::remove(state_dir)?;
+    regroup_core::statedir::marker::LocalCheckpointMarker::remove(state_dir)?;
     for dir in [&target, &snapshots] {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}

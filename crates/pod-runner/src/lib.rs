@@ -17,10 +17,12 @@
 //! [`spec::MountTable`]. Every process's output goes to `<log dir>/<namespace>/<pod>/<container>.log`.
 
 pub mod claims;
+pub mod error;
 mod runner;
 pub mod spec;
 pub mod status;
 mod supervisor;
 mod volumes;
 
+pub use error::{Error, Result};
 pub use runner::{RunnerConfig, parse_node_labels, run};

@@ -1,4 +1,4 @@
-//! `regroup bench restore`: Flink's rescaling benchmark shape, measured in one run.
+//! `regroup-bench restore`: Flink's rescaling benchmark shape, measured in one run.
 //!
 //! N keys (default 10,000,000) of 96 bytes with 128-byte values, M = 128. The source state is
 //! written with the backend at parallelism 2 (for scale-in) and 1 (for scale-out) and
@@ -25,28 +25,36 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use rocksdb::IteratorMode;
 
-use crate::backend::{IncrementalSnapshotter, StateBackend};
-use crate::checkpoint::FileRef;
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
-use crate::error::{Error, Result};
-use crate::keygroup::{KeyGroupRange, key_group_for_key, subtask_for_key_group};
-use crate::restore::{
+use regroup::backend::{IncrementalSnapshotter, StateBackend};
+use regroup::checkpoint::FileRef;
+use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup::error::{Error, Result};
+use regroup::keygroup::{KeyGroupRange, key_group_for_key, subtask_for_key_group};
+use regroup::restore::{
     PlanOptions, RestoreRequest, RestoreSummary, Strategy, SubtaskPlan, plan_subtask_with_local,
     restore_subtask,
 };
-use crate::worker::marker::LocalCheckpointMarker;
+use regroup::statedir::marker::LocalCheckpointMarker;
 
-/// `regroup bench ...`
+/// Benchmarks of regroup's restores, each measured against a plain copy in the same run.
+#[derive(Parser, Debug)]
+#[command(name = "regroup-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+/// `regroup-bench ...`
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Restore with and without record copying, against a raw file copy.
     Restore(RestoreBenchArgs),
 }
 
-/// `regroup bench restore`
+/// `regroup-bench restore`
 #[derive(Args, Debug, Clone)]
 pub struct RestoreBenchArgs {
     /// Number of keys.
@@ -88,8 +96,20 @@ fn fill(out: &mut [u8], i: u64, salt: u64) {
     }
 }
 
-/// Runs `regroup bench ...`.
-pub async fn run(command: BenchCommand) -> Result<()> {
+/// Runs `regroup-bench ...`.
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    regroup::telemetry::init(regroup::telemetry::LogFormat::Text);
+    match run(Cli::parse().command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Restore(args) => {
             let report = restore_bench(&args).await?;
@@ -235,7 +255,7 @@ fn kept_volume(
     let p = meta.parallelism;
     let source = dir.join(format!("p{p}-w{i}"));
     let volume = dir.join(format!("volume-{name}"));
-    let db = volume.join(crate::worker::DB_DIR);
+    let db = regroup::statedir::db_dir(&volume);
     std::fs::create_dir_all(&db).map_err(Error::io("create directory", &db))?;
     for entry in std::fs::read_dir(&source).map_err(Error::io("list", &source))? {
         let entry = entry.map_err(Error::io("list", &source))?;
@@ -759,7 +779,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     let mut out = String::new();
     writeln!(
         out,
-        "regroup bench restore: {keys} keys of {KEY_BYTES} B, values of {VALUE_BYTES} B, max parallelism {MAX_PARALLELISM}, dir {}",
+        "regroup-bench restore: {keys} keys of {KEY_BYTES} B, values of {VALUE_BYTES} B, max parallelism {MAX_PARALLELISM}, dir {}",
         dir.display()
     )
     .ok();
@@ -768,7 +788,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
         writeln!(
             out,
             "page-cache budget of an unsynced restore on this machine: {} B (the rest of its downloads with direct I/O)",
-            crate::restore::page_cache::budget()
+            regroup::restore::page_cache::budget()
         )
         .ok();
     }

@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use rocksdb::DB;
 use tracing::{debug, info};
 
+use super::native::live_sst_order;
 use super::{StateBackend, db_options};
 use crate::checkpoint::metadata::{
     FORMAT_VERSION, PrivateFile, SharedFile, SstOrder, SubtaskHandle,
@@ -23,7 +24,6 @@ use crate::checkpoint::paths::JobPaths;
 use crate::checkpoint::store::CheckpointStore;
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, read_key_group_prefix};
-use crate::restore::ingest::live_sst_order;
 
 /// Uploads of one snapshot in flight at once.
 pub const UPLOAD_PARALLELISM: usize = 4;

@@ -124,8 +124,9 @@ pub enum Error {
     KeyGroupNotOwned {
         /// The key's group.
         key_group: u32,
-        /// The backend's range.
-        range: crate::keygroup::KeyGroupRange,
+        /// The backend's range, as `KeyGroupRange` displays it (the error type is the lowest
+        /// floor: it knows no domain type).
+        range: String,
     },
 
     /// A request carried a fencing epoch other than the current one.

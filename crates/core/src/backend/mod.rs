@@ -5,6 +5,8 @@
 //! families. The write-ahead log is off: durability comes from checkpoints, and a worker that
 //! crashes restarts from its last completed checkpoint.
 
+pub mod clip;
+pub mod native;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -40,14 +42,6 @@ pub const BATCH_MAX_BYTES: usize = 2 << 20;
 /// MiB rather than one per key group. An eighth of RocksDB's default target file size (64 MiB).
 pub const PARTITION_MIN_FILE_BYTES: u64 = 8 << 20;
 
-unsafe extern "C" {
-    fn regroup_set_key_group_partitioner(
-        options: *mut std::ffi::c_void,
-        prefix_len: usize,
-        min_file_bytes: u64,
-    );
-}
-
 /// RocksDB options used for every DB regroup opens, so restores produce DBs the worker can open:
 /// among them the key-group SST partitioner ([`PARTITION_MIN_FILE_BYTES`]) for `max_parallelism`.
 pub fn db_options(max_parallelism: u32) -> Options {
@@ -57,14 +51,7 @@ pub fn db_options(max_parallelism: u32) -> Options {
 /// [`db_options`] with another minimum file size for the key-group partitioner.
 fn options_partitioned(max_parallelism: u32, min_file_bytes: u64) -> Options {
     let mut opts = Options::default();
-    // SAFETY: `opts` is a live `rocksdb_options_t`; the shim only sets a shared_ptr field in it.
-    unsafe {
-        regroup_set_key_group_partitioner(
-            rocksdb::AsRawPtr::as_raw_ptr(&opts).cast(),
-            prefix_len(max_parallelism),
-            min_file_bytes,
-        );
-    }
+    native::set_key_group_partitioner(&mut opts, prefix_len(max_parallelism), min_file_bytes);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(DBCompressionType::Lz4);
@@ -151,6 +138,18 @@ impl StateBackend {
         })
     }
 
+    /// Compacts away what a restore without compaction clipped from this DB (records and range
+    /// tombstones outside its range); a no-op when nothing is left.
+    /// [`Self::stop_manual_compactions`] makes it end early.
+    pub fn compact_outside_range(&self) -> Result<()> {
+        clip::compact_outside(&self.db, &self.states, self.range, self.max_parallelism)
+    }
+
+    /// Makes a running [`Self::compact_outside_range`] (and any later one) end early.
+    pub fn stop_manual_compactions(&self) {
+        native::stop_manual_compactions(&self.db);
+    }
+
     /// The RocksDB handle.
     pub fn db(&self) -> &Arc<DB> {
         &self.db
@@ -200,7 +199,7 @@ impl StateBackend {
         if !self.range.contains(key_group) {
             return Err(Error::KeyGroupNotOwned {
                 key_group,
-                range: self.range,
+                range: self.range.to_string(),
             });
         }
         let mut k = Vec::with_capacity(prefix_len(self.max_parallelism) + key.len());
@@ -262,7 +261,7 @@ impl StateBackend {
                 } else {
                     range.start
                 },
-                range: self.range,
+                range: self.range.to_string(),
             });
         }
         let cf = self.cf(state)?;

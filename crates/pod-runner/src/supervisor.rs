@@ -202,7 +202,7 @@ impl ContainerCtx {
             .filter(|l| !l.starts_with("--- regroup-pod-runner "))
             .map(|l| format!("{l}\n"))
             .collect();
-        crate::podrunner::status::message_from_log(&own)
+        crate::status::message_from_log(&own)
     }
 
     /// Starts the container's process; the error says why it could not, with the waiting

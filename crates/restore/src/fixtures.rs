@@ -1,10 +1,10 @@
 //! Checkpoint metadata built by hand for the restore's unit tests (no store, no RocksDB).
 
-use crate::checkpoint::metadata::FORMAT_VERSION;
-use crate::checkpoint::{
+use regroup_core::checkpoint::metadata::FORMAT_VERSION;
+use regroup_core::checkpoint::{
     CheckpointMetadata, Checksum, FileRef, PrivateFile, SharedFile, SubtaskHandle,
 };
-use crate::keygroup::{KeyGroupRange, ranges};
+use regroup_core::keygroup::{KeyGroupRange, ranges};
 
 /// A checkpoint at `p` whose every handle has one SST per `files_per_handle` slice of its
 /// range plus one private file.

@@ -1,4 +1,4 @@
-//! `regroup bench restore` at a small scale: it runs every rescale scenario, checks each
+//! `regroup-bench restore` at a small scale: it runs every rescale scenario, checks each
 //! restored DB's keys itself, and sets up kept volumes as a stopping worker leaves them — with a
 //! marker of this boot, or of another boot whose files were synced before it, no reused file
 //! is read back; with one of another boot whose files were not, every one is. `copy` against
@@ -12,12 +12,12 @@ fn bytes_after(line: &str, label: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// Runs `regroup bench restore --keys 5000` with `args` in a temporary directory; returns its
+/// Runs `regroup-bench restore --keys 5000` with `args` in a temporary directory; returns its
 /// report, after checking that it succeeded.
 fn bench(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
-        .args(["bench", "restore", "--keys", "5000"])
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup-bench"))
+        .args(["restore", "--keys", "5000"])
         .args(args)
         .arg("--dir")
         .arg(dir.path())
