@@ -22,12 +22,14 @@ use tracing::{error, info, instrument, warn};
 
 use super::claims;
 use super::coordinator::{
-    self, CheckpointRequest, Decision, Notice, WorkerClient, WorkerTarget, open_store,
+    self, CheckpointInputs, CheckpointRequest, Decision, Notice, WorkerClient, WorkerTarget,
+    open_store,
 };
 use super::crd::{PendingCheckpoint, Phase, Stage, StatefulJob, StatefulJobStatus};
 use super::diagnose;
 use super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Observed, Work};
 use super::metrics::{OperatorMetrics, label};
+use super::reasons;
 use super::resources::{
     self, EPOCH_LABEL, FIELD_MANAGER, Generation, JOB_LABEL, POD_INDEX_LABEL, TOKEN_KEY,
 };
@@ -167,10 +169,7 @@ pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Cont
 /// condition, so that `kubectl get sj -o yaml` says what is wrong, not only the operator's log.
 async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError) {
     let mut status = job.status.clone().unwrap_or_default();
-    let problem = Problem {
-        reason: status::INVALID_SPEC.to_owned(),
-        message: error.to_string(),
-    };
+    let problem = Problem::new(reasons::INVALID_SPEC, error.to_string());
     let state = JobState::from_status(Some(&status));
     status.conditions = status::conditions(
         &status.conditions,
@@ -217,7 +216,7 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
         &ctx,
         &job,
         false,
-        "Deleted",
+        reasons::DELETED,
         "job deleted; its checkpoints stay in the store".to_owned(),
     )
     .await;
@@ -282,7 +281,7 @@ impl Round {
             .find(|c| {
                 c.type_ == status::DEGRADED
                     && c.status == "True"
-                    && c.reason != status::INVALID_SPEC
+                    && c.reason != reasons::INVALID_SPEC
             })
             .map(|c| Problem {
                 reason: c.reason.clone(),
@@ -321,10 +320,7 @@ impl Round {
         for note in &step.notes {
             info!(reason = note.reason, "{}", note.message);
             if note.warning {
-                self.problem = Some(Problem {
-                    reason: note.reason.to_owned(),
-                    message: note.message.clone(),
-                });
+                self.problem = Some(Problem::new(note.reason, note.message.clone()));
             }
         }
         let warned = step.notes.iter().any(|n| n.warning);
@@ -333,7 +329,7 @@ impl Round {
             None if self
                 .problem
                 .as_ref()
-                .is_some_and(|p| status::OBSERVED_REASONS.contains(&p.reason.as_str())) =>
+                .is_some_and(|p| reasons::OBSERVED.contains(&p.reason.as_str())) =>
             {
                 self.problem = None
             }
@@ -635,12 +631,7 @@ impl Round {
         at_epoch: &[&Pod],
         restore_failure: Option<String>,
     ) -> Option<Problem> {
-        let problem = |reason: &str, message: String| {
-            Some(Problem {
-                reason: reason.to_owned(),
-                message,
-            })
-        };
+        let problem = |reason: &str, message: String| Some(Problem::new(reason, message));
         let all: Vec<&Pod> = pods.iter().collect();
         if let Some((pod, grace)) = stuck_terminating(&all, &now()) {
             let node = pod
@@ -650,7 +641,7 @@ impl Round {
                 .unwrap_or_else(|| "(none)".to_owned());
             let lost = self.node_lost(&node).await;
             return problem(
-                status::POD_STUCK_TERMINATING,
+                reasons::POD_STUCK_TERMINATING,
                 format!(
                     "pod {} has been terminating for more than its grace period ({grace}s) on node {node}{}: its state claim is held until the kubelet confirms the stop. If the node is gone, force-delete the pod (kubectl delete pod {} -n {} --force --grace-period=0) and the job goes on",
                     pod.name_any(),
@@ -669,7 +660,7 @@ impl Round {
             Stage::Restoring => {
                 if let Some(why) = restore_failure {
                     return problem(
-                        status::RESTORE_FAILED,
+                        reasons::RESTORE_FAILED,
                         format!(
                             "{why}. The restore is retried; after spec.restore.timeout ({}) the workers restore from the previous retained checkpoint; {back}",
                             self.job.spec.restore.timeout
@@ -680,7 +671,7 @@ impl Round {
             Stage::RollingForward => {
                 if let Some(why) = diagnose::worker_failure(at_epoch) {
                     return problem(
-                        status::WORKER_FAILING,
+                        reasons::WORKER_FAILING,
                         format!("{why}. Fix the pod template (spec.template), or {back}"),
                     );
                 }
@@ -691,7 +682,7 @@ impl Round {
             && let Some(why) = self.pods_not_created(&r.stage_started).await
         {
             return problem(
-                status::PODS_NOT_CREATED,
+                reasons::PODS_NOT_CREATED,
                 format!(
                     "the StatefulSet cannot create the workers' pods: {why}. Fix what refuses them (the namespace's Pod Security level or ResourceQuota, spec.restore, spec.template), or {back}"
                 ),
@@ -836,25 +827,24 @@ impl Round {
             }
             Work::Checkpoints { epoch, parallelism } => {
                 self.delete_unused_claims(state).await;
-                let decision = coordinator::periodic(
-                    &now(),
+                let stored: Vec<u64> = self
+                    .store
+                    .checkpoint_ids()
+                    .await?
+                    .iter()
+                    .map(|(i, _)| *i)
+                    .collect();
+                let inputs = CheckpointInputs {
                     interval,
                     timeout,
                     epoch,
-                    self.status.last_checkpoint_attempt.as_ref(),
-                    self.status.pending_checkpoint.as_ref(),
-                    self.job.spec.checkpoint_trigger.as_deref(),
-                    self.status.checkpoint_trigger.as_deref(),
-                    self.next_checkpoint_id(
-                        &self
-                            .store
-                            .checkpoint_ids()
-                            .await?
-                            .iter()
-                            .map(|(i, _)| *i)
-                            .collect::<Vec<_>>(),
-                    )?,
-                );
+                    last_attempt: self.status.last_checkpoint_attempt.as_ref(),
+                    pending: self.status.pending_checkpoint.as_ref(),
+                    requested_trigger: self.job.spec.checkpoint_trigger.as_deref(),
+                    acted_trigger: self.status.checkpoint_trigger.as_deref(),
+                    next_id: self.next_checkpoint_id(&stored)?,
+                };
+                let decision = coordinator::periodic(&now(), &inputs);
                 match decision {
                     Decision::Wait(d) => Ok(d.min(Duration::from_secs(30))),
                     Decision::Trigger { id, on_demand } => {
@@ -953,7 +943,7 @@ impl Round {
                         &self.ctx,
                         &self.job,
                         false,
-                        "StateClaimDeleted",
+                        reasons::STATE_CLAIM_DELETED,
                         note,
                         Some(related),
                     )
@@ -1046,7 +1036,7 @@ impl Round {
                     &self.ctx,
                     &self.job,
                     false,
-                    "CheckpointTriggered",
+                    reasons::CHECKPOINT_TRIGGERED,
                     format!(
                         "checkpoint {id} of epoch {epoch} triggered on {parallelism} workers{}",
                         if stop { " (stop)" } else { "" }
@@ -1060,12 +1050,16 @@ impl Round {
                     p.failure = Some(e.to_string());
                 }
                 self.ctx.metrics.checkpoint_ended("failed");
-                self.problem = Some(Problem {
-                    reason: "CheckpointFailed".to_owned(),
-                    message: message.clone(),
-                });
+                self.problem = Some(Problem::new(reasons::CHECKPOINT_FAILED, message.clone()));
                 self.save().await?;
-                publish(&self.ctx, &self.job, true, "CheckpointFailed", message).await;
+                publish(
+                    &self.ctx,
+                    &self.job,
+                    true,
+                    reasons::CHECKPOINT_FAILED,
+                    message,
+                )
+                .await;
             }
         }
         Ok(())
@@ -1105,7 +1099,14 @@ impl Round {
         self.status.pending_checkpoint = None;
         self.clear_checkpoint_problem();
         self.save().await?;
-        publish(&self.ctx, &self.job, false, "CheckpointCompleted", note).await;
+        publish(
+            &self.ctx,
+            &self.job,
+            false,
+            reasons::CHECKPOINT_COMPLETED,
+            note,
+        )
+        .await;
         let pods = self.pods().await?;
         self.notify(&pods, id, epoch, parallelism, Notice::Complete)
             .await;
@@ -1194,22 +1195,26 @@ impl Round {
             p.failure = Some(reason.clone());
             let message = format!("checkpoint {id} failed: {reason}");
             self.ctx.metrics.checkpoint_ended("failed");
-            self.problem = Some(Problem {
-                reason: "CheckpointFailed".to_owned(),
-                message: message.clone(),
-            });
-            publish(&self.ctx, &self.job, true, "CheckpointFailed", message).await;
+            self.problem = Some(Problem::new(reasons::CHECKPOINT_FAILED, message.clone()));
+            publish(
+                &self.ctx,
+                &self.job,
+                true,
+                reasons::CHECKPOINT_FAILED,
+                message,
+            )
+            .await;
         }
         Ok(None)
     }
 
     /// A completed checkpoint ends a Degraded condition that a failed or aborted one started.
     fn clear_checkpoint_problem(&mut self) {
-        if self.problem.as_ref().is_some_and(|p| {
-            p.reason.starts_with("Checkpoint")
-                || p.reason.starts_with("FinalCheckpoint")
-                || p.reason == "RestoreFallback"
-        }) {
+        if self
+            .problem
+            .as_ref()
+            .is_some_and(|p| reasons::CLEARED_BY_A_CHECKPOINT.contains(&p.reason.as_str()))
+        {
             self.problem = None;
         }
     }
@@ -1272,13 +1277,17 @@ impl Round {
         self.ctx.metrics.checkpoint_ended("aborted");
         let message = format!("checkpoint {} aborted: {reason}", p.id);
         if !p.stop && self.status.phase == Some(Phase::Running) && p.failure.is_none() {
-            self.problem = Some(Problem {
-                reason: "CheckpointAborted".to_owned(),
-                message: message.clone(),
-            });
+            self.problem = Some(Problem::new(reasons::CHECKPOINT_ABORTED, message.clone()));
         }
         self.save().await?;
-        publish(&self.ctx, &self.job, true, "CheckpointAborted", message).await;
+        publish(
+            &self.ctx,
+            &self.job,
+            true,
+            reasons::CHECKPOINT_ABORTED,
+            message,
+        )
+        .await;
         Ok(())
     }
 }

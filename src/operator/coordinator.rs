@@ -276,19 +276,39 @@ pub enum Decision {
     },
 }
 
-/// The periodic and on-demand checkpoint decision for running workers of `epoch`.
-#[allow(clippy::too_many_arguments)]
-pub fn periodic(
-    now: &Time,
-    interval: Duration,
-    timeout: Duration,
-    epoch: u64,
-    last_attempt: Option<&Time>,
-    pending: Option<&PendingCheckpoint>,
-    requested_trigger: Option<&str>,
-    acted_trigger: Option<&str>,
-    next_id: u64,
-) -> Decision {
+/// What the checkpoint decision reads: the job's schedule and what its status recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointInputs<'a> {
+    /// `spec.checkpoint.interval`.
+    pub interval: Duration,
+    /// `spec.checkpoint.timeout`.
+    pub timeout: Duration,
+    /// The epoch of the running workers.
+    pub epoch: u64,
+    /// When the last checkpoint was triggered.
+    pub last_attempt: Option<&'a Time>,
+    /// The checkpoint in flight.
+    pub pending: Option<&'a PendingCheckpoint>,
+    /// `spec.checkpointTrigger`.
+    pub requested_trigger: Option<&'a str>,
+    /// The trigger value a checkpoint was last taken for.
+    pub acted_trigger: Option<&'a str>,
+    /// The id the next checkpoint gets.
+    pub next_id: u64,
+}
+
+/// The periodic and on-demand checkpoint decision for running workers.
+pub fn periodic(now: &Time, inputs: &CheckpointInputs<'_>) -> Decision {
+    let CheckpointInputs {
+        interval,
+        timeout,
+        epoch,
+        last_attempt,
+        pending,
+        requested_trigger,
+        acted_trigger,
+        next_id,
+    } = *inputs;
     if let Some(p) = pending {
         if p.epoch != epoch {
             return Decision::Abort {
@@ -441,78 +461,50 @@ mod tests {
 
     const MIN: Duration = Duration::from_secs(60);
 
+    /// Running workers of `epoch`, checkpoints every minute with a 10-minute timeout, nothing
+    /// recorded yet.
+    fn inputs(epoch: u64, next_id: u64) -> CheckpointInputs<'static> {
+        CheckpointInputs {
+            interval: MIN,
+            timeout: 10 * MIN,
+            epoch,
+            last_attempt: None,
+            pending: None,
+            requested_trigger: None,
+            acted_trigger: None,
+            next_id,
+        }
+    }
+
     #[test]
     fn periodic_schedule() {
+        let trigger = |id, on_demand| Decision::Trigger { id, on_demand };
         // Never attempted: now.
-        assert_eq!(
-            periodic(&t(1000), MIN, 10 * MIN, 1, None, None, None, None, 4),
-            Decision::Trigger {
-                id: 4,
-                on_demand: false
-            }
-        );
+        assert_eq!(periodic(&t(1000), &inputs(1, 4)), trigger(4, false));
         // Attempted 20 s ago: wait the remaining 40 s.
+        let (t980, t990) = (t(980), t(990));
+        let attempted = CheckpointInputs {
+            last_attempt: Some(&t980),
+            ..inputs(1, 4)
+        };
         assert_eq!(
-            periodic(
-                &t(1000),
-                MIN,
-                10 * MIN,
-                1,
-                Some(&t(980)),
-                None,
-                None,
-                None,
-                4
-            ),
+            periodic(&t(1000), &attempted),
             Decision::Wait(Duration::from_secs(40))
         );
-        assert_eq!(
-            periodic(
-                &t(1040),
-                MIN,
-                10 * MIN,
-                1,
-                Some(&t(980)),
-                None,
-                None,
-                None,
-                4
-            ),
-            Decision::Trigger {
-                id: 4,
-                on_demand: false
-            }
-        );
+        assert_eq!(periodic(&t(1040), &attempted), trigger(4, false));
         // A new trigger value: now, even within the interval; the same value again: not.
+        let asked = CheckpointInputs {
+            last_attempt: Some(&t990),
+            requested_trigger: Some("a"),
+            ..inputs(1, 5)
+        };
+        assert_eq!(periodic(&t(1000), &asked), trigger(5, true));
+        let acted = CheckpointInputs {
+            acted_trigger: Some("a"),
+            ..asked
+        };
         assert_eq!(
-            periodic(
-                &t(1000),
-                MIN,
-                10 * MIN,
-                1,
-                Some(&t(990)),
-                None,
-                Some("a"),
-                None,
-                5
-            ),
-            Decision::Trigger {
-                id: 5,
-                on_demand: true
-            }
-        );
-        assert_eq!(
-            periodic(
-                &t(1000),
-                MIN,
-                10 * MIN,
-                1,
-                Some(&t(990)),
-                None,
-                Some("a"),
-                Some("a"),
-                5
-            ),
+            periodic(&t(1000), &acted),
             Decision::Wait(Duration::from_secs(50))
         );
     }
@@ -520,43 +512,31 @@ mod tests {
     #[test]
     fn pending_checkpoints() {
         let p = pending(3, 2, 1000);
+        let with = |epoch, p| CheckpointInputs {
+            pending: Some(p),
+            ..inputs(epoch, 9)
+        };
+        let asked = CheckpointInputs {
+            requested_trigger: Some("new"),
+            ..with(2, &p)
+        };
         assert_eq!(
-            periodic(
-                &t(1100),
-                MIN,
-                10 * MIN,
-                2,
-                None,
-                Some(&p),
-                Some("new"),
-                None,
-                9
-            ),
+            periodic(&t(1100), &asked),
             Decision::Poll { id: 3 },
             "one checkpoint at a time, the trigger waits"
         );
-        match periodic(&t(1600), MIN, 10 * MIN, 2, None, Some(&p), None, None, 9) {
+        match periodic(&t(1600), &with(2, &p)) {
             Decision::Abort { id: 3, reason } => assert!(reason.contains("10m"), "{reason}"),
             d => panic!("{d:?}"),
         }
-        match periodic(&t(1100), MIN, 10 * MIN, 3, None, Some(&p), None, None, 9) {
+        match periodic(&t(1100), &with(3, &p)) {
             Decision::Abort { id: 3, reason } => assert!(reason.contains("epoch 2"), "{reason}"),
             d => panic!("{d:?}"),
         }
         let mut failed = p.clone();
         failed.failure = Some("worker 1 refused".into());
         assert_eq!(
-            periodic(
-                &t(1100),
-                MIN,
-                10 * MIN,
-                2,
-                None,
-                Some(&failed),
-                None,
-                None,
-                9
-            ),
+            periodic(&t(1100), &with(2, &failed)),
             Decision::Abort {
                 id: 3,
                 reason: "worker 1 refused".into()

@@ -300,8 +300,9 @@ pub struct Restore {
     #[serde(default)]
     pub strategy: RestoreStrategy,
 
-    /// With ingest, a source handle whose key groups overlap the new range by less than this
-    /// fraction is copied record by record instead of ingested whole (0 to 1).
+    /// Only a source handle whose key groups overlap the new range by at least this fraction may
+    /// be the new DB's starting point (opened as it is); the others are merged into it, and with
+    /// none eligible the new DB starts empty (0 to 1).
     #[serde(default = "default_overlap")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub overlap_fraction_threshold: f64,

@@ -1,7 +1,7 @@
 //! The job lifecycle as pure transitions: what the next recorded state is, given the recorded
 //! state, the spec and what the operator observed.
 //!
-//! A rescale (and start, suspend, resume, template change) runs the stages of architecture.md:
+//! A rescale (and start, suspend, resume, template change) runs the stages of docs/architecture.md:
 //! `Checkpointing` (final checkpoint of the running workers; on failure the latest completed
 //! one) → `Stopping` (no worker of the old epoch left) → `Restoring` (epoch + 1, new workers
 //! restore their key group ranges) → `RollingForward` (all new workers ready) → `Running`.
@@ -14,6 +14,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::crd::{Phase, RescaleReason, RescaleStatus, Stage, StatefulJobStatus};
+use super::reasons;
 
 /// The part of the status the lifecycle owns.
 #[derive(Clone, Debug, PartialEq)]
@@ -306,7 +307,7 @@ fn transition(
                     Some((
                         next,
                         Note::normal(
-                            "FinalCheckpointCompleted",
+                            reasons::FINAL_CHECKPOINT_COMPLETED,
                             format!(
                                 "final checkpoint {id} completed; stopping the workers of epoch {}",
                                 s.epoch
@@ -329,7 +330,7 @@ fn transition(
                     Some((
                         next,
                         Note::warning(
-                            "FinalCheckpointFailed",
+                            reasons::FINAL_CHECKPOINT_FAILED,
                             format!(
                                 "final checkpoint {} failed ({why}); {fallback}",
                                 r.final_checkpoint.unwrap_or_default()
@@ -355,7 +356,7 @@ fn transition(
                 return Some((
                     next,
                     Note::normal(
-                        "Suspended",
+                        reasons::SUSPENDED,
                         format!(
                             "all workers stopped; resuming restores from checkpoint {}",
                             describe(r.checkpoint)
@@ -399,7 +400,7 @@ fn transition(
                 return Some((
                     next,
                     Note::normal(
-                        "RescaleRestarted",
+                        reasons::RESCALE_RESTARTED,
                         format!(
                             "{why} during {}; stopping epoch {} and restoring again from checkpoint {}",
                             r.stage.as_str(),
@@ -434,7 +435,7 @@ fn transition(
                     return Some((
                         next,
                         Note::warning(
-                            "RestoreFallback",
+                            reasons::RESTORE_FALLBACK,
                             format!(
                                 "the restore from checkpoint {current} did not finish within {}{why}; stopping epoch {} and restoring from the previous retained checkpoint {older}",
                                 humantime::format_duration(desired.restore_timeout),
@@ -525,7 +526,7 @@ fn steady(
                 return Some((
                     next,
                     Note::normal(
-                        "Suspended",
+                        reasons::SUSPENDED,
                         "created suspended; no worker started".to_owned(),
                     ),
                 ));
@@ -562,7 +563,7 @@ fn steady(
                 return Some((
                     next,
                     Note::warning(
-                        "WorkerLost",
+                        reasons::WORKER_LOST,
                         format!(
                             "{what}; restarting all workers of epoch {} from checkpoint {}",
                             s.epoch,
@@ -622,7 +623,7 @@ pub fn elapsed(since: &Time, now: &Time) -> Duration {
 
 fn retarget(r: &RescaleStatus, target: u32) -> Note {
     Note::normal(
-        "RescaleRetargeted",
+        reasons::RESCALE_RETARGETED,
         format!(
             "target changed from {} to {target} during {}",
             r.to,
@@ -681,6 +682,24 @@ mod tests {
             epoch,
             template_hash: Some("t1".into()),
             rescale: None,
+        }
+    }
+
+    /// A rescale `from` → `to` of epoch `epoch` waiting for its final checkpoint `id`.
+    fn final_checkpoint_of(from: u32, to: u32, epoch: u64, id: u64) -> JobState {
+        let rescale = rescale(
+            from,
+            to,
+            Stage::Checkpointing,
+            RescaleReason::Scale,
+            None,
+            Some(id),
+            &now(),
+        );
+        JobState {
+            phase: Phase::Checkpointing,
+            rescale: Some(rescale),
+            ..running(from, epoch)
         }
     }
 
@@ -832,22 +851,12 @@ mod tests {
         let mut o = observed();
         o.final_checkpoint = FinalCheckpoint::Completed(3);
         o.latest_completed = Some(3);
-        let mut s = running(4, 2);
-        s.phase = Phase::Checkpointing;
-        s.rescale = Some(rescale(
-            4,
-            2,
-            Stage::Checkpointing,
-            RescaleReason::Scale,
-            None,
-            Some(3),
-            &now(),
-        ));
+        let s = final_checkpoint_of(4, 2, 2, 3);
         let step = next(&s, &d, &o, &later());
         assert_eq!(stage(&step.state), Some(Stage::Restoring));
         assert_eq!(step.state.epoch, 3);
-        let reasons: Vec<_> = step.notes.iter().map(|n| n.reason).collect();
-        assert_eq!(reasons, ["FinalCheckpointCompleted", "Restoring"]);
+        let said: Vec<_> = step.notes.iter().map(|n| n.reason).collect();
+        assert_eq!(said, [reasons::FINAL_CHECKPOINT_COMPLETED, "Restoring"]);
     }
 
     #[test]
@@ -857,17 +866,7 @@ mod tests {
         o.pods = 4;
         o.latest_completed = Some(6);
         o.final_checkpoint = FinalCheckpoint::Failed("timed out after 10m".into());
-        let mut s = running(4, 2);
-        s.phase = Phase::Checkpointing;
-        s.rescale = Some(rescale(
-            4,
-            2,
-            Stage::Checkpointing,
-            RescaleReason::Scale,
-            None,
-            Some(9),
-            &now(),
-        ));
+        let s = final_checkpoint_of(4, 2, 2, 9);
         let step = next(&s, &d, &o, &later());
         assert_eq!(stage(&step.state), Some(Stage::Stopping));
         assert_eq!(step.state.rescale.as_ref().unwrap().checkpoint, Some(6));
@@ -892,24 +891,14 @@ mod tests {
         let mut o = observed();
         o.pods = 3;
         // During the final checkpoint: the target moves, the checkpoint stands.
-        let mut s = running(3, 1);
-        s.phase = Phase::Checkpointing;
-        s.rescale = Some(rescale(
-            3,
-            5,
-            Stage::Checkpointing,
-            RescaleReason::Scale,
-            None,
-            Some(2),
-            &now(),
-        ));
+        let s = final_checkpoint_of(3, 5, 1, 2);
         let step = next(&s, &desired(6), &o, &later());
         let r = step.state.rescale.clone().unwrap();
         assert_eq!(
             (r.stage, r.to, r.final_checkpoint, r.started),
             (Stage::Checkpointing, 6, Some(2), now())
         );
-        assert_eq!(step.notes[0].reason, "RescaleRetargeted");
+        assert_eq!(step.notes[0].reason, reasons::RESCALE_RETARGETED);
         // During stopping: the same.
         let mut s = step.state;
         s.phase = Phase::Stopping;
@@ -940,7 +929,7 @@ mod tests {
             assert_eq!(stage(&step.state), Some(Stage::Stopping), "{st:?}");
             assert_eq!(step.state.rescale.as_ref().unwrap().to, 4);
             assert_eq!(step.state.epoch, 2);
-            assert_eq!(step.notes[0].reason, "RescaleRestarted");
+            assert_eq!(step.notes[0].reason, reasons::RESCALE_RESTARTED);
             o.pods = 0;
             let s = next(&step.state, &desired(4), &o, &later()).state;
             assert_eq!(stage(&s), Some(Stage::Restoring));
@@ -988,7 +977,7 @@ mod tests {
             (Stage::Stopping, Some(6), 5)
         );
         let note = &step.notes[0];
-        assert!(note.warning && note.reason == "RestoreFallback");
+        assert!(note.warning && note.reason == reasons::RESTORE_FALLBACK);
         assert!(
             note.message.contains("checkpoint 9") && note.message.contains("corrupt file"),
             "{}",
@@ -1033,7 +1022,7 @@ mod tests {
         assert_eq!(s.phase, Phase::Suspended);
         assert_eq!((s.parallelism, s.epoch, s.rescale.clone()), (0, 3, None));
         assert_eq!(s.work(), Work::StopWorkers);
-        assert_eq!(step.notes.last().unwrap().reason, "Suspended");
+        assert_eq!(step.notes.last().unwrap().reason, reasons::SUSPENDED);
         // Stays suspended; a template change while suspended waits for the resume.
         d.template_hash = "t2".into();
         assert!(next(&s, &d, &o, &now()).notes.is_empty());

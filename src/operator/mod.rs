@@ -1,5 +1,5 @@
 //! The operator: the `StatefulJob` resource, pure builders and lifecycle transitions, and the
-//! controller that drives them (see architecture.md, "Rescaling").
+//! controller that drives them (see docs/architecture.md, "How the parts work together").
 
 pub mod claims;
 pub mod controller;
@@ -9,6 +9,7 @@ pub mod diagnose;
 pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
+pub mod reasons;
 pub mod resources;
 pub mod status;
 

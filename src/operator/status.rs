@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::crd::Phase;
 use super::lifecycle::JobState;
+use super::reasons;
 
 /// All workers of the current epoch are ready and the target is met.
 pub const READY: &str = "Ready";
@@ -13,26 +14,6 @@ pub const PROGRESSING: &str = "Progressing";
 /// Something needs attention: a failed checkpoint, a fallback, an error reconciling.
 pub const DEGRADED: &str = "Degraded";
 
-/// Degraded reason of an error only the user can fix (a bad spec, a foreign Secret); the next
-/// round that gets past it clears it.
-pub const INVALID_SPEC: &str = "InvalidSpec";
-
-/// Degraded reason: a restore init container of the current generation failed.
-pub const RESTORE_FAILED: &str = "RestoreFailed";
-/// Degraded reason: a worker container of the current generation keeps failing.
-pub const WORKER_FAILING: &str = "WorkerFailing";
-/// Degraded reason: the StatefulSet cannot create the generation's pods (admission, quota).
-pub const PODS_NOT_CREATED: &str = "PodsNotCreated";
-/// Degraded reason: a pod has been terminating far longer than its grace period.
-pub const POD_STUCK_TERMINATING: &str = "PodStuckTerminating";
-/// Degraded reasons read from the pods each round: they clear when no longer observed.
-pub const OBSERVED_REASONS: [&str; 4] = [
-    RESTORE_FAILED,
-    WORKER_FAILING,
-    PODS_NOT_CREATED,
-    POD_STUCK_TERMINATING,
-];
-
 /// A problem to report in the Degraded condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -40,6 +21,16 @@ pub struct Problem {
     pub reason: String,
     /// Human-readable detail.
     pub message: String,
+}
+
+impl Problem {
+    /// A problem with `reason` (one of [`super::reasons`]) and its detail.
+    pub fn new(reason: &str, message: impl Into<String>) -> Self {
+        Problem {
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
 }
 
 /// The three conditions for `state`, keeping transition times of unchanged ones from `previous`.
@@ -53,7 +44,7 @@ pub fn conditions(
     let (ready, ready_reason, ready_message) = match state.phase {
         Phase::Running => (
             true,
-            "WorkersReady".to_owned(),
+            reasons::WORKERS_READY.to_owned(),
             format!(
                 "{} workers of epoch {} ready",
                 state.parallelism, state.epoch
@@ -61,7 +52,7 @@ pub fn conditions(
         ),
         Phase::Suspended => (
             false,
-            "Suspended".to_owned(),
+            reasons::SUSPENDED.to_owned(),
             "spec.suspend is true".to_owned(),
         ),
         p => (false, p.as_str().to_owned(), format!("phase {p}")),
@@ -84,7 +75,7 @@ pub fn conditions(
         ),
         None => (
             false,
-            "Stable".to_owned(),
+            reasons::STABLE.to_owned(),
             "no rescale in progress".to_owned(),
         ),
     };
@@ -92,7 +83,7 @@ pub fn conditions(
         Some(p) => (true, p.reason.clone(), p.message.clone()),
         None => (
             false,
-            "AsExpected".to_owned(),
+            reasons::AS_EXPECTED.to_owned(),
             "no problem observed".to_owned(),
         ),
     };
@@ -163,7 +154,7 @@ mod tests {
             stage_started: t(190),
         });
         let problem = Problem {
-            reason: "FinalCheckpointFailed".into(),
+            reason: reasons::FINAL_CHECKPOINT_FAILED.to_owned(),
             message: "x".into(),
         };
         let c3 = conditions(&c2, &s, Some(&problem), Some(5), &t(300));
@@ -173,7 +164,7 @@ mod tests {
         assert_eq!(get(&c3, PROGRESSING).status, "True");
         assert!(get(&c3, PROGRESSING).message.contains("3 -> 5"));
         assert_eq!(get(&c3, DEGRADED).status, "True");
-        assert_eq!(get(&c3, DEGRADED).reason, "FinalCheckpointFailed");
+        assert_eq!(get(&c3, DEGRADED).reason, reasons::FINAL_CHECKPOINT_FAILED);
         // A change of reason alone does not move the time.
         s.rescale.as_mut().unwrap().stage = Stage::Restoring;
         s.phase = Phase::Restoring;

@@ -235,27 +235,9 @@ impl CheckpointTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::metadata::FORMAT_VERSION;
-    use crate::keygroup::KeyGroupRange;
 
     fn handle(id: u64) -> SubtaskHandle {
-        SubtaskHandle {
-            format_version: FORMAT_VERSION,
-            job: "t/j".parse().unwrap(),
-            checkpoint_id: id,
-            epoch: 1,
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: 8,
-            key_group_range: KeyGroupRange::new(0, 7).unwrap(),
-            instance_id: "i".into(),
-            column_families: vec!["default".into()],
-            shared: vec![],
-            private: vec![],
-            bytes_total: 0,
-            bytes_uploaded: 0,
-            created_at: chrono::Utc::now(),
-        }
+        crate::checkpoint::testing::handle("t/j".parse().unwrap(), id, 8, 1, 0)
     }
 
     #[test]

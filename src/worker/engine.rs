@@ -194,7 +194,7 @@ impl<J: KeyedJob> Loop<J> {
                         info!("waiting for the compaction outside the range");
                         let _ = t.join();
                     }
-                    // The next restore may reuse this DB's files (issue 9): background
+                    // The next restore may reuse this DB's files: background
                     // compactions must not delete what the final checkpoint references.
                     if let Err(e) = self.backend.db().disable_file_deletions() {
                         warn!(error = %e, "cannot disable file deletions; local reuse may fall back to downloads");

@@ -92,22 +92,36 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(
     })
 }
 
-async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// The body of a request whose caller holds the token and speaks for the current epoch, or
+/// the response refusing it.
+fn admitted<T: serde::de::DeserializeOwned + Default>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: &Bytes,
+    allow_empty: bool,
+    what: &str,
+    epoch: impl Fn(&T) -> Option<u64>,
+) -> Result<T, Box<Response>> {
     // The token is checked before the body is even parsed: no information without it.
-    if let Err(r) = shared.token.check(authorization(&headers)) {
-        return refused(r, "checkpoint");
-    }
-    let req: CheckpointRequest = match parse_body(&body, false) {
+    let token = || shared.token.check(authorization(headers));
+    token().map_err(|r| Box::new(refused(r, what)))?;
+    let req: T = parse_body(body, allow_empty)?;
+    admit(token(), epoch(&req), shared.identity.epoch).map_err(|r| Box::new(refused(r, what)))?;
+    Ok(req)
+}
+
+async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: CheckpointRequest = match admitted(
+        &shared,
+        &headers,
+        &body,
+        false,
+        "checkpoint",
+        |r: &CheckpointRequest| Some(r.epoch),
+    ) {
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    if let Err(r) = admit(
-        shared.token.check(authorization(&headers)),
-        Some(req.epoch),
-        shared.identity.epoch,
-    ) {
-        return refused(r, "checkpoint");
-    }
     let Some(running) = shared.running.get() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the state is not open yet");
     };
@@ -235,19 +249,15 @@ async fn abort(
 }
 
 fn notice(shared: Arc<Shared>, headers: HeaderMap, id: u64, body: Bytes, n: Notice) -> Response {
-    if let Err(r) = shared.token.check(authorization(&headers)) {
-        return refused(r, "checkpoint notice");
-    }
-    let req: NoticeRequest = match parse_body(&body, true) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
-    if let Err(r) = admit(
-        shared.token.check(authorization(&headers)),
-        req.epoch,
-        shared.identity.epoch,
+    if let Err(resp) = admitted(
+        &shared,
+        &headers,
+        &body,
+        true,
+        "checkpoint notice",
+        |r: &NoticeRequest| r.epoch,
     ) {
-        return refused(r, "checkpoint notice");
+        return *resp;
     }
     let effect = shared.table().notify(id, n);
     match effect {

@@ -14,9 +14,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
-use regroup::checkpoint::metadata::{FORMAT_VERSION, SubtaskHandle};
+use regroup::checkpoint::metadata::SubtaskHandle;
 use regroup::checkpoint::{CheckpointStore, JobId};
-use regroup::keygroup::KeyGroupRange;
 use regroup::operator::coordinator::{CheckpointRequest, Notice, WorkerClient, WorkerTarget};
 use regroup::operator::crd::{Phase, StatefulJob};
 
@@ -249,25 +248,16 @@ impl FakeWorkers {
 
     async fn write_handle(&self, worker: &WorkerTarget, request: &CheckpointRequest) {
         let store = CheckpointStore::from_url(&self.store_root, worker.job.clone()).unwrap();
-        let range =
-            KeyGroupRange::for_subtask(self.max_parallelism, worker.parallelism, worker.subtask)
-                .unwrap();
         let handle = SubtaskHandle {
-            format_version: FORMAT_VERSION,
-            job: worker.job.clone(),
-            checkpoint_id: request.id,
             epoch: request.epoch,
-            subtask: worker.subtask,
-            parallelism: worker.parallelism,
-            max_parallelism: self.max_parallelism,
-            key_group_range: range,
             instance_id: format!("fake-{}-{}", request.epoch, worker.subtask),
-            column_families: vec!["default".into()],
-            shared: vec![],
-            private: vec![],
-            bytes_total: 0,
-            bytes_uploaded: 0,
-            created_at: chrono::Utc::now(),
+            ..regroup::checkpoint::testing::handle(
+                worker.job.clone(),
+                request.id,
+                self.max_parallelism,
+                worker.parallelism,
+                worker.subtask,
+            )
         };
         match store.write_handle(&handle).await {
             Ok(()) | Err(regroup::Error::AlreadyExists { .. }) => {}

@@ -5,7 +5,7 @@
 //! checkpointed with the real snapshotter into a `file://` store. Then, one after another:
 //! scale-in 2→1 and scale-out 1→2 with `copy` and with `ingest`, and the raw limit: `cp` of the
 //! same bytes the restore downloaded, `--rounds` times (3), one after another in each round.
-//! Then the rescales of issue 9 with pods that keep their volumes (the old worker's DB and its
+//! Then rescales with pods that keep their volumes (the old worker's DB and its
 //! checkpoint marker, reused by hard links) against fresh pods, each beside a plain copy of
 //! exactly the bytes it downloads. Kept volumes are measured three ways (`Volumes`), their
 //! files out of the page cache: with the marker of this boot of the node (the pod came back on
@@ -632,7 +632,7 @@ fn raw_copy(
     Ok((cp, synced, bytes))
 }
 
-/// `copy` against `ingest` for scale-in 2→1 and scale-out 1→2 (issue 3), and the raw copy of
+/// `copy` against `ingest` for scale-in 2→1 and scale-out 1→2, and the raw copy of
 /// what the scale-in downloads, each `rounds` times (one after another in each round, so that
 /// a slow phase of the machine, e.g. right after the source state was written, weighs on all
 /// of them alike); returns that part of the report, medians and ratios of the medians.
@@ -851,7 +851,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
         )
     };
 
-    // The rescales of issue 9, each with pods keeping their volumes (new subtask i restores on
+    // The rescales with kept volumes, each with pods keeping their volumes (new subtask i restores on
     // old subtask i's volume, which holds old subtask i's DB at the checkpoint and its marker;
     // new ordinals beyond the old parallelism get fresh volumes) and with fresh pods (nothing
     // local); every restore beside a plain copy of exactly the bytes it downloads.

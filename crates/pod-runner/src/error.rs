@@ -1,5 +1,6 @@
-//! The pod runner's errors: bad input (a pod spec or flag it cannot carry out) or a local file
-//! operation that failed.
+//! The pod runner's errors: a pod spec or flag it cannot carry out, or a local file operation
+//! that failed. Each carries its whole message: the runner reports errors, it never matches on
+//! them.
 
 use std::path::PathBuf;
 
@@ -9,41 +10,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong in the pod runner.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A value the runner was given is not acceptable.
-    #[error("invalid {field} = {value}: {expected}")]
-    InvalidInput {
-        /// The field, flag or argument at fault.
-        field: String,
-        /// The value that was given.
-        value: String,
-        /// What would have been accepted.
-        expected: String,
-    },
-    /// A local file-system operation failed.
-    #[error("{operation} {path}: {source}")]
-    Io {
-        /// What was attempted.
-        operation: &'static str,
-        /// The local path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A value the runner was given is not acceptable: what, the value, what is accepted.
+    #[error("invalid {0}")]
+    Invalid(String),
+    /// A local file-system operation failed: what was attempted, on which path.
+    #[error("{0} {1}: {2}")]
+    Io(&'static str, PathBuf, #[source] std::io::Error),
 }
 
 impl Error {
-    /// An [`Error::InvalidInput`] from its three parts.
+    /// An [`Error::Invalid`] naming the field, the value and what would be accepted.
     pub fn invalid(
-        field: impl Into<String>,
+        field: impl AsRef<str>,
         value: impl ToString,
-        expected: impl Into<String>,
+        expected: impl AsRef<str>,
     ) -> Self {
-        Error::InvalidInput {
-            field: field.into(),
-            value: value.to_string(),
-            expected: expected.into(),
-        }
+        let (field, value, expected) = (field.as_ref(), value.to_string(), expected.as_ref());
+        Error::Invalid(format!("{field} = {value}: {expected}"))
     }
 
     /// An [`Error::Io`] for `path`.
@@ -52,10 +35,6 @@ impl Error {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Error::Io {
-            operation,
-            path,
-            source,
-        }
+        move |source| Error::Io(operation, path, source)
     }
 }

@@ -239,11 +239,8 @@ const LOCAL_CHECK_PARALLELISM: usize = 2;
 /// Download lanes (of [`DOWNLOAD_PARALLELISM`]) that may write through the page cache when a
 /// restore downloads `bytes`: two up to [`SMALL_DOWNLOAD`], else one.
 ///
-/// Measured at 10M keys on the test machine (docs/benchmarks.md), two lanes against one: faster
-/// for restores of 0.20–0.59 GB (3–30%, alternating rounds), mixed for 0.75–0.82 GB, slower for
-/// 1.2 GB (0.31–0.35 s against 0.28–0.32 s), where more of the bytes go through memory the VM
-/// may first have to fault in from its host (1→2 fresh, one lane: 0.35–0.39 s with memory at
-/// hand, 0.58–0.80 s without; none, all direct: 0.69–0.76 s either way).
+/// Two lanes were faster for small restores and slower for large ones, where more of the bytes
+/// go through memory the VM may first have to fault in from its host (docs/benchmarks.md).
 fn page_cache_lanes(bytes: u64) -> usize {
     if bytes <= SMALL_DOWNLOAD { 2 } else { 1 }
 }
@@ -390,10 +387,8 @@ async fn fetch(
 /// Asks the kernel to read, in the background, the parts of the SST file at `path` (of
 /// `size` bytes) that its ingestion reads ([`table_metadata_ends`]), for a file linked from the
 /// local DB unread (not in the page cache). RocksDB reads them one file after the other, a few
-/// small reads each; from a cold disk that took ~2 ms per file, on the restore's critical path
-/// (4→3 at 10M keys, subtask 0 with a kept volume: the local handle's 34 files ingested at
-/// +70–85 ms instead of +28–38 ms with this read-ahead; scale-in 2→1: 98 files at +300–500 ms
-/// instead of +44–56 ms). Reading ahead 2 MiB of each file instead competed with the
+/// small reads each, which from a cold disk sit on the restore's critical path
+/// (docs/benchmarks.md). Reading ahead 2 MiB of each file instead competed with the
 /// downloads for the disk and was slower. Best effort: a failure leaves the reads to
 /// ingestion.
 fn read_ahead_table_metadata(path: &Path, size: u64) {

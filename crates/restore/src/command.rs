@@ -564,7 +564,7 @@ mod tests {
     /// Checkpoint 5 at parallelism 2 of M = 8: each handle has two SSTs (one per half of its
     /// range) of 1000 and 1001 bytes and a 16-byte private file.
     fn meta() -> CheckpointMetadata {
-        crate::fixtures::checkpoint(8, 2, 2)
+        regroup_core::checkpoint::testing::checkpoint(8, 2, 2)
     }
 
     fn state(subtask: u32, old_subtask: Option<u32>) -> LocalState {

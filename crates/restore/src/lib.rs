@@ -33,8 +33,6 @@
 
 mod build;
 pub mod command;
-#[cfg(test)]
-mod fixtures;
 pub mod local;
 pub mod order;
 pub mod page_cache;

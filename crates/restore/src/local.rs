@@ -160,7 +160,7 @@ mod tests {
     use regroup_core::statedir::marker::MARKER_VERSION;
 
     fn meta() -> CheckpointMetadata {
-        crate::fixtures::checkpoint(8, 2, 2)
+        regroup_core::checkpoint::testing::checkpoint(8, 2, 2)
     }
 
     fn marker() -> LocalCheckpointMarker {

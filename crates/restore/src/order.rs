@@ -75,8 +75,8 @@ fn file_number(name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::checkpoint;
     use regroup_core::checkpoint::SstOrder;
+    use regroup_core::checkpoint::testing::checkpoint;
     use regroup_core::keygroup::KeyGroupRange;
 
     /// An SST file of column family `state` named after `number`.

@@ -3,9 +3,8 @@
 //!
 //! Through the page cache a write costs a memory copy, until the kernel's dirty pages pass its
 //! limits: from the midpoint of the background and the hard limit on, writers are throttled to
-//! the pace of the kernel's writeback, which on the test machine was slower than direct writes
-//! (8 GB in 17 MB files, four at a time: 7.3–10.7 s buffered, 4.5 s with `O_DIRECT`; 1.2 GB:
-//! 0.18 s buffered, 0.56–0.73 s direct; docs/benchmarks.md). So a restore writes through the
+//! the pace of the kernel's writeback, which was slower than direct writes where measured
+//! (docs/benchmarks.md). So a restore writes through the
 //! page cache while it stays well below that point, and with direct I/O (not synced) beyond.
 
 use std::path::Path;

@@ -496,8 +496,8 @@ pub fn plan_ranges(max_parallelism: u32, from: Option<u32>, to: u32) -> Result<R
 mod tests {
     use super::Strategy;
     use super::*;
-    use crate::fixtures::checkpoint;
     use proptest::prelude::*;
+    use regroup_core::checkpoint::testing::checkpoint;
 
     fn r(start: u32, end: u32) -> KeyGroupRange {
         KeyGroupRange { start, end }

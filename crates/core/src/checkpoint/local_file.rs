@@ -2,11 +2,9 @@
 //! durable.
 //!
 //! A restore that is asked for a durable DB (`regroup restore --sync`) must have each file it
-//! hands to the new DB on disk (synced) first. Written through
-//! the page cache and synced afterwards, the 1.26 GB of a new subtask of scale-out 1→2 at 10M
-//! keys took 0.74–0.82 s in half of the restores measured on the test machine and 1.9–2.2 s in
-//! the other half (the kernel's writeback); written with direct I/O, 0.69–0.97 s (see
-//! docs/benchmarks.md). So a durable [`LocalFile`] writes with `O_DIRECT` (an aligned buffer,
+//! hands to the new DB on disk (synced) first. Written
+//! with direct I/O that is steadier than through the page cache and synced afterwards, which
+//! waits on the kernel's writeback (docs/benchmarks.md). So a durable [`LocalFile`] writes with `O_DIRECT` (an aligned buffer,
 //! the last block padded with zeros and the file cut back to its size) where the file system
 //! accepts it, through the page cache where it does not (some network file systems), and is
 //! synced by [`LocalFile::finish`]. Cached files go through the page cache, unsynced: the
@@ -42,8 +40,7 @@ pub enum LocalWrite {
 const ALIGN: usize = 4096;
 
 /// Bytes per write. With direct I/O each write waits for the disk; with four downloads at once,
-/// 1 MiB writes were the fastest on the test machine (1.26 GB: median 0.76 s; 256 KiB: 0.82 s;
-/// 4 MiB: 0.86 s).
+/// 1 MiB was the fastest size measured (docs/benchmarks.md).
 const WRITE_BYTES: usize = 1 << 20;
 
 /// The ends of a file of `size` bytes that a reader of an SST file reads first, as the file
@@ -134,8 +131,8 @@ impl LocalFile {
     /// Copies the whole of `src`, a file of a store on a local or mounted file system, through a
     /// read-only memory map of it, so that no byte is copied in user space (a direct write goes
     /// from the source's page cache to the disk; a cached one is the kernel's one copy), while
-    /// a second thread computes the checksum over the same pages (1→2 fresh at 10M keys: median
-    /// 0.345 s against 0.37 s with the checksum between the writes). The store never changes an
+    /// a second thread computes the checksum over the same pages (faster than checksumming
+    /// between the writes). The store never changes an
     /// object in place (objects are written whole, then renamed into place), so the mapping
     /// holds what was there when it was opened. The file must be empty.
     ///
@@ -461,8 +458,7 @@ impl CopyHelpers {
 /// [`LocalFile`]) the ends first, then any writer a chunk of the region between at a time,
 /// at its offset. The file is allocated whole first, so that direct writes anywhere overwrite
 /// allocated blocks: ext4 lets those run at once, where it serializes writes that extend a
-/// file (and buffered writes into allocated blocks were faster here: 204 MB in 50–53 ms
-/// against 59–69 ms).
+/// file (and buffered writes into allocated blocks are faster too).
 struct SharedCopy {
     path: PathBuf,
     map: memmap2::Mmap,

@@ -360,16 +360,7 @@ mod tests {
 
     pub(crate) fn sample_handle() -> SubtaskHandle {
         SubtaskHandle {
-            format_version: FORMAT_VERSION,
-            job: "ns/job".parse().unwrap(),
-            checkpoint_id: 3,
-            epoch: 1,
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: 128,
-            key_group_range: KeyGroupRange { start: 0, end: 127 },
             instance_id: "i1".into(),
-            column_families: vec!["default".into()],
             shared: vec![SharedFile {
                 local_name: "000009.sst".into(),
                 file: FileRef {
@@ -396,7 +387,7 @@ mod tests {
             }],
             bytes_total: 26,
             bytes_uploaded: 26,
-            created_at: Utc::now(),
+            ..crate::checkpoint::testing::handle("ns/job".parse().unwrap(), 3, 128, 1, 0)
         }
     }
 

@@ -6,6 +6,7 @@ pub mod metadata;
 pub mod paths;
 pub mod registry;
 pub mod store;
+pub mod testing;
 
 pub use metadata::{
     CheckpointMetadata, Checksum, FileRef, PrivateFile, SharedFile, SstOrder, SubtaskHandle,

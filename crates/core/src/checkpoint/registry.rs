@@ -379,20 +379,9 @@ pub async fn collect_garbage(
 mod tests {
     use super::*;
     use crate::checkpoint::metadata::{Checksum, FORMAT_VERSION, FileRef, SharedFile};
-    use crate::keygroup::KeyGroupRange;
 
     fn meta(id: u64, shared: &[&str]) -> CheckpointMetadata {
         let handle = SubtaskHandle {
-            format_version: FORMAT_VERSION,
-            job: "ns/j".parse().unwrap(),
-            checkpoint_id: id,
-            epoch: 1,
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: 128,
-            key_group_range: KeyGroupRange { start: 0, end: 127 },
-            instance_id: "i".into(),
-            column_families: vec!["default".into()],
             shared: shared
                 .iter()
                 .map(|s| SharedFile {
@@ -408,10 +397,7 @@ mod tests {
                     order: None,
                 })
                 .collect(),
-            private: vec![],
-            bytes_total: 0,
-            bytes_uploaded: 0,
-            created_at: Utc::now(),
+            ..crate::checkpoint::testing::handle("ns/j".parse().unwrap(), id, 128, 1, 0)
         };
         CheckpointMetadata {
             format_version: FORMAT_VERSION,

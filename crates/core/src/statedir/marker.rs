@@ -1,6 +1,6 @@
 //! The marker a worker leaves next to its DB after a stop-with-checkpoint: which checkpoint the
 //! local DB equals, so a later restore on the same volume can reuse local files instead of
-//! downloading them (issue 9). A marker only says "this DB equals handle X"; whether checkpoint X
+//! downloading them. A marker only says "this DB equals handle X"; whether checkpoint X
 //! completed is for the reader to check in the store.
 
 use std::collections::BTreeMap;

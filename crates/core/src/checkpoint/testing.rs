@@ -1,12 +1,41 @@
-//! Checkpoint metadata built by hand for the restore's unit tests (no store, no RocksDB).
+//! Handles and checkpoint metadata built by hand, for tests (no store, no RocksDB): the one
+//! place that spells out a whole [`SubtaskHandle`] besides the snapshotter.
 
-use regroup_core::checkpoint::metadata::FORMAT_VERSION;
-use regroup_core::checkpoint::{
-    CheckpointMetadata, Checksum, FileRef, PrivateFile, SharedFile, SubtaskHandle,
-};
-use regroup_core::keygroup::{KeyGroupRange, ranges};
+use super::metadata::FORMAT_VERSION;
+use super::{CheckpointMetadata, Checksum, FileRef, JobId, PrivateFile, SharedFile, SubtaskHandle};
+use crate::keygroup::{KeyGroupRange, ranges};
 
-/// A checkpoint at `p` whose every handle has one SST per `files_per_handle` slice of its
+/// The handle of subtask `subtask` of `parallelism` (of `max_parallelism` key groups) for
+/// checkpoint `checkpoint_id`, epoch 1, DB instance `i`, with no files: tests set the fields
+/// they care about with struct update syntax.
+pub fn handle(
+    job: JobId,
+    checkpoint_id: u64,
+    max_parallelism: u32,
+    parallelism: u32,
+    subtask: u32,
+) -> SubtaskHandle {
+    SubtaskHandle {
+        format_version: FORMAT_VERSION,
+        job,
+        checkpoint_id,
+        epoch: 1,
+        subtask,
+        parallelism,
+        max_parallelism,
+        key_group_range: KeyGroupRange::for_subtask(max_parallelism, parallelism, subtask)
+            .expect("a subtask of a valid parallelism"),
+        instance_id: "i".into(),
+        column_families: vec!["default".into()],
+        shared: vec![],
+        private: vec![],
+        bytes_total: 0,
+        bytes_uploaded: 0,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// Checkpoint 5 of `ns/job` at parallelism `p` (of `m` key groups), whose every handle has one SST per `files_per_handle` slice of its
 /// range plus one private file.
 pub fn checkpoint(m: u32, p: u32, files_per_handle: u32) -> CheckpointMetadata {
     let handles = ranges(m, p)
@@ -34,16 +63,7 @@ pub fn checkpoint(m: u32, p: u32, files_per_handle: u32) -> CheckpointMetadata {
                 })
                 .collect();
             SubtaskHandle {
-                format_version: FORMAT_VERSION,
-                job: "ns/job".parse().unwrap(),
-                checkpoint_id: 5,
-                epoch: 1,
-                subtask: i as u32,
-                parallelism: p,
-                max_parallelism: m,
-                key_group_range: range,
                 instance_id: format!("inst{i}"),
-                column_families: vec!["default".into()],
                 shared,
                 private: vec![PrivateFile {
                     local_name: "CURRENT".into(),
@@ -53,9 +73,7 @@ pub fn checkpoint(m: u32, p: u32, files_per_handle: u32) -> CheckpointMetadata {
                         checksum: Checksum(0),
                     },
                 }],
-                bytes_total: 0,
-                bytes_uploaded: 0,
-                created_at: chrono::Utc::now(),
+                ..handle("ns/job".parse().unwrap(), 5, m, p, i as u32)
             }
         })
         .collect();
