@@ -1049,17 +1049,7 @@ impl Round {
                 if let Some(p) = self.status.pending_checkpoint.as_mut() {
                     p.failure = Some(e.to_string());
                 }
-                self.ctx.metrics.checkpoint_ended("failed");
-                self.problem = Some(Problem::new(reasons::CHECKPOINT_FAILED, message.clone()));
-                self.save().await?;
-                publish(
-                    &self.ctx,
-                    &self.job,
-                    true,
-                    reasons::CHECKPOINT_FAILED,
-                    message,
-                )
-                .await;
+                self.checkpoint_failed(message, true).await?;
             }
         }
         Ok(())
@@ -1194,18 +1184,22 @@ impl Round {
             warn!(checkpoint = id, %reason, "checkpoint failed");
             p.failure = Some(reason.clone());
             let message = format!("checkpoint {id} failed: {reason}");
-            self.ctx.metrics.checkpoint_ended("failed");
-            self.problem = Some(Problem::new(reasons::CHECKPOINT_FAILED, message.clone()));
-            publish(
-                &self.ctx,
-                &self.job,
-                true,
-                reasons::CHECKPOINT_FAILED,
-                message,
-            )
-            .await;
+            self.checkpoint_failed(message, false).await?;
         }
         Ok(None)
+    }
+
+    /// Counts a failed checkpoint, makes it the job's problem (saved now when `save`) and says
+    /// so in an Event.
+    async fn checkpoint_failed(&mut self, message: String, save: bool) -> Result<()> {
+        self.ctx.metrics.checkpoint_ended("failed");
+        self.problem = Some(Problem::new(reasons::CHECKPOINT_FAILED, message.clone()));
+        if save {
+            self.save().await?;
+        }
+        let reason = reasons::CHECKPOINT_FAILED;
+        publish(&self.ctx, &self.job, true, reason, message).await;
+        Ok(())
     }
 
     /// A completed checkpoint ends a Degraded condition that a failed or aborted one started.
