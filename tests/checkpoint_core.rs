@@ -3,6 +3,8 @@
 //!
 //! Oracle: a `BTreeMap` model of the state at each checkpoint; every restored DB must equal it.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::checkpoint::registry::{DeleteReason, RetentionPolicy, collect_garbage};
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup::keygroup::KeyGroupRange;
+use support::restore::corrupt_stored_file;
+use support::{cluster, regroup_cmd};
 
 const M: u32 = 128;
 type Model = BTreeMap<(String, Vec<u8>), Vec<u8>>;
@@ -236,24 +240,9 @@ async fn fault_scenario(store: CheckpointStore) {
     let handle = meta.handles[0].clone();
     let sst = handle.shared[0].file.clone();
     let location = store.paths().resolve(&sst.path, "test").unwrap();
-    let original = store
-        .object_store()
-        .get(&location)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
 
     // Corrupted byte.
-    let mut bad = original.to_vec();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x40;
-    store
-        .object_store()
-        .put(&location, bad.into())
-        .await
-        .unwrap();
+    let original = corrupt_stored_file(&store, &sst.path, 0x40).await;
     let target = dir.path().join("restore-corrupt");
     let e = store.download_handle(&handle, &target).await.unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
@@ -445,12 +434,7 @@ async fn in_memory() {
 
 #[tokio::test]
 async fn s3_compatible() {
-    let Ok(bucket) = std::env::var("REGROUP_TEST_S3_BUCKET") else {
-        assert!(
-            std::env::var("REGROUP_REQUIRE_CLUSTER").is_err(),
-            "REGROUP_REQUIRE_CLUSTER is set but REGROUP_TEST_S3_BUCKET is not: run `eval \"$(e2e/cluster env)\"`"
-        );
-        eprintln!("skipped: REGROUP_TEST_S3_BUCKET not set (see e2e/README.md)");
+    let Some(bucket) = cluster::s3_bucket("s3_compatible") else {
         return;
     };
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -482,18 +466,12 @@ async fn cli_prints_the_reference_table() {
     checkpoint(&backend, &snapshotter, &store, 2, &dir.path().join("s")).await;
 
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regroup"))
-            .args(["checkpoints"])
-            .args(args)
-            .args(["--store", &url, "--job", "tests/core"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        support::run(regroup_cmd().args(["checkpoints"]).args(args).args([
+            "--store",
+            &url,
+            "--job",
+            "tests/core",
+        ]))
     };
     let list = run(&["list"]);
     assert!(list.contains("completed"), "{list}");
@@ -510,7 +488,7 @@ async fn cli_prints_the_reference_table() {
     let gc = run(&["gc", "--dry-run", "--grace", "0s", "--retain", "1"]);
     assert!(gc.contains("would delete"), "{gc}");
     // Without --retain and without a retention recorded by the operator, gc does not guess.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regroup"))
+    let out = regroup_cmd()
         .args(["checkpoints", "gc", "--store", &url, "--job", "tests/core"])
         .output()
         .unwrap();
@@ -533,7 +511,7 @@ async fn cli_prints_the_reference_table() {
     );
 
     // A bad job name is refused with a clear message naming the value.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regroup"))
+    let out = regroup_cmd()
         .args(["checkpoints", "list", "--store", &url, "--job", "no-slash"])
         .output()
         .unwrap();

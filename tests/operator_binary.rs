@@ -6,7 +6,7 @@
 //! the rescale falls back, as specified); the worker API is covered with fake workers in
 //! operator_controller.rs.
 
-mod operator_support;
+mod support;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use operator_support::{TestNamespace, cluster, eventually, job_yaml};
 use regroup::operator::crd::{Phase, StatefulJob};
+use support::operator::{TestNamespace, job_yaml, kube_with_crd};
+use support::poll::eventually;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -36,7 +37,7 @@ impl Replica {
     fn start(ns: &str, identity: &str, log: &std::path::Path) -> Self {
         let port = free_port();
         let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_regroup"))
+        let child = support::regroup_cmd()
             .args(["operator", "--leader-elect", "--lease-duration", "3s"])
             .args([
                 "--namespace",
@@ -89,7 +90,7 @@ async fn holder(api: &Api<Lease>) -> Option<String> {
 
 #[tokio::test]
 async fn two_replicas_elect_one_leader_and_fail_over() {
-    let Some(client) = cluster("two_replicas_elect_one_leader_and_fail_over").await else {
+    let Some(client) = kube_with_crd("two_replicas_elect_one_leader_and_fail_over").await else {
         return;
     };
     let ns = TestNamespace::new(&client, "regroup-bin").await;
@@ -182,7 +183,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
 
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_exits_at_once() {
-    let Some(client) = cluster("a_leader_whose_lease_is_taken_exits_at_once").await else {
+    let Some(client) = kube_with_crd("a_leader_whose_lease_is_taken_exits_at_once").await else {
         return;
     };
     let ns = TestNamespace::new(&client, "regroup-bin").await;

@@ -6,7 +6,7 @@
 //! [`FakeWorkers`], which writes handles to a real file-system store; everything else (the
 //! API server, the StatefulSet controller, the store, `_metadata.json`) is real.
 
-mod operator_support;
+mod support;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -20,13 +20,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use operator_support::*;
 use regroup::checkpoint::CheckpointStore;
 use regroup::operator::controller::Context;
 use regroup::operator::crd::{Phase, Stage, StatefulJob};
 use regroup::operator::metrics::OperatorMetrics;
 use regroup::operator::resources::{EPOCH_LABEL, JOB_LABEL};
 use regroup::operator::run_controller;
+use support::operator::*;
+use support::poll::{EVERY, eventually, poll};
+use support::run;
 use tokio::task::JoinHandle;
 
 const M: u32 = 16;
@@ -150,7 +152,7 @@ async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_job_runs_checkpoints_rescales_and_suspends() {
-    let Some(client) = cluster("a_job_runs_checkpoints_rescales_and_suspends").await else {
+    let Some(client) = kube_with_crd("a_job_runs_checkpoints_rescales_and_suspends").await else {
         return;
     };
     let ns = TestNamespace::new(&client, "regroup-op").await;
@@ -262,24 +264,23 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
     // kubectl scale: through every stage to 5 workers at epoch 2, restored from the final checkpoint.
     run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=5"]));
     let mut seen: Vec<Phase> = Vec::new();
-    let start = std::time::Instant::now();
-    let job = loop {
-        let j = api.get("orders").await.unwrap();
-        let s = j.status.clone().unwrap();
-        if let Some(p) = s.phase
-            && seen.last() != Some(&p)
-        {
-            seen.push(p);
-        }
-        if s.phase == Some(Phase::Running) && s.parallelism == 5 {
-            break j;
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "no rescale to 5 within {LONG:?}: phases {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let rescaled = poll(
+        "a rescale to 5",
+        LONG,
+        Duration::from_millis(50),
+        async || {
+            let j = api.get("orders").await.unwrap();
+            let s = j.status.clone().unwrap();
+            if let Some(p) = s.phase
+                && seen.last() != Some(&p)
+            {
+                seen.push(p);
+            }
+            (s.phase == Some(Phase::Running) && s.parallelism == 5).then_some(j)
+        },
+    )
+    .await;
+    let job = rescaled.unwrap_or_else(|e| panic!("{e}: phases {seen:?}"));
     let status = job.status.clone().unwrap();
     assert_eq!(status.epoch, 2);
     let last = status.last_checkpoint.clone().unwrap();
@@ -495,7 +496,8 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
 /// starts a new operator and checks that it completes the same rescale.
 #[tokio::test]
 async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
-    let Some(client) = cluster("an_operator_restarted_in_any_stage_completes_the_rescale").await
+    let Some(client) =
+        kube_with_crd("an_operator_restarted_in_any_stage_completes_the_rescale").await
     else {
         return;
     };
@@ -764,19 +766,19 @@ async fn claim_events(client: &Client, ns: &str) -> Vec<String> {
 
 /// Waits until the StateClaimDeleted Events name exactly `want` (sorted).
 async fn wait_claim_events(client: &Client, ns: &str, want: &[String]) {
-    let start = std::time::Instant::now();
-    loop {
-        let named = claim_events(client, ns).await;
-        if named == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < LONG && named.len() <= want.len(),
-            "StateClaimDeleted events name {named:?}, want {want:?}: {:?}",
-            events(client, ns).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut named = Vec::new();
+    let what = "the StateClaimDeleted events";
+    let waited = poll(what, LONG, EVERY, async || {
+        named = claim_events(client, ns).await;
+        // More than wanted is a failure now, not a wait.
+        (named == want || named.len() > want.len()).then_some(())
+    })
+    .await;
+    assert!(
+        waited.is_ok() && named == want,
+        "StateClaimDeleted events name {named:?}, want {want:?}: {:?}",
+        events(client, ns).await
+    );
 }
 
 /// Scale-in 3→1 with the default claim template: the claims of ordinals 1 and 2 survive the
@@ -785,7 +787,8 @@ async fn wait_claim_events(client: &Client, ns: &str, want: &[String]) {
 /// stay. A restarted operator deletes a leftover claim; a suspended job keeps its claims.
 #[tokio::test]
 async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
-    let Some(client) = cluster("claims_of_removed_ordinals_are_deleted_after_the_scale_in").await
+    let Some(client) =
+        kube_with_crd("claims_of_removed_ordinals_are_deleted_after_the_scale_in").await
     else {
         return;
     };

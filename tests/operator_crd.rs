@@ -1,13 +1,14 @@
 //! The StatefulJob CRD on a real kube-apiserver: what it accepts, what it refuses and with
 //! which message, the scale subresource and the printer columns.
 
-mod operator_support;
+mod support;
 
 use std::process::Command;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use operator_support::{TestNamespace, cluster, job_yaml, run};
 use regroup::operator::crd::StatefulJob;
+use support::operator::{TestNamespace, job_yaml, kube_with_crd};
+use support::{root, run};
 
 fn job(value: serde_json::Value) -> StatefulJob {
     serde_json::from_value(value).expect("a StatefulJob")
@@ -27,7 +28,7 @@ async fn refused(api: &Api<StatefulJob>, value: serde_json::Value) -> String {
 
 #[tokio::test]
 async fn the_api_server_validates_statefuljobs() {
-    let Some(client) = cluster("the_api_server_validates_statefuljobs").await else {
+    let Some(client) = kube_with_crd("the_api_server_validates_statefuljobs").await else {
         return;
     };
     let ns = TestNamespace::new(&client, "regroup-crd").await;
@@ -182,7 +183,7 @@ async fn the_api_server_validates_statefuljobs() {
     );
 
     // The samples in config/samples are valid StatefulJobs.
-    let samples = operator_support::root().join("config/samples");
+    let samples = root().join("config/samples");
     let out = run(Command::new("kubectl")
         .args(["-n", &ns.name, "apply", "--dry-run=server", "-f"])
         .arg(&samples));

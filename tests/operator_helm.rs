@@ -1,14 +1,15 @@
 //! The Helm chart: lint (with its values schema), its CRD equals `crds/`, and an install on the
 //! real API server creates what the operator needs.
 
-mod operator_support;
+mod support;
 
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::Api;
-use operator_support::{TestNamespace, cluster, root, run};
+use support::operator::{TestNamespace, kube_with_crd};
+use support::{cluster, root, run};
 
 #[test]
 fn chart_crd_is_the_generated_crd() {
@@ -32,24 +33,9 @@ fn argocd_patch_embeds_the_health_check() {
     assert_eq!(embedded.trim_end(), lua.trim_end());
 }
 
-fn helm_available(test: &str) -> bool {
-    let found = Command::new("helm")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            !std::env::var("REGROUP_REQUIRE_CLUSTER").is_ok_and(|v| v == "1"),
-            "{test}: helm is not on PATH (eval \"$(e2e/cluster env)\")"
-        );
-        eprintln!("{test}: skipped, helm is not on PATH");
-    }
-    found
-}
-
 #[test]
 fn helm_lint_passes_and_the_schema_refuses_bad_values() {
-    if !helm_available("helm_lint_passes_and_the_schema_refuses_bad_values") {
+    if !cluster::helm("helm_lint_passes_and_the_schema_refuses_bad_values") {
         return;
     }
     let chart = root().join("charts/regroup");
@@ -144,10 +130,10 @@ fn job_role_rules(yaml: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn helm_install_creates_the_operator() {
-    let Some(client) = cluster("helm_install_creates_the_operator").await else {
+    let Some(client) = kube_with_crd("helm_install_creates_the_operator").await else {
         return;
     };
-    if !helm_available("helm_install_creates_the_operator") {
+    if !cluster::helm("helm_install_creates_the_operator") {
         return;
     }
     let ns = TestNamespace::new(&client, "regroup-helm").await;

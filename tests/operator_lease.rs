@@ -1,7 +1,7 @@
 //! Leader election against the real API server: `LeaseLock`s on one Lease, a standby whose
 //! wall clock runs an hour ahead, a leader whose lease is taken, a leader that cannot renew.
 
-mod operator_support;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,8 +13,9 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::SignedDuration;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, Config};
-use operator_support::{TestNamespace, cluster};
 use regroup::operator::lease::{LeadershipLost, LeaseLock, LeaseTimings, Round};
+use support::operator::{TestNamespace, kube_with_crd};
+use support::poll::poll;
 
 const LEASE: &str = "regroup-operator";
 const LONG: Duration = Duration::from_secs(60);
@@ -38,7 +39,8 @@ fn holder(lease: &Lease) -> Option<String> {
 
 #[tokio::test]
 async fn a_skewed_standby_waits_until_the_leader_stops_renewing() {
-    let Some(client) = cluster("a_skewed_standby_waits_until_the_leader_stops_renewing").await
+    let Some(client) =
+        kube_with_crd("a_skewed_standby_waits_until_the_leader_stops_renewing").await
     else {
         return;
     };
@@ -91,7 +93,8 @@ async fn a_skewed_standby_waits_until_the_leader_stops_renewing() {
 
 #[tokio::test]
 async fn a_leader_stops_once_another_replica_holds_the_lease() {
-    let Some(client) = cluster("a_leader_stops_once_another_replica_holds_the_lease").await else {
+    let Some(client) = kube_with_crd("a_leader_stops_once_another_replica_holds_the_lease").await
+    else {
         return;
     };
     let ns = TestNamespace::new(&client, "regroup-lease").await;
@@ -123,7 +126,7 @@ async fn a_leader_stops_once_another_replica_holds_the_lease() {
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_before_a_standby_takes_over() {
     let Some(client) =
-        cluster("a_leader_that_cannot_renew_stops_before_a_standby_takes_over").await
+        kube_with_crd("a_leader_that_cannot_renew_stops_before_a_standby_takes_over").await
     else {
         return;
     };
@@ -154,15 +157,14 @@ async fn a_leader_that_cannot_renew_stops_before_a_standby_takes_over() {
 
     // RBAC applies the new binding once its informer has it: retry the first round until then.
     let mut leader = LeaseLock::new(limited, &ns.name, LEASE, "leader", timings());
-    let leading = tokio::time::timeout(LONG, async {
-        loop {
-            if let Ok(Round::Held) = leader.try_acquire_or_renew().await {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    leading.await.expect("the leader takes the lease");
+    poll(
+        "the leader to take the lease",
+        LONG,
+        Duration::from_millis(100),
+        async || matches!(leader.try_acquire_or_renew().await, Ok(Round::Held)).then_some(()),
+    )
+    .await
+    .expect("the leader takes the lease");
     let mut leadership = leader.acquire().await;
 
     let leader_stopped = Arc::new(AtomicBool::new(false));

@@ -1,16 +1,15 @@
 //! `regroup plan` and `regroup restore` as a user and an init container run them.
 
-mod restore_support;
-
-use std::process::Command;
+mod support;
 
 use regroup::backend::StateBackend;
 use regroup::checkpoint::CheckpointStore;
 use regroup::keygroup::KeyGroupRange;
-use restore_support::*;
+use support::restore::*;
+use support::run;
 
 fn regroup(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+    let out = support::regroup_cmd()
         .args(args)
         .envs(env.iter().copied())
         .env_remove("REGROUP_STORE")
@@ -137,16 +136,7 @@ async fn plan_and_restore_a_stored_checkpoint() {
         ("REGROUP_RESTORE_STRATEGY", "copy"),
         ("REGROUP_OUTPUT", "json"),
     ];
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
-        .arg("restore")
-        .envs(env)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stderr}");
+    let stdout = run(support::regroup_cmd().arg("restore").envs(env));
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["mode"], "rescaled");
     assert_eq!(summary["strategy"], "copy");
@@ -160,7 +150,7 @@ async fn plan_and_restore_a_stored_checkpoint() {
     drop(b);
 
     // A bad strategy is refused, naming the value.
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+    let out = support::regroup_cmd()
         .arg("restore")
         .envs(env)
         .env("REGROUP_RESTORE_STRATEGY", "rsync")
@@ -179,18 +169,10 @@ async fn plan_and_restore_a_stored_checkpoint() {
     std::fs::write(state.join("checkpoint-marker.json"), "{}").unwrap();
     std::fs::create_dir_all(state.join("snapshots/chk-9")).unwrap();
     std::fs::write(state.join("snapshots/chk-9/CURRENT"), "x").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+    let stdout = run(support::regroup_cmd()
         .arg("restore")
         .envs(env)
-        .env("REGROUP_RESTORE_EMPTY", "true")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("REGROUP_RESTORE_EMPTY", "true"));
     assert!(
         stdout.starts_with("started empty: no checkpoint to restore for subtask 1/3"),
         "{stdout}"
@@ -208,7 +190,7 @@ async fn plan_and_restore_a_stored_checkpoint() {
     assert!(!target.exists() && !state.join("checkpoint-marker.json").exists());
     assert!(!state.join("snapshots").exists());
     // Empty and a checkpoint at once is refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+    let out = support::regroup_cmd()
         .arg("restore")
         .envs(env)
         .env("REGROUP_RESTORE_EMPTY", "true")

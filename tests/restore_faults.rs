@@ -3,7 +3,7 @@
 //! temporary files. A store that holds back one handle's files shows that the restore ingests
 //! each handle while the next downloads.
 
-mod restore_support;
+mod support;
 
 use std::fmt;
 use std::ops::Range;
@@ -23,7 +23,7 @@ use object_store::{
 use regroup::Error;
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
 use regroup::restore::{RestoreRequest, Strategy, restore_subtask};
-use restore_support::*;
+use support::restore::*;
 
 /// An in-memory store whose `get` of one path fails, as a flaky network would (at once, or
 /// after the first half of the object arrived), and whose gets of the `gate`'s paths wait until
@@ -272,23 +272,7 @@ async fn checksum_mismatch() {
     let root = tempdir();
     let (_, store, meta) = setup(root.path()).await;
     let path = needed_file(&meta);
-    let location = store.paths().resolve(&path, "test").unwrap();
-    let mut bytes = store
-        .object_store()
-        .get(&location)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    store
-        .object_store()
-        .put(&location, bytes.into())
-        .await
-        .unwrap();
+    corrupt_stored_file(&store, &path, 0x01).await;
     for strategy in [Strategy::Ingest, Strategy::Copy] {
         let e = failing_restore(&store, root.path(), strategy).await;
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");

@@ -2,13 +2,13 @@
 //! data set is present exactly once, in the subtask that owns its key group, with its value;
 //! `copy` and `ingest` build DBs with identical contents.
 
-mod restore_support;
+mod support;
 
 use regroup::backend::StateBackend;
 use regroup::checkpoint::CheckpointStore;
 use regroup::keygroup::KeyGroupRange;
 use regroup::restore::{InputMethod, RestoreMode, RestoreRequest, Strategy, restore_subtask};
-use restore_support::*;
+use support::restore::*;
 
 /// Runs a chain of rescales: workers at `parallelisms[0]` hold the data set; each step
 /// restores every subtask of the next parallelism from the last checkpoint with `ingest` and
@@ -84,22 +84,12 @@ async fn rescale_chain(
                 let backend = StateBackend::open(&target, m, range, &STATES).unwrap();
                 // What the worker does once running: compact what the restore clipped.
                 backend.compact_outside_range().unwrap();
-                let got = contents(&backend);
-                assert_eq!(
-                    all_keys(&backend),
-                    got.len(),
-                    "{from}→{to} subtask {i} ({strategy}) holds keys outside {range}"
+                let got = assert_contents(
+                    &backend,
+                    &expected,
+                    &format!("{from}→{to} subtask {i} ({strategy})"),
                 );
                 assert_files_inside_range(&backend);
-                assert_eq!(
-                    got.len(),
-                    expected.len(),
-                    "{from}→{to} subtask {i} ({strategy}): wrong number of keys"
-                );
-                assert!(
-                    got == expected,
-                    "{from}→{to} subtask {i} ({strategy}): contents differ from the oracle"
-                );
                 restored.push((strategy, got, backend));
             }
             if let [(_, a, _), (_, b, _)] = &restored[..] {

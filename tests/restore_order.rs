@@ -4,7 +4,7 @@
 //! checkpoint as format 1 wrote it (no sequence numbers) is restored by copying that handle,
 //! with the same contents.
 
-mod restore_support;
+mod support;
 
 use std::path::Path;
 
@@ -13,7 +13,7 @@ use regroup::checkpoint::paths::checkpoint_dir_name;
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, SharedFile, SstOrder};
 use regroup::keygroup::KeyGroupRange;
 use regroup::restore::{InputMethod, Strategy};
-use restore_support::*;
+use support::restore::*;
 
 const M: u32 = 128;
 /// Keys of the data set; their size makes the bottom level of `counts` much larger than L0,

@@ -5,7 +5,7 @@
 //! present once, in its owner, with its value. Plus: a tampered local file, markers of an older
 //! checkpoint and of another job, and a crash in the middle of a reusing restore.
 
-mod restore_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use regroup::checkpoint::{CheckpointMetadata, CheckpointStore};
 use regroup::keygroup::KeyGroupRange;
 use regroup::restore::{PlanOptions, RestoreRequest, plan_subtask, restore_subtask};
 use regroup::statedir::marker::LocalCheckpointMarker;
-use restore_support::*;
+use support::restore::*;
 
 const M: u32 = 128;
 const KEYS: u32 = 3000;
@@ -130,23 +130,11 @@ impl Volumes {
 fn check(target: &Path, model: &Model, p: u32, i: u32) -> Model {
     let range = KeyGroupRange::for_subtask(M, p, i).unwrap();
     let backend = StateBackend::open(target, M, range, &STATES).unwrap();
-    let got = contents(&backend);
-    assert_eq!(
-        all_keys(&backend),
-        got.len(),
-        "subtask {i}/{p} holds keys outside {range}"
-    );
-    let expected = owned(model, M, p, i);
-    assert_eq!(
-        got.len(),
-        expected.len(),
-        "subtask {i}/{p}: wrong key count"
-    );
-    assert!(
-        got == expected,
-        "subtask {i}/{p}: contents differ from the oracle"
-    );
-    got
+    assert_contents(
+        &backend,
+        &owned(model, M, p, i),
+        &format!("subtask {i}/{p}"),
+    )
 }
 
 /// Name, size and checksum of every file of `dir`.

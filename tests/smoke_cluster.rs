@@ -8,7 +8,9 @@
 //! Without `KUBECONFIG` / `REGROUP_TEST_S3_BUCKET` the tests print why and pass without doing
 //! anything, so `cargo test` works on a machine with no cluster. CI sets
 //! `REGROUP_REQUIRE_CLUSTER=1`, which turns a missing variable into a failure: a CI run that
-//! lost its cluster must not go green by skipping.
+//! lost its cluster must not go green by skipping (see `tests/support/cluster.rs`).
+
+mod support;
 
 use std::collections::BTreeMap;
 
@@ -21,24 +23,7 @@ use kube::api::{DeleteParams, PostParams};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-
-/// The value of `var`, or `None` (after saying so) when the test should be skipped.
-/// Panics instead of skipping when `REGROUP_REQUIRE_CLUSTER=1`.
-fn cluster_var(var: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            let hint = "start the test cluster with: e2e/build && e2e/cluster up && eval \"$(e2e/cluster env)\"";
-            if std::env::var("REGROUP_REQUIRE_CLUSTER").as_deref() == Ok("1") {
-                panic!(
-                    "{test}: {var} is not set, and REGROUP_REQUIRE_CLUSTER=1 forbids skipping; {hint}"
-                );
-            }
-            eprintln!("skipping {test}: {var} is not set ({hint})");
-            None
-        }
-    }
-}
+use support::cluster;
 
 fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
@@ -46,13 +31,9 @@ fn unique_suffix() -> String {
 
 #[tokio::test]
 async fn kube_configmap_round_trip() -> anyhow::Result<()> {
-    if cluster_var("KUBECONFIG", "kube_configmap_round_trip").is_none() {
+    let Some(client) = cluster::kube("kube_configmap_round_trip").await else {
         return Ok(());
-    }
-    regroup::tls::install_crypto_provider();
-    let client = kube::Client::try_default()
-        .await
-        .context("building a kube client from KUBECONFIG")?;
+    };
 
     let namespace = format!("regroup-smoke-{}", unique_suffix());
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -126,7 +107,7 @@ async fn kube_configmap_round_trip() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn s3_put_list_get() -> anyhow::Result<()> {
-    let Some(bucket) = cluster_var("REGROUP_TEST_S3_BUCKET", "s3_put_list_get") else {
+    let Some(bucket) = cluster::s3_bucket("s3_put_list_get") else {
         return Ok(());
     };
     let store = AmazonS3Builder::from_env()

@@ -1,7 +1,7 @@
 //! Refused requests change nothing; a worker killed in the middle of a checkpoint leaves it
 //! incomplete, the next one completes, and restoring from it verifies.
 
-mod worker_common;
+mod support;
 
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use regroup::worker::checkpoints::CheckpointStatus;
 use regroup::worker::oracle::verify;
 use regroup::worker::reference::{COUNTS, decode_u64};
 use serde_json::json;
-use worker_common::{Cluster, M, TOKEN, WorkerOptions, restore_into};
+use support::worker::{Cluster, M, TOKEN, WorkerOptions, restore_into};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_change_nothing() {
@@ -241,7 +241,7 @@ async fn verify_fails_naming_the_first_differing_key() {
     c.store.try_complete(2, 2, 1, M).await.unwrap().unwrap();
 
     let run = |checkpoint: Option<&str>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_regroup"));
+        let mut cmd = support::regroup_cmd();
         cmd.args([
             "verify",
             "--store",

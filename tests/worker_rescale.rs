@@ -2,15 +2,15 @@
 //! through `regroup restore` and restarts; the oracle verifies every checkpoint against the
 //! replayed events.
 
-mod worker_common;
+mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use regroup::checkpoint::CheckpointMetadata;
 use regroup::statedir::marker::{FileIdentity, LocalCheckpointMarker};
 use regroup::worker::oracle::verify;
-use worker_common::{Cluster, restore_into};
+use support::worker::{Cluster, restore_into};
+use support::{regroup_cmd, run};
 
 /// Runs generations of workers at the given parallelisms, each restored from the previous
 /// generation's stop-with-checkpoint.
@@ -101,22 +101,13 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
         last = Some(stop);
     }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
-        .args([
-            "verify",
-            "--store",
-            &c.store_url,
-            "--job",
-            &c.job.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run(regroup_cmd().args([
+        "verify",
+        "--store",
+        &c.store_url,
+        "--job",
+        &c.job.to_string(),
+    ]));
     assert!(
         stdout.starts_with(&format!("OK: checkpoint {id} ")),
         "{stdout}"

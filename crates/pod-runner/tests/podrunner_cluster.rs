@@ -17,6 +17,15 @@
 //! of a kwok of one's own, with `REGROUP_E2E_POD_CIDR` set to its `--cidr`; the test pods
 //! tolerate every taint).
 
+// Only the two leaf modules of `tests/support/`: this test needs neither the `regroup` binary
+// nor its library, which the other support modules use.
+#[allow(dead_code)]
+#[path = "../../../tests/support/cluster.rs"]
+mod cluster;
+#[allow(dead_code)]
+#[path = "../../../tests/support/poll.rs"]
+mod poll;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +36,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use poll::eventually_ok;
 use serde_json::json;
 
 /// The `type` label of the nodes the test pods go to.
@@ -35,23 +45,6 @@ fn node_type() -> String {
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "kwok".to_string())
-}
-
-fn cluster_or_skip(test: &str) -> bool {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    match std::env::var("KUBECONFIG") {
-        Ok(v) if !v.is_empty() => true,
-        _ => {
-            let hint = "start the test cluster with: e2e/cluster up && eval \"$(e2e/cluster env)\"";
-            if std::env::var("REGROUP_REQUIRE_CLUSTER").as_deref() == Ok("1") {
-                panic!(
-                    "{test}: KUBECONFIG is not set, and REGROUP_REQUIRE_CLUSTER=1 forbids skipping; {hint}"
-                );
-            }
-            eprintln!("skipping {test}: KUBECONFIG is not set ({hint})");
-            false
-        }
-    }
 }
 
 /// The cluster's pod address range, from `e2e/cluster env` (each cluster has its own).
@@ -209,9 +202,9 @@ async fn create_namespace(client: &kube::Client, prefix: &str) -> anyhow::Result
     // Pods are refused until the controller-manager has made the default service account.
     let accounts =
         Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &name);
-    wait_for(
-        Duration::from_secs(60),
+    eventually_ok(
         "service account default",
+        Duration::from_secs(60),
         || async { Ok(accounts.get_opt("default").await?.map(|_| ())) },
     )
     .await?;
@@ -223,14 +216,14 @@ async fn create_namespace(client: &kube::Client, prefix: &str) -> anyhow::Result
 async fn delete_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let api = Api::<Namespace>::all(client.clone());
     let _ = api.delete(name, &DeleteParams::default()).await;
-    wait_for(Duration::from_secs(120), "namespace deleted", || async {
+    eventually_ok("namespace deleted", Duration::from_secs(120), || async {
         Ok(api.get_opt(name).await?.is_none().then_some(()))
     })
     .await?;
     let volumes = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
-    wait_for(
-        Duration::from_secs(60),
+    eventually_ok(
         "volumes of the namespace's claims deleted",
+        Duration::from_secs(60),
         || async {
             let left = volumes
                 .list(&Default::default())
@@ -245,28 +238,6 @@ async fn delete_namespace(client: &kube::Client, name: &str) -> anyhow::Result<(
         },
     )
     .await
-}
-
-/// Polls `check` until it returns `Some`, failing after `limit` (a bound against hanging, not
-/// a timing assertion).
-async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            bail!("gave up waiting for {what} after {limit:?} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn condition(pod: &Pod, type_: &str) -> Option<String> {
@@ -314,9 +285,9 @@ async fn get(url: &str) -> anyhow::Result<String> {
 /// Waits until the pod `name` (optionally a different incarnation than `not_uid`) is Ready
 /// with the runner's status, and returns it.
 async fn ready_pod(pods: &Api<Pod>, name: &str, not_uid: Option<&str>) -> anyhow::Result<Pod> {
-    wait_for(
-        Duration::from_secs(120),
+    eventually_ok(
         &format!("pod {name} Ready"),
+        Duration::from_secs(120),
         || async {
             let Some(p) = pods.get_opt(name).await? else {
                 return Ok(None);
@@ -400,17 +371,20 @@ fn web_statefulset(ns: &str, name: &str) -> anyhow::Result<StatefulSet> {
     }))?)
 }
 
-#[tokio::test]
-async fn statefulset_pods_run_restart_and_stop() {
-    if !cluster_or_skip("statefulset_pods_run_restart_and_stop") {
+/// Runs `scenario` against a runner of its own in a fresh namespace (named `prefix-…`), then
+/// deletes the namespace and stops the runner: each must succeed, and the runner's logs are
+/// shown when something failed. Without a cluster `test` is skipped (see `tests/support/cluster.rs`).
+async fn with_runner(
+    test: &str,
+    prefix: &str,
+    scenario: impl AsyncFnOnce(&kube::Client, &str, &mut Runner) -> anyhow::Result<()>,
+) {
+    let Some(client) = cluster::kube(test).await else {
         return;
-    }
-    let client = kube::Client::try_default().await.expect("kube client");
-    let ns = create_namespace(&client, "podrunner-sts")
-        .await
-        .expect("namespace");
+    };
+    let ns = create_namespace(&client, prefix).await.expect("namespace");
     let mut runner = Runner::start(&ns).expect("runner");
-    let result = statefulset_scenario(&client, &ns, &mut runner).await;
+    let result = scenario(&client, &ns, &mut runner).await;
     // Only a running runner finishes the pods' deletion.
     if runner.child.try_wait().ok().flatten().is_some() {
         runner.restart().expect("restart runner for cleanup");
@@ -424,6 +398,16 @@ async fn statefulset_pods_run_restart_and_stop() {
     cleanup.expect("namespace cleanup (pods finalized by the runner)");
     let status = stopped.expect("runner stops on SIGTERM");
     assert!(status.success(), "runner exit status {status}");
+}
+
+#[tokio::test]
+async fn statefulset_pods_run_restart_and_stop() {
+    with_runner(
+        "statefulset_pods_run_restart_and_stop",
+        "podrunner-sts",
+        statefulset_scenario,
+    )
+    .await;
 }
 
 async fn statefulset_scenario(
@@ -507,9 +491,9 @@ async fn statefulset_scenario(
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
-    let restarted = wait_for(
-        Duration::from_secs(120),
+    let restarted = eventually_ok(
         "web-0 restarted and Ready",
+        Duration::from_secs(120),
         || async {
             let p = pods.get("web-0").await?;
             let ready = condition(&p, "Ready").as_deref() == Some("True");
@@ -549,7 +533,7 @@ async fn statefulset_scenario(
         .join(format!("{ns}_web-1_{old_uid}"));
     ensure!(pod_dir.is_dir(), "no pod directory {}", pod_dir.display());
     pods.delete("web-1", &DeleteParams::default()).await?;
-    wait_for(Duration::from_secs(60), "old web-1 gone", || async {
+    eventually_ok("old web-1 gone", Duration::from_secs(60), || async {
         let p = pods.get_opt("web-1").await?;
         Ok(
             p.is_none_or(|p| p.metadata.uid.as_deref() != Some(&old_uid))
@@ -559,9 +543,9 @@ async fn statefulset_scenario(
     .await?;
     // With kwok's stages for runner pods the runner deletes the pod only after its processes
     // stopped; with kwok's generic delete stage the pod may go first, so wait for both.
-    wait_for(
-        Duration::from_secs(60),
+    eventually_ok(
         "processes and volumes of the deleted pod gone",
+        Duration::from_secs(60),
         || async { Ok((!is_alive(old_pid) && !pod_dir.exists()).then_some(())) },
     )
     .await?;
@@ -610,9 +594,9 @@ async fn statefulset_scenario(
         "still Ready after the runner stopped"
     );
     runner.restart()?;
-    let again = wait_for(
-        Duration::from_secs(120),
+    let again = eventually_ok(
         "web-1 Ready under the new runner",
+        Duration::from_secs(120),
         || async {
             let p = pods.get("web-1").await?;
             let ready = condition(&p, "Ready").as_deref() == Some("True");
@@ -708,27 +692,12 @@ const FLAKY_COUNTER: &str = "import os, sys\n\
 
 #[tokio::test]
 async fn init_failures_retry_or_fail_and_claims_outlive_pods() {
-    if !cluster_or_skip("init_failures_retry_or_fail_and_claims_outlive_pods") {
-        return;
-    }
-    let client = kube::Client::try_default().await.expect("kube client");
-    let ns = create_namespace(&client, "podrunner-init")
-        .await
-        .expect("namespace");
-    let mut runner = Runner::start(&ns).expect("runner");
-    let result = init_scenario(&client, &ns, &runner).await;
-    // Only a running runner finishes the pods' deletion.
-    if runner.child.try_wait().ok().flatten().is_some() {
-        runner.restart().expect("restart runner for cleanup");
-    }
-    let cleanup = delete_namespace(&client, &ns).await;
-    let stopped = runner.stop();
-    if result.is_err() || cleanup.is_err() {
-        runner.dump();
-    }
-    result.expect("scenario");
-    cleanup.expect("namespace cleanup (pods finalized by the runner)");
-    assert!(stopped.expect("runner stops").success());
+    with_runner(
+        "init_failures_retry_or_fail_and_claims_outlive_pods",
+        "podrunner-init",
+        async |client, ns, runner| init_scenario(client, ns, runner).await,
+    )
+    .await;
 }
 
 async fn kwok_node(client: &kube::Client) -> anyhow::Result<String> {
@@ -776,7 +745,7 @@ async fn init_scenario(client: &kube::Client, ns: &str, runner: &Runner) -> anyh
         let count = get(&format!("http://{ip}:8081/count")).await?;
         ensure!(count == round.to_string(), "round {round}: count {count:?}");
         pods.delete(&name, &DeleteParams::default()).await?;
-        wait_for(Duration::from_secs(60), "pod deleted", || async {
+        eventually_ok("pod deleted", Duration::from_secs(60), || async {
             Ok(pods.get_opt(&name).await?.is_none().then_some(()))
         })
         .await?;
@@ -786,7 +755,7 @@ async fn init_scenario(client: &kube::Client, ns: &str, runner: &Runner) -> anyh
     // the runner gives it; it ends with exit 0, so the pod (restartPolicy Never) Succeeds.
     pods.create(&PostParams::default(), &whoami_pod(ns, &node)?)
         .await?;
-    wait_for(Duration::from_secs(120), "pod whoami Succeeded", || async {
+    eventually_ok("pod whoami Succeeded", Duration::from_secs(120), || async {
         let p = pods.get("whoami").await?;
         let phase = p.status.as_ref().and_then(|s| s.phase.clone());
         Ok((phase.as_deref() == Some("Succeeded")).then_some(()))
@@ -804,7 +773,7 @@ async fn init_scenario(client: &kube::Client, ns: &str, runner: &Runner) -> anyh
         &bare_pod(ns, "once", &node, "Never", FLAKY_COUNTER)?,
     )
     .await?;
-    let failed = wait_for(Duration::from_secs(120), "pod once Failed", || async {
+    let failed = eventually_ok("pod once Failed", Duration::from_secs(120), || async {
         let p = pods.get("once").await?;
         let phase = p.status.as_ref().and_then(|s| s.phase.clone());
         Ok((phase.as_deref() == Some("Failed")).then_some(p))

@@ -2,8 +2,6 @@
 //! `file://` checkpoint store in a temporary directory, checkpoints driven over HTTP and
 //! completed the way the operator does it.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +13,9 @@ use regroup::worker::checkpoints::{CheckpointRecord, CheckpointStatus, Notice};
 use regroup::worker::client::WorkerClient;
 use serde_json::{Value, json};
 
+use super::poll::poll;
+use super::{regroup_cmd, run};
+
 /// Number of key groups of every test job.
 pub const M: u32 = 128;
 /// The token the workers accept.
@@ -22,6 +23,8 @@ pub const TOKEN: &str = "test-token-5c1e";
 
 /// Longest wait for anything a worker does (start, checkpoint); a test fails beyond it.
 const PATIENCE: Duration = Duration::from_secs(90);
+/// How often a worker is asked (it runs on this machine: asking is cheap).
+const EVERY: Duration = Duration::from_millis(50);
 
 /// A job's store, token and worker processes.
 pub struct Cluster {
@@ -100,7 +103,7 @@ impl Cluster {
         let log = state_dir.with_extension("log");
         let stderr = std::fs::File::create(&log).unwrap();
         let ip = format!("127.0.0.{}:0", u32::from(self.ip_base) + subtask);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regroup"));
+        let mut cmd = regroup_cmd();
         cmd.args([
             "worker",
             "--store",
@@ -155,13 +158,11 @@ impl Cluster {
             log,
             child,
         };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while !self.is_ready(&worker).await {
-            if tokio::time::Instant::now() > deadline {
-                Self::give_up(&worker, "ready");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll("the worker to be ready", PATIENCE, EVERY, async || {
+            self.is_ready(&worker).await.then_some(())
+        })
+        .await
+        .unwrap_or_else(|_| Self::give_up(&worker, "ready"));
         worker
     }
 
@@ -223,12 +224,12 @@ impl Cluster {
     pub async fn wait_processing(&self, workers: &[Worker], events: u64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         for w in workers {
-            while self.events_processed(w).await < events {
-                if tokio::time::Instant::now() > deadline {
-                    Self::give_up(w, "processing");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            poll("events processed", left, EVERY, async || {
+                (self.events_processed(w).await >= events).then_some(())
+            })
+            .await
+            .unwrap_or_else(|_| Self::give_up(w, "processing"));
         }
     }
 
@@ -287,22 +288,19 @@ impl Cluster {
 
     /// Waits until `w` reports checkpoint `id` completed; panics if it failed.
     pub async fn wait_handle(&self, w: &Worker, id: u64) -> CheckpointRecord {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        let what = format!("checkpoint {id} on subtask {}", w.subtask);
+        poll(&what, PATIENCE, EVERY, async || {
             let record = self.api.status(&w.url, id).await.unwrap().unwrap();
             match &record.status {
-                CheckpointStatus::Completed { .. } => return record,
-                CheckpointStatus::InProgress => {}
+                CheckpointStatus::Completed { .. } => Some(record),
+                CheckpointStatus::InProgress => None,
                 CheckpointStatus::Failed { reason } => {
                     panic!("checkpoint {id} failed on subtask {}: {reason}", w.subtask)
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "checkpoint {id} too slow"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A whole checkpoint the operator's way: trigger every worker, wait for every handle,
@@ -366,7 +364,7 @@ pub fn restore_into(
     dir: &Path,
     strategy: &str,
 ) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup"))
+    run(regroup_cmd()
         .args([
             "restore",
             "--store",
@@ -379,15 +377,5 @@ pub fn restore_into(
         .args(["--parallelism", &parallelism.to_string()])
         .args(["--strategy", strategy])
         .arg("--target")
-        .arg(db_dir(dir))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "regroup restore of subtask {subtask}/{parallelism} from checkpoint {} failed:\n{}{}",
-        meta.checkpoint_id,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .arg(db_dir(dir)))
 }

@@ -1,9 +1,7 @@
-//! Shared by the operator tests against a real kube-apiserver (`e2e/cluster up`, then
-//! `eval "$(e2e/cluster env)"`). Without KUBECONFIG the tests print why and pass, unless
-//! REGROUP_REQUIRE_CLUSTER=1, which makes a missing cluster a failure.
-#![allow(dead_code)]
+//! The operator tests' fixtures against a real kube-apiserver: the StatefulJob CRD installed,
+//! a namespace per test, job specs, and workers that are not processes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,51 +17,15 @@ use regroup::checkpoint::{CheckpointStore, JobId};
 use regroup::operator::coordinator::{CheckpointRequest, Notice, WorkerClient, WorkerTarget};
 use regroup::operator::crd::{Phase, StatefulJob};
 
-/// The repository root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use super::poll::eventually;
+use super::{cluster, root};
 
-/// A client for the test cluster, or `None` (with a message) when there is none and none is
-/// required.
-pub async fn cluster(test: &str) -> Option<Client> {
-    let required = std::env::var("REGROUP_REQUIRE_CLUSTER").is_ok_and(|v| v == "1");
-    if std::env::var_os("KUBECONFIG").is_none() {
-        assert!(
-            !required,
-            "{test}: REGROUP_REQUIRE_CLUSTER=1 but KUBECONFIG is unset; run e2e/cluster up and eval \"$(e2e/cluster env)\""
-        );
-        eprintln!(
-            "{test}: skipped, KUBECONFIG is unset (e2e/cluster up; eval \"$(e2e/cluster env)\")"
-        );
-        return None;
-    }
-    // Logs go through the test harness (shown for failing tests); RUST_LOG selects them.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    // Both rustls back-ends are compiled in (see Cargo.toml); kube's is ring.
-    regroup::tls::install_crypto_provider();
-    let client = Client::try_default()
-        .await
-        .expect("a client from KUBECONFIG");
+/// A client for the test cluster with the StatefulJob CRD installed, or `None` when `test` is
+/// skipped (see [`cluster`]).
+pub async fn kube_with_crd(test: &str) -> Option<Client> {
+    let client = cluster::kube(test).await?;
     install_crd(&client).await;
     Some(client)
-}
-
-/// Runs a command, panicking with its output when it fails; returns stdout.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `kubectl apply -f crds/` and waits until the CRD is established.
@@ -177,25 +139,6 @@ pub fn job_yaml(
             }]}}
         }
     })
-}
-
-/// Polls `f` every 200 ms until it returns Some, failing after `limit` with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Waits until the job's phase is `phase` and returns the job.

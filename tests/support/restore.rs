@@ -1,11 +1,11 @@
 //! Shared by the restore tests: an oracle data set whose every key and value is known, workers
 //! that hold it at some parallelism, and checkpoints of them through the real snapshotter.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup::keygroup::{KeyGroupRange, key_group_for_key, subtask_for_key_group};
@@ -121,6 +121,21 @@ pub fn all_keys(backend: &StateBackend) -> usize {
             db.iterator_cf(&cf, rocksdb::IteratorMode::Start).count()
         })
         .sum()
+}
+
+/// Checks that `backend` holds exactly `expected` and no key outside its range (`what` names it
+/// in a failure); returns its contents.
+pub fn assert_contents(backend: &StateBackend, expected: &Model, what: &str) -> Model {
+    let got = contents(backend);
+    assert_eq!(
+        all_keys(backend),
+        got.len(),
+        "{what} holds keys outside {}",
+        backend.range()
+    );
+    assert_eq!(got.len(), expected.len(), "{what}: wrong number of keys");
+    assert!(got == *expected, "{what}: contents differ from the oracle");
+    got
 }
 
 /// The key-group span of every live SST file of the DB lies inside its range (no clip range
@@ -284,6 +299,29 @@ pub fn owned(model: &Model, max_parallelism: u32, p: u32, i: u32) -> Model {
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Flips the bits `mask` of the middle byte of the stored file `path` (relative to the job's
+/// directory), as a bad disk or network would; returns the file as it was.
+pub async fn corrupt_stored_file(store: &CheckpointStore, path: &str, mask: u8) -> Bytes {
+    let location = store.paths().resolve(path, "test").unwrap();
+    let original = store
+        .object_store()
+        .get(&location)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut bad = original.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= mask;
+    store
+        .object_store()
+        .put(&location, bad.into())
+        .await
+        .unwrap();
+    original
 }
 
 /// Every entry of a directory (names only), for "nothing left behind" checks.
