@@ -22,6 +22,14 @@ fn regroup(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
+/// The row of new subtask `subtask` in `regroup plan`'s table.
+fn row(out: &str, subtask: u32) -> &str {
+    let prefix = format!("{subtask} ");
+    out.lines()
+        .find(|l| l.trim_start().starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no row of subtask {subtask} in:\n{out}"))
+}
+
 #[test]
 fn plan_prints_ranges() {
     let (ok, out, err) = regroup(
@@ -38,10 +46,7 @@ fn plan_prints_ranges() {
     );
     assert!(ok, "{err}");
     println!("{out}");
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("0 "))
-        .unwrap();
+    let line = row(&out, 0);
     assert!(
         line.contains("[0, 63]") && line.contains("0:[0, 42] 1:[43, 63]"),
         "{line}"
@@ -75,10 +80,7 @@ async fn plan_and_restore_a_stored_checkpoint() {
     println!("{out}");
     assert!(out.starts_with("checkpoint 1: parallelism 2 → 3"), "{out}");
     // New subtask 1 = [43, 85]: 21 key groups from old 0, 22 from old 1, so old 1 is initial.
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("1 "))
-        .unwrap();
+    let line = row(&out, 1);
     assert!(
         line.contains("[43, 85]") && line.contains("rescaled"),
         "{line}"
@@ -286,10 +288,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
     let (ok, text, err) = plan_run(&["--to", "1", "--state-dir", &vol0]);
     assert!(ok, "{err}");
     println!("{text}");
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("0 "))
-        .unwrap();
+    let line = row(&text, 0);
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
         cols[6..9],

@@ -74,30 +74,13 @@ async fn refused_requests_change_nothing() {
     assert_eq!(r.status(), 401);
 
     // The real request works; a repeat is idempotent, a changed repeat conflicts.
-    let (status, reply) = c
-        .post_checkpoint(
-            w,
-            Some(TOKEN),
-            json!({ "id": 1, "epoch": epoch, "stop": false }),
-        )
-        .await;
-    assert_eq!(status, 202, "{reply}");
-    let (status, reply) = c
-        .post_checkpoint(
-            w,
-            Some(TOKEN),
-            json!({ "id": 1, "epoch": epoch, "stop": false }),
-        )
-        .await;
-    assert_eq!(status, 202, "{reply}");
-    let (status, reply) = c
-        .post_checkpoint(
-            w,
-            Some(TOKEN),
-            json!({ "id": 1, "epoch": epoch, "stop": true }),
-        )
-        .await;
-    assert_eq!(status, 409, "{reply}");
+    let mut reply = serde_json::Value::Null;
+    for (stop, expected) in [(false, 202), (false, 202), (true, 409)] {
+        let body = json!({ "id": 1, "epoch": epoch, "stop": stop });
+        let status;
+        (status, reply) = c.post_checkpoint(w, Some(TOKEN), body).await;
+        assert_eq!(status, expected, "stop {stop}: {reply}");
+    }
     assert!(
         reply["error"]
             .as_str()

@@ -1100,15 +1100,7 @@ impl Round {
         let pods = self.pods().await?;
         self.notify(&pods, id, epoch, parallelism, Notice::Complete)
             .await;
-        if let Err(e) = coordinator::retain_and_collect(
-            &self.store,
-            self.job.spec.checkpointing.retain,
-            timeout,
-        )
-        .await
-        {
-            warn!(error = %e, "retention failed; retried after the next checkpoint");
-        }
+        self.retain(timeout).await;
         Ok(())
     }
 
@@ -1189,6 +1181,15 @@ impl Round {
         Ok(None)
     }
 
+    /// Applies the job's retention after a completed checkpoint (GC grace: `timeout`); a
+    /// failure waits for the next one.
+    async fn retain(&self, timeout: Duration) {
+        let retain = self.job.spec.checkpointing.retain;
+        if let Err(e) = coordinator::retain_and_collect(&self.store, retain, timeout).await {
+            warn!(error = %e, "retention failed; retried after the next checkpoint");
+        }
+    }
+
     /// Counts a failed checkpoint, makes it the job's problem (saved now when `save`) and says
     /// so in an Event.
     async fn checkpoint_failed(&mut self, message: String, save: bool) -> Result<()> {
@@ -1236,15 +1237,7 @@ impl Round {
                 self.status.last_checkpoint = Some(record);
                 self.clear_checkpoint_problem();
                 let timeout = self.job.spec.checkpointing.timeout()?;
-                if let Err(e) = coordinator::retain_and_collect(
-                    &self.store,
-                    self.job.spec.checkpointing.retain,
-                    timeout,
-                )
-                .await
-                {
-                    warn!(error = %e, "retention failed; retried after the next checkpoint");
-                }
+                self.retain(timeout).await;
             }
             FinalCheckpoint::Failed(_) => {
                 let pods = self.pods().await?;
