@@ -270,215 +270,250 @@ fn rescale(
     }
 }
 
-/// One transition, or `None` when the state stays.
+/// One transition, or `None` when the state stays: a function per stage of a rescale.
 fn transition(
     s: &JobState,
     desired: &Desired,
     observed: &Observed,
     now: &Time,
 ) -> Option<(JobState, Note)> {
-    let target = desired.target();
     let Some(r) = &s.rescale else {
         return steady(s, desired, observed, now);
     };
-    let mut next = s.clone();
-    let mut r2 = r.clone();
-    let enter = |r2: &mut RescaleStatus, stage: Stage| {
-        r2.stage = stage;
-        r2.stage_started = now.clone();
-    };
     match r.stage {
-        Stage::Checkpointing => {
-            // A new target only changes where the rescale ends; the final checkpoint stands.
-            r2.to = target;
-            match &observed.final_checkpoint {
-                FinalCheckpoint::InProgress => {
-                    if r2.to == r.to {
-                        return None;
-                    }
-                    next.rescale = Some(r2);
-                    Some((next, retarget(r, target)))
-                }
-                FinalCheckpoint::Completed(id) => {
-                    r2.checkpoint = Some(*id);
-                    enter(&mut r2, Stage::Stopping);
-                    next.phase = Phase::Stopping;
-                    next.rescale = Some(r2);
-                    Some((
-                        next,
-                        Note::normal(
-                            reasons::FINAL_CHECKPOINT_COMPLETED,
-                            format!(
-                                "final checkpoint {id} completed; stopping the workers of epoch {}",
-                                s.epoch
-                            ),
-                        ),
-                    ))
-                }
-                FinalCheckpoint::Failed(why) => {
-                    r2.checkpoint = observed.latest_completed;
-                    enter(&mut r2, Stage::Stopping);
-                    next.phase = Phase::Stopping;
-                    next.rescale = Some(r2);
-                    let fallback = match observed.latest_completed {
-                        Some(id) => format!("falling back to the latest completed checkpoint {id}"),
-                        None => {
-                            "no checkpoint ever completed: the new workers start with empty state"
-                                .to_owned()
-                        }
-                    };
-                    Some((
-                        next,
-                        Note::warning(
-                            reasons::FINAL_CHECKPOINT_FAILED,
-                            format!(
-                                "final checkpoint {} failed ({why}); {fallback}",
-                                r.final_checkpoint.unwrap_or_default()
-                            ),
-                        ),
-                    ))
-                }
-            }
+        Stage::Checkpointing => checkpointing(s, r, desired.target(), observed, now),
+        Stage::Stopping => stopping(s, r, desired, observed, now),
+        Stage::Restoring => {
+            restarted(s, r, desired, now).or_else(|| restoring(s, r, desired, observed, now))
         }
-        Stage::Stopping => {
-            r2.to = target;
-            if observed.pods > 0 {
-                if r2.to == r.to {
-                    return None;
-                }
-                next.rescale = Some(r2);
-                return Some((next, retarget(r, target)));
-            }
-            next.parallelism = 0;
-            if r2.to == 0 {
-                next.phase = Phase::Suspended;
-                next.rescale = None;
-                return Some((
-                    next,
-                    Note::normal(
-                        reasons::SUSPENDED,
-                        format!(
-                            "all workers stopped; resuming restores from checkpoint {}",
-                            describe(r.checkpoint)
-                        ),
-                    ),
-                ));
-            }
-            next.epoch = s.epoch + 1;
-            next.phase = Phase::Restoring;
-            next.template_hash = Some(desired.template_hash.clone());
-            enter(&mut r2, Stage::Restoring);
-            next.rescale = Some(r2.clone());
-            Some((
-                next,
-                Note::normal(
-                    "Restoring",
-                    format!(
-                        "epoch {}: {} workers restore from checkpoint {}",
-                        s.epoch + 1,
-                        r2.to,
-                        describe(r2.checkpoint)
-                    ),
+        Stage::RollingForward => {
+            restarted(s, r, desired, now).or_else(|| rolling_forward(s, r, observed))
+        }
+    }
+}
+
+/// `s` with rescale `r` entering `stage` (and its phase) now.
+fn entered(s: &JobState, mut r: RescaleStatus, stage: Stage, now: &Time) -> JobState {
+    r.stage = stage;
+    r.stage_started = now.clone();
+    JobState {
+        phase: stage.phase(),
+        rescale: Some(r),
+        ..s.clone()
+    }
+}
+
+/// The same stage with a new `target`, or `None` when it is the rescale's already.
+fn retargeted(s: &JobState, r: &RescaleStatus, target: u32) -> Option<(JobState, Note)> {
+    if target == r.to {
+        return None;
+    }
+    let next = JobState {
+        rescale: Some(RescaleStatus {
+            to: target,
+            ..r.clone()
+        }),
+        ..s.clone()
+    };
+    Some((next, retarget(r, target)))
+}
+
+/// Waits for the final checkpoint, then stops the workers: from that checkpoint, or from the
+/// latest completed one when it failed. A new target only changes where the rescale ends.
+fn checkpointing(
+    s: &JobState,
+    r: &RescaleStatus,
+    target: u32,
+    observed: &Observed,
+    now: &Time,
+) -> Option<(JobState, Note)> {
+    let stop_from = |checkpoint| {
+        let r2 = RescaleStatus {
+            to: target,
+            checkpoint,
+            ..r.clone()
+        };
+        entered(s, r2, Stage::Stopping, now)
+    };
+    match &observed.final_checkpoint {
+        FinalCheckpoint::InProgress => retargeted(s, r, target),
+        FinalCheckpoint::Completed(id) => Some((
+            stop_from(Some(*id)),
+            Note::normal(
+                reasons::FINAL_CHECKPOINT_COMPLETED,
+                format!(
+                    "final checkpoint {id} completed; stopping the workers of epoch {}",
+                    s.epoch
                 ),
-            ))
-        }
-        Stage::Restoring | Stage::RollingForward => {
-            let template_changed =
-                s.template_hash.as_deref() != Some(desired.template_hash.as_str());
-            if target != r.to || template_changed {
-                // The workers starting now were built for another target: stop them, then
-                // restore again from the same checkpoint (never two generations at once).
-                r2.to = target;
-                enter(&mut r2, Stage::Stopping);
-                next.phase = Phase::Stopping;
-                next.rescale = Some(r2);
-                let why = if target != r.to {
-                    format!("target changed from {} to {target}", r.to)
-                } else {
-                    "pod template changed".to_owned()
-                };
-                return Some((
-                    next,
-                    Note::normal(
-                        reasons::RESCALE_RESTARTED,
-                        format!(
-                            "{why} during {}; stopping epoch {} and restoring again from checkpoint {}",
-                            r.stage.as_str(),
-                            s.epoch,
-                            describe(r.checkpoint)
-                        ),
-                    ),
-                ));
-            }
-            if r.stage == Stage::Restoring {
-                if observed.initialized < r.to && observed.ready < r.to {
-                    if elapsed(&r.stage_started, now) < desired.restore_timeout {
-                        return None;
-                    }
-                    // Overdue: the checkpoint may be damaged; an older retained one is not.
-                    let current = r.checkpoint?;
-                    let older = observed
-                        .completed
-                        .iter()
-                        .rev()
-                        .copied()
-                        .find(|&c| c < current)?;
-                    r2.checkpoint = Some(older);
-                    enter(&mut r2, Stage::Stopping);
-                    next.phase = Phase::Stopping;
-                    next.rescale = Some(r2);
-                    let why = observed
-                        .restore_failure
-                        .as_ref()
-                        .map(|f| format!(" ({f})"))
-                        .unwrap_or_default();
-                    return Some((
-                        next,
-                        Note::warning(
-                            reasons::RESTORE_FALLBACK,
-                            format!(
-                                "the restore from checkpoint {current} did not finish within {}{why}; stopping epoch {} and restoring from the previous retained checkpoint {older}",
-                                humantime::format_duration(desired.restore_timeout),
-                                s.epoch
-                            ),
-                        ),
-                    ));
-                }
-                enter(&mut r2, Stage::RollingForward);
-                next.phase = Phase::RollingForward;
-                next.rescale = Some(r2);
-                return Some((
-                    next,
-                    Note::normal(
-                        "RollingForward",
-                        format!(
-                            "all {} workers of epoch {} restored their state",
-                            r.to, s.epoch
-                        ),
-                    ),
-                ));
-            }
-            if observed.ready < r.to {
-                return None;
-            }
-            next.phase = Phase::Running;
-            next.parallelism = r.to;
-            next.rescale = None;
+            ),
+        )),
+        FinalCheckpoint::Failed(why) => {
+            let fallback = match observed.latest_completed {
+                Some(id) => format!("falling back to the latest completed checkpoint {id}"),
+                None => "no checkpoint ever completed: the new workers start with empty state"
+                    .to_owned(),
+            };
             Some((
-                next,
-                Note::normal(
-                    "Running",
+                stop_from(observed.latest_completed),
+                Note::warning(
+                    reasons::FINAL_CHECKPOINT_FAILED,
                     format!(
-                        "{} complete: {} workers of epoch {} ready (was {})",
-                        r.reason.as_str(),
-                        r.to,
-                        s.epoch,
-                        r.from
+                        "final checkpoint {} failed ({why}); {fallback}",
+                        r.final_checkpoint.unwrap_or_default()
                     ),
                 ),
             ))
         }
     }
+}
+
+/// Waits until no pod of the old epoch is left, then starts the next epoch's restore (or, for
+/// a target of 0, suspends).
+fn stopping(
+    s: &JobState,
+    r: &RescaleStatus,
+    desired: &Desired,
+    observed: &Observed,
+    now: &Time,
+) -> Option<(JobState, Note)> {
+    let target = desired.target();
+    if observed.pods > 0 {
+        return retargeted(s, r, target);
+    }
+    if target == 0 {
+        let next = JobState {
+            phase: Phase::Suspended,
+            parallelism: 0,
+            rescale: None,
+            ..s.clone()
+        };
+        let message = format!(
+            "all workers stopped; resuming restores from checkpoint {}",
+            describe(r.checkpoint)
+        );
+        return Some((next, Note::normal(reasons::SUSPENDED, message)));
+    }
+    let r2 = RescaleStatus {
+        to: target,
+        ..r.clone()
+    };
+    let message = format!(
+        "epoch {}: {} workers restore from checkpoint {}",
+        s.epoch + 1,
+        r2.to,
+        describe(r2.checkpoint)
+    );
+    let next = JobState {
+        parallelism: 0,
+        epoch: s.epoch + 1,
+        template_hash: Some(desired.template_hash.clone()),
+        ..entered(s, r2, Stage::Restoring, now)
+    };
+    Some((next, Note::normal(Stage::Restoring.as_str(), message)))
+}
+
+/// While restoring or rolling forward: the workers starting now were built for another target
+/// or template, so they stop and restore again from the same checkpoint (never two generations
+/// at once). `None` when they were built for this one.
+fn restarted(
+    s: &JobState,
+    r: &RescaleStatus,
+    desired: &Desired,
+    now: &Time,
+) -> Option<(JobState, Note)> {
+    let target = desired.target();
+    let template_changed = s.template_hash.as_deref() != Some(desired.template_hash.as_str());
+    if target == r.to && !template_changed {
+        return None;
+    }
+    let why = if target != r.to {
+        format!("target changed from {} to {target}", r.to)
+    } else {
+        "pod template changed".to_owned()
+    };
+    let message = format!(
+        "{why} during {}; stopping epoch {} and restoring again from checkpoint {}",
+        r.stage.as_str(),
+        s.epoch,
+        describe(r.checkpoint)
+    );
+    let r2 = RescaleStatus {
+        to: target,
+        ..r.clone()
+    };
+    let next = entered(s, r2, Stage::Stopping, now);
+    Some((next, Note::normal(reasons::RESCALE_RESTARTED, message)))
+}
+
+/// Waits until every new worker restored its state, then rolls forward; past
+/// `spec.restore.timeout` it falls back to the previous retained checkpoint.
+fn restoring(
+    s: &JobState,
+    r: &RescaleStatus,
+    desired: &Desired,
+    observed: &Observed,
+    now: &Time,
+) -> Option<(JobState, Note)> {
+    if observed.initialized >= r.to || observed.ready >= r.to {
+        let message = format!(
+            "all {} workers of epoch {} restored their state",
+            r.to, s.epoch
+        );
+        let next = entered(s, r.clone(), Stage::RollingForward, now);
+        return Some((next, Note::normal(Stage::RollingForward.as_str(), message)));
+    }
+    if elapsed(&r.stage_started, now) < desired.restore_timeout {
+        return None;
+    }
+    // Overdue: the checkpoint may be damaged; an older retained one is not.
+    let current = r.checkpoint?;
+    let older = observed
+        .completed
+        .iter()
+        .rev()
+        .copied()
+        .find(|&c| c < current)?;
+    let why = observed
+        .restore_failure
+        .as_ref()
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default();
+    let message = format!(
+        "the restore from checkpoint {current} did not finish within {}{why}; stopping epoch {} and restoring from the previous retained checkpoint {older}",
+        humantime::format_duration(desired.restore_timeout),
+        s.epoch
+    );
+    let r2 = RescaleStatus {
+        checkpoint: Some(older),
+        ..r.clone()
+    };
+    let next = entered(s, r2, Stage::Stopping, now);
+    Some((next, Note::warning(reasons::RESTORE_FALLBACK, message)))
+}
+
+/// Waits until every new worker is ready: the rescale is complete.
+fn rolling_forward(
+    s: &JobState,
+    r: &RescaleStatus,
+    observed: &Observed,
+) -> Option<(JobState, Note)> {
+    if observed.ready < r.to {
+        return None;
+    }
+    let next = JobState {
+        phase: Phase::Running,
+        parallelism: r.to,
+        rescale: None,
+        ..s.clone()
+    };
+    let message = format!(
+        "{} complete: {} workers of epoch {} ready (was {})",
+        r.reason.as_str(),
+        r.to,
+        s.epoch,
+        r.from
+    );
+    Some((next, Note::normal(Phase::Running.as_str(), message)))
 }
 
 /// Transitions out of a state without a rescale in progress.
