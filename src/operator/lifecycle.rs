@@ -720,19 +720,27 @@ mod tests {
         }
     }
 
-    /// A rescale `from` → `to` of epoch `epoch` waiting for its final checkpoint `id`.
-    fn final_checkpoint_of(from: u32, to: u32, epoch: u64, id: u64) -> JobState {
+    /// A rescale `from` → `to` (with `from` workers) of epoch `epoch` in `stage` since now,
+    /// restoring from `checkpoint`, its final checkpoint `final_checkpoint`.
+    fn rescaling(
+        stage: Stage,
+        from: u32,
+        to: u32,
+        epoch: u64,
+        checkpoint: Option<u64>,
+        final_checkpoint: Option<u64>,
+    ) -> JobState {
         let rescale = rescale(
             from,
             to,
-            Stage::Checkpointing,
+            stage,
             RescaleReason::Scale,
-            None,
-            Some(id),
+            checkpoint,
+            final_checkpoint,
             &now(),
         );
         JobState {
-            phase: Phase::Checkpointing,
+            phase: stage.phase(),
             rescale: Some(rescale),
             ..running(from, epoch)
         }
@@ -886,7 +894,7 @@ mod tests {
         let mut o = observed();
         o.final_checkpoint = FinalCheckpoint::Completed(3);
         o.latest_completed = Some(3);
-        let s = final_checkpoint_of(4, 2, 2, 3);
+        let s = rescaling(Stage::Checkpointing, 4, 2, 2, None, Some(3));
         let step = next(&s, &d, &o, &later());
         assert_eq!(stage(&step.state), Some(Stage::Restoring));
         assert_eq!(step.state.epoch, 3);
@@ -901,7 +909,7 @@ mod tests {
         o.pods = 4;
         o.latest_completed = Some(6);
         o.final_checkpoint = FinalCheckpoint::Failed("timed out after 10m".into());
-        let s = final_checkpoint_of(4, 2, 2, 9);
+        let s = rescaling(Stage::Checkpointing, 4, 2, 2, None, Some(9));
         let step = next(&s, &d, &o, &later());
         assert_eq!(stage(&step.state), Some(Stage::Stopping));
         assert_eq!(step.state.rescale.as_ref().unwrap().checkpoint, Some(6));
@@ -926,7 +934,7 @@ mod tests {
         let mut o = observed();
         o.pods = 3;
         // During the final checkpoint: the target moves, the checkpoint stands.
-        let s = final_checkpoint_of(3, 5, 1, 2);
+        let s = rescaling(Stage::Checkpointing, 3, 5, 1, None, Some(2));
         let step = next(&s, &desired(6), &o, &later());
         let r = step.state.rescale.clone().unwrap();
         assert_eq!(
@@ -982,17 +990,10 @@ mod tests {
 
     #[test]
     fn an_overdue_restore_falls_back_to_the_previous_retained_checkpoint() {
-        let mut s = running(0, 5);
-        s.phase = Phase::Restoring;
-        s.rescale = Some(rescale(
-            2,
-            3,
-            Stage::Restoring,
-            RescaleReason::Scale,
-            Some(9),
-            Some(9),
-            &now(),
-        ));
+        let s = JobState {
+            parallelism: 0,
+            ..rescaling(Stage::Restoring, 2, 3, 5, Some(9), Some(9))
+        };
         let mut o = observed();
         o.pods = 3;
         o.initialized = 1;
@@ -1091,17 +1092,10 @@ mod tests {
     fn suspend_mid_rescale_ends_suspended() {
         let mut d = desired(5);
         d.suspend = true;
-        let mut s = running(0, 2);
-        s.phase = Phase::Restoring;
-        s.rescale = Some(rescale(
-            3,
-            5,
-            Stage::Restoring,
-            RescaleReason::Scale,
-            Some(2),
-            Some(2),
-            &now(),
-        ));
+        let s = JobState {
+            parallelism: 0,
+            ..rescaling(Stage::Restoring, 3, 5, 2, Some(2), Some(2))
+        };
         let mut o = observed();
         o.pods = 5;
         let s = next(&s, &d, &o, &now()).state;
@@ -1196,17 +1190,7 @@ mod tests {
 
     #[test]
     fn status_round_trip() {
-        let mut s = running(3, 2);
-        s.phase = Phase::Stopping;
-        s.rescale = Some(rescale(
-            3,
-            4,
-            Stage::Stopping,
-            RescaleReason::Scale,
-            Some(1),
-            Some(1),
-            &now(),
-        ));
+        let s = rescaling(Stage::Stopping, 3, 4, 2, Some(1), Some(1));
         let mut status = StatefulJobStatus::default();
         s.write_to(&mut status);
         assert_eq!(JobState::from_status(Some(&status)), s);
