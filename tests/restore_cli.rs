@@ -22,6 +22,13 @@ fn regroup(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
+/// `regroup plan` of the checkpoints of job `tests/restore` in the store at `url`, with `args`.
+fn plan_stored(url: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["plan", "--store", url, "--job", "tests/restore"];
+    all.extend_from_slice(args);
+    regroup(&all, &[])
+}
+
 /// The row of new subtask `subtask` in `regroup plan`'s table.
 fn row(out: &str, subtask: u32) -> &str {
     let prefix = format!("{subtask} ");
@@ -64,18 +71,7 @@ async fn plan_and_restore_a_stored_checkpoint() {
     let root = tempdir();
     let (url, _, model, meta) = two_workers_checkpointed(root.path()).await;
 
-    let (ok, out, err) = regroup(
-        &[
-            "plan",
-            "--store",
-            &url,
-            "--job",
-            "tests/restore",
-            "--to",
-            "3",
-        ],
-        &[],
-    );
+    let (ok, out, err) = plan_stored(&url, &["--to", "3"]);
     assert!(ok, "{err}");
     println!("{out}");
     assert!(out.starts_with("checkpoint 1: parallelism 2 → 3"), "{out}");
@@ -99,20 +95,7 @@ async fn plan_and_restore_a_stored_checkpoint() {
     assert_eq!(cols[7], "0", "{line}");
     assert_eq!(cols[8], cols[6], "{line}");
     assert!(fetched > 0 && fetched <= meta.handles[0].bytes_total + meta.handles[1].bytes_total);
-    let (ok, json, err) = regroup(
-        &[
-            "plan",
-            "--store",
-            &url,
-            "--job",
-            "tests/restore",
-            "--to",
-            "2",
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let (ok, json, err) = plan_stored(&url, &["--to", "2", "--output", "json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["subtasks"][1]["kind"], "unchanged");
@@ -238,15 +221,10 @@ async fn plan_counts_bytes_reused_from_local_state() {
     foreign.write(&other).unwrap();
 
     // `regroup plan` of this store's job, with `extra` arguments.
-    let plan_run = |extra: &[&str]| {
-        let mut args = vec!["plan", "--store", &url, "--job", "tests/restore"];
-        args.extend_from_slice(extra);
-        regroup(&args, &[])
-    };
     let plan = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["--to", "1", "--output", "json"];
         args.extend_from_slice(extra);
-        let (ok, out, err) = plan_run(&args);
+        let (ok, out, err) = plan_stored(&url, &args);
         assert!(ok, "{err}");
         serde_json::from_str(&out).unwrap()
     };
@@ -285,7 +263,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
     assert_eq!(n(&assumed1["subtasks"][0]["bytesLocal"]), old1_sst);
 
     // The text output: FETCH, REUSE, DOWNLOAD columns and a line for the local state.
-    let (ok, text, err) = plan_run(&["--to", "1", "--state-dir", &vol0]);
+    let (ok, text, err) = plan_stored(&url, &["--to", "1", "--state-dir", &vol0]);
     assert!(ok, "{err}");
     println!("{text}");
     let line = row(&text, 0);
@@ -317,7 +295,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
         assert_eq!(state["oldSubtask"], serde_json::Value::Null);
         let unused = state["unused"].as_str().unwrap();
         assert!(unused.contains(why), "{unused}");
-        let (ok, text, err) = plan_run(&["--to", "1", "--state-dir", &arg]);
+        let (ok, text, err) = plan_stored(&url, &["--to", "1", "--state-dir", &arg]);
         assert!(ok, "{err}");
         assert!(
             text.contains("nothing reused") && text.contains(why),
@@ -326,16 +304,19 @@ async fn plan_counts_bytes_reused_from_local_state() {
     }
     // The older checkpoint's marker is used when that checkpoint is planned.
     let vol1 = format!("1={}", vol(1).display());
-    let (ok, json, err) = plan_run(&[
-        "--checkpoint",
-        "1",
-        "--to",
-        "2",
-        "--state-dir",
-        &vol1,
-        "--output",
-        "json",
-    ]);
+    let (ok, json, err) = plan_stored(
+        &url,
+        &[
+            "--checkpoint",
+            "1",
+            "--to",
+            "2",
+            "--state-dir",
+            &vol1,
+            "--output",
+            "json",
+        ],
+    );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["localStates"][0]["oldSubtask"], 1);
@@ -366,7 +347,7 @@ async fn plan_counts_bytes_reused_from_local_state() {
         ("--local-subtask", "one=0".to_owned(), "below --to 1"),
     ];
     for (flag, value, expected) in &bad {
-        let (ok, out, err) = plan_run(&["--to", "1", flag, value]);
+        let (ok, out, err) = plan_stored(&url, &["--to", "1", flag, value]);
         assert!(!ok, "{flag} {value} accepted: {out}");
         assert!(
             err.contains(&format!("invalid {flag} = {value}")) && err.contains(expected),
@@ -374,7 +355,10 @@ async fn plan_counts_bytes_reused_from_local_state() {
         );
     }
     // One local state per new subtask.
-    let (ok, _, err) = plan_run(&["--to", "1", "--state-dir", &vol0, "--local-subtask", "0=1"]);
+    let (ok, _, err) = plan_stored(
+        &url,
+        &["--to", "1", "--state-dir", &vol0, "--local-subtask", "0=1"],
+    );
     assert!(!ok);
     assert!(
         err.contains("invalid --local-subtask = 0=1")

@@ -280,16 +280,30 @@ fn transition(
     let Some(r) = &s.rescale else {
         return steady(s, desired, observed, now);
     };
+    let at = At {
+        s,
+        r,
+        desired,
+        observed,
+        now,
+    };
     match r.stage {
-        Stage::Checkpointing => checkpointing(s, r, desired.target(), observed, now),
-        Stage::Stopping => stopping(s, r, desired, observed, now),
-        Stage::Restoring => {
-            restarted(s, r, desired, now).or_else(|| restoring(s, r, desired, observed, now))
-        }
-        Stage::RollingForward => {
-            restarted(s, r, desired, now).or_else(|| rolling_forward(s, r, observed))
-        }
+        Stage::Checkpointing => checkpointing(at),
+        Stage::Stopping => stopping(at),
+        Stage::Restoring => restarted(at).or_else(|| restoring(at)),
+        Stage::RollingForward => restarted(at).or_else(|| rolling_forward(at)),
     }
+}
+
+/// What a stage of a rescale decides from: the recorded state and its rescale, the spec, what
+/// was observed, and the time.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    s: &'a JobState,
+    r: &'a RescaleStatus,
+    desired: &'a Desired,
+    observed: &'a Observed,
+    now: &'a Time,
 }
 
 /// `s` with rescale `r` entering `stage` (and its phase) now.
@@ -320,13 +334,15 @@ fn retargeted(s: &JobState, r: &RescaleStatus, target: u32) -> Option<(JobState,
 
 /// Waits for the final checkpoint, then stops the workers: from that checkpoint, or from the
 /// latest completed one when it failed. A new target only changes where the rescale ends.
-fn checkpointing(
-    s: &JobState,
-    r: &RescaleStatus,
-    target: u32,
-    observed: &Observed,
-    now: &Time,
-) -> Option<(JobState, Note)> {
+fn checkpointing(at: At<'_>) -> Option<(JobState, Note)> {
+    let At {
+        s,
+        r,
+        observed,
+        now,
+        ..
+    } = at;
+    let target = at.desired.target();
     let stop_from = |checkpoint| {
         let r2 = RescaleStatus {
             to: target,
@@ -369,13 +385,14 @@ fn checkpointing(
 
 /// Waits until no pod of the old epoch is left, then starts the next epoch's restore (or, for
 /// a target of 0, suspends).
-fn stopping(
-    s: &JobState,
-    r: &RescaleStatus,
-    desired: &Desired,
-    observed: &Observed,
-    now: &Time,
-) -> Option<(JobState, Note)> {
+fn stopping(at: At<'_>) -> Option<(JobState, Note)> {
+    let At {
+        s,
+        r,
+        desired,
+        observed,
+        now,
+    } = at;
     let target = desired.target();
     if observed.pods > 0 {
         return retargeted(s, r, target);
@@ -415,12 +432,10 @@ fn stopping(
 /// While restoring or rolling forward: the workers starting now were built for another target
 /// or template, so they stop and restore again from the same checkpoint (never two generations
 /// at once). `None` when they were built for this one.
-fn restarted(
-    s: &JobState,
-    r: &RescaleStatus,
-    desired: &Desired,
-    now: &Time,
-) -> Option<(JobState, Note)> {
+fn restarted(at: At<'_>) -> Option<(JobState, Note)> {
+    let At {
+        s, r, desired, now, ..
+    } = at;
     let target = desired.target();
     let template_changed = s.template_hash.as_deref() != Some(desired.template_hash.as_str());
     if target == r.to && !template_changed {
@@ -447,13 +462,14 @@ fn restarted(
 
 /// Waits until every new worker restored its state, then rolls forward; past
 /// `spec.restore.timeout` it falls back to the previous retained checkpoint.
-fn restoring(
-    s: &JobState,
-    r: &RescaleStatus,
-    desired: &Desired,
-    observed: &Observed,
-    now: &Time,
-) -> Option<(JobState, Note)> {
+fn restoring(at: At<'_>) -> Option<(JobState, Note)> {
+    let At {
+        s,
+        r,
+        desired,
+        observed,
+        now,
+    } = at;
     if observed.initialized >= r.to || observed.ready >= r.to {
         let message = format!(
             "all {} workers of epoch {} restored their state",
@@ -492,11 +508,8 @@ fn restoring(
 }
 
 /// Waits until every new worker is ready: the rescale is complete.
-fn rolling_forward(
-    s: &JobState,
-    r: &RescaleStatus,
-    observed: &Observed,
-) -> Option<(JobState, Note)> {
+fn rolling_forward(at: At<'_>) -> Option<(JobState, Note)> {
+    let At { s, r, observed, .. } = at;
     if observed.ready < r.to {
         return None;
     }
