@@ -170,34 +170,44 @@ pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Cont
 async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError) {
     let mut status = job.status.clone().unwrap_or_default();
     let problem = Problem::new(reasons::INVALID_SPEC, error.to_string());
-    let state = JobState::from_status(Some(&status));
+    if let Err(e) = write_status(&ctx.client, job, &mut status, Some(&problem)).await {
+        warn!(error = %e, "cannot record the Degraded condition");
+    }
+}
+
+/// Writes `status` with its conditions for `problem` (server-side apply, forced: the operator
+/// owns status); nothing when that is what the job's status already says.
+async fn write_status(
+    client: &Client,
+    job: &StatefulJob,
+    status: &mut StatefulJobStatus,
+    problem: Option<&Problem>,
+) -> std::result::Result<(), kube::Error> {
+    let state = JobState::from_status(Some(status));
     status.conditions = status::conditions(
         &status.conditions,
         &state,
-        Some(&problem),
+        problem,
         job.metadata.generation,
         &now(),
     );
-    if job.status.as_ref() == Some(&status) {
-        return;
+    if job.status.as_ref() == Some(status) {
+        return Ok(());
     }
     let api: Api<StatefulJob> =
-        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+        Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "regroup.dev/v1alpha1",
         "kind": "StatefulJob",
         "status": status,
     });
-    if let Err(e) = api
-        .patch_status(
-            &job.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        warn!(error = %e, "cannot record the Degraded condition");
-    }
+    api.patch_status(
+        &job.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
@@ -406,29 +416,8 @@ impl Round {
         .max();
         self.status.selector = Some(resources::selector_string(job));
         self.status.observed_generation = job.metadata.generation;
-        let state = JobState::from_status(Some(&self.status));
-        self.status.conditions = status::conditions(
-            &self.status.conditions,
-            &state,
-            self.problem.as_ref(),
-            job.metadata.generation,
-            &now(),
-        );
-        if job.status.as_ref() == Some(&self.status) {
-            return Ok(());
-        }
-        let api: Api<StatefulJob> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let patch = serde_json::json!({
-            "apiVersion": "regroup.dev/v1alpha1",
-            "kind": "StatefulJob",
-            "status": self.status,
-        });
-        api.patch_status(
-            &job.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        let problem = self.problem.as_ref();
+        write_status(&self.ctx.client, job, &mut self.status, problem).await?;
         Ok(())
     }
 

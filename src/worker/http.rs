@@ -103,10 +103,12 @@ fn admitted<T: serde::de::DeserializeOwned + Default>(
     epoch: impl Fn(&T) -> Option<u64>,
 ) -> Result<T, Box<Response>> {
     // The token is checked before the body is even parsed: no information without it.
-    let token = || shared.token.check(authorization(headers));
-    token().map_err(|r| Box::new(refused(r, what)))?;
+    let token = shared.token.check(authorization(headers));
+    if let Err(r) = &token {
+        return Err(Box::new(refused(r.clone(), what)));
+    }
     let req: T = parse_body(body, allow_empty)?;
-    admit(token(), epoch(&req), shared.identity.epoch).map_err(|r| Box::new(refused(r, what)))?;
+    admit(token, epoch(&req), shared.identity.epoch).map_err(|r| Box::new(refused(r, what)))?;
     Ok(req)
 }
 

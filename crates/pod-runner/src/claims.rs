@@ -58,16 +58,21 @@ pub fn quantity_bytes(q: &Quantity) -> Option<u64> {
     n.checked_mul(unit)
 }
 
-/// Mounts a tmpfs of `bytes` on `dir` unless one is mounted there already.
-fn mount_sized(dir: &Path, bytes: u64) -> std::io::Result<()> {
+/// Whether a file system is mounted on `dir`.
+fn is_mounted(dir: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let target = dir.to_string_lossy();
-    if mounts
+    mounts
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(&*target))
-    {
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` unless one is mounted there already.
+fn mount_sized(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    if is_mounted(dir) {
         return Ok(());
     }
+    let target = dir.to_string_lossy();
     let status = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
         .arg(dir)
@@ -218,11 +223,13 @@ async fn reclaim(client: kube::Client, namespace: Option<String>, state_dir: std
         let dir = match reclaim_action(&volume, namespace.as_deref(), &state_dir) {
             None => continue,
             Some(Reclaim::OwnDirectory(dir)) => {
-                // A sized claim's file system goes first (a plain directory: no-op).
-                let _ = std::process::Command::new("umount")
-                    .arg(&dir)
-                    .stderr(std::process::Stdio::null())
-                    .status();
+                // A sized claim's file system goes first.
+                if is_mounted(&dir) {
+                    let _ = std::process::Command::new("umount")
+                        .arg(&dir)
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
                 if let Err(e) = std::fs::remove_dir_all(&dir)
                     && e.kind() != std::io::ErrorKind::NotFound
                 {

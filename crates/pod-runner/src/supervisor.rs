@@ -290,7 +290,6 @@ impl ContainerCtx {
     }
 }
 
-/// The grace period to stop the pod's processes: the deletion's, else the spec's (default 30 s).
 /// How long the processes get to stop: none when the node is lost (it crashed).
 fn stop_grace(stop: Stop, pod: &Pod) -> Duration {
     if stop == Stop::Lost {
@@ -300,6 +299,7 @@ fn stop_grace(stop: Stop, pod: &Pod) -> Duration {
     }
 }
 
+/// The grace period to stop the pod's processes: the deletion's, else the spec's (default 30 s).
 fn grace_period(pod: &Pod) -> Duration {
     let secs = pod
         .metadata
@@ -631,6 +631,15 @@ impl Reporter {
 }
 
 async fn fetch_objects(client: &kube::Client, pod: &Pod) -> Result<PodObjects, String> {
+    let mut objects = fetch_data(client, pod).await?;
+    if spec::referenced_objects(pod).service_account_token {
+        objects.service_account_token = service_account_token(client, pod).await;
+    }
+    Ok(objects)
+}
+
+/// The Secrets and ConfigMaps `pod` refers to (no service account token).
+async fn fetch_data(client: &kube::Client, pod: &Pod) -> Result<PodObjects, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let refs = spec::referenced_objects(pod);
     let mut objects = PodObjects::default();
@@ -672,31 +681,35 @@ async fn fetch_objects(client: &kube::Client, pod: &Pod) -> Result<PodObjects, S
             objects.config_maps.insert(name.clone(), data);
         }
     }
-    if refs.service_account_token {
-        let account = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".to_string());
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(24 * 3600),
-                ..Default::default()
-            }),
+    Ok(objects)
+}
+
+/// A token of `pod`'s service account, valid for a day.
+async fn service_account_token(client: &kube::Client, pod: &Pod) -> Option<String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(24 * 3600),
             ..Default::default()
-        };
-        match accounts
-            .create_token_request(&account, &PostParams::default(), &request)
-            .await
-        {
-            Ok(t) => objects.service_account_token = t.status.and_then(|s| s.token),
-            Err(e) => {
-                warn!(%account, error = %e, "no service account token for a projected volume")
-            }
+        }),
+        ..Default::default()
+    };
+    match accounts
+        .create_token_request(&account, &PostParams::default(), &request)
+        .await
+    {
+        Ok(t) => t.status.and_then(|s| s.token),
+        Err(e) => {
+            warn!(%account, error = %e, "no service account token for a projected volume");
+            None
         }
     }
-    Ok(objects)
 }
 
 /// Writes `<pod dir>/kubeconfig` (and `ca.crt`) for the pod's service account when the pod
@@ -1022,9 +1035,10 @@ async fn run_pod(
             }
             _ = refresh.tick() => {
                 // As the kubelet does: a changed Secret or ConfigMap reaches mounted volumes.
-                if let Ok(fresh) = fetch_objects(&shared.client, &pod).await
+                if let Ok(mut fresh) = fetch_data(&shared.client, &pod).await
                     && (fresh.secrets != objects.secrets || fresh.config_maps != objects.config_maps)
                 {
+                    fresh.service_account_token = objects.service_account_token.clone();
                     match volumes::prepare(&pod, dirs, &fresh) {
                         Ok(()) => {
                             info!(pod = %key, "updated secret and configMap volumes");

@@ -13,7 +13,9 @@ use tracing::{debug, info, warn};
 use super::local::LocalSource;
 use super::order::sort_for_ingestion;
 use super::plan::{InputMethod, PlannedInput, RestoreKind, SubtaskPlan};
-use regroup_core::backend::{BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, db_options, write_options};
+use regroup_core::backend::{
+    BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, column_family as cf, db_options, write_options,
+};
 use regroup_core::backend::{clip::clip, native};
 use regroup_core::checkpoint::local_file::{CopyHelpers, LocalWrite, table_metadata_ends};
 use regroup_core::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
@@ -457,11 +459,6 @@ fn open_db(dir: &Path, column_families: &[String], max_parallelism: u32, sync: b
         .map(|n| ColumnFamilyDescriptor::new(n, options()));
     DB::open_cf_descriptors(&options(), dir, descriptors)
         .map_err(Error::rocks(format!("open {}", dir.display())))
-}
-
-fn cf<'a>(db: &'a DB, name: &str) -> Result<std::sync::Arc<rocksdb::BoundColumnFamily<'a>>> {
-    db.cf_handle(name)
-        .ok_or_else(|| Error::Other(format!("column family {name} missing in the new DB")))
 }
 
 /// What the builder did.

@@ -273,7 +273,7 @@ pub fn local_states(
             ));
         }
         let range = KeyGroupRange::for_subtask(meta.max_parallelism, to, new)?;
-        let target = dir.join(regroup_core::statedir::DB_DIR);
+        let target = regroup_core::statedir::db_dir(dir);
         let state = if is_local_copy(
             &target,
             &meta.job,

@@ -5,14 +5,9 @@ use rocksdb::DB;
 use tracing::debug;
 
 use super::native::delete_files_in_range;
-use super::write_options;
+use super::{column_family as cf, write_options};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
-
-fn cf<'a>(db: &'a DB, name: &str) -> Result<std::sync::Arc<rocksdb::BoundColumnFamily<'a>>> {
-    db.cf_handle(name)
-        .ok_or_else(|| Error::Other(format!("column family {name} missing in the DB")))
-}
 
 /// The key intervals of the key groups outside `range`.
 fn outside_intervals(

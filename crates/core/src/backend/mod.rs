@@ -42,6 +42,12 @@ pub const BATCH_MAX_BYTES: usize = 2 << 20;
 /// MiB rather than one per key group. An eighth of RocksDB's default target file size (64 MiB).
 pub const PARTITION_MIN_FILE_BYTES: u64 = 8 << 20;
 
+/// The handle of column family `name` of `db`, or an error naming it.
+pub fn column_family<'a>(db: &'a DB, name: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'a>>> {
+    db.cf_handle(name)
+        .ok_or_else(|| Error::Other(format!("column family {name} missing in the DB")))
+}
+
 /// RocksDB options used for every DB regroup opens, so restores produce DBs the worker can open:
 /// among them the key-group SST partitioner ([`PARTITION_MIN_FILE_BYTES`]) for `max_parallelism`.
 pub fn db_options(max_parallelism: u32) -> Options {
