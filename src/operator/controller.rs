@@ -175,6 +175,17 @@ async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError
     }
 }
 
+/// Every checkpoint id `status` names: all were issued (or are about to be), none is issued
+/// again.
+fn issued_ids(status: &StatefulJobStatus) -> [Option<u64>; 4] {
+    [
+        status.last_issued_checkpoint,
+        status.last_checkpoint.as_ref().map(|c| c.id),
+        status.pending_checkpoint.as_ref().map(|c| c.id),
+        status.rescale.as_ref().and_then(|r| r.final_checkpoint),
+    ]
+}
+
 /// Writes `status` with its conditions for `problem` (server-side apply, forced: the operator
 /// owns status); nothing when that is what the job's status already says.
 async fn write_status(
@@ -402,18 +413,7 @@ impl Round {
     async fn save(&mut self) -> Result<()> {
         let job = &self.job;
         // Every id in status was issued (or is about to be): none of them is ever issued again.
-        self.status.last_issued_checkpoint = [
-            self.status.last_issued_checkpoint,
-            self.status.pending_checkpoint.as_ref().map(|p| p.id),
-            self.status
-                .rescale
-                .as_ref()
-                .and_then(|r| r.final_checkpoint),
-            self.status.last_checkpoint.as_ref().map(|c| c.id),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
+        self.status.last_issued_checkpoint = issued_ids(&self.status).into_iter().flatten().max();
         self.status.selector = Some(resources::selector_string(job));
         self.status.observed_generation = job.metadata.generation;
         let problem = self.problem.as_ref();
@@ -1095,18 +1095,7 @@ impl Round {
 
     /// The id the next checkpoint gets: above every id in the store and every id ever issued.
     fn next_checkpoint_id(&self, store_ids: &[u64]) -> crate::Result<u64> {
-        coordinator::next_checkpoint_id(
-            store_ids,
-            [
-                self.status.last_issued_checkpoint,
-                self.status.last_checkpoint.as_ref().map(|c| c.id),
-                self.status.pending_checkpoint.as_ref().map(|c| c.id),
-                self.status
-                    .rescale
-                    .as_ref()
-                    .and_then(|r| r.final_checkpoint),
-            ],
-        )
+        coordinator::next_checkpoint_id(store_ids, issued_ids(&self.status))
     }
 
     /// Completes checkpoint `id` once every handle is in (see

@@ -412,12 +412,26 @@ impl CheckpointStore {
 
     /// Writes `value` as JSON to `location` unless an object is already there.
     pub async fn put_json_if_absent<T: Serialize>(&self, location: &Path, value: &T) -> Result<()> {
+        self.put_json_as(location, value, PutMode::Create).await
+    }
+
+    /// Writes `value` as JSON to `location`, replacing what is there (settings, not records).
+    pub async fn put_json<T: Serialize>(&self, location: &Path, value: &T) -> Result<()> {
+        self.put_json_as(location, value, PutMode::Overwrite).await
+    }
+
+    async fn put_json_as<T: Serialize>(
+        &self,
+        location: &Path,
+        value: &T,
+        mode: PutMode,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Json {
             file: location.to_string(),
             source,
         })?;
         let opts = PutOptions {
-            mode: PutMode::Create,
+            mode,
             ..Default::default()
         };
         match self
@@ -431,19 +445,6 @@ impl CheckpointStore {
             }),
             Err(e) => Err(store_err("put", location)(e)),
         }
-    }
-
-    /// Writes `value` as JSON to `location`, replacing what is there (settings, not records).
-    pub async fn put_json<T: Serialize>(&self, location: &Path, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Json {
-            file: location.to_string(),
-            source,
-        })?;
-        self.store
-            .put(location, PutPayload::from(bytes))
-            .await
-            .map_err(store_err("put", location))?;
-        Ok(())
     }
 
     /// Reads JSON metadata at `location`; `None` when absent.
