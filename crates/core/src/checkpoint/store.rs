@@ -556,12 +556,31 @@ impl CheckpointStore {
     }
 
     /// Completes checkpoint `id` if every subtask `0..parallelism` has written a handle of
-    /// `epoch`: checks that every file the handles reference is in the store, writes
-    /// `_metadata.json` (create-if-absent) and returns it. Returns `None` while handles are
-    /// missing. Handles of another epoch are ignored (fencing). Idempotent: when
-    /// `_metadata.json` already holds exactly these handles (an operator that died after writing
-    /// it), that record is returned; one with other content is an error.
+    /// `epoch`: [`Self::completion`], then [`Self::commit`]. Returns `None` while handles are
+    /// missing. Idempotent: when `_metadata.json` already holds exactly these handles (an
+    /// operator that died after writing it), that record is returned; one with other content is
+    /// an error.
     pub async fn try_complete(
+        &self,
+        id: u64,
+        epoch: u64,
+        parallelism: u32,
+        max_parallelism: u32,
+    ) -> Result<Option<CheckpointMetadata>> {
+        match self
+            .completion(id, epoch, parallelism, max_parallelism)
+            .await?
+        {
+            Some(meta) => self.commit(&meta).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The metadata checkpoint `id` completes with, once every subtask `0..parallelism` has
+    /// written a handle of `epoch` and every file they reference is in the store with its size;
+    /// `None` while handles are missing. Handles of another epoch are ignored (fencing). Reads
+    /// only: [`Self::commit`] makes it complete.
+    pub async fn completion(
         &self,
         id: u64,
         epoch: u64,
@@ -586,8 +605,6 @@ impl CheckpointStore {
                 _ => return Ok(None),
             }
         }
-        let location = self.paths.metadata(id);
-        let file = self.paths.relative(&location);
         let meta = CheckpointMetadata {
             format_version: FORMAT_VERSION,
             job: self.job.clone(),
@@ -598,16 +615,24 @@ impl CheckpointStore {
             completed_at: chrono::Utc::now(),
             handles,
         };
-        if let Some(stored) = self.get_json::<CheckpointMetadata>(&location).await? {
-            return completed_before(stored, &meta, &file).map(Some);
-        }
         self.check_files_exist(id, &meta.handles).await?;
-        meta.validate(&file)?;
-        match self.put_json_if_absent(&location, &meta).await {
-            Ok(()) => Ok(Some(meta)),
+        meta.validate(&self.paths.relative(&self.paths.metadata(id)))?;
+        Ok(Some(meta))
+    }
+
+    /// Writes `_metadata.json` of `meta` (create-if-absent), the point at which its checkpoint
+    /// is complete, and returns the stored record: `meta`, or the same handles written before.
+    pub async fn commit(&self, meta: &CheckpointMetadata) -> Result<CheckpointMetadata> {
+        let location = self.paths.metadata(meta.checkpoint_id);
+        let file = self.paths.relative(&location);
+        if let Some(stored) = self.get_json::<CheckpointMetadata>(&location).await? {
+            return completed_before(stored, meta, &file);
+        }
+        match self.put_json_if_absent(&location, meta).await {
+            Ok(()) => Ok(meta.clone()),
             // Written between the read and the write (another operator replica's last act).
             Err(Error::AlreadyExists { .. }) => {
-                completed_before(self.read_metadata(id).await?, &meta, &file).map(Some)
+                completed_before(self.read_metadata(meta.checkpoint_id).await?, meta, &file)
             }
             Err(e) => Err(e),
         }

@@ -1,0 +1,343 @@
+//! The round's writes, in the order that keeps every decision safe to repeat: a completed
+//! checkpoint's metadata, the owned objects, the status (once), then the plan's actions.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use tracing::{error, info, warn};
+
+use super::super::claims;
+use super::super::coordinator::{self, CheckpointRequest};
+use super::super::lifecycle::JobState;
+use super::super::metrics::label;
+use super::super::reasons;
+use super::super::resources::{self, FIELD_MANAGER};
+use super::decide::{Act, Plan, Tally, Token, World};
+use super::{Result, Round, publish, publish_related, workers, write_status};
+use crate::checkpoint::CheckpointMetadata;
+
+impl Round {
+    /// Carries out `plan`, decided from `world`.
+    pub(super) async fn apply(&self, world: &World, plan: Plan) -> Result<Action> {
+        if let Some(meta) = &plan.commit {
+            self.commit(meta).await?;
+        }
+        let token = self.ensure_token(&world.token).await?;
+        self.apply_object(&resources::service(&self.job)?).await?;
+        self.apply_object(&resources::pod_disruption_budget(&self.job)?)
+            .await?;
+        let mut status = plan.status;
+        write_status(
+            &self.ctx.client,
+            &self.job,
+            &mut status,
+            plan.problem.as_ref(),
+        )
+        .await?;
+        for tally in &plan.tallies {
+            self.tally(tally);
+        }
+        for note in plan.events {
+            if note.warning {
+                warn!(reason = note.reason, "{}", note.message);
+            } else {
+                info!(reason = note.reason, "{}", note.message);
+            }
+            publish(
+                &self.ctx,
+                &self.job,
+                note.warning,
+                note.reason,
+                note.message,
+            )
+            .await;
+        }
+        for act in &plan.actions {
+            self.act(act, &world.pods, &token).await?;
+        }
+        Ok(Action::requeue(plan.requeue))
+    }
+
+    /// Writes `_metadata.json`: from here on the checkpoint is complete.
+    async fn commit(&self, meta: &CheckpointMetadata) -> Result<()> {
+        self.store.commit(meta).await?;
+        if crate::fault::faults().exit_after_metadata(&self.store.job().to_string()) {
+            error!(
+                checkpoint = meta.checkpoint_id,
+                "fault injection: exiting after writing _metadata.json"
+            );
+            std::process::exit(3);
+        }
+        Ok(())
+    }
+
+    async fn act(&self, act: &Act, pods: &[Pod], token: &str) -> Result<()> {
+        match act {
+            &Act::Trigger {
+                id,
+                epoch,
+                parallelism,
+                stop,
+            } => {
+                self.trigger(pods, token, id, epoch, parallelism, stop)
+                    .await
+            }
+            &Act::Notify {
+                id,
+                epoch,
+                parallelism,
+                notice,
+            } => {
+                // Best effort: a worker that misses it only re-uploads files it could reuse.
+                if let Ok(w) = workers(self.store.job(), pods, epoch, parallelism) {
+                    let client = self.ctx.workers.as_ref();
+                    coordinator::notify_all(client, &w, token, id, epoch, notice).await;
+                }
+            }
+            Act::Retain => {
+                let retain = self.job.spec.checkpointing.retain;
+                let timeout = self.job.spec.checkpointing.timeout()?;
+                if let Err(e) = coordinator::retain_and_collect(&self.store, retain, timeout).await
+                {
+                    warn!(error = %e, "retention failed; retried after the next checkpoint");
+                }
+            }
+            Act::StopWorkers => self.scale_to_zero().await?,
+            Act::RunWorkers(generation) => {
+                let set = resources::statefulset(&self.job, generation)?;
+                self.apply_object(&set).await?;
+            }
+            Act::DeleteUnusedClaims(state) => self.delete_unused_claims(state).await,
+        }
+        Ok(())
+    }
+
+    /// Asks every worker of `epoch` for the recorded checkpoint `id` (again, after a restart:
+    /// workers answer a repeated request for the same id as the first). A refusal is kept for
+    /// the next round, which records it in the pending checkpoint.
+    async fn trigger(
+        &self,
+        pods: &[Pod],
+        token: &str,
+        id: u64,
+        epoch: u64,
+        parallelism: u32,
+        stop: bool,
+    ) {
+        let request = CheckpointRequest { id, epoch, stop };
+        let result = match workers(self.store.job(), pods, epoch, parallelism) {
+            Ok(w) => coordinator::trigger_all(self.ctx.workers.as_ref(), &w, token, &request).await,
+            Err(e) => Err(e),
+        };
+        let refusal = result.as_ref().err().map(ToString::to_string);
+        self.ctx
+            .triggered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((self.job.uid().unwrap_or_default(), id), refusal);
+        match result {
+            Ok(()) => {
+                info!(checkpoint = id, epoch, stop, "checkpoint triggered");
+                let note = format!(
+                    "checkpoint {id} of epoch {epoch} triggered on {parallelism} workers{}",
+                    if stop { " (stop)" } else { "" }
+                );
+                publish(
+                    &self.ctx,
+                    &self.job,
+                    false,
+                    reasons::CHECKPOINT_TRIGGERED,
+                    note,
+                )
+                .await;
+            }
+            Err(e) => warn!(checkpoint = id, error = %e, "checkpoint not triggered"),
+        }
+    }
+
+    fn tally(&self, tally: &Tally) {
+        let metrics = &self.ctx.metrics;
+        match tally {
+            Tally::StageEnded { stage, seconds } => metrics
+                .rescale_stage_duration
+                .get_or_create(&label("stage", stage.as_str()))
+                .observe(*seconds),
+            Tally::RescaleEnded(reason) => {
+                metrics
+                    .rescales
+                    .get_or_create(&label("reason", reason.as_str()))
+                    .inc();
+            }
+            Tally::CheckpointCompleted(record) => metrics.checkpoint_completed(record),
+            Tally::CheckpointEnded(outcome) => metrics.checkpoint_ended(outcome),
+        }
+    }
+
+    /// The job's bearer token: the one `observed` in its Secret, or a new one written there (a
+    /// Secret of that name that the job does not control never gets this far: see
+    /// [`Round::owned_token`]).
+    async fn ensure_token(&self, observed: &Token) -> Result<String> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = resources::token_secret_name(&self.job);
+        let token = resources::new_token();
+        let secret = resources::token_secret(&self.job, &token)?;
+        match observed {
+            Token::Held(t) => Ok(t.clone()),
+            Token::Empty => {
+                api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "data": secret.data })),
+                )
+                .await?;
+                Ok(token)
+            }
+            Token::Missing => match api.create(&PostParams::default(), &secret).await {
+                Ok(_) => Ok(token),
+                // Created concurrently (another round): use that one, once it holds a token.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    self.owned_token(api.get(&name).await?)?.ok_or_else(|| {
+                        crate::Error::Other(format!(
+                            "Secret {name} was just created without a token; retrying"
+                        ))
+                        .into()
+                    })
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    async fn apply_object<K>(&self, obj: &K) -> Result<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let mut value =
+            serde_json::to_value(obj).map_err(|e| crate::Error::Other(e.to_string()))?;
+        value["apiVersion"] = serde_json::Value::String(K::api_version(&()).into_owned());
+        value["kind"] = serde_json::Value::String(K::kind(&()).into_owned());
+        Ok(api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&value),
+            )
+            .await?)
+    }
+
+    /// Deletes the state claims of ordinals the job no longer runs, once its rescale is
+    /// recorded complete (see [`claims::unused_claims`]), with a `StateClaimDeleted` Event per
+    /// claim. Best effort: a failure is logged and retried in a later round; checkpoints go on.
+    async fn delete_unused_claims(&self, state: &JobState) {
+        if resources::state_claim(&self.job).is_none() {
+            return;
+        }
+        let key = (self.job.uid().unwrap_or_default(), state.epoch);
+        let settled = self
+            .ctx
+            .claims_settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key);
+        if settled {
+            return;
+        }
+        match self.try_delete_unused_claims(state).await {
+            Ok(()) => {
+                self.ctx
+                    .claims_settled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key);
+            }
+            Err(e) => warn!(error = %e, "unused state claims not deleted; retried later"),
+        }
+    }
+
+    async fn try_delete_unused_claims(&self, state: &JobState) -> Result<()> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&resources::selector_string(&self.job));
+        let list = api.list(&lp).await?.items;
+        let in_use = claims::claims_in_use(&self.pods().await?);
+        let unused = claims::unused_claims(
+            &self.job.name_any(),
+            &resources::statefulset_name(&self.job),
+            state,
+            &list,
+            &in_use,
+        );
+        let mut failed = None;
+        for claim in &unused {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: claim.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&claim.name, &dp).await {
+                Ok(_) => {
+                    // One Event per claim, related to it: a series per claim keeps its note.
+                    let note = format!(
+                        "deleted state claim {} (ordinal {}): no worker uses it after the rescale",
+                        claim.name, claim.ordinal
+                    );
+                    info!(claim = %claim.name, parallelism = state.parallelism, "{note}");
+                    let related = ObjectReference {
+                        api_version: Some("v1".to_owned()),
+                        kind: Some("PersistentVolumeClaim".to_owned()),
+                        name: Some(claim.name.clone()),
+                        namespace: Some(self.ns.clone()),
+                        uid: claim.uid.clone(),
+                        ..Default::default()
+                    };
+                    publish_related(
+                        &self.ctx,
+                        &self.job,
+                        false,
+                        reasons::STATE_CLAIM_DELETED,
+                        note,
+                        Some(related),
+                    )
+                    .await;
+                }
+                // Gone already, or replaced by a claim of the same name: not this round's.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn scale_to_zero(&self) -> Result<()> {
+        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = resources::statefulset_name(&self.job);
+        let Some(sts) = api.get_opt(&name).await? else {
+            return Ok(());
+        };
+        if sts.spec.replicas == Some(0) {
+            return Ok(());
+        }
+        // A merge patch of replicas only: an apply of a partial object would drop the fields
+        // the operator applied before.
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,867 @@
+//! The pure middle of a round: from the job and what [`super::observe`] saw, the status to
+//! record and what to do after recording it, in order. Nothing here reads a clock or the
+//! network, so every decision of the controller is a unit test away.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::super::coordinator::{self, CheckpointInputs, Decision, Notice};
+use super::super::crd::{
+    CheckpointRecord, PendingCheckpoint, Phase, RescaleReason, Stage, StatefulJob,
+    StatefulJobStatus,
+};
+use super::super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Note, Observed, Work};
+use super::super::reasons;
+use super::super::resources::{self, EPOCH_LABEL, Generation};
+use super::super::status::{self, Problem};
+use super::lost_worker;
+use crate::checkpoint::CheckpointMetadata;
+
+/// What a round saw; [`super::observe`] fills it, reading only.
+#[derive(Clone, Debug)]
+pub struct World {
+    /// When the round looked.
+    pub now: Time,
+    /// The job's pods, of every epoch.
+    pub pods: Vec<Pod>,
+    /// The job's token Secret.
+    pub token: Token,
+    /// Every checkpoint id in the store, ascending, with whether it completed.
+    pub store_ids: Vec<(u64, bool)>,
+    /// The checkpoint in flight (the final one of a rescale, or the pending periodic one).
+    pub in_flight: Option<InFlight>,
+    /// Checkpoint ids this process asked the job's workers for, with their refusal if any: a
+    /// pending checkpoint not here was recorded by an earlier process, which may have stopped
+    /// before asking.
+    pub asked: BTreeMap<u64, Option<String>>,
+    /// What is wrong with the job's pods in the recorded stage, with what the user can do.
+    pub pod_problem: Option<Problem>,
+}
+
+/// The job's token Secret, as observed (one not controlled by the job is an error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// None exists: one is created.
+    Missing,
+    /// It holds no token: one is written.
+    Empty,
+    /// The token.
+    Held(String),
+}
+
+/// What the store and the workers say about the checkpoint in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlight {
+    /// Its id.
+    pub id: u64,
+    /// How far it got in the store.
+    pub completion: Completion,
+    /// Why a worker failed it or no longer knows it (asked only when this process triggered
+    /// it and it is not complete).
+    pub worker_failure: Option<String>,
+}
+
+/// How far a checkpoint got in the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Completion {
+    /// `_metadata.json` is in the store.
+    Stored(CheckpointMetadata),
+    /// Every handle and file is in: writing this metadata completes it.
+    Ready(CheckpointMetadata),
+    /// Handles are missing.
+    Waiting,
+    /// Stored data make it impossible, with why.
+    Impossible(String),
+}
+
+/// What the round does after recording the status, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Act {
+    /// Ask every worker of `epoch` for checkpoint `id`.
+    Trigger {
+        /// Checkpoint id.
+        id: u64,
+        /// Epoch of the workers.
+        epoch: u64,
+        /// Number of workers.
+        parallelism: u32,
+        /// A stop-with-checkpoint.
+        stop: bool,
+    },
+    /// Tell the workers of `epoch` the outcome of checkpoint `id` (best effort).
+    Notify {
+        /// Checkpoint id.
+        id: u64,
+        /// Epoch of the workers.
+        epoch: u64,
+        /// Number of workers.
+        parallelism: u32,
+        /// Completed or aborted.
+        notice: Notice,
+    },
+    /// Apply the job's retention and collect garbage (best effort).
+    Retain,
+    /// Scale the StatefulSet to zero.
+    StopWorkers,
+    /// Apply the StatefulSet of a generation.
+    RunWorkers(Generation),
+    /// Delete the state claims no worker of the settled generation uses (best effort).
+    DeleteUnusedClaims(JobState),
+}
+
+/// A metric the round moves.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tally {
+    /// A rescale left `stage` after `seconds`.
+    StageEnded {
+        /// The stage left.
+        stage: Stage,
+        /// Time spent in it.
+        seconds: f64,
+    },
+    /// A rescale ended.
+    RescaleEnded(RescaleReason),
+    /// A checkpoint completed.
+    CheckpointCompleted(CheckpointRecord),
+    /// A checkpoint ended otherwise ("failed", "aborted").
+    CheckpointEnded(&'static str),
+}
+
+/// The outcome of [`decide`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// `_metadata.json` to write before anything else: a checkpoint is complete in the store
+    /// before status says so.
+    pub commit: Option<CheckpointMetadata>,
+    /// The status to record (conditions aside), before any action.
+    pub status: StatefulJobStatus,
+    /// The Degraded condition's problem.
+    pub problem: Option<Problem>,
+    /// Events to publish, in order.
+    pub events: Vec<Note>,
+    /// Metrics to move.
+    pub tallies: Vec<Tally>,
+    /// What to do once the status is recorded, in order.
+    pub actions: Vec<Act>,
+    /// When to look again.
+    pub requeue: Duration,
+}
+
+/// The round's decision: the next lifecycle state ([`lifecycle::next`]) and the checkpoint
+/// protocol ([`coordinator::periodic`]) applied to the recorded status and the `world`;
+/// `busy` is the requeue while something is in progress.
+pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result<Plan> {
+    let spec = &job.spec;
+    let interval = spec.checkpointing.interval()?;
+    let timeout = spec.checkpointing.timeout()?;
+    let state = JobState::from_status(job.status.as_ref());
+    let desired = Desired {
+        parallelism: spec.parallelism,
+        suspend: spec.suspend,
+        template_hash: resources::template_hash(&spec.template),
+        restore_timeout: spec.restore.timeout()?,
+    };
+    let status = job.status.clone().unwrap_or_default();
+    let mut d = Decider {
+        job,
+        world,
+        plan: Plan {
+            commit: None,
+            problem: recorded_problem(&status),
+            status,
+            events: Vec::new(),
+            tallies: Vec::new(),
+            actions: Vec::new(),
+            requeue: busy,
+        },
+    };
+    let final_checkpoint = d.final_checkpoint(&state, timeout);
+    let (observed, ready_pods) = d.observed(&state, final_checkpoint)?;
+    let step = lifecycle::next(&state, &desired, &observed, &world.now);
+    d.take(
+        &state,
+        step.state.clone(),
+        step.notes,
+        &observed,
+        ready_pods,
+    );
+    d.plan.requeue = d.work(&step.state, interval, timeout, busy)?;
+    Ok(d.finish())
+}
+
+/// The Degraded problem the recorded status shows (an invalid spec is re-checked each round).
+fn recorded_problem(status: &StatefulJobStatus) -> Option<Problem> {
+    status
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == status::DEGRADED && c.status == "True" && c.reason != reasons::INVALID_SPEC
+        })
+        .map(|c| Problem::new(&c.reason, c.message.clone()))
+}
+
+/// Every checkpoint id `status` names: all were issued (or are about to be), none is issued
+/// again.
+pub fn issued_ids(status: &StatefulJobStatus) -> [Option<u64>; 4] {
+    [
+        status.last_issued_checkpoint,
+        status.last_checkpoint.as_ref().map(|c| c.id),
+        status.pending_checkpoint.as_ref().map(|c| c.id),
+        status.rescale.as_ref().and_then(|r| r.final_checkpoint),
+    ]
+}
+
+struct Decider<'a> {
+    job: &'a StatefulJob,
+    world: &'a World,
+    plan: Plan,
+}
+
+impl<'a> Decider<'a> {
+    fn now(&self) -> &Time {
+        &self.world.now
+    }
+
+    fn status(&mut self) -> &mut StatefulJobStatus {
+        &mut self.plan.status
+    }
+
+    fn act(&mut self, act: Act) {
+        self.plan.actions.push(act);
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.plan.events.push(Note {
+            reason,
+            message,
+            warning,
+        });
+    }
+
+    fn in_flight(&self, id: u64) -> Option<&'a InFlight> {
+        self.world.in_flight.as_ref().filter(|f| f.id == id)
+    }
+
+    fn asked_here(&self, id: u64) -> bool {
+        self.world.asked.contains_key(&id)
+    }
+
+    /// The outcome of the recorded state's final checkpoint, committing it when it is ready.
+    fn final_checkpoint(&mut self, state: &JobState, timeout: Duration) -> FinalCheckpoint {
+        let (
+            Work::FinalCheckpoint {
+                id,
+                epoch,
+                parallelism,
+            },
+            Some(r),
+        ) = (state.work(), &state.rescale)
+        else {
+            return FinalCheckpoint::InProgress;
+        };
+        let completed = match self.in_flight(id).map(|f| &f.completion) {
+            Some(Completion::Ready(meta)) => {
+                self.plan.commit = Some(meta.clone());
+                true
+            }
+            Some(Completion::Stored(_)) => true,
+            _ => false,
+        };
+        if completed {
+            self.act(Act::Notify {
+                id,
+                epoch,
+                parallelism,
+                notice: Notice::Complete,
+            });
+        } else {
+            self.record_failure(id);
+        }
+        coordinator::final_outcome(
+            id,
+            completed,
+            self.plan.status.pending_checkpoint.as_ref(),
+            &r.stage_started,
+            self.now(),
+            timeout,
+        )
+    }
+
+    /// What the lifecycle needs, and the UIDs of the ready workers of the recorded epoch.
+    fn observed(
+        &self,
+        state: &JobState,
+        final_checkpoint: FinalCheckpoint,
+    ) -> crate::Result<(Observed, Vec<String>)> {
+        let epoch = state.epoch.to_string();
+        let at_epoch: Vec<&Pod> = self
+            .world
+            .pods
+            .iter()
+            .filter(|p| {
+                p.labels().get(EPOCH_LABEL) == Some(&epoch)
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect();
+        let condition = |p: &Pod, t: &str| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
+        };
+        let count = |t: &str| at_epoch.iter().filter(|p| condition(p, t)).count() as u32;
+        let completed: Vec<u64> = self
+            .world
+            .store_ids
+            .iter()
+            .filter_map(|(id, done)| done.then_some(*id))
+            .collect();
+        let store_ids: Vec<u64> = self.world.store_ids.iter().map(|(id, _)| *id).collect();
+        let status = &self.plan.status;
+        let worker_lost = (state.phase == Phase::Running && state.rescale.is_none())
+            .then(|| lost_worker(&status.worker_pods, &at_epoch))
+            .flatten();
+        let ready_pods = at_epoch
+            .iter()
+            .filter(|p| condition(p, "Ready"))
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        let observed = Observed {
+            pods: self.world.pods.len() as u32,
+            initialized: count("Initialized"),
+            ready: count("Ready"),
+            final_checkpoint,
+            latest_completed: completed.last().copied(),
+            completed,
+            restore_failure: super::super::diagnose::restore_failure(&at_epoch),
+            next_checkpoint_id: coordinator::next_checkpoint_id(&store_ids, issued_ids(status))?,
+            worker_lost,
+        };
+        Ok((observed, ready_pods))
+    }
+
+    /// Records the lifecycle's step from `before` to `after`: its notes, the Degraded problem,
+    /// the stage metrics, the end of a final checkpoint and the ready workers.
+    fn take(
+        &mut self,
+        before: &JobState,
+        after: JobState,
+        notes: Vec<Note>,
+        observed: &Observed,
+        ready_pods: Vec<String>,
+    ) {
+        if let Some(n) = notes.iter().rev().find(|n| n.warning) {
+            self.plan.problem = Some(Problem::new(n.reason, n.message.clone()));
+        }
+        let warned = notes.iter().any(|n| n.warning);
+        match &self.world.pod_problem {
+            Some(p) if !warned => self.plan.problem = Some(p.clone()),
+            None if self
+                .plan
+                .problem
+                .as_ref()
+                .is_some_and(|p| reasons::OBSERVED.contains(&p.reason.as_str())) =>
+            {
+                self.plan.problem = None
+            }
+            _ => {}
+        }
+        self.stage_tallies(before, &after);
+        if let Work::FinalCheckpoint {
+            id,
+            epoch,
+            parallelism,
+        } = before.work()
+            && !matches!(after.work(), Work::FinalCheckpoint { .. })
+        {
+            self.finish_final_checkpoint(id, epoch, parallelism, &observed.final_checkpoint);
+        }
+        after.write_to(self.status());
+        if after.phase != Phase::Running {
+            self.status().worker_pods.clear();
+        } else if before.phase != Phase::Running {
+            self.status().worker_pods = ready_pods;
+        }
+        self.plan.events.extend(notes);
+    }
+
+    fn stage_tallies(&mut self, before: &JobState, after: &JobState) {
+        let Some(r) = &before.rescale else { return };
+        if after.rescale.as_ref().is_none_or(|a| a.stage != r.stage) {
+            let seconds = lifecycle::elapsed(&r.stage_started, self.now()).as_secs_f64();
+            self.plan.tallies.push(Tally::StageEnded {
+                stage: r.stage,
+                seconds,
+            });
+        }
+        if after.rescale.is_none() {
+            self.plan.tallies.push(Tally::RescaleEnded(r.reason));
+        }
+    }
+
+    /// Records the outcome of the final checkpoint once the rescale moved past it.
+    fn finish_final_checkpoint(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        parallelism: u32,
+        outcome: &FinalCheckpoint,
+    ) {
+        match outcome {
+            FinalCheckpoint::Completed(_) => {
+                self.completed(id);
+            }
+            FinalCheckpoint::Failed(_) => {
+                self.act(Act::Notify {
+                    id,
+                    epoch,
+                    parallelism,
+                    notice: Notice::Abort,
+                });
+                self.plan.tallies.push(Tally::CheckpointEnded("aborted"));
+            }
+            FinalCheckpoint::InProgress => {}
+        }
+        self.status().pending_checkpoint = None;
+    }
+
+    /// Records checkpoint `id` as the last completed one (its metadata is stored or committed
+    /// by this round), ends a Degraded condition a failed one started, and applies retention.
+    /// Returns the record.
+    fn completed(&mut self, id: u64) -> Option<CheckpointRecord> {
+        let meta = match &self.in_flight(id)?.completion {
+            Completion::Stored(meta) | Completion::Ready(meta) => meta,
+            _ => return None,
+        };
+        let started = self
+            .plan
+            .status
+            .pending_checkpoint
+            .as_ref()
+            .filter(|p| p.id == id)
+            .map(|p| p.started.clone());
+        let record = coordinator::record(meta, started.as_ref(), self.now());
+        self.plan
+            .tallies
+            .push(Tally::CheckpointCompleted(record.clone()));
+        self.status().last_checkpoint = Some(record.clone());
+        if self
+            .plan
+            .problem
+            .as_ref()
+            .is_some_and(|p| reasons::CLEARED_BY_A_CHECKPOINT.contains(&p.reason.as_str()))
+        {
+            self.plan.problem = None;
+        }
+        self.act(Act::Retain);
+        Some(record)
+    }
+
+    /// Records why the pending checkpoint `id` can no longer complete, when this round saw why:
+    /// the workers refused it, one failed or forgot it, or stored data make it impossible.
+    fn record_failure(&mut self, id: u64) {
+        let refusal = self.world.asked.get(&id).cloned().flatten();
+        // Workers are heard only about a checkpoint this process asked them for.
+        let asked = self.asked_here(id);
+        let seen = self.in_flight(id).and_then(|f| match &f.completion {
+            Completion::Impossible(why) => Some(why.clone()),
+            _ => f.worker_failure.clone().filter(|_| asked),
+        });
+        let (reason, message) = match (refusal, seen) {
+            (Some(e), _) => (e.clone(), format!("checkpoint {id} could not start: {e}")),
+            (None, Some(why)) => (why.clone(), format!("checkpoint {id} failed: {why}")),
+            (None, None) => return,
+        };
+        let Some(p) = self
+            .status()
+            .pending_checkpoint
+            .as_mut()
+            .filter(|p| p.id == id && p.failure.is_none())
+        else {
+            return;
+        };
+        p.failure = Some(reason);
+        self.plan.tallies.push(Tally::CheckpointEnded("failed"));
+        let problem = Problem::new(reasons::CHECKPOINT_FAILED, message.clone());
+        self.plan.problem = Some(problem);
+        self.event(true, reasons::CHECKPOINT_FAILED, message);
+    }
+
+    /// What the recorded state asks of the world ([`JobState::work`]); returns when to look
+    /// again.
+    fn work(
+        &mut self,
+        state: &JobState,
+        interval: Duration,
+        timeout: Duration,
+        busy: Duration,
+    ) -> crate::Result<Duration> {
+        let idle = Duration::from_secs(60);
+        Ok(match state.work() {
+            Work::Nothing => idle,
+            Work::StopWorkers => {
+                self.act(Act::StopWorkers);
+                if state.rescale.is_some() { busy } else { idle }
+            }
+            Work::RunWorkers {
+                epoch,
+                parallelism,
+                checkpoint,
+            } => {
+                self.act(Act::RunWorkers(Generation {
+                    epoch,
+                    parallelism,
+                    checkpoint,
+                }));
+                busy
+            }
+            Work::FinalCheckpoint {
+                id,
+                epoch,
+                parallelism,
+            } => {
+                let recorded = self.plan.status.pending_checkpoint.as_ref();
+                if recorded.is_none_or(|p| p.id != id) {
+                    self.abort_pending("superseded by the final checkpoint of a rescale");
+                    self.start_checkpoint(id, epoch, parallelism, true);
+                } else if !self.asked_here(id) {
+                    // Recorded by an operator that stopped before (or while) asking the workers.
+                    self.trigger(id, epoch, parallelism, true);
+                }
+                busy
+            }
+            Work::Checkpoints { epoch, parallelism } => {
+                self.act(Act::DeleteUnusedClaims(state.clone()));
+                self.checkpoints(epoch, parallelism, interval, timeout, busy)?
+            }
+        })
+    }
+
+    /// Periodic and on-demand checkpoints of the running workers.
+    fn checkpoints(
+        &mut self,
+        epoch: u64,
+        parallelism: u32,
+        interval: Duration,
+        timeout: Duration,
+        busy: Duration,
+    ) -> crate::Result<Duration> {
+        let store_ids: Vec<u64> = self.world.store_ids.iter().map(|(id, _)| *id).collect();
+        let status = &self.plan.status;
+        let spec = &self.job.spec;
+        let inputs = CheckpointInputs {
+            interval,
+            timeout,
+            epoch,
+            last_attempt: status.last_checkpoint_attempt.as_ref(),
+            pending: status.pending_checkpoint.as_ref(),
+            requested_trigger: spec.checkpoint_trigger.as_deref(),
+            acted_trigger: status.checkpoint_trigger.as_deref(),
+            next_id: coordinator::next_checkpoint_id(&store_ids, issued_ids(status))?,
+        };
+        Ok(match coordinator::periodic(self.now(), &inputs) {
+            Decision::Wait(d) => d.min(Duration::from_secs(30)),
+            Decision::Trigger { id, on_demand } => {
+                if on_demand {
+                    self.status().checkpoint_trigger = spec.checkpoint_trigger.clone();
+                }
+                self.start_checkpoint(id, epoch, parallelism, false);
+                busy
+            }
+            Decision::Poll { id } => {
+                if !self.asked_here(id) {
+                    self.trigger(id, epoch, parallelism, false);
+                }
+                self.poll(id, epoch, parallelism);
+                busy
+            }
+            Decision::Abort { reason, .. } => {
+                self.abort_pending(&reason);
+                busy
+            }
+        })
+    }
+
+    /// Completes pending checkpoint `id` when the store allows, or records why it cannot.
+    fn poll(&mut self, id: u64, epoch: u64, parallelism: u32) {
+        if let Some(Completion::Ready(meta)) = self.in_flight(id).map(|f| &f.completion) {
+            self.plan.commit = Some(meta.clone());
+        }
+        let Some(record) = self.completed(id) else {
+            self.record_failure(id);
+            return;
+        };
+        self.status().pending_checkpoint = None;
+        let note = format!(
+            "checkpoint {id} completed: {} bytes ({} new) in {:.1}s",
+            record.bytes_total, record.bytes_new, record.duration_seconds
+        );
+        self.event(false, reasons::CHECKPOINT_COMPLETED, note);
+        self.act(Act::Notify {
+            id,
+            epoch,
+            parallelism,
+            notice: Notice::Complete,
+        });
+    }
+
+    /// Records checkpoint `id` as pending, then asks every worker of `epoch` to take it.
+    fn start_checkpoint(&mut self, id: u64, epoch: u64, parallelism: u32, stop: bool) {
+        let started = self.now().clone();
+        let status = self.status();
+        status.pending_checkpoint = Some(PendingCheckpoint {
+            id,
+            epoch,
+            started: started.clone(),
+            stop,
+            failure: None,
+        });
+        status.last_checkpoint_attempt = Some(started);
+        self.trigger(id, epoch, parallelism, stop);
+    }
+
+    fn trigger(&mut self, id: u64, epoch: u64, parallelism: u32, stop: bool) {
+        self.act(Act::Trigger {
+            id,
+            epoch,
+            parallelism,
+            stop,
+        });
+    }
+
+    /// Drops the pending checkpoint (if any) and tells its workers.
+    fn abort_pending(&mut self, reason: &str) {
+        let Some(p) = self.status().pending_checkpoint.take() else {
+            return;
+        };
+        let parallelism = self.plan.status.parallelism;
+        self.act(Act::Notify {
+            id: p.id,
+            epoch: p.epoch,
+            parallelism,
+            notice: Notice::Abort,
+        });
+        self.plan.tallies.push(Tally::CheckpointEnded("aborted"));
+        let message = format!("checkpoint {} aborted: {reason}", p.id);
+        if !p.stop && self.plan.status.phase == Some(Phase::Running) && p.failure.is_none() {
+            self.plan.problem = Some(Problem::new(reasons::CHECKPOINT_ABORTED, message.clone()));
+        }
+        self.event(true, reasons::CHECKPOINT_ABORTED, message);
+    }
+
+    /// The plan, with the status fields every round refreshes.
+    fn finish(mut self) -> Plan {
+        let job = self.job;
+        let status = self.status();
+        // Every id in status was issued (or is about to be): none of them is ever issued again.
+        status.last_issued_checkpoint = issued_ids(status).into_iter().flatten().max();
+        status.selector = Some(resources::selector_string(job));
+        status.observed_generation = job.metadata.generation;
+        self.plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::testing;
+    use k8s_openapi::jiff::Timestamp;
+
+    const BUSY: Duration = Duration::from_secs(2);
+
+    /// Job `prod/orders` running 2 workers of epoch 1 (spec asks for `parallelism`), its last
+    /// checkpoint attempt an hour before `now()`.
+    fn running(parallelism: u32, pending: Option<PendingCheckpoint>) -> StatefulJob {
+        let spec = serde_json::json!({
+            "parallelism": parallelism,
+            "maxParallelism": 16,
+            "template": {"spec": {"containers": [{"name": "worker", "image": "regroup:0.1.0"}]}},
+            "storage": {"url": "s3://bucket/jobs"},
+            "checkpointing": {"interval": "10s", "timeout": "1m"}
+        });
+        let mut job = StatefulJob::new("orders", serde_json::from_value(spec).unwrap());
+        job.metadata.namespace = Some("prod".into());
+        job.metadata.uid = Some("uid-1".into());
+        job.status = Some(StatefulJobStatus {
+            phase: Some(Phase::Running),
+            parallelism: 2,
+            epoch: 1,
+            template_hash: Some(resources::template_hash(&job.spec.template)),
+            last_checkpoint_attempt: Some(at(-3600)),
+            pending_checkpoint: pending,
+            last_issued_checkpoint: Some(4),
+            ..Default::default()
+        });
+        job
+    }
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + seconds).unwrap())
+    }
+
+    fn pending(id: u64) -> PendingCheckpoint {
+        PendingCheckpoint {
+            id,
+            epoch: 1,
+            started: at(-5),
+            stop: false,
+            failure: None,
+        }
+    }
+
+    fn world(in_flight: Option<InFlight>, asked: &[(u64, Option<&str>)]) -> World {
+        World {
+            now: at(0),
+            pods: vec![],
+            token: Token::Held("t".into()),
+            store_ids: vec![(3, true), (4, true)],
+            in_flight,
+            asked: asked
+                .iter()
+                .map(|(id, r)| (*id, r.map(str::to_owned)))
+                .collect(),
+            pod_problem: None,
+        }
+    }
+
+    fn trigger(id: u64, stop: bool) -> Act {
+        Act::Trigger {
+            id,
+            epoch: 1,
+            parallelism: 2,
+            stop,
+        }
+    }
+
+    fn reasons_of(plan: &Plan) -> Vec<&str> {
+        plan.events.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn a_new_checkpoint_is_recorded_with_the_trigger_that_follows_it() {
+        let plan = decide(&running(2, None), &world(None, &[]), BUSY).unwrap();
+        let p = plan.status.pending_checkpoint.as_ref().expect("recorded");
+        assert_eq!((p.id, p.epoch, p.stop), (5, 1, false));
+        assert_eq!(plan.status.last_issued_checkpoint, Some(5));
+        assert_eq!(plan.status.last_checkpoint_attempt, Some(at(0)));
+        assert!(matches!(plan.actions[0], Act::DeleteUnusedClaims(_)));
+        assert_eq!(plan.actions[1..], [trigger(5, false)]);
+        assert_eq!(plan.commit, None);
+    }
+
+    #[test]
+    fn a_ready_checkpoint_is_committed_then_recorded_and_notified() {
+        let mut job = running(2, Some(pending(5)));
+        let failed = serde_json::json!({"type": "Degraded", "status": "True",
+            "reason": reasons::CHECKPOINT_FAILED, "message": "checkpoint 4 failed",
+            "lastTransitionTime": "2027-01-15T08:00:00Z"});
+        job.status.as_mut().unwrap().conditions = vec![serde_json::from_value(failed).unwrap()];
+        let meta = testing::checkpoint(16, 2, 1);
+        let ready = InFlight {
+            id: 5,
+            completion: Completion::Ready(meta.clone()),
+            worker_failure: None,
+        };
+        let plan = decide(&job, &world(Some(ready), &[(5, None)]), BUSY).unwrap();
+        assert_eq!(plan.commit, Some(meta));
+        assert_eq!(plan.status.pending_checkpoint, None);
+        assert_eq!(plan.status.last_checkpoint.as_ref().map(|c| c.id), Some(5));
+        assert_eq!(
+            plan.problem, None,
+            "a completed checkpoint clears the failure"
+        );
+        assert_eq!(reasons_of(&plan), [reasons::CHECKPOINT_COMPLETED]);
+        let notify = Act::Notify {
+            id: 5,
+            epoch: 1,
+            parallelism: 2,
+            notice: Notice::Complete,
+        };
+        assert_eq!(plan.actions[1..], [Act::Retain, notify]);
+    }
+
+    #[test]
+    fn a_refused_trigger_fails_the_checkpoint_and_the_next_round_aborts_it() {
+        let job = running(2, Some(pending(5)));
+        let waiting = InFlight {
+            id: 5,
+            completion: Completion::Waiting,
+            worker_failure: None,
+        };
+        let refused = world(
+            Some(waiting),
+            &[(5, Some("worker 1 has no pod with an IP"))],
+        );
+        let plan = decide(&job, &refused, BUSY).unwrap();
+        let p = plan.status.pending_checkpoint.as_ref().unwrap();
+        assert_eq!(p.failure.as_deref(), Some("worker 1 has no pod with an IP"));
+        assert_eq!(
+            plan.problem.as_ref().map(|p| p.reason.as_str()),
+            Some(reasons::CHECKPOINT_FAILED)
+        );
+        assert_eq!(reasons_of(&plan), [reasons::CHECKPOINT_FAILED]);
+        assert_eq!(
+            plan.actions.len(),
+            1,
+            "no trigger again: {:?}",
+            plan.actions
+        );
+
+        let mut next = job.clone();
+        next.status = Some(plan.status);
+        let plan = decide(&next, &world(None, &[(5, None)]), BUSY).unwrap();
+        assert_eq!(plan.status.pending_checkpoint, None);
+        assert_eq!(reasons_of(&plan), [reasons::CHECKPOINT_ABORTED]);
+        assert!(matches!(
+            plan.actions[1],
+            Act::Notify {
+                id: 5,
+                notice: Notice::Abort,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_checkpoint_recorded_by_an_earlier_process_is_asked_for_again() {
+        let job = running(2, Some(pending(5)));
+        let waiting = InFlight {
+            id: 5,
+            completion: Completion::Waiting,
+            worker_failure: Some("ignored: not asked here".into()),
+        };
+        let plan = decide(&job, &world(Some(waiting.clone()), &[]), BUSY).unwrap();
+        assert_eq!(plan.actions[1..], [trigger(5, false)]);
+        assert_eq!(plan.status.pending_checkpoint, Some(pending(5)));
+        let plan = decide(&job, &world(Some(waiting), &[(5, None)]), BUSY).unwrap();
+        assert_eq!(plan.actions.len(), 1, "asked already: {:?}", plan.actions);
+        assert!(plan.status.pending_checkpoint.unwrap().failure.is_some());
+    }
+
+    #[test]
+    fn a_rescale_supersedes_the_pending_checkpoint_with_its_final_one() {
+        let job = running(3, Some(pending(5)));
+        let plan = decide(&job, &world(None, &[(5, None)]), BUSY).unwrap();
+        let r = plan.status.rescale.as_ref().expect("a rescale started");
+        assert_eq!(
+            (r.stage, r.final_checkpoint),
+            (Stage::Checkpointing, Some(6))
+        );
+        let p = plan.status.pending_checkpoint.as_ref().unwrap();
+        assert_eq!((p.id, p.stop), (6, true));
+        assert_eq!(plan.status.last_issued_checkpoint, Some(6));
+        let abort = Act::Notify {
+            id: 5,
+            epoch: 1,
+            parallelism: 2,
+            notice: Notice::Abort,
+        };
+        assert_eq!(plan.actions, [abort, trigger(6, true)]);
+        assert!(reasons_of(&plan).contains(&reasons::CHECKPOINT_ABORTED));
+        assert_eq!(plan.requeue, BUSY);
+    }
+}

@@ -1,0 +1,478 @@
+//! The reconciler, one round per job: [`observe`] (reads only) → [`decide`] (pure: the status
+//! and a list of actions, from [`super::lifecycle::next`] and the checkpoint protocol) →
+//! [`apply`] (a completed checkpoint's metadata, then the status, written once, then the
+//! actions).
+//!
+//! Status is recorded *before* acting, and what a round does depends only on the recorded
+//! state and what it observed, so an operator restarted at any point resumes where it stopped.
+//! It never writes `spec`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use super::coordinator::{WorkerClient, WorkerTarget, open_store};
+use super::crd::{StatefulJob, StatefulJobStatus};
+use super::lifecycle::{self, JobState};
+use super::metrics::{OperatorMetrics, label};
+use super::reasons;
+use super::resources::{self, EPOCH_LABEL, FIELD_MANAGER, JOB_LABEL, POD_INDEX_LABEL, TOKEN_KEY};
+use super::status::{self, Problem};
+use crate::checkpoint::store::Ambient;
+use crate::checkpoint::{CheckpointStore, JobId};
+
+mod apply;
+mod decide;
+mod observe;
+
+/// Finalizer the operator puts on every StatefulJob.
+pub const FINALIZER: &str = "regroup.dev/cleanup";
+
+/// Errors of one reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or failed a request.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// regroup failed (store, invalid spec, worker call).
+    #[error(transparent)]
+    Regroup(#[from] crate::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl ReconcileError {
+    /// A short kind, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "kube",
+            ReconcileError::Regroup(crate::Error::InvalidInput { .. }) => "invalid_spec",
+            ReconcileError::Regroup(e) if e.is_retryable() => "store",
+            ReconcileError::Regroup(_) => "regroup",
+            ReconcileError::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+type Result<T, E = ReconcileError> = std::result::Result<T, E>;
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The workers' checkpoint API.
+    pub workers: Arc<dyn WorkerClient>,
+    /// Metrics.
+    pub metrics: Arc<OperatorMetrics>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Requeue interval while something is in progress.
+    pub busy_requeue: Duration,
+    /// (job uid, checkpoint id) this process asked the workers for, with their refusal if any;
+    /// a pending checkpoint not in it was recorded by an earlier process, which may have
+    /// stopped before asking.
+    pub triggered: Mutex<HashMap<(String, u64), Option<String>>>,
+    /// Whether job stores may use the operator's own credentials (`--ambient-credentials`).
+    pub ambient: Ambient,
+    /// (job uid, epoch) whose unused state claims this process has deleted (or found none):
+    /// the claims are listed once per generation, and again after a restart.
+    pub claims_settled: Mutex<HashSet<(String, u64)>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(
+        client: Client,
+        workers: Arc<dyn WorkerClient>,
+        metrics: Arc<OperatorMetrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "regroup-operator".to_owned(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            workers,
+            metrics,
+            busy_requeue: Duration::from_secs(2),
+            triggered: Default::default(),
+            ambient: Ambient::Forbidden,
+            claims_settled: Default::default(),
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Reconciles one StatefulJob (wrapped in the finalizer).
+#[instrument(skip_all, fields(job = %format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())))]
+pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciles.inc();
+    let ns = job.namespace().unwrap_or_default();
+    let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, job, |event| async {
+        match event {
+            finalizer::Event::Apply(job) => {
+                let result = match Round::new(job.clone(), ctx.clone()).await {
+                    Ok(round) => round.run().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result
+                    && e.kind() == "invalid_spec"
+                {
+                    report_invalid(&job, &ctx, e).await;
+                }
+                result
+            }
+            finalizer::Event::Cleanup(job) => cleanup(job, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Finalizer(other.to_string()),
+    })
+}
+
+/// Counts the failure and retries with a delay.
+pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    warn!(job = %job.name_any(), error = %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&label("kind", error.kind()))
+        .inc();
+    if error.kind() == "invalid_spec" {
+        // Waits for a change of the spec (which triggers a reconcile) rather than spinning.
+        Action::requeue(Duration::from_secs(300))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+/// Shows an error that only the user can fix (a bad spec, a foreign Secret) as the Degraded
+/// condition, so that `kubectl get sj -o yaml` says what is wrong, not only the operator's log.
+async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError) {
+    let mut status = job.status.clone().unwrap_or_default();
+    let problem = Problem::new(reasons::INVALID_SPEC, error.to_string());
+    if let Err(e) = write_status(&ctx.client, job, &mut status, Some(&problem)).await {
+        warn!(error = %e, "cannot record the Degraded condition");
+    }
+}
+
+/// Writes `status` with its conditions for `problem` (server-side apply, forced: the operator
+/// owns status); nothing when that is what the job's status already says.
+async fn write_status(
+    client: &Client,
+    job: &StatefulJob,
+    status: &mut StatefulJobStatus,
+    problem: Option<&Problem>,
+) -> std::result::Result<(), kube::Error> {
+    let state = JobState::from_status(Some(status));
+    status.conditions = status::conditions(
+        &status.conditions,
+        &state,
+        problem,
+        job.metadata.generation,
+        &now(),
+    );
+    if job.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<StatefulJob> =
+        Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "regroup.dev/v1alpha1",
+        "kind": "StatefulJob",
+        "status": status,
+    });
+    api.patch_status(
+        &job.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
+    // Owned objects go with the job (owner references); checkpoints stay in the store.
+    if let Some(p) = job
+        .status
+        .as_ref()
+        .and_then(|s| s.pending_checkpoint.clone())
+    {
+        info!(
+            checkpoint = p.id,
+            "job deleted with a checkpoint in flight; it stays incomplete"
+        );
+    }
+    publish(
+        &ctx,
+        &job,
+        false,
+        reasons::DELETED,
+        "job deleted; its checkpoints stay in the store".to_owned(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn publish(ctx: &Context, job: &StatefulJob, warning: bool, reason: &str, note: String) {
+    publish_related(ctx, job, warning, reason, note, None).await;
+}
+
+/// Publishes an Event about `job` that also names `related` (another object it concerns).
+/// The recorder folds Events of the same reason and related object into one series, keeping
+/// the first note: the note must not vary between repetitions.
+async fn publish_related(
+    ctx: &Context,
+    job: &StatefulJob,
+    warning: bool,
+    reason: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.to_owned(),
+        secondary: related,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        warn!(error = %e, reason, "event not published");
+    }
+}
+
+/// One reconciliation of one job.
+struct Round {
+    job: Arc<StatefulJob>,
+    ctx: Arc<Context>,
+    ns: String,
+    store: CheckpointStore,
+}
+
+impl Round {
+    async fn new(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Self> {
+        let ns = job.namespace().unwrap_or_default();
+        let job_id = JobId::new(&ns, &job.name_any())?;
+        let settings = match &job.spec.storage.secret_ref {
+            Some(r) => secret_settings(&ctx.client, &ns, &r.name).await?,
+            None => BTreeMap::new(),
+        };
+        let store = open_store(&job.spec.storage.url, job_id, &settings, ctx.ambient)?;
+        Ok(Self {
+            job,
+            ctx,
+            ns,
+            store,
+        })
+    }
+
+    async fn run(self) -> Result<Action> {
+        let world = self.observe().await?;
+        let plan = decide::decide(&self.job, &world, self.ctx.busy_requeue)?;
+        self.apply(&world, plan).await
+    }
+
+    /// The token of the job's token Secret `s` (none when it holds none), or an error when the
+    /// Secret is not controlled by this job: anyone who could create it would know the token.
+    fn owned_token(&self, s: Secret) -> Result<Option<String>> {
+        let uid = self.job.uid();
+        let owned = s
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+        if !owned {
+            return Err(crate::Error::invalid(
+                format!("Secret {}/{}", self.ns, s.name_any()),
+                "not controlled by this StatefulJob",
+                format!(
+                    "the job's token Secret, created by regroup with a controller owner reference to StatefulJob {}; delete that Secret (regroup creates its own) or give the job another name",
+                    self.job.name_any()
+                ),
+            )
+            .into());
+        }
+        Ok(s.data
+            .as_ref()
+            .and_then(|d| d.get(TOKEN_KEY))
+            .filter(|t| !t.0.is_empty())
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+    }
+}
+
+/// The workers of `epoch`, one per subtask `0..parallelism`, with their pod IPs.
+fn workers(
+    job_id: &JobId,
+    pods: &[Pod],
+    epoch: u64,
+    parallelism: u32,
+) -> crate::Result<Vec<WorkerTarget>> {
+    (0..parallelism)
+        .map(|subtask| {
+            let pod = pods.iter().find(|p| {
+                p.labels().get(EPOCH_LABEL) == Some(&epoch.to_string())
+                    && p.labels().get(POD_INDEX_LABEL) == Some(&subtask.to_string())
+                    && p.metadata.deletion_timestamp.is_none()
+            });
+            let ip = pod
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.pod_ip.clone())
+                .ok_or_else(|| {
+                    crate::Error::Other(format!(
+                        "worker {subtask} of {job_id} (epoch {epoch}) has no pod with an IP"
+                    ))
+                })?;
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip
+            };
+            Ok(WorkerTarget {
+                job: job_id.clone(),
+                subtask,
+                parallelism,
+                base_url: format!("http://{host}:{}", resources::WORKER_PORT),
+            })
+        })
+        .collect()
+}
+
+/// Why a worker of the running generation counts as lost, if one does: a recorded pod is gone
+/// or terminating, a pod not recorded took a worker's place, or a worker container restarted.
+/// `recorded` are the pod UIDs of the generation when it became ready (none: nothing to check);
+/// `live` are the generation's pods that are not terminating.
+pub fn lost_worker(recorded: &[String], live: &[&Pod]) -> Option<String> {
+    if recorded.is_empty() {
+        return None;
+    }
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    if let Some(gone) = recorded
+        .iter()
+        .find(|r| !live.iter().any(|p| &uid(p) == *r))
+    {
+        return Some(format!("worker pod {gone} is gone"));
+    }
+    for p in live {
+        if !recorded.contains(&uid(p)) {
+            return Some(format!("worker pod {} was replaced", p.name_any()));
+        }
+        let restarts: i32 = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+            .unwrap_or(0);
+        if restarts > 0 {
+            return Some(format!(
+                "worker pod {} restarted its containers {restarts} times",
+                p.name_any()
+            ));
+        }
+    }
+    None
+}
+
+/// The first of `pods` still there a minute after its grace period ended (the API server sets
+/// `deletionTimestamp` to the end of the grace period), with that grace period in seconds.
+fn stuck_terminating<'a>(pods: &[&'a Pod], now: &Time) -> Option<(&'a Pod, i64)> {
+    pods.iter().find_map(|p| {
+        let end = p.metadata.deletion_timestamp.as_ref()?;
+        let grace = p
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or(30)
+            .max(0);
+        (lifecycle::elapsed(end, now).as_secs() > 60).then_some((*p, grace))
+    })
+}
+
+/// The storage Secret's keys and values.
+async fn secret_settings(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = api.get_opt(name).await?.ok_or_else(|| {
+        crate::Error::invalid(
+            "spec.storage.secretRef.name",
+            name,
+            format!("the name of an existing Secret in namespace {ns}"),
+        )
+    })?;
+    let mut out = BTreeMap::new();
+    for (k, v) in secret.data.unwrap_or_default() {
+        out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+    }
+    for (k, v) in secret.string_data.unwrap_or_default() {
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Maps a worker pod to its job.
+pub fn pod_to_job(pod: Pod) -> Option<kube::runtime::reflector::ObjectRef<StatefulJob>> {
+    let name = pod.labels().get(JOB_LABEL)?.clone();
+    let ns = pod.namespace()?;
+    Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, uid: &str, restarts: i32) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": uid},
+            "status": {"containerStatuses": [{
+                "name": "worker", "image": "i", "imageID": "", "ready": true,
+                "restartCount": restarts
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn lost_workers() {
+        let recorded = vec!["u0".to_owned(), "u1".to_owned()];
+        let (a, b) = (pod("j-0", "u0", 0), pod("j-1", "u1", 0));
+        assert_eq!(lost_worker(&recorded, &[&a, &b]), None);
+        assert_eq!(
+            lost_worker(&[], &[&a]),
+            None,
+            "nothing recorded, nothing to compare"
+        );
+        let gone = lost_worker(&recorded, &[&a]).unwrap();
+        assert!(gone.contains("u1") && gone.contains("gone"), "{gone}");
+        let replacement = pod("j-1", "u9", 0);
+        let replaced = lost_worker(&recorded, &[&a, &replacement]).unwrap();
+        assert!(replaced.contains("u1 is gone"), "{replaced}");
+        let restarted = pod("j-1", "u1", 2);
+        let msg = lost_worker(&recorded, &[&a, &restarted]).unwrap();
+        assert!(
+            msg.contains("j-1 restarted its containers 2 times"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! What a round reads: the job's token, pods, store and, for a checkpoint in flight, its
+//! workers. Nothing here writes; [`super::decide`] turns what it saw into a plan.
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+use super::super::coordinator;
+use super::super::crd::Stage;
+use super::super::diagnose;
+use super::super::lifecycle::{JobState, Work};
+use super::super::reasons;
+use super::super::resources::{self, EPOCH_LABEL};
+use super::super::status::Problem;
+use super::decide::{Completion, InFlight, Token, World};
+use super::{Result, Round, now, stuck_terminating, workers};
+
+impl Round {
+    /// Everything [`super::decide::decide`] needs.
+    pub(super) async fn observe(&self) -> Result<World> {
+        let state = JobState::from_status(self.job.status.as_ref());
+        let token = self.token().await?;
+        let pods = self.pods().await?;
+        let store_ids = self.store.checkpoint_ids().await?;
+        let asked = self.asked();
+        let pending = self
+            .job
+            .status
+            .as_ref()
+            .and_then(|s| s.pending_checkpoint.as_ref());
+        let in_flight = match state.work() {
+            Work::FinalCheckpoint {
+                id,
+                epoch,
+                parallelism,
+            } => Some((id, epoch, parallelism)),
+            Work::Checkpoints { epoch, parallelism } => pending
+                .filter(|p| p.epoch == epoch && p.failure.is_none())
+                .map(|p| (p.id, epoch, parallelism)),
+            _ => None,
+        };
+        let in_flight = match in_flight {
+            Some((id, epoch, parallelism)) => {
+                let asked_here = asked.contains_key(&id);
+                let held = match &token {
+                    Token::Held(t) => Some(t.as_str()),
+                    _ => None,
+                };
+                let target = (id, epoch, parallelism);
+                Some(
+                    self.in_flight(target, &store_ids, &pods, held.filter(|_| asked_here))
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        let pod_problem = self.pod_problem(&state, &pods).await;
+        Ok(World {
+            now: now(),
+            pods,
+            token,
+            store_ids,
+            in_flight,
+            asked,
+            pod_problem,
+        })
+    }
+
+    /// The job's token Secret; an error when one of its name is not controlled by the job.
+    async fn token(&self) -> Result<Token> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = resources::token_secret_name(&self.job);
+        Ok(match api.get_opt(&name).await? {
+            None => Token::Missing,
+            Some(s) => match self.owned_token(s)? {
+                Some(t) => Token::Held(t),
+                None => Token::Empty,
+            },
+        })
+    }
+
+    /// The checkpoint ids this process asked the job's workers for (see [`World::asked`]).
+    fn asked(&self) -> std::collections::BTreeMap<u64, Option<String>> {
+        let uid = self.job.uid().unwrap_or_default();
+        self.ctx
+            .triggered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((job, _), _)| *job == uid)
+            .map(|((_, id), refusal)| (*id, refusal.clone()))
+            .collect()
+    }
+
+    /// How far checkpoint `id` of `epoch` got; its workers are asked why it cannot complete
+    /// only with a `token` (given when this process asked them for it: after a restart, a
+    /// worker that restarted too learns of it from the trigger first).
+    async fn in_flight(
+        &self,
+        (id, epoch, parallelism): (u64, u64, u32),
+        store_ids: &[(u64, bool)],
+        pods: &[Pod],
+        token: Option<&str>,
+    ) -> Result<InFlight> {
+        let completion = if store_ids.contains(&(id, true)) {
+            Completion::Stored(self.store.read_metadata(id).await?)
+        } else {
+            let max_parallelism = self.job.spec.max_parallelism;
+            match self
+                .store
+                .completion(id, epoch, parallelism, max_parallelism)
+                .await
+            {
+                Ok(Some(meta)) => Completion::Ready(meta),
+                Ok(None) => Completion::Waiting,
+                Err(e) if e.is_damaged_data() => {
+                    Completion::Impossible(format!("cannot complete: {e}"))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let worker_failure = match (&completion, token) {
+            (Completion::Waiting, Some(token)) => {
+                match workers(self.store.job(), pods, epoch, parallelism) {
+                    Ok(w) => {
+                        coordinator::first_failure(self.ctx.workers.as_ref(), &w, token, id).await
+                    }
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(InFlight {
+            id,
+            completion,
+            worker_failure,
+        })
+    }
+
+    /// The job's pods, of every epoch.
+    pub(super) async fn pods(&self) -> Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&resources::selector_string(&self.job));
+        Ok(api.list(&lp).await?.items)
+    }
+
+    /// What is wrong with the job's pods in the recorded stage, with what the user can do.
+    async fn pod_problem(&self, state: &JobState, pods: &[Pod]) -> Option<Problem> {
+        let epoch = state.epoch.to_string();
+        let at_epoch: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| {
+                p.labels().get(EPOCH_LABEL) == Some(&epoch)
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect();
+        let at_epoch = at_epoch.as_slice();
+        let problem = |reason: &str, message: String| Some(Problem::new(reason, message));
+        let all: Vec<&Pod> = pods.iter().collect();
+        if let Some((pod, grace)) = stuck_terminating(&all, &now()) {
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_else(|| "(none)".to_owned());
+            let lost = self.node_lost(&node).await;
+            return problem(
+                reasons::POD_STUCK_TERMINATING,
+                format!(
+                    "pod {} has been terminating for more than its grace period ({grace}s) on node {node}{}: its state claim is held until the kubelet confirms the stop. If the node is gone, force-delete the pod (kubectl delete pod {} -n {} --force --grace-period=0) and the job goes on",
+                    pod.name_any(),
+                    if lost { ", which is not Ready" } else { "" },
+                    pod.name_any(),
+                    self.ns
+                ),
+            );
+        }
+        let r = state.rescale.as_ref()?;
+        let back = format!(
+            "to abandon the rescale, set spec.parallelism back to {}",
+            r.from.max(1)
+        );
+        match r.stage {
+            Stage::Restoring => {
+                if let Some(why) = diagnose::restore_failure(at_epoch) {
+                    return problem(
+                        reasons::RESTORE_FAILED,
+                        format!(
+                            "{why}. The restore is retried; after spec.restore.timeout ({}) the workers restore from the previous retained checkpoint; {back}",
+                            self.job.spec.restore.timeout
+                        ),
+                    );
+                }
+            }
+            Stage::RollingForward => {
+                if let Some(why) = diagnose::worker_failure(at_epoch) {
+                    return problem(
+                        reasons::WORKER_FAILING,
+                        format!("{why}. Fix the pod template (spec.template), or {back}"),
+                    );
+                }
+            }
+            _ => return None,
+        }
+        if (at_epoch.len() as u32) < r.to
+            && let Some(why) = self.pods_not_created(&r.stage_started).await
+        {
+            return problem(
+                reasons::PODS_NOT_CREATED,
+                format!(
+                    "the StatefulSet cannot create the workers' pods: {why}. Fix what refuses them (the namespace's Pod Security level or ResourceQuota, spec.restore, spec.template), or {back}"
+                ),
+            );
+        }
+        None
+    }
+
+    /// The newest reason the workers' StatefulSet gave since `since` for not creating a pod.
+    async fn pods_not_created(&self, since: &Time) -> Option<String> {
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let lp = ListParams::default().fields(&format!(
+            "involvedObject.kind=StatefulSet,involvedObject.name={},reason=FailedCreate",
+            resources::statefulset_name(&self.job)
+        ));
+        let events = api.list(&lp).await.ok()?.items;
+        events
+            .into_iter()
+            .filter_map(|e| {
+                let at = e
+                    .last_timestamp
+                    .clone()
+                    .or(e.event_time.as_ref().map(|t| Time(t.0)))?;
+                (at.0 >= since.0).then_some((at, e.message.unwrap_or_default()))
+            })
+            .max_by_key(|(at, _)| at.0)
+            .map(|(_, m)| m)
+    }
+
+    /// Whether node `name` is known not to be Ready (false when it cannot be read).
+    async fn node_lost(&self, name: &str) -> bool {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
+        matches!(api.get_opt(name).await, Ok(Some(n)) if diagnose::node_not_ready(&n))
+    }
+}
