@@ -44,6 +44,10 @@ pub const TOKEN_DIR: &str = "/var/run/regroup/token";
 pub const TOKEN_KEY: &str = "token";
 /// Name of the restore init container.
 pub const RESTORE_CONTAINER: &str = "regroup-restore";
+/// The group the kubelet gives the state volume when the template's pod securityContext names
+/// no `fsGroup`: the group of the regroup image's user (65532:65532). The kubelet also adds it
+/// to every container's groups, so a worker running as another user can write /state too.
+pub const STATE_FS_GROUP: i64 = 65532;
 const TOKEN_VOLUME: &str = "regroup-token";
 /// Field manager of every server-side apply by the operator.
 pub const FIELD_MANAGER: &str = "regroup";
@@ -323,6 +327,14 @@ pub fn pod_template(job: &StatefulJob, generation: &Generation) -> Result<PodTem
     }
     let restore = restore_container(job, generation, generation.checkpoint)?;
     let pod = template.spec.get_or_insert_with(Default::default);
+    // A claim's root is owned by root: the non-root workers and restore write /state through
+    // this group (the kubelet makes the volume group-writable and setgid). OnRootMismatch: a
+    // volume whose root already has it is not walked file by file at every start.
+    let security = pod.security_context.get_or_insert_with(Default::default);
+    security.fs_group.get_or_insert(STATE_FS_GROUP);
+    security
+        .fs_group_change_policy
+        .get_or_insert_with(|| "OnRootMismatch".to_owned());
     let worker = &mut pod.containers[0];
     merge_env(
         &mut worker.env,
@@ -526,6 +538,7 @@ pub fn new_token() -> String {
 mod tests {
     use super::*;
     use crate::operator::crd::StatefulJobSpec;
+    use k8s_openapi::api::core::v1::PodSecurityContext;
 
     fn job(extra: serde_json::Value) -> StatefulJob {
         let mut spec = serde_json::json!({
@@ -781,6 +794,45 @@ mod tests {
             pod.init_containers.unwrap()[0].image.as_deref(),
             Some("regroup:restore")
         );
+    }
+
+    #[test]
+    fn state_volume_group_lets_non_root_workers_write() {
+        // No pod securityContext: the group of the image's user, set once per volume.
+        let j = job(serde_json::json!({}));
+        let pod = pod_template(&j, &gen_(Some(1))).unwrap().spec.unwrap();
+        let ctx = pod.security_context.unwrap();
+        assert_eq!(ctx.fs_group, Some(65532));
+        assert_eq!(
+            ctx.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+
+        // A restricted context without fsGroup: fsGroup added, the rest kept.
+        let mut j = job(serde_json::json!({}));
+        j.spec.template.spec.as_mut().unwrap().security_context = Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(1000),
+            ..Default::default()
+        });
+        let pod = pod_template(&j, &gen_(Some(1))).unwrap().spec.unwrap();
+        let ctx = pod.security_context.unwrap();
+        assert_eq!(
+            (ctx.run_as_non_root, ctx.run_as_user, ctx.fs_group),
+            (Some(true), Some(1000), Some(65532))
+        );
+
+        // The template's own choices win.
+        let mut j = job(serde_json::json!({}));
+        j.spec.template.spec.as_mut().unwrap().security_context = Some(PodSecurityContext {
+            fs_group: Some(2000),
+            fs_group_change_policy: Some("Always".to_owned()),
+            ..Default::default()
+        });
+        let pod = pod_template(&j, &gen_(Some(1))).unwrap().spec.unwrap();
+        let ctx = pod.security_context.unwrap();
+        assert_eq!(ctx.fs_group, Some(2000));
+        assert_eq!(ctx.fs_group_change_policy.as_deref(), Some("Always"));
     }
 
     #[test]
