@@ -728,6 +728,15 @@ mod tests {
         }
     }
 
+    /// Checkpoint `id` in flight with handles missing.
+    fn waiting(id: u64, worker_failure: Option<&str>) -> InFlight {
+        InFlight {
+            id,
+            completion: Completion::Waiting,
+            worker_failure: worker_failure.map(str::to_owned),
+        }
+    }
+
     fn trigger(id: u64, stop: bool) -> Act {
         Act::Trigger {
             id,
@@ -787,13 +796,8 @@ mod tests {
     #[test]
     fn a_refused_trigger_fails_the_checkpoint_and_the_next_round_aborts_it() {
         let job = running(2, Some(pending(5)));
-        let waiting = InFlight {
-            id: 5,
-            completion: Completion::Waiting,
-            worker_failure: None,
-        };
         let refused = world(
-            Some(waiting),
+            Some(waiting(5, None)),
             &[(5, Some("worker 1 has no pod with an IP"))],
         );
         let plan = decide(&job, &refused, BUSY).unwrap();
@@ -829,11 +833,7 @@ mod tests {
     #[test]
     fn a_checkpoint_recorded_by_an_earlier_process_is_asked_for_again() {
         let job = running(2, Some(pending(5)));
-        let waiting = InFlight {
-            id: 5,
-            completion: Completion::Waiting,
-            worker_failure: Some("ignored: not asked here".into()),
-        };
+        let waiting = waiting(5, Some("ignored: not asked here"));
         let plan = decide(&job, &world(Some(waiting.clone()), &[]), BUSY).unwrap();
         assert_eq!(plan.actions[1..], [trigger(5, false)]);
         assert_eq!(plan.status.pending_checkpoint, Some(pending(5)));
