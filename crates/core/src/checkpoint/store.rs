@@ -110,16 +110,28 @@ pub fn object_store_from_url_with(
             .iter()
             .any(|(k, v)| !v.is_empty() && keys.contains(&k.to_ascii_lowercase().as_str()))
     };
-    // Applies every setting whose (lower-cased) name the builder knows.
-    macro_rules! configured {
-        ($builder:expr) => {
-            settings.iter().fold($builder.with_url(url), |b, (k, v)| {
+    // A cloud store from `$builder`: the operator's environment only when `ambient` allows
+    // it, every setting whose (lower-cased) name the builder knows, unsigned without
+    // credentials (any of `$credentials` among the settings).
+    macro_rules! cloud {
+        ($builder:ty, $credentials:expr) => {{
+            let builder = match ambient {
+                Ambient::Allowed => <$builder>::from_env(),
+                Ambient::Forbidden => <$builder>::new(),
+            };
+            let anonymous = ambient == Ambient::Forbidden && !given($credentials);
+            let configured = settings.iter().fold(builder.with_url(url), |b, (k, v)| {
                 match k.to_ascii_lowercase().parse() {
                     Ok(key) => b.with_config(key, v),
                     Err(_) => b,
                 }
-            })
-        };
+            });
+            let store = configured
+                .with_skip_signature(anonymous)
+                .build()
+                .map_err(build_error)?;
+            Ok((Arc::new(store), prefix()?))
+        }};
     }
     match parsed.scheme() {
         "file" => {
@@ -136,55 +148,26 @@ pub fn object_store_from_url_with(
             memory_store(parsed.host_str().unwrap_or_default()),
             prefix()?,
         )),
-        "s3" | "s3a" => {
-            let builder = match ambient {
-                Ambient::Allowed => object_store::aws::AmazonS3Builder::from_env(),
-                Ambient::Forbidden => object_store::aws::AmazonS3Builder::new(),
-            };
-            let anonymous = ambient == Ambient::Forbidden && !given(&["aws_access_key_id"]);
-            let s3 = configured!(builder)
-                .with_skip_signature(anonymous)
-                .build()
-                .map_err(build_error)?;
-            Ok((Arc::new(s3), prefix()?))
-        }
-        "gs" => {
-            let builder = match ambient {
-                Ambient::Allowed => object_store::gcp::GoogleCloudStorageBuilder::from_env(),
-                Ambient::Forbidden => object_store::gcp::GoogleCloudStorageBuilder::new(),
-            };
-            let anonymous = ambient == Ambient::Forbidden
-                && !given(&[
-                    "google_service_account",
-                    "google_service_account_key",
-                    "google_application_credentials",
-                ]);
-            let gcs = configured!(builder)
-                .with_skip_signature(anonymous)
-                .build()
-                .map_err(build_error)?;
-            Ok((Arc::new(gcs), prefix()?))
-        }
-        "az" | "abfs" | "abfss" | "azure" => {
-            let builder = match ambient {
-                Ambient::Allowed => object_store::azure::MicrosoftAzureBuilder::from_env(),
-                Ambient::Forbidden => object_store::azure::MicrosoftAzureBuilder::new(),
-            };
-            let anonymous = ambient == Ambient::Forbidden
-                && !given(&[
-                    "azure_storage_account_key",
-                    "azure_storage_access_key",
-                    "azure_storage_sas_key",
-                    "azure_storage_sas_token",
-                    "azure_client_secret",
-                    "azure_storage_token",
-                ]);
-            let az = configured!(builder)
-                .with_skip_signature(anonymous)
-                .build()
-                .map_err(build_error)?;
-            Ok((Arc::new(az), prefix()?))
-        }
+        "s3" | "s3a" => cloud!(object_store::aws::AmazonS3Builder, &["aws_access_key_id"]),
+        "gs" => cloud!(
+            object_store::gcp::GoogleCloudStorageBuilder,
+            &[
+                "google_service_account",
+                "google_service_account_key",
+                "google_application_credentials",
+            ]
+        ),
+        "az" | "abfs" | "abfss" | "azure" => cloud!(
+            object_store::azure::MicrosoftAzureBuilder,
+            &[
+                "azure_storage_account_key",
+                "azure_storage_access_key",
+                "azure_storage_sas_key",
+                "azure_storage_sas_token",
+                "azure_client_secret",
+                "azure_storage_token",
+            ]
+        ),
         other => Err(Error::invalid(
             "storage url",
             url,
