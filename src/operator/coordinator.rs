@@ -3,7 +3,7 @@
 //!
 //! The decisions ([`periodic`], [`final_outcome`]) are pure. The store, not operator memory, is
 //! the record: a checkpoint is complete when `_metadata.json` exists, which
-//! [`CheckpointStore::try_complete`] writes once every handle of the epoch is in.
+//! [`CheckpointStore::commit`] writes once every handle of the epoch is in.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,8 +13,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
 use super::crd::{CheckpointRecord, PendingCheckpoint};
 use super::lifecycle::{FinalCheckpoint, elapsed};
+use super::resources::{self, EPOCH_LABEL, POD_INDEX_LABEL};
 use crate::checkpoint::registry::{GcPlan, collect_garbage, record_retention};
 use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
@@ -193,6 +197,43 @@ impl WorkerClient for HttpWorkerClient {
             result,
         )
     }
+}
+
+/// The workers of `epoch` among `pods`, one per subtask `0..parallelism`, with their pod IPs.
+pub fn worker_targets(
+    job_id: &JobId,
+    pods: &[Pod],
+    epoch: u64,
+    parallelism: u32,
+) -> Result<Vec<WorkerTarget>> {
+    (0..parallelism)
+        .map(|subtask| {
+            let pod = pods.iter().find(|p| {
+                p.labels().get(EPOCH_LABEL) == Some(&epoch.to_string())
+                    && p.labels().get(POD_INDEX_LABEL) == Some(&subtask.to_string())
+                    && p.metadata.deletion_timestamp.is_none()
+            });
+            let ip = pod
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.pod_ip.clone())
+                .ok_or_else(|| {
+                    crate::Error::Other(format!(
+                        "worker {subtask} of {job_id} (epoch {epoch}) has no pod with an IP"
+                    ))
+                })?;
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip
+            };
+            Ok(WorkerTarget {
+                job: job_id.clone(),
+                subtask,
+                parallelism,
+                base_url: format!("http://{host}:{}", resources::WORKER_PORT),
+            })
+        })
+        .collect()
 }
 
 /// Asks every worker to take the checkpoint, concurrently. The first refusal is returned; the

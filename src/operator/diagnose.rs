@@ -1,8 +1,10 @@
 //! What is wrong with a generation's pods, read from their status alone (pure): a restore init
-//! container that failed, a worker container that keeps failing, a node that is not ready.
+//! container that failed, a worker container that keeps failing, a worker lost, a pod stuck
+//! terminating, a node that is not ready.
 //! The controller shows the finding in the Degraded condition, with what the user can do.
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::resources::RESTORE_CONTAINER;
@@ -114,6 +116,55 @@ pub fn node_not_ready(node: &Node) -> bool {
         .is_some_and(|c| c.status != "True")
 }
 
+/// Why a worker of the running generation counts as lost, if one does: a recorded pod is gone
+/// or terminating, a pod not recorded took a worker's place, or a worker container restarted.
+/// `recorded` are the pod UIDs of the generation when it became ready (none: nothing to check);
+/// `live` are the generation's pods that are not terminating.
+pub fn lost_worker(recorded: &[String], live: &[&Pod]) -> Option<String> {
+    if recorded.is_empty() {
+        return None;
+    }
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    if let Some(gone) = recorded
+        .iter()
+        .find(|r| !live.iter().any(|p| &uid(p) == *r))
+    {
+        return Some(format!("worker pod {gone} is gone"));
+    }
+    for p in live {
+        if !recorded.contains(&uid(p)) {
+            return Some(format!("worker pod {} was replaced", p.name_any()));
+        }
+        let restarts: i32 = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+            .unwrap_or(0);
+        if restarts > 0 {
+            return Some(format!(
+                "worker pod {} restarted its containers {restarts} times",
+                p.name_any()
+            ));
+        }
+    }
+    None
+}
+
+/// The first of `pods` still there a minute after its grace period ended (the API server sets
+/// `deletionTimestamp` to the end of the grace period), with that grace period in seconds.
+pub fn stuck_terminating<'a>(pods: &[&'a Pod], now: &Time) -> Option<(&'a Pod, i64)> {
+    pods.iter().find_map(|p| {
+        let end = p.metadata.deletion_timestamp.as_ref()?;
+        let grace = p
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or(30)
+            .max(0);
+        (super::lifecycle::elapsed(end, now).as_secs() > 60).then_some((*p, grace))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +246,39 @@ mod tests {
         .unwrap();
         assert!(node_not_ready(&nodes[0]));
         assert!(!node_not_ready(&nodes[1]));
+    }
+
+    fn worker_pod(name: &str, uid: &str, restarts: i32) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": uid},
+            "status": {"containerStatuses": [{
+                "name": "worker", "image": "i", "imageID": "", "ready": true,
+                "restartCount": restarts
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn lost_workers() {
+        let recorded = vec!["u0".to_owned(), "u1".to_owned()];
+        let (a, b) = (worker_pod("j-0", "u0", 0), worker_pod("j-1", "u1", 0));
+        assert_eq!(lost_worker(&recorded, &[&a, &b]), None);
+        assert_eq!(
+            lost_worker(&[], &[&a]),
+            None,
+            "nothing recorded, nothing to compare"
+        );
+        let gone = lost_worker(&recorded, &[&a]).unwrap();
+        assert!(gone.contains("u1") && gone.contains("gone"), "{gone}");
+        let replacement = worker_pod("j-1", "u9", 0);
+        let replaced = lost_worker(&recorded, &[&a, &replacement]).unwrap();
+        assert!(replaced.contains("u1 is gone"), "{replaced}");
+        let restarted = worker_pod("j-1", "u1", 2);
+        let msg = lost_worker(&recorded, &[&a, &restarted]).unwrap();
+        assert!(
+            msg.contains("j-1 restarted its containers 2 times"),
+            "{msg}"
+        );
     }
 }

@@ -180,7 +180,7 @@ pub struct Observed {
     /// Id the next checkpoint gets (above every id in the store and in status).
     pub next_checkpoint_id: u64,
     /// A worker of the running generation is gone, replaced or restarted (see
-    /// `controller::lost_workers`): the others hold state the replacement cannot have.
+    /// `diagnose::lost_worker`): the others hold state the replacement cannot have.
     pub worker_lost: Option<String>,
 }
 

@@ -15,7 +15,7 @@ use super::super::metrics::label;
 use super::super::reasons;
 use super::super::resources::{self, FIELD_MANAGER};
 use super::decide::{Act, Plan, Tally, Token, World};
-use super::{Result, Round, publish, publish_related, workers, write_status};
+use super::{Result, Round, publish, publish_related, write_status};
 use crate::checkpoint::CheckpointMetadata;
 
 impl Round {
@@ -91,7 +91,9 @@ impl Round {
                 notice,
             } => {
                 // Best effort: a worker that misses it only re-uploads files it could reuse.
-                if let Ok(w) = workers(self.store.job(), pods, epoch, parallelism) {
+                if let Ok(w) =
+                    coordinator::worker_targets(self.store.job(), pods, epoch, parallelism)
+                {
                     let client = self.ctx.workers.as_ref();
                     coordinator::notify_all(client, &w, token, id, epoch, notice).await;
                 }
@@ -127,7 +129,7 @@ impl Round {
         stop: bool,
     ) {
         let request = CheckpointRequest { id, epoch, stop };
-        let result = match workers(self.store.job(), pods, epoch, parallelism) {
+        let result = match coordinator::worker_targets(self.store.job(), pods, epoch, parallelism) {
             Ok(w) => coordinator::trigger_all(self.ctx.workers.as_ref(), &w, token, &request).await,
             Err(e) => Err(e),
         };

@@ -14,11 +14,11 @@ use super::super::crd::{
     CheckpointRecord, PendingCheckpoint, Phase, RescaleReason, Stage, StatefulJob,
     StatefulJobStatus,
 };
+use super::super::diagnose;
 use super::super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Note, Observed, Work};
 use super::super::reasons;
 use super::super::resources::{self, EPOCH_LABEL, Generation};
 use super::super::status::{self, Problem};
-use super::lost_worker;
 use crate::checkpoint::CheckpointMetadata;
 
 /// What a round saw; [`super::observe`] fills it, reading only.
@@ -323,7 +323,7 @@ impl<'a> Decider<'a> {
         let store_ids: Vec<u64> = self.world.store_ids.iter().map(|(id, _)| *id).collect();
         let status = &self.plan.status;
         let worker_lost = (state.phase == Phase::Running && state.rescale.is_none())
-            .then(|| lost_worker(&status.worker_pods, &at_epoch))
+            .then(|| diagnose::lost_worker(&status.worker_pods, &at_epoch))
             .flatten();
         let ready_pods = at_epoch
             .iter()
@@ -337,7 +337,7 @@ impl<'a> Decider<'a> {
             final_checkpoint,
             latest_completed: completed.last().copied(),
             completed,
-            restore_failure: super::super::diagnose::restore_failure(&at_epoch),
+            restore_failure: diagnose::restore_failure(&at_epoch),
             next_checkpoint_id: coordinator::next_checkpoint_id(&store_ids, issued_ids(status))?,
             worker_lost,
         };

@@ -21,12 +21,12 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::coordinator::{WorkerClient, WorkerTarget, open_store};
+use super::coordinator::{WorkerClient, open_store};
 use super::crd::{StatefulJob, StatefulJobStatus};
-use super::lifecycle::{self, JobState};
+use super::lifecycle::JobState;
 use super::metrics::{OperatorMetrics, label};
 use super::reasons;
-use super::resources::{self, EPOCH_LABEL, FIELD_MANAGER, JOB_LABEL, POD_INDEX_LABEL, TOKEN_KEY};
+use super::resources::{FIELD_MANAGER, JOB_LABEL, TOKEN_KEY};
 use super::status::{self, Problem};
 use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointStore, JobId};
@@ -321,92 +321,6 @@ impl Round {
     }
 }
 
-/// The workers of `epoch`, one per subtask `0..parallelism`, with their pod IPs.
-fn workers(
-    job_id: &JobId,
-    pods: &[Pod],
-    epoch: u64,
-    parallelism: u32,
-) -> crate::Result<Vec<WorkerTarget>> {
-    (0..parallelism)
-        .map(|subtask| {
-            let pod = pods.iter().find(|p| {
-                p.labels().get(EPOCH_LABEL) == Some(&epoch.to_string())
-                    && p.labels().get(POD_INDEX_LABEL) == Some(&subtask.to_string())
-                    && p.metadata.deletion_timestamp.is_none()
-            });
-            let ip = pod
-                .and_then(|p| p.status.as_ref())
-                .and_then(|s| s.pod_ip.clone())
-                .ok_or_else(|| {
-                    crate::Error::Other(format!(
-                        "worker {subtask} of {job_id} (epoch {epoch}) has no pod with an IP"
-                    ))
-                })?;
-            let host = if ip.contains(':') {
-                format!("[{ip}]")
-            } else {
-                ip
-            };
-            Ok(WorkerTarget {
-                job: job_id.clone(),
-                subtask,
-                parallelism,
-                base_url: format!("http://{host}:{}", resources::WORKER_PORT),
-            })
-        })
-        .collect()
-}
-
-/// Why a worker of the running generation counts as lost, if one does: a recorded pod is gone
-/// or terminating, a pod not recorded took a worker's place, or a worker container restarted.
-/// `recorded` are the pod UIDs of the generation when it became ready (none: nothing to check);
-/// `live` are the generation's pods that are not terminating.
-pub fn lost_worker(recorded: &[String], live: &[&Pod]) -> Option<String> {
-    if recorded.is_empty() {
-        return None;
-    }
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-    if let Some(gone) = recorded
-        .iter()
-        .find(|r| !live.iter().any(|p| &uid(p) == *r))
-    {
-        return Some(format!("worker pod {gone} is gone"));
-    }
-    for p in live {
-        if !recorded.contains(&uid(p)) {
-            return Some(format!("worker pod {} was replaced", p.name_any()));
-        }
-        let restarts: i32 = p
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .map(|cs| cs.iter().map(|c| c.restart_count).sum())
-            .unwrap_or(0);
-        if restarts > 0 {
-            return Some(format!(
-                "worker pod {} restarted its containers {restarts} times",
-                p.name_any()
-            ));
-        }
-    }
-    None
-}
-
-/// The first of `pods` still there a minute after its grace period ended (the API server sets
-/// `deletionTimestamp` to the end of the grace period), with that grace period in seconds.
-fn stuck_terminating<'a>(pods: &[&'a Pod], now: &Time) -> Option<(&'a Pod, i64)> {
-    pods.iter().find_map(|p| {
-        let end = p.metadata.deletion_timestamp.as_ref()?;
-        let grace = p
-            .metadata
-            .deletion_grace_period_seconds
-            .unwrap_or(30)
-            .max(0);
-        (lifecycle::elapsed(end, now).as_secs() > 60).then_some((*p, grace))
-    })
-}
-
 /// The storage Secret's keys and values.
 async fn secret_settings(
     client: &Client,
@@ -436,43 +350,4 @@ pub fn pod_to_job(pod: Pod) -> Option<kube::runtime::reflector::ObjectRef<Statef
     let name = pod.labels().get(JOB_LABEL)?.clone();
     let ns = pod.namespace()?;
     Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(name: &str, uid: &str, restarts: i32) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "uid": uid},
-            "status": {"containerStatuses": [{
-                "name": "worker", "image": "i", "imageID": "", "ready": true,
-                "restartCount": restarts
-            }]}
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn lost_workers() {
-        let recorded = vec!["u0".to_owned(), "u1".to_owned()];
-        let (a, b) = (pod("j-0", "u0", 0), pod("j-1", "u1", 0));
-        assert_eq!(lost_worker(&recorded, &[&a, &b]), None);
-        assert_eq!(
-            lost_worker(&[], &[&a]),
-            None,
-            "nothing recorded, nothing to compare"
-        );
-        let gone = lost_worker(&recorded, &[&a]).unwrap();
-        assert!(gone.contains("u1") && gone.contains("gone"), "{gone}");
-        let replacement = pod("j-1", "u9", 0);
-        let replaced = lost_worker(&recorded, &[&a, &replacement]).unwrap();
-        assert!(replaced.contains("u1 is gone"), "{replaced}");
-        let restarted = pod("j-1", "u1", 2);
-        let msg = lost_worker(&recorded, &[&a, &restarted]).unwrap();
-        assert!(
-            msg.contains("j-1 restarted its containers 2 times"),
-            "{msg}"
-        );
-    }
 }

@@ -14,7 +14,7 @@ use super::super::reasons;
 use super::super::resources::{self, EPOCH_LABEL};
 use super::super::status::Problem;
 use super::decide::{Completion, InFlight, Token, World};
-use super::{Result, Round, now, stuck_terminating, workers};
+use super::{Result, Round, now};
 
 impl Round {
     /// Everything [`super::decide::decide`] needs.
@@ -122,7 +122,7 @@ impl Round {
         };
         let worker_failure = match (&completion, token) {
             (Completion::Waiting, Some(token)) => {
-                match workers(self.store.job(), pods, epoch, parallelism) {
+                match coordinator::worker_targets(self.store.job(), pods, epoch, parallelism) {
                     Ok(w) => {
                         coordinator::first_failure(self.ctx.workers.as_ref(), &w, token, id).await
                     }
@@ -158,7 +158,7 @@ impl Round {
         let at_epoch = at_epoch.as_slice();
         let problem = |reason: &str, message: String| Some(Problem::new(reason, message));
         let all: Vec<&Pod> = pods.iter().collect();
-        if let Some((pod, grace)) = stuck_terminating(&all, &now()) {
+        if let Some((pod, grace)) = diagnose::stuck_terminating(&all, &now()) {
             let node = pod
                 .spec
                 .as_ref()
