@@ -60,6 +60,15 @@ fn contents(backend: &StateBackend) -> Model {
     out
 }
 
+/// The one worker of a scenario: a DB of all `M` key groups with `states` at `dir/db`, and its
+/// snapshotter (subtask 0 of 1, epoch 1).
+fn worker(dir: &Path, states: &[&str]) -> (StateBackend, IncrementalSnapshotter) {
+    let range = KeyGroupRange::new(0, M - 1).unwrap();
+    let backend = StateBackend::open(&dir.join("db"), M, range, states).unwrap();
+    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    (backend, snapshotter)
+}
+
 async fn checkpoint(
     backend: &StateBackend,
     snapshotter: &IncrementalSnapshotter,
@@ -111,9 +120,7 @@ async fn stored_shared(store: &CheckpointStore) -> BTreeSet<String> {
 /// both restore exactly; GC with retention 1 deletes exactly what only checkpoint 1 used.
 async fn incremental_scenario(store: CheckpointStore) {
     let dir = tempfile::tempdir().unwrap();
-    let range = KeyGroupRange::new(0, M - 1).unwrap();
-    let backend = StateBackend::open(&dir.path().join("db"), M, range, &["cold", "hot"]).unwrap();
-    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    let (backend, snapshotter) = worker(dir.path(), &["cold", "hot"]);
     let scratch = dir.path().join("snapshots");
     let mut model = Model::new();
 
@@ -231,9 +238,7 @@ async fn incremental_scenario(store: CheckpointStore) {
 /// naming the file; nothing is left in the target directory.
 async fn fault_scenario(store: CheckpointStore) {
     let dir = tempfile::tempdir().unwrap();
-    let range = KeyGroupRange::new(0, M - 1).unwrap();
-    let backend = StateBackend::open(&dir.path().join("db"), M, range, &["cold", "hot"]).unwrap();
-    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    let (backend, snapshotter) = worker(dir.path(), &["cold", "hot"]);
     let mut model = Model::new();
     write(&backend, &mut model, "cold", 0..500, "c");
     let meta = checkpoint(&backend, &snapshotter, &store, 1, &dir.path().join("s")).await;
@@ -316,9 +321,7 @@ async fn fault_scenario(store: CheckpointStore) {
 /// Aborted uploads are never reused; a checkpoint after an abort uploads its files again.
 async fn abort_scenario(store: CheckpointStore) {
     let dir = tempfile::tempdir().unwrap();
-    let range = KeyGroupRange::new(0, M - 1).unwrap();
-    let backend = StateBackend::open(&dir.path().join("db"), M, range, &["cold"]).unwrap();
-    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    let (backend, snapshotter) = worker(dir.path(), &["cold"]);
     let scratch = dir.path().join("s");
     let mut model = Model::new();
     write(&backend, &mut model, "cold", 0..500, "c");
@@ -344,21 +347,17 @@ async fn abort_scenario(store: CheckpointStore) {
 /// checkpoint restores what the first attempt captured.
 async fn second_attempt_scenario(store: CheckpointStore) {
     let dir = tempfile::tempdir().unwrap();
-    let range = KeyGroupRange::new(0, M - 1).unwrap();
-    let db = dir.path().join("db");
     let scratch = dir.path().join("s");
     let mut model = Model::new();
     let first = {
-        let backend = StateBackend::open(&db, M, range, &["cold", "hot"]).unwrap();
-        let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+        let (backend, snapshotter) = worker(dir.path(), &["cold", "hot"]);
         write(&backend, &mut model, "cold", 0..500, "first");
         let snapshot = snapshotter.capture(&backend, 1, &scratch).unwrap();
         snapshotter.upload(snapshot, &store).await.unwrap()
     };
     let captured = model.clone();
     // The restarted worker: the same DB, another instance, more writes, the same checkpoint id.
-    let backend = StateBackend::open(&db, M, range, &["cold", "hot"]).unwrap();
-    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    let (backend, snapshotter) = worker(dir.path(), &["cold", "hot"]);
     assert_ne!(backend.instance_id(), first.instance_id);
     write(&backend, &mut model, "cold", 0..800, "second");
     let snapshot = snapshotter.capture(&backend, 1, &scratch).unwrap();
@@ -381,9 +380,7 @@ async fn second_attempt_scenario(store: CheckpointStore) {
 /// store never completes.
 async fn completion_scenario(store: CheckpointStore) {
     let dir = tempfile::tempdir().unwrap();
-    let range = KeyGroupRange::new(0, M - 1).unwrap();
-    let backend = StateBackend::open(&dir.path().join("db"), M, range, &["cold", "hot"]).unwrap();
-    let snapshotter = IncrementalSnapshotter::new(backend.instance_id(), 0, 1, 1);
+    let (backend, snapshotter) = worker(dir.path(), &["cold", "hot"]);
     let scratch = dir.path().join("s");
     let mut model = Model::new();
     write(&backend, &mut model, "cold", 0..300, "c");

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use regroup::operator::crd::{Phase, StatefulJob};
 use support::operator::{TestNamespace, job_yaml, kube_with_crd};
@@ -88,14 +89,23 @@ async fn holder(api: &Api<Lease>) -> Option<String> {
         .holder_identity
 }
 
-#[tokio::test]
-async fn two_replicas_elect_one_leader_and_fail_over() {
-    let Some(client) = kube_with_crd("two_replicas_elect_one_leader_and_fail_over").await else {
-        return;
-    };
+/// A cluster client, a fresh namespace, a directory for the replicas' logs and the namespace's
+/// Leases; `None` when `test` is skipped.
+async fn setup(test: &str) -> Option<(Client, TestNamespace, tempfile::TempDir, Api<Lease>)> {
+    let client = kube_with_crd(test).await?;
     let ns = TestNamespace::new(&client, "regroup-bin").await;
     let logs = tempfile::tempdir().unwrap();
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let leases = Api::namespaced(client.clone(), &ns.name);
+    Some((client, ns, logs, leases))
+}
+
+#[tokio::test]
+async fn two_replicas_elect_one_leader_and_fail_over() {
+    let Some((client, ns, logs, leases)) =
+        setup("two_replicas_elect_one_leader_and_fail_over").await
+    else {
+        return;
+    };
 
     let mut a = Replica::start(&ns.name, "replica-a", &logs.path().join("a.log"));
     eventually("replica a to lead", LONG, || async {
@@ -183,13 +193,11 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
 
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_exits_at_once() {
-    let Some(client) = kube_with_crd("a_leader_whose_lease_is_taken_exits_at_once").await else {
+    let Some((_, ns, logs, leases)) = setup("a_leader_whose_lease_is_taken_exits_at_once").await
+    else {
         return;
     };
-    let ns = TestNamespace::new(&client, "regroup-bin").await;
-    let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("a.log");
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let mut a = Replica::start(&ns.name, "replica-a", &log);
     eventually("replica a to lead", LONG, || async {
         (a.leader_gauge().await == Some(1)).then_some(())

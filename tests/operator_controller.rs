@@ -34,6 +34,27 @@ use tokio::task::JoinHandle;
 const M: u32 = 16;
 const LONG: Duration = Duration::from_secs(120);
 
+/// What every test here starts from: its own namespace (named after `prefix`), a `file://`
+/// store in a temporary directory, fake workers writing to it, and an operator running on them;
+/// `None` when `test` is skipped.
+async fn setup(
+    test: &str,
+    prefix: &str,
+) -> Option<(
+    Client,
+    TestNamespace,
+    tempfile::TempDir,
+    Arc<FakeWorkers>,
+    Operator,
+)> {
+    let client = kube_with_crd(test).await?;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let workers = FakeWorkers::new(store_dir.path(), M);
+    let operator = Operator::start(&client, &ns.name, workers.clone());
+    Some((client, ns, store_dir, workers, operator))
+}
+
 /// An operator running in this process, killable.
 struct Operator {
     task: JoinHandle<()>,
@@ -89,6 +110,26 @@ fn stage(j: &StatefulJob) -> Option<Stage> {
     j.status.as_ref()?.rescale.as_ref().map(|r| r.stage)
 }
 
+/// Waits until the job's rescale is in `stage` and returns the job.
+async fn wait_stage(api: &Api<StatefulJob>, name: &str, want: Stage) -> StatefulJob {
+    eventually(&format!("stage {want:?}"), LONG, || async {
+        let j = api.get(name).await.ok()?;
+        (stage(&j) == Some(want)).then_some(j)
+    })
+    .await
+}
+
+/// Patches the job's `spec.suspend`.
+async fn set_suspend(api: &Api<StatefulJob>, name: &str, suspend: bool) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": suspend}})),
+    )
+    .await
+    .unwrap();
+}
+
 /// Waits until the job runs `p` workers of a later epoch than `after`, and the StatefulSet
 /// agrees.
 async fn wait_running(
@@ -141,6 +182,12 @@ fn env_value(sts: &StatefulSet, container: &str, name: &str, init: bool) -> Opti
         .clone()
 }
 
+/// The checkpoint the restore container of StatefulSet `name` is told to restore, if any.
+async fn restore_checkpoint(sts: &Api<StatefulSet>, name: &str) -> Option<String> {
+    let set = sts.get(name).await.unwrap();
+    env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true)
+}
+
 async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
     let api: Api<K8sEvent> = Api::namespaced(client.clone(), ns);
     let mut list: Vec<K8sEvent> = api.list(&ListParams::default()).await.unwrap().items;
@@ -152,13 +199,11 @@ async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_job_runs_checkpoints_rescales_and_suspends() {
-    let Some(client) = kube_with_crd("a_job_runs_checkpoints_rescales_and_suspends").await else {
+    let Some((client, ns, store_dir, workers, operator)) =
+        setup("a_job_runs_checkpoints_rescales_and_suspends", "regroup-op").await
+    else {
         return;
     };
-    let ns = TestNamespace::new(&client, "regroup-op").await;
-    let store_dir = tempfile::tempdir().unwrap();
-    let workers = FakeWorkers::new(store_dir.path(), M);
-    let operator = Operator::start(&client, &ns.name, workers.clone());
     let api = create_job(&client, &ns.name, "orders", 3, store_dir.path()).await;
 
     // Start: epoch 1, three workers, nothing to restore.
@@ -214,18 +259,10 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
     );
 
     // The first periodic checkpoint completes in the store and is recorded.
-    let job = eventually("a completed checkpoint in status", LONG, || async {
-        let j = api.get("orders").await.ok()?;
-        j.status.as_ref()?.last_checkpoint.is_some().then_some(j)
+    let first = eventually("a completed checkpoint in status", LONG, || async {
+        api.get("orders").await.ok()?.status?.last_checkpoint
     })
     .await;
-    let first = job
-        .status
-        .as_ref()
-        .unwrap()
-        .last_checkpoint
-        .clone()
-        .unwrap();
     let store = CheckpointStore::from_url(
         &format!("file://{}", store_dir.path().display()),
         job_id(&ns.name, "orders"),
@@ -245,21 +282,12 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
     )
     .await
     .unwrap();
-    let job = eventually("the on-demand checkpoint", LONG, || async {
-        let j = api.get("orders").await.ok()?;
-        let s = j.status.as_ref()?;
-        (s.checkpoint_trigger.as_deref() == Some("now-1")
-            && s.last_checkpoint.as_ref()?.id > first.id)
-            .then_some(j)
+    let second = eventually("the on-demand checkpoint", LONG, || async {
+        let s = api.get("orders").await.ok()?.status?;
+        let last = s.last_checkpoint?;
+        (s.checkpoint_trigger.as_deref() == Some("now-1") && last.id > first.id).then_some(last)
     })
     .await;
-    let second = job
-        .status
-        .as_ref()
-        .unwrap()
-        .last_checkpoint
-        .clone()
-        .unwrap();
 
     // kubectl scale: through every stage to 5 workers at epoch 2, restored from the final checkpoint.
     run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=5"]));
@@ -357,9 +385,8 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
     workers.refuse.store(true, Ordering::SeqCst);
     run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=2"]));
     let job = wait_running(&client, &api, "orders", 2, 2).await;
-    let set = sts.get("orders").await.unwrap();
     assert_eq!(
-        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        restore_checkpoint(&sts, "orders").await,
         Some(last.id.to_string())
     );
     let degraded = job
@@ -390,30 +417,17 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
     workers.refuse.store(false, Ordering::SeqCst);
 
     // Suspend: final checkpoint, zero replicas; resume restores from it.
-    api.patch(
-        "orders",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
-    )
-    .await
-    .unwrap();
+    set_suspend(&api, "orders", true).await;
     let job = wait_phase(&api, "orders", Phase::Suspended).await;
     let suspended = job.status.clone().unwrap();
     assert_eq!(suspended.parallelism, 0);
     assert_eq!(sts.get("orders").await.unwrap().spec.replicas, Some(0));
     let suspend_checkpoint = suspended.last_checkpoint.unwrap().id;
     assert!(suspend_checkpoint > last.id);
-    api.patch(
-        "orders",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
-    )
-    .await
-    .unwrap();
+    set_suspend(&api, "orders", false).await;
     wait_running(&client, &api, "orders", 2, suspended.epoch).await;
-    let set = sts.get("orders").await.unwrap();
     assert_eq!(
-        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        restore_checkpoint(&sts, "orders").await,
         Some(suspend_checkpoint.to_string())
     );
 
@@ -447,9 +461,8 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
         .unwrap();
     let job = wait_running(&client, &api, "orders", 2, before.epoch).await;
     let latest = before.last_checkpoint.unwrap().id;
-    let set = sts.get("orders").await.unwrap();
     assert_eq!(
-        env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+        restore_checkpoint(&sts, "orders").await,
         Some(latest.to_string())
     );
     assert_eq!(job.status.unwrap().epoch, before.epoch + 1);
@@ -496,15 +509,14 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
 /// starts a new operator and checks that it completes the same rescale.
 #[tokio::test]
 async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
-    let Some(client) =
-        kube_with_crd("an_operator_restarted_in_any_stage_completes_the_rescale").await
+    let Some((client, ns, store_dir, workers, mut operator)) = setup(
+        "an_operator_restarted_in_any_stage_completes_the_rescale",
+        "regroup-restart",
+    )
+    .await
     else {
         return;
     };
-    let ns = TestNamespace::new(&client, "regroup-restart").await;
-    let store_dir = tempfile::tempdir().unwrap();
-    let workers = FakeWorkers::new(store_dir.path(), M);
-    let mut operator = Operator::start(&client, &ns.name, workers.clone());
     let api = create_job(&client, &ns.name, "restart", 2, store_dir.path()).await;
     wait_running(&client, &api, "restart", 2, 0).await;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -555,11 +567,7 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
         } else {
             stage_to_kill
         };
-        let held = eventually(&format!("stage {wait_for:?}"), LONG, || async {
-            let j = api.get("restart").await.ok()?;
-            (stage(&j) == Some(wait_for)).then_some(j)
-        })
-        .await;
+        let held = wait_stage(&api, "restart", wait_for).await;
         if stage_to_kill == Stage::RollingForward {
             // The operator records Restoring before it applies the StatefulSet of the new
             // epoch; the pods this arm waits for without an operator need that StatefulSet.
@@ -634,12 +642,9 @@ async fn an_operator_restarted_in_any_stage_completes_the_rescale() {
             "{stage_to_kill:?}: one new generation, not two"
         );
         let checkpoint = recorded.checkpoint.or(recorded.final_checkpoint).unwrap();
-        let set: StatefulSet = Api::namespaced(client.clone(), &ns.name)
-            .get("restart")
-            .await
-            .unwrap();
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
         assert_eq!(
-            env_value(&set, "regroup-restore", "REGROUP_CHECKPOINT", true),
+            restore_checkpoint(&sets, "restart").await,
             Some(checkpoint.to_string()),
             "{stage_to_kill:?}: restored from the checkpoint recorded before the restart"
         );
@@ -787,16 +792,15 @@ async fn wait_claim_events(client: &Client, ns: &str, want: &[String]) {
 /// stay. A restarted operator deletes a leftover claim; a suspended job keeps its claims.
 #[tokio::test]
 async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
-    let Some(client) =
-        kube_with_crd("claims_of_removed_ordinals_are_deleted_after_the_scale_in").await
+    let Some((client, ns, store_dir, workers, mut operator)) = setup(
+        "claims_of_removed_ordinals_are_deleted_after_the_scale_in",
+        "regroup-claims",
+    )
+    .await
     else {
         return;
     };
-    let ns = TestNamespace::new(&client, "regroup-claims").await;
-    let store_dir = tempfile::tempdir().unwrap();
     let volume_dir = tempfile::tempdir().unwrap();
-    let workers = FakeWorkers::new(store_dir.path(), M);
-    let mut operator = Operator::start(&client, &ns.name, workers.clone());
     let claim_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
     let pv_api: Api<PersistentVolume> = Api::all(client.clone());
     let ours = |i: u32| format!("state-orders-{i}");
@@ -845,11 +849,7 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
     // Scale in to 1, held in Restoring (no pod may be created) to look at the claims mid-way.
     hold_pods(&client, &ns.name).await;
     run(Command::new("kubectl").args(["-n", &ns.name, "scale", "sj/orders", "--replicas=1"]));
-    eventually("stage Restoring", LONG, || async {
-        let j = api.get("orders").await.ok()?;
-        (stage(&j) == Some(Stage::Restoring)).then_some(())
-    })
-    .await;
+    wait_stage(&api, "orders", Stage::Restoring).await;
     // Several reconcile rounds (300 ms apart) in Restoring: every claim is still there.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let j = api.get("orders").await.unwrap();
@@ -900,22 +900,10 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
     wait_claim_events(&client, &ns.name, &[ours(1), ours(2), ours(3)]).await;
 
     // Suspended (zero workers) and resumed: the claim of ordinal 0 is the same throughout.
-    api.patch(
-        "orders",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
-    )
-    .await
-    .unwrap();
+    set_suspend(&api, "orders", true).await;
     let suspended = wait_phase(&api, "orders", Phase::Suspended).await;
     assert_eq!(live_claims(&client, &ns.name).await, after);
-    api.patch(
-        "orders",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
-    )
-    .await
-    .unwrap();
+    set_suspend(&api, "orders", false).await;
     wait_running(&client, &api, "orders", 1, suspended.status.unwrap().epoch).await;
     assert_eq!(live_claims(&client, &ns.name).await, after);
     let _ = job;

@@ -37,15 +37,21 @@ fn holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref()?.holder_identity.clone()
 }
 
+/// A cluster client, a fresh namespace and its Leases; `None` when `test` is skipped.
+async fn setup(test: &str) -> Option<(Client, TestNamespace, Api<Lease>)> {
+    let client = kube_with_crd(test).await?;
+    let ns = TestNamespace::new(&client, "regroup-lease").await;
+    let leases = Api::namespaced(client.clone(), &ns.name);
+    Some((client, ns, leases))
+}
+
 #[tokio::test]
 async fn a_skewed_standby_waits_until_the_leader_stops_renewing() {
-    let Some(client) =
-        kube_with_crd("a_skewed_standby_waits_until_the_leader_stops_renewing").await
+    let Some((client, ns, leases)) =
+        setup("a_skewed_standby_waits_until_the_leader_stops_renewing").await
     else {
         return;
     };
-    let ns = TestNamespace::new(&client, "regroup-lease").await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let t = timings();
 
     let leadership = lock(&client, &ns.name, "leader").acquire().await;
@@ -93,12 +99,11 @@ async fn a_skewed_standby_waits_until_the_leader_stops_renewing() {
 
 #[tokio::test]
 async fn a_leader_stops_once_another_replica_holds_the_lease() {
-    let Some(client) = kube_with_crd("a_leader_stops_once_another_replica_holds_the_lease").await
+    let Some((client, ns, leases)) =
+        setup("a_leader_stops_once_another_replica_holds_the_lease").await
     else {
         return;
     };
-    let ns = TestNamespace::new(&client, "regroup-lease").await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let mut leadership = lock(&client, &ns.name, "leader").acquire().await;
 
     let mut lease = read(&leases).await;
@@ -125,12 +130,11 @@ async fn a_leader_stops_once_another_replica_holds_the_lease() {
 /// renewal then fails. It must stop at its renew deadline, before a standby may take over.
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_before_a_standby_takes_over() {
-    let Some(client) =
-        kube_with_crd("a_leader_that_cannot_renew_stops_before_a_standby_takes_over").await
+    let Some((client, ns, _)) =
+        setup("a_leader_that_cannot_renew_stops_before_a_standby_takes_over").await
     else {
         return;
     };
-    let ns = TestNamespace::new(&client, "regroup-lease").await;
     let user = format!("lease-leader-{}", ns.name);
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
     let role: Role = serde_json::from_value(serde_json::json!({

@@ -23,8 +23,7 @@ async fn rescale_chain(
     compare_copy: impl Fn(u32, u32) -> bool,
 ) {
     let root = tempdir();
-    let url = format!("file://{}/store", root.path().display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let store = store_in(root.path());
     let scratch = root.path().join("scratch");
     let mut model = initial_model(keys);
     let dirs: Vec<_> = workers(&root.path().join("gen0"), m, parallelisms[0], &model)
@@ -113,11 +112,7 @@ async fn rescale_chain(
             "{from}→{to}: the union of the new subtasks is not the data set"
         );
         if !last {
-            meta = store
-                .try_complete(id + 1, id + 1, to, m)
-                .await
-                .unwrap()
-                .expect("every handle is in");
+            meta = complete(&store, id + 1, id + 1, to, m).await;
         }
     }
 }
@@ -263,9 +258,7 @@ async fn downloads_beyond_the_page_cache_budget_are_written_direct() {
 #[tokio::test]
 async fn threshold_starts_from_an_empty_db() {
     let root = tempdir();
-    let store =
-        CheckpointStore::from_url(&format!("file://{}/store", root.path().display()), job())
-            .unwrap();
+    let store = store_in(root.path());
     let model = initial_model(1500);
     first_checkpoint(&store, root.path(), 1, &model).await;
     let target = root.path().join("t");
@@ -289,9 +282,7 @@ async fn threshold_starts_from_an_empty_db() {
 #[tokio::test]
 async fn deferred_compaction_falls_back_to_copy_until_compacted() {
     let root = tempdir();
-    let store =
-        CheckpointStore::from_url(&format!("file://{}/store", root.path().display()), job())
-            .unwrap();
+    let store = store_in(root.path());
     let scratch = root.path().join("s");
     let mut model = initial_model(3000);
     first_checkpoint(&store, root.path(), 1, &model).await;
@@ -317,15 +308,8 @@ async fn deferred_compaction_falls_back_to_copy_until_compacted() {
             .iter()
             .all(|h| !regroup::restore::plan::ingestible(h))
     );
-    let target = root.path().join("gen2");
-    let summary = restore(&store, 2, 0, 1, &target, Strategy::Ingest).await;
-    assert_eq!(
-        summary.inputs,
-        vec![(0, InputMethod::Copy), (1, InputMethod::Copy)]
-    );
-    let b = StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
-    assert!(contents(&b) == model);
-    drop(b);
+    let copied = [(0, InputMethod::Copy), (1, InputMethod::Copy)];
+    assert_restores_whole(&store, root.path(), 2, &copied, &model).await;
 
     // The worker compacts: the next checkpoint is ingestible again.
     for (i, dir) in dirs.iter().enumerate() {
@@ -336,14 +320,24 @@ async fn deferred_compaction_falls_back_to_copy_until_compacted() {
     }
     let meta = mutate_and_checkpoint(&store, &dirs, &mut model, 3, 3, 128, &scratch).await;
     assert!(meta.handles.iter().all(regroup::restore::plan::ingestible));
-    let target = root.path().join("gen3");
-    let summary = restore(&store, 3, 0, 1, &target, Strategy::Ingest).await;
-    assert_eq!(
-        summary.inputs,
-        vec![(0, InputMethod::Ingest), (1, InputMethod::Ingest)]
-    );
+    let ingested = [(0, InputMethod::Ingest), (1, InputMethod::Ingest)];
+    assert_restores_whole(&store, root.path(), 3, &ingested, &model).await;
+}
+
+/// Restores checkpoint `id` whole into `root/gen{id}`, ingesting where it may, and checks how
+/// each input came in (`methods`) and that the DB holds exactly `model`.
+async fn assert_restores_whole(
+    store: &CheckpointStore,
+    root: &std::path::Path,
+    id: u64,
+    methods: &[(u32, InputMethod)],
+    model: &Model,
+) {
+    let target = root.join(format!("gen{id}"));
+    let summary = restore(store, id, 0, 1, &target, Strategy::Ingest).await;
+    assert_eq!(summary.inputs, methods);
     let b = StateBackend::open(&target, 128, summary.range, &STATES).unwrap();
-    assert!(contents(&b) == model);
+    assert!(contents(&b) == *model);
 }
 
 /// Downloads of several MiB are written in 1 MiB chunks by several writers (each file's own
@@ -354,8 +348,7 @@ async fn deferred_compaction_falls_back_to_copy_until_compacted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_written_in_chunks_by_several_writers() {
     let root = tempfile::tempdir().unwrap();
-    let url = format!("file://{}/store", root.path().display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let store = store_in(root.path());
     let model = initial_model(600_000);
     let meta = first_checkpoint(&store, root.path(), 2, &model).await;
     let largest = meta

@@ -296,8 +296,7 @@ fn version_of(value: Option<&[u8]>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_keeps_newer_l0_data_above_an_older_compaction_output() {
     let root = tempdir();
-    let url = format!("file://{}/store", root.path().display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let store = store_in(root.path());
     let mut model = Model::new();
     for state in STATES {
         for i in 0..KEYS {

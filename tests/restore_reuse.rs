@@ -37,8 +37,7 @@ struct Volumes {
 impl Volumes {
     async fn new(p: u32) -> Self {
         let root = tempdir();
-        let url = format!("file://{}/store", root.path().display());
-        let store = CheckpointStore::from_url(&url, job()).unwrap();
+        let store = store_in(root.path());
         let scratch = root.path().join("scratch");
         let mut model = initial_model(KEYS);
         let mut instances = Vec::new();
@@ -56,11 +55,7 @@ impl Volumes {
             snapshot(&store, &b, i, p, 1, &scratch).await;
             instances[i as usize] = b.instance_id().to_owned();
         }
-        let meta = store
-            .try_complete(1, 1, p, M)
-            .await
-            .unwrap()
-            .expect("every handle is in");
+        let meta = complete(&store, 1, 1, p, M).await;
         for i in 0..p {
             let vol = Self::vol(root.path(), i);
             local_marker(&meta, i, &vol).write(&vol).unwrap();
@@ -203,44 +198,25 @@ async fn rescale(from: u32, to: u32, keep: bool) {
     println!("{from}→{to} keep={keep}: reused {reused} B, downloaded {downloaded} B");
 }
 
-#[tokio::test]
-async fn scale_in_2_1_fresh() {
-    rescale(2, 1, false).await;
+/// One test per rescale: `name: from, to, keep` runs [`rescale`]`(from, to, keep)`.
+macro_rules! rescale_tests {
+    ($($name:ident: $from:expr, $to:expr, $keep:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            rescale($from, $to, $keep).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn scale_in_2_1_kept_volumes() {
-    rescale(2, 1, true).await;
-}
-
-#[tokio::test]
-async fn scale_in_4_3_fresh() {
-    rescale(4, 3, false).await;
-}
-
-#[tokio::test]
-async fn scale_in_4_3_kept_volumes() {
-    rescale(4, 3, true).await;
-}
-
-#[tokio::test]
-async fn scale_out_1_2_fresh() {
-    rescale(1, 2, false).await;
-}
-
-#[tokio::test]
-async fn scale_out_1_2_kept_volumes() {
-    rescale(1, 2, true).await;
-}
-
-#[tokio::test]
-async fn scale_out_3_4_fresh() {
-    rescale(3, 4, false).await;
-}
-
-#[tokio::test]
-async fn scale_out_3_4_kept_volumes() {
-    rescale(3, 4, true).await;
+rescale_tests! {
+    scale_in_2_1_fresh: 2, 1, false;
+    scale_in_2_1_kept_volumes: 2, 1, true;
+    scale_in_4_3_fresh: 4, 3, false;
+    scale_in_4_3_kept_volumes: 4, 3, true;
+    scale_out_1_2_fresh: 1, 2, false;
+    scale_out_1_2_kept_volumes: 1, 2, true;
+    scale_out_3_4_fresh: 3, 4, false;
+    scale_out_3_4_kept_volumes: 3, 4, true;
 }
 
 #[tokio::test]

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::statedir::db_dir;
 use regroup::worker::checkpoints::CheckpointStatus;
@@ -17,10 +15,8 @@ use support::worker::{Cluster, M, TOKEN, WorkerOptions, restore_into};
 async fn refused_requests_change_nothing() {
     let c = Cluster::new("tests/auth", 40);
     let epoch = 3;
-    let dir = c.state_dir(epoch, 0);
-    let workers = c.start_all(1, epoch, &[dir], &[]).await;
+    let (_, workers) = c.start_fresh(1, epoch, 100).await;
     let w = &workers[0];
-    c.wait_processing(&workers, 100).await;
 
     let body = |e: u64| json!({ "id": 1, "epoch": e, "stop": true });
     let cases = [
@@ -129,15 +125,13 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     let p = 2;
 
     // Generation 1: a completed checkpoint, then a plain restart (SIGTERM).
-    let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(1, s)).collect();
-    let workers = c.start_all(p, 1, &dirs, &[]).await;
-    c.wait_processing(&workers, 200).await;
+    let (_, workers) = c.start_fresh(p, 1, 200).await;
     let first = c.checkpoint(&workers, 1, 1, false).await;
     c.stop_all(workers);
 
     // Generation 2, restored from checkpoint 1; subtask 1 uploads slowly and is killed while
     // its upload is pending.
-    let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(2, s)).collect();
+    let dirs = c.state_dirs(2, p);
     for s in 0..p {
         restore_into(&c, &first, s, p, &dirs[s as usize], "ingest");
     }
@@ -173,7 +167,7 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     assert_eq!(latest.checkpoint_id, 1);
 
     // Generation 3 recovers from the latest completed checkpoint; the next checkpoint completes.
-    let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(3, s)).collect();
+    let dirs = c.state_dirs(3, p);
     for s in 0..p {
         restore_into(&c, &latest, s, p, &dirs[s as usize], "ingest");
     }
@@ -185,7 +179,7 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     c.stop_all(workers);
 
     // Restoring from it (rescaled to 3) and checkpointing again verifies too.
-    let dirs: Vec<PathBuf> = (0..3).map(|s| c.state_dir(4, s)).collect();
+    let dirs = c.state_dirs(4, 3);
     for s in 0..3 {
         restore_into(&c, &third, s, 3, &dirs[s as usize], "ingest");
     }
@@ -202,9 +196,7 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_fails_naming_the_first_differing_key() {
     let c = Cluster::new("tests/tampered", 60);
-    let dirs = vec![c.state_dir(1, 0)];
-    let workers = c.start_all(1, 1, &dirs, &[]).await;
-    c.wait_processing(&workers, 200).await;
+    let (_, workers) = c.start_fresh(1, 1, 200).await;
     let first = c.checkpoint(&workers, 1, 1, true).await;
     c.stop_all(workers);
 
@@ -260,9 +252,7 @@ async fn verify_fails_naming_the_first_differing_key() {
 async fn sigterm_keeps_every_committed_step_in_the_local_db() {
     let c = Cluster::new("tests/sigterm", 70);
     let p = 2;
-    let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(1, s)).collect();
-    let workers = c.start_all(p, 1, &dirs, &[]).await;
-    c.wait_processing(&workers, 300).await;
+    let (dirs, workers) = c.start_fresh(p, 1, 300).await;
     let mut before = 0;
     for w in &workers {
         before += c.events_processed(w).await;

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use regroup::checkpoint::CheckpointMetadata;
 use regroup::statedir::marker::{FileIdentity, LocalCheckpointMarker};
 use regroup::worker::oracle::verify;
@@ -21,7 +19,7 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
     let mut restored_events = 0;
     for (generation, &p) in parallelisms.iter().enumerate() {
         let epoch = generation as u64 + 1;
-        let dirs: Vec<PathBuf> = (0..p).map(|s| c.state_dir(epoch, s)).collect();
+        let dirs = c.state_dirs(epoch, p);
         if let Some(meta) = &last {
             for s in 0..p {
                 let summary = restore_into(&c, meta, s, p, &dirs[s as usize], strategy);

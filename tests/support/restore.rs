@@ -159,6 +159,12 @@ pub fn assert_files_inside_range(backend: &StateBackend) {
     }
 }
 
+/// The test job's `file://` store at `root/store`.
+pub fn store_in(root: &Path) -> CheckpointStore {
+    let url = format!("file://{}/store", root.display());
+    CheckpointStore::from_url(&url, job()).unwrap()
+}
+
 /// Checkpoints `backends` (subtasks `0..p` in order) as checkpoint `id` at `epoch` and completes it.
 pub async fn checkpoint(
     store: &CheckpointStore,
@@ -170,15 +176,9 @@ pub async fn checkpoint(
 ) -> CheckpointMetadata {
     let p = backends.len() as u32;
     for (i, b) in backends.iter().enumerate() {
-        let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i as u32, p, epoch);
-        let snapshot = snapshotter.capture(b, id, scratch).unwrap();
-        snapshotter.upload(snapshot, store).await.unwrap();
+        upload(store, b, (i as u32, p), id, epoch, scratch).await;
     }
-    store
-        .try_complete(id, epoch, p, max_parallelism)
-        .await
-        .unwrap()
-        .expect("every handle is in")
+    complete(store, id, epoch, p, max_parallelism).await
 }
 
 /// Opens each worker DB in `dirs` (subtask `i` of `dirs.len()`) in turn, applies
@@ -198,15 +198,9 @@ pub async fn mutate_and_checkpoint(
         let range = KeyGroupRange::for_subtask(max_parallelism, p, i as u32).unwrap();
         let b = StateBackend::open(dir, max_parallelism, range, &STATES).unwrap();
         mutate(&b, model, version);
-        let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i as u32, p, id);
-        let snapshot = snapshotter.capture(&b, id, scratch).unwrap();
-        snapshotter.upload(snapshot, store).await.unwrap();
+        upload(store, &b, (i as u32, p), id, id, scratch).await;
     }
-    store
-        .try_complete(id, id, p, max_parallelism)
-        .await
-        .unwrap()
-        .expect("every handle is in")
+    complete(store, id, id, p, max_parallelism).await
 }
 
 /// Snapshots subtask `i` of `p` as checkpoint `id` (epoch `id`) and uploads its handle.
@@ -218,9 +212,36 @@ pub async fn snapshot(
     id: u64,
     scratch: &Path,
 ) {
-    let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i, p, id);
+    upload(store, b, (i, p), id, id, scratch).await;
+}
+
+/// Snapshots subtask `i` of `p` as checkpoint `id` at `epoch` and uploads its handle.
+async fn upload(
+    store: &CheckpointStore,
+    b: &StateBackend,
+    (i, p): (u32, u32),
+    id: u64,
+    epoch: u64,
+    scratch: &Path,
+) {
+    let snapshotter = IncrementalSnapshotter::new(b.instance_id(), i, p, epoch);
     let snapshot = snapshotter.capture(b, id, scratch).unwrap();
     snapshotter.upload(snapshot, store).await.unwrap();
+}
+
+/// Completes checkpoint `id` of `p` subtasks at `epoch`; every handle must be in.
+pub async fn complete(
+    store: &CheckpointStore,
+    id: u64,
+    epoch: u64,
+    p: u32,
+    max_parallelism: u32,
+) -> CheckpointMetadata {
+    store
+        .try_complete(id, epoch, p, max_parallelism)
+        .await
+        .unwrap()
+        .expect("every handle is in")
 }
 
 /// Opens fresh workers at `p` holding `model`.
@@ -284,7 +305,7 @@ pub async fn two_workers_checkpointed(
     root: &Path,
 ) -> (String, CheckpointStore, Model, CheckpointMetadata) {
     let url = format!("file://{}/store", root.display());
-    let store = CheckpointStore::from_url(&url, job()).unwrap();
+    let store = store_in(root);
     let model = initial_model(2000);
     let meta = first_checkpoint(&store, root, 2, &model).await;
     (url, store, model, meta)

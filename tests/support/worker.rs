@@ -91,6 +91,25 @@ impl Cluster {
         d
     }
 
+    /// Fresh state directories for subtasks `0..p` of generation `epoch`.
+    pub fn state_dirs(&self, epoch: u64, p: u32) -> Vec<PathBuf> {
+        (0..p).map(|s| self.state_dir(epoch, s)).collect()
+    }
+
+    /// Starts `p` workers of generation `epoch` on fresh state directories and waits until each
+    /// has processed `events` events; returns the directories and the workers.
+    pub async fn start_fresh(
+        &self,
+        p: u32,
+        epoch: u64,
+        events: u64,
+    ) -> (Vec<PathBuf>, Vec<Worker>) {
+        let dirs = self.state_dirs(epoch, p);
+        let workers = self.start_all(p, epoch, &dirs, &[]).await;
+        self.wait_processing(&workers, events).await;
+        (dirs, workers)
+    }
+
     /// Starts `regroup worker` and waits until it is ready.
     pub async fn start(
         &self,

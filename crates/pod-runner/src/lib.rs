@@ -22,6 +22,8 @@ mod runner;
 pub mod spec;
 pub mod status;
 mod supervisor;
+#[cfg(test)]
+mod testing;
 mod volumes;
 
 pub use error::{Error, Result};

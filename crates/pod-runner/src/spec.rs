@@ -265,6 +265,20 @@ pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
     out
 }
 
+/// `found`, or `None` when it is missing but `optional`; missing and not optional, the error
+/// `missing` makes.
+pub(crate) fn existing<T>(
+    found: Option<T>,
+    optional: Option<bool>,
+    missing: impl FnOnce() -> Error,
+) -> Result<Option<T>> {
+    match found {
+        Some(v) => Ok(Some(v)),
+        None if optional.unwrap_or(false) => Ok(None),
+        None => Err(missing()),
+    }
+}
+
 fn utf8(bytes: &[u8], what: impl FnOnce() -> String) -> Result<String> {
     String::from_utf8(bytes.to_vec())
         .map_err(|_| Error::invalid(what(), "(binary data)", "UTF-8 text for an env value"))
@@ -295,67 +309,62 @@ pub fn resolve_env(
         let (data, optional, what) = if let Some(s) = &source.secret_ref {
             (
                 objects.secrets.get(&s.name),
-                s.optional.unwrap_or(false),
+                s.optional,
                 format!("secret {}", s.name),
             )
         } else if let Some(m) = &source.config_map_ref {
             (
                 objects.config_maps.get(&m.name),
-                m.optional.unwrap_or(false),
+                m.optional,
                 format!("configmap {}", m.name),
             )
         } else {
             continue;
         };
-        match data {
-            Some(data) => {
-                for (k, v) in data {
-                    let v = utf8(v, || field(&format!("envFrom {what} key {k}")))?;
-                    set(&mut vars, &mut index, format!("{prefix}{k}"), v);
-                }
-            }
-            None if optional => {}
-            None => {
-                return Err(Error::invalid(
-                    field("envFrom"),
-                    what,
-                    "an existing object (or optional: true)",
-                ));
-            }
+        let missing = || {
+            Error::invalid(
+                field("envFrom"),
+                &what,
+                "an existing object (or optional: true)",
+            )
+        };
+        for (k, v) in existing(data, optional, missing)?.into_iter().flatten() {
+            let v = utf8(v, || field(&format!("envFrom {what} key {k}")))?;
+            set(&mut vars, &mut index, format!("{prefix}{k}"), v);
         }
     }
 
     for e in container.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (_, Some(from)) => {
+                // A key of a Secret or ConfigMap: its data, name, key, optional, reference kind.
+                let key_ref = if let Some(s) = &from.secret_key_ref {
+                    let data = objects.secrets.get(&s.name);
+                    Some((data, &s.name, &s.key, s.optional, "secret"))
+                } else if let Some(m) = &from.config_map_key_ref {
+                    let data = objects.config_maps.get(&m.name);
+                    Some((data, &m.name, &m.key, m.optional, "configMap"))
+                } else {
+                    None
+                };
                 if let Some(f) = &from.field_ref {
                     Some(field_value(pod, &f.field_path)?)
-                } else if let Some(s) = &from.secret_key_ref {
-                    let v = objects.secrets.get(&s.name).and_then(|d| d.get(&s.key));
-                    match v {
-                        Some(v) => Some(utf8(v, || field(&format!("env {}", e.name)))?),
-                        None if s.optional.unwrap_or(false) => None,
-                        None => {
-                            return Err(Error::invalid(
-                                field(&format!("env {}.valueFrom.secretKeyRef", e.name)),
-                                format!("{}/{}", s.name, s.key),
-                                "an existing secret and key (or optional: true)",
-                            ));
-                        }
-                    }
-                } else if let Some(m) = &from.config_map_key_ref {
-                    let v = objects.config_maps.get(&m.name).and_then(|d| d.get(&m.key));
-                    match v {
-                        Some(v) => Some(utf8(v, || field(&format!("env {}", e.name)))?),
-                        None if m.optional.unwrap_or(false) => None,
-                        None => {
-                            return Err(Error::invalid(
-                                field(&format!("env {}.valueFrom.configMapKeyRef", e.name)),
-                                format!("{}/{}", m.name, m.key),
-                                "an existing configmap and key (or optional: true)",
-                            ));
-                        }
-                    }
+                } else if let Some((data, name, key, optional, kind)) = key_ref {
+                    let missing = || {
+                        Error::invalid(
+                            field(&format!("env {}.valueFrom.{kind}KeyRef", e.name)),
+                            format!("{name}/{key}"),
+                            format!(
+                                "an existing {} and key (or optional: true)",
+                                kind.to_lowercase()
+                            ),
+                        )
+                    };
+                    let found = data.and_then(|d| d.get(key));
+                    let value = existing(found, optional, missing)?;
+                    value
+                        .map(|v| utf8(v, || field(&format!("env {}", e.name))))
+                        .transpose()?
                 } else {
                     return Err(Error::invalid(
                         field(&format!("env {}.valueFrom", e.name)),
@@ -668,12 +677,13 @@ pub fn launch_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{claim_volume, empty_dir_volume, mount, secret_volume};
     use k8s_openapi::api::core::v1::{
-        ConfigMapKeySelector, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
-        ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodIP, PodSpec, PodStatus,
-        SecretEnvSource, SecretKeySelector, SecretVolumeSource, VolumeMount,
+        EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, PodIP, PodSpec, PodStatus,
+        SecretEnvSource, VolumeMount,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::json;
 
     fn pod() -> Pod {
         Pod {
@@ -688,27 +698,9 @@ mod tests {
             spec: Some(PodSpec {
                 node_name: Some("kwok-node-0".into()),
                 volumes: Some(vec![
-                    Volume {
-                        name: "state".into(),
-                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: "state-worker-1".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    Volume {
-                        name: "scratch".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Default::default()
-                    },
-                    Volume {
-                        name: "token".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some("tok".into()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
+                    claim_volume("state", "state-worker-1"),
+                    empty_dir_volume("scratch"),
+                    secret_volume("token", "tok", None),
                 ]),
                 ..Default::default()
             }),
@@ -735,6 +727,11 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// Env var `name` from `key_ref`, a `secretKeyRef` or `configMapKeyRef` as a manifest has it.
+    fn key_env(name: &str, key_ref: serde_json::Value) -> EnvVar {
+        serde_json::from_value(json!({"name": name, "valueFrom": key_ref})).unwrap()
     }
 
     fn value_env(name: &str, value: &str) -> EnvVar {
@@ -839,30 +836,14 @@ mod tests {
                 field_env("POD_NAME", "metadata.name"),
                 field_env("POD_IP", "status.podIP"),
                 value_env("ADDR", "$(POD_IP):8080"),
-                EnvVar {
-                    name: "TOKEN".into(),
-                    value_from: Some(EnvVarSource {
-                        secret_key_ref: Some(SecretKeySelector {
-                            name: "tok".into(),
-                            key: "token".into(),
-                            optional: None,
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                EnvVar {
-                    name: "OPT".into(),
-                    value_from: Some(EnvVarSource {
-                        config_map_key_ref: Some(ConfigMapKeySelector {
-                            name: "cfg".into(),
-                            key: "absent".into(),
-                            optional: Some(true),
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                key_env(
+                    "TOKEN",
+                    json!({"secretKeyRef": {"name": "tok", "key": "token"}}),
+                ),
+                key_env(
+                    "OPT",
+                    json!({"configMapKeyRef": {"name": "cfg", "key": "absent", "optional": true}}),
+                ),
                 value_env("CFG_MODE", "slow"),
             ]),
             ..Default::default()
@@ -886,18 +867,10 @@ mod tests {
     fn missing_secret_key_is_an_error_naming_it() {
         let c = Container {
             name: "main".into(),
-            env: Some(vec![EnvVar {
-                name: "T".into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: "tok".into(),
-                        key: "nope".into(),
-                        optional: None,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            env: Some(vec![key_env(
+                "T",
+                json!({"secretKeyRef": {"name": "tok", "key": "nope"}}),
+            )]),
             ..Default::default()
         };
         let err = resolve_env(&pod(), &c, &objects()).unwrap_err().to_string();
@@ -974,21 +947,9 @@ mod tests {
                 value_env("SCRATCH", "/scratch"),
             ]),
             volume_mounts: Some(vec![
-                VolumeMount {
-                    name: "state".into(),
-                    mount_path: "/state/".into(),
-                    ..Default::default()
-                },
-                VolumeMount {
-                    name: "scratch".into(),
-                    mount_path: "/scratch".into(),
-                    ..Default::default()
-                },
-                VolumeMount {
-                    name: "token".into(),
-                    mount_path: "/var/run/token".into(),
-                    ..Default::default()
-                },
+                mount("state", "/state/"),
+                mount("scratch", "/scratch"),
+                mount("token", "/var/run/token"),
             ]),
             working_dir: Some("/state".into()),
             ..Default::default()
@@ -1082,18 +1043,10 @@ mod tests {
         let mut p = pod();
         p.spec.as_mut().unwrap().containers = vec![Container {
             name: "c".into(),
-            env: Some(vec![EnvVar {
-                name: "G".into(),
-                value_from: Some(EnvVarSource {
-                    config_map_key_ref: Some(ConfigMapKeySelector {
-                        name: "cfg".into(),
-                        key: "GREETING".into(),
-                        optional: None,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            env: Some(vec![key_env(
+                "G",
+                json!({"configMapKeyRef": {"name": "cfg", "key": "GREETING"}}),
+            )]),
             ..Default::default()
         }];
         let refs = referenced_objects(&p);

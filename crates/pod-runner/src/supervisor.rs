@@ -1,7 +1,7 @@
 //! One pod's processes: init containers in order, then every container with its restarts and
 //! readiness probe, the status reports, and the stop when the pod is deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::serde::de::DeserializeOwned;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
@@ -642,46 +643,52 @@ async fn fetch_objects(client: &kube::Client, pod: &Pod) -> Result<PodObjects, S
 async fn fetch_data(client: &kube::Client, pod: &Pod) -> Result<PodObjects, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let refs = spec::referenced_objects(pod);
-    let mut objects = PodObjects::default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    for name in &refs.secrets {
-        let found = secrets
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("get secret {ns}/{name}: {e}"))?;
-        if let Some(s) = found {
-            let data: BTreeMap<String, Vec<u8>> = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            objects.secrets.insert(name.clone(), data);
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let secrets = fetch_each(secrets, ns, &refs.secrets, |s| {
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    })
+    .await?;
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let config_maps = fetch_each(config_maps, ns, &refs.config_maps, |m| {
+        let text = m.data.unwrap_or_default().into_iter();
+        let binary = m.binary_data.unwrap_or_default().into_iter();
+        (text.map(|(k, v)| (k, v.into_bytes())))
+            .chain(binary.map(|(k, v)| (k, v.0)))
+            .collect()
+    })
+    .await?;
+    Ok(PodObjects {
+        secrets,
+        config_maps,
+        service_account_token: None,
+    })
+}
+
+/// Each object of `names` in `ns` that exists, by name, its data as `data` takes it out.
+async fn fetch_each<K>(
+    api: Api<K>,
+    ns: &str,
+    names: &BTreeSet<String>,
+    data: impl Fn(K) -> BTreeMap<String, Vec<u8>>,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, String>
+where
+    K: k8s_openapi::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = BTreeMap::new();
+    for name in names {
+        let found = api.get_opt(name).await.map_err(|e| {
+            let kind = K::KIND.to_lowercase();
+            format!("get {kind} {ns}/{name}: {e}")
+        })?;
+        if let Some(object) = found {
+            out.insert(name.clone(), data(object));
         }
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    for name in &refs.config_maps {
-        let found = config_maps
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("get configmap {ns}/{name}: {e}"))?;
-        if let Some(m) = found {
-            let mut data: BTreeMap<String, Vec<u8>> = m
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect();
-            data.extend(
-                m.binary_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0)),
-            );
-            objects.config_maps.insert(name.clone(), data);
-        }
-    }
-    Ok(objects)
+    Ok(out)
 }
 
 /// A token of `pod`'s service account, valid for a day.

@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path};
 
-use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, KeyToPath, Pod,
+    SecretProjection, Volume, VolumeProjection,
+};
 
-use super::spec::{PodDirs, PodObjects, field_value};
+use super::spec::{PodDirs, PodObjects, existing, field_value};
 use crate::{Error, Result};
 
-/// Creates every volume directory of `pod` and writes the files of its secret, configMap and
-/// downwardAPI volumes.
+/// Creates every volume directory of `pod` and writes the files of its secret, configMap,
+/// downwardAPI and projected volumes.
 pub fn prepare(pod: &Pod, dirs: &PodDirs, objects: &PodObjects) -> Result<()> {
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
     for volume in volumes.into_iter().flatten() {
@@ -21,118 +24,86 @@ pub fn prepare(pod: &Pod, dirs: &PodDirs, objects: &PodObjects) -> Result<()> {
         }
         std::fs::create_dir_all(&dir).map_err(Error::io("create volume directory", &dir))?;
         let field = |what: &str| format!("volumes[{}].{what}", volume.name);
-        if let Some(s) = &volume.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            match objects.secrets.get(&name) {
-                Some(data) => write_items(
-                    &dir,
-                    data,
-                    s.items.as_deref(),
-                    s.default_mode,
-                    &field("secret"),
-                )?,
-                None if s.optional.unwrap_or(false) => {}
-                None => {
-                    return Err(Error::invalid(
-                        field("secret.secretName"),
-                        name,
-                        "an existing secret (or optional: true)",
-                    ));
-                }
-            }
-        }
-        if let Some(m) = &volume.config_map {
-            match objects.config_maps.get(&m.name) {
-                Some(data) => write_items(
-                    &dir,
-                    data,
-                    m.items.as_deref(),
-                    m.default_mode,
-                    &field("configMap"),
-                )?,
-                None if m.optional.unwrap_or(false) => {}
-                None => {
-                    return Err(Error::invalid(
-                        field("configMap.name"),
-                        &m.name,
-                        "an existing configmap (or optional: true)",
-                    ));
-                }
-            }
-        }
-        if let Some(d) = &volume.downward_api {
-            write_downward(
-                pod,
-                &dir,
-                d.items.as_deref(),
-                d.default_mode,
-                &field("downwardAPI"),
-            )?;
-        }
+        let (own, mode) = own_source(volume);
+        write_source(pod, &dir, objects, &own, mode, &field, "secretName")?;
         if let Some(p) = &volume.projected {
-            let mode = p.default_mode;
+            let field = |what: &str| field(&format!("projected.{what}"));
             for source in p.sources.iter().flatten() {
-                if let Some(s) = &source.secret {
-                    match objects.secrets.get(&s.name) {
-                        Some(data) => write_items(
-                            &dir,
-                            data,
-                            s.items.as_deref(),
-                            mode,
-                            &field("projected.secret"),
-                        )?,
-                        None if s.optional.unwrap_or(false) => {}
-                        None => {
-                            return Err(Error::invalid(
-                                field("projected.secret.name"),
-                                &s.name,
-                                "an existing secret (or optional: true)",
-                            ));
-                        }
-                    }
-                }
-                if let Some(m) = &source.config_map {
-                    match objects.config_maps.get(&m.name) {
-                        Some(data) => write_items(
-                            &dir,
-                            data,
-                            m.items.as_deref(),
-                            mode,
-                            &field("projected.configMap"),
-                        )?,
-                        None if m.optional.unwrap_or(false) => {}
-                        None => {
-                            return Err(Error::invalid(
-                                field("projected.configMap.name"),
-                                &m.name,
-                                "an existing configmap (or optional: true)",
-                            ));
-                        }
-                    }
-                }
-                if let Some(d) = &source.downward_api {
-                    write_downward(
-                        pod,
-                        &dir,
-                        d.items.as_deref(),
-                        mode,
-                        &field("projected.downwardAPI"),
-                    )?;
-                }
-                if let Some(t) = &source.service_account_token {
-                    // Without a token (TokenRequest refused) the file is absent, as a process
-                    // that does not use it never notices.
-                    if let Some(token) = &objects.service_account_token {
-                        write_file(
-                            &dir,
-                            &t.path,
-                            token.as_bytes(),
-                            mode,
-                            &field("projected.serviceAccountToken"),
-                        )?;
-                    }
-                }
+                write_source(pod, &dir, objects, source, p.default_mode, &field, "name")?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// A volume's own secret, configMap or downwardAPI source as the one source of a projection
+/// (the kinds are the same, but for where the Secret's name is), with its default mode.
+fn own_source(volume: &Volume) -> (VolumeProjection, Option<i32>) {
+    let (secret, config_map, downward) = (
+        volume.secret.as_ref(),
+        volume.config_map.as_ref(),
+        volume.downward_api.as_ref(),
+    );
+    let source = VolumeProjection {
+        secret: secret.map(|s| SecretProjection {
+            name: s.secret_name.clone().unwrap_or_default(),
+            items: s.items.clone(),
+            optional: s.optional,
+        }),
+        config_map: config_map.map(|m| ConfigMapProjection {
+            name: m.name.clone(),
+            items: m.items.clone(),
+            optional: m.optional,
+        }),
+        downward_api: downward.map(|d| DownwardAPIProjection {
+            items: d.items.clone(),
+        }),
+        ..Default::default()
+    };
+    // A valid volume has one source, so at most one of these is set.
+    let mode = (secret.and_then(|s| s.default_mode))
+        .or(config_map.and_then(|m| m.default_mode))
+        .or(downward.and_then(|d| d.default_mode));
+    (source, mode)
+}
+
+/// Writes the files of one volume source into `dir`: the data of a Secret or ConfigMap (a
+/// missing one is an error unless optional), downward API fields, the service account token.
+/// `field` names a part of the source in errors; `secret_name` is the field naming the Secret.
+fn write_source(
+    pod: &Pod,
+    dir: &Path,
+    objects: &PodObjects,
+    source: &VolumeProjection,
+    mode: Option<i32>,
+    field: &dyn Fn(&str) -> String,
+    secret_name: &str,
+) -> Result<()> {
+    if let Some(s) = &source.secret {
+        let missing = || {
+            let expected = "an existing secret (or optional: true)";
+            Error::invalid(field(&format!("secret.{secret_name}")), &s.name, expected)
+        };
+        let data = existing(objects.secrets.get(&s.name), s.optional, missing)?;
+        write_items(dir, data, s.items.as_deref(), mode, &field("secret"))?;
+    }
+    if let Some(m) = &source.config_map {
+        let missing = || {
+            let expected = "an existing configmap (or optional: true)";
+            Error::invalid(field("configMap.name"), &m.name, expected)
+        };
+        let data = existing(objects.config_maps.get(&m.name), m.optional, missing)?;
+        write_items(dir, data, m.items.as_deref(), mode, &field("configMap"))?;
+    }
+    if let Some(d) = &source.downward_api {
+        write_downward(pod, dir, d.items.as_deref(), mode, &field("downwardAPI"))?;
+    }
+    if let Some(t) = &source.service_account_token {
+        // Without a token (TokenRequest refused) the file is absent, as a process that does
+        // not use it never notices.
+        if let Some(token) = &objects.service_account_token {
+            let field = field("serviceAccountToken");
+            write_file(dir, &t.path, token.as_bytes(), mode, &field)?;
         }
     }
     Ok(())
@@ -165,13 +136,18 @@ fn write_downward(
     Ok(())
 }
 
+/// Writes `data` (nothing when `None`: a missing optional object) as files: the keys `items`
+/// names, or every key.
 fn write_items(
     dir: &Path,
-    data: &BTreeMap<String, Vec<u8>>,
+    data: Option<&BTreeMap<String, Vec<u8>>>,
     items: Option<&[KeyToPath]>,
     default_mode: Option<i32>,
     field: &str,
 ) -> Result<()> {
+    let Some(data) = data else {
+        return Ok(());
+    };
     match items {
         Some(items) => {
             for item in items {
@@ -236,10 +212,8 @@ pub fn remove(dirs: &PodDirs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{
-        DownwardAPIVolumeSource, EmptyDirVolumeSource, ObjectFieldSelector,
-        PersistentVolumeClaimVolumeSource, PodSpec, SecretVolumeSource, Volume,
-    };
+    use crate::testing::{claim_volume, empty_dir_volume, secret_volume};
+    use k8s_openapi::api::core::v1::{DownwardAPIVolumeSource, ObjectFieldSelector, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn pod(volumes: Vec<Volume>) -> Pod {
@@ -277,25 +251,17 @@ mod tests {
     fn volumes_are_created_filled_and_removed_except_claims() {
         let state = tempfile::tempdir().unwrap();
         let p = pod(vec![
-            Volume {
-                name: "scratch".into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Default::default()
-            },
-            Volume {
-                name: "secret".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some("tok".into()),
-                    items: Some(vec![KeyToPath {
-                        key: "token".into(),
-                        path: "dir/token".into(),
-                        mode: Some(0o600),
-                        ..Default::default()
-                    }]),
+            empty_dir_volume("scratch"),
+            secret_volume(
+                "secret",
+                "tok",
+                Some(vec![KeyToPath {
+                    key: "token".into(),
+                    path: "dir/token".into(),
+                    mode: Some(0o600),
                     ..Default::default()
-                }),
-                ..Default::default()
-            },
+                }]),
+            ),
             Volume {
                 name: "info".into(),
                 downward_api: Some(DownwardAPIVolumeSource {
@@ -311,14 +277,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            Volume {
-                name: "state".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: "state-p".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            claim_volume("state", "state-p"),
         ]);
         let dirs = PodDirs::new(state.path(), &p);
         prepare(&p, &dirs, &objects()).unwrap();
@@ -346,14 +305,7 @@ mod tests {
     #[test]
     fn missing_secret_is_an_error_unless_optional() {
         let state = tempfile::tempdir().unwrap();
-        let mut volume = Volume {
-            name: "secret".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some("absent".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut volume = secret_volume("secret", "absent", None);
         let p = pod(vec![volume.clone()]);
         let dirs = PodDirs::new(state.path(), &p);
         let err = prepare(&p, &dirs, &objects()).unwrap_err().to_string();

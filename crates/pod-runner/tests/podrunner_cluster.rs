@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerState, ContainerStateTerminated, ContainerStatus, Namespace, Pod, Secret,
+};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use poll::eventually_ok;
@@ -263,6 +265,40 @@ fn restart_count(pod: &Pod) -> Option<i32> {
     Some(pod.status.as_ref()?.container_statuses.as_ref()?[0].restart_count)
 }
 
+/// The first of `statuses` (a pod's init or main containers'); `what` names them in the error
+/// when there is none.
+fn first<'a>(
+    statuses: Option<&'a Vec<ContainerStatus>>,
+    what: &str,
+) -> anyhow::Result<&'a ContainerStatus> {
+    statuses.and_then(|s| s.first()).context(what.to_owned())
+}
+
+/// The terminated state in `state` (a container's current or last one); `what` names it in the
+/// error when it is another.
+fn terminated<'a>(
+    state: Option<&'a ContainerState>,
+    what: &str,
+) -> anyhow::Result<&'a ContainerStateTerminated> {
+    state
+        .and_then(|s| s.terminated.as_ref())
+        .context(what.to_owned())
+}
+
+/// Waits until the pod `name` is in `phase` (`Succeeded`, `Failed`) and returns it.
+async fn pod_in_phase(pods: &Api<Pod>, name: &str, phase: &str) -> anyhow::Result<Pod> {
+    eventually_ok(
+        &format!("pod {name} {phase}"),
+        Duration::from_secs(120),
+        || async {
+            let p = pods.get(name).await?;
+            let now = p.status.as_ref().and_then(|s| s.phase.clone());
+            Ok((now.as_deref() == Some(phase)).then_some(p))
+        },
+    )
+    .await
+}
+
 fn is_alive(pid: i32) -> bool {
     // A stopped process is reaped by the runner, so it disappears from /proc.
     Path::new(&format!("/proc/{pid}")).exists()
@@ -449,15 +485,8 @@ async fn statefulset_scenario(
                 .is_ok_and(|ip| range.contains(&ip)),
             "{name} pod IP {ip} is not in the cluster's pod range {range}"
         );
-        let init = &status
-            .init_container_statuses
-            .as_ref()
-            .context("init statuses")?[0];
-        let done = init
-            .state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .context("init terminated")?;
+        let init = first(status.init_container_statuses.as_ref(), "init statuses")?;
+        let done = terminated(init.state.as_ref(), "init terminated")?;
         ensure!(
             done.exit_code == 0 && done.reason.as_deref() == Some("Completed"),
             "init: {done:?}"
@@ -502,18 +531,14 @@ async fn statefulset_scenario(
         },
     )
     .await?;
-    let cs = &restarted
+    let statuses = restarted
         .status
         .as_ref()
         .unwrap()
         .container_statuses
-        .as_ref()
-        .unwrap()[0];
-    let last = cs
-        .last_state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
-        .context("lastState.terminated")?;
+        .as_ref();
+    let cs = first(statuses, "statuses")?;
+    let last = terminated(cs.last_state.as_ref(), "lastState.terminated")?;
     ensure!(
         last.exit_code == 137 && last.signal == Some(9),
         "lastState: {last:?}"
@@ -573,13 +598,8 @@ async fn statefulset_scenario(
     ensure!(status.success(), "runner exit status {status}");
     ensure!(!is_alive(pid), "process {pid} outlived the runner");
     let stopped = pods.get("web-1").await?;
-    let cs = &stopped
-        .status
-        .as_ref()
-        .context("status")?
-        .container_statuses
-        .as_ref()
-        .context("statuses")?[0];
+    let statuses = stopped.status.as_ref().context("status")?;
+    let cs = first(statuses.container_statuses.as_ref(), "statuses")?;
     let waiting = cs
         .state
         .as_ref()
@@ -594,16 +614,7 @@ async fn statefulset_scenario(
         "still Ready after the runner stopped"
     );
     runner.restart()?;
-    let again = eventually_ok(
-        "web-1 Ready under the new runner",
-        Duration::from_secs(120),
-        || async {
-            let p = pods.get("web-1").await?;
-            let ready = condition(&p, "Ready").as_deref() == Some("True");
-            Ok((ready && container_pid(&p, 0).is_some()).then_some(p))
-        },
-    )
-    .await?;
+    let again = ready_pod(&pods, "web-1", None).await?;
     ensure!(
         restart_count(&again) == Some(1),
         "restarts after runner restart: {:?}",
@@ -725,20 +736,13 @@ async fn init_scenario(client: &kube::Client, ns: &str, runner: &Runner) -> anyh
         .await?;
         let pod = ready_pod(&pods, &name, None).await?;
         let status = pod.status.clone().unwrap_or_default();
-        let init = &status
-            .init_container_statuses
-            .as_ref()
-            .context("init statuses")?[0];
+        let init = first(status.init_container_statuses.as_ref(), "init statuses")?;
         ensure!(
             init.restart_count == 1,
             "init restarts {}",
             init.restart_count
         );
-        let last = init
-            .last_state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .context("init lastState")?;
+        let last = terminated(init.last_state.as_ref(), "init lastState")?;
         ensure!(last.exit_code == 3, "init lastState {last:?}");
         // The claim keeps what every pod that used it wrote.
         let ip = status.pod_ip.context("pod IP")?;
@@ -755,12 +759,7 @@ async fn init_scenario(client: &kube::Client, ns: &str, runner: &Runner) -> anyh
     // the runner gives it; it ends with exit 0, so the pod (restartPolicy Never) Succeeds.
     pods.create(&PostParams::default(), &whoami_pod(ns, &node)?)
         .await?;
-    eventually_ok("pod whoami Succeeded", Duration::from_secs(120), || async {
-        let p = pods.get("whoami").await?;
-        let phase = p.status.as_ref().and_then(|s| s.phase.clone());
-        Ok((phase.as_deref() == Some("Succeeded")).then_some(()))
-    })
-    .await?;
+    pod_in_phase(&pods, "whoami", "Succeeded").await?;
     let log = runner.log_of(ns, "whoami", "ask");
     ensure!(
         log.contains("status 403") && log.contains(&format!("system:serviceaccount:{ns}:default")),
@@ -773,30 +772,15 @@ async fn init_scenario(client: &kube::Client, ns: &str, runner: &Runner) -> anyh
         &bare_pod(ns, "once", &node, "Never", FLAKY_COUNTER)?,
     )
     .await?;
-    let failed = eventually_ok("pod once Failed", Duration::from_secs(120), || async {
-        let p = pods.get("once").await?;
-        let phase = p.status.as_ref().and_then(|s| s.phase.clone());
-        Ok((phase.as_deref() == Some("Failed")).then_some(p))
-    })
-    .await?;
+    let failed = pod_in_phase(&pods, "once", "Failed").await?;
     let status = failed.status.unwrap_or_default();
-    let init = &status
-        .init_container_statuses
-        .as_ref()
-        .context("init statuses")?[0];
-    let term = init
-        .state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
-        .context("init terminated")?;
+    let init = first(status.init_container_statuses.as_ref(), "init statuses")?;
+    let term = terminated(init.state.as_ref(), "init terminated")?;
     ensure!(
         term.exit_code == 3 && term.reason.as_deref() == Some("Error"),
         "init {term:?}"
     );
-    let main = &status
-        .container_statuses
-        .as_ref()
-        .context("container statuses")?[0];
+    let main = first(status.container_statuses.as_ref(), "container statuses")?;
     ensure!(
         main.state
             .as_ref()
