@@ -161,7 +161,7 @@ fn default_max_parallelism() -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
-    /// Object store URL below which the job's checkpoints live (as <url>/<namespace>/<name>/):
+    /// Object store URL below which the job's checkpoints live (as `<url>/<namespace>/<name>/`):
     /// s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or file:///PATH (a path
     /// every worker and the operator share).
     #[schemars(length(min = 1, max = 1024))]

@@ -2,7 +2,7 @@
 //! and serves the operator's checkpoint API.
 //!
 //! Users embed it in their own job by implementing [`KeyedJob`] and calling [`run`]; the
-//! reference job ([`reference`]) is `regroup worker`. The state directory holds the DB in `db/`
+//! reference job ([`mod@reference`]) is `regroup worker`. The state directory holds the DB in `db/`
 //! (what an init container's `regroup restore --target <state-dir>/db` builds), native
 //! checkpoints in `snapshots/` (same file system, so they are hard links) and, after a
 //! stop-with-checkpoint, the [`crate::statedir::marker`] naming the checkpoint the DB equals.

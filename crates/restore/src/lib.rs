@@ -76,9 +76,11 @@ pub struct RestoreRequest {
     pub overlap_fraction_threshold: f64,
     /// Compact the key intervals the restore clipped (files straddling a boundary of the new
     /// range, and range tombstones) before it ends. Off by default: the restore ends sooner and
-    /// the worker runs [`compact_outside_range`] in the background once running; until that
-    /// ends, its checkpoints' files reach outside its range and a later restore copies those
-    /// handles instead of ingesting them.
+    /// the worker runs [`StateBackend::compact_outside_range`] in the background once running;
+    /// until that ends, its checkpoints' files reach outside its range and a later restore
+    /// copies those handles instead of ingesting them.
+    ///
+    /// [`StateBackend::compact_outside_range`]: regroup_core::backend::StateBackend::compact_outside_range
     pub compact: bool,
     /// Make the new DB durable before the restore returns: its files written with direct I/O
     /// and synced, and RocksDB's own syncs kept. Off by default: nothing is synced (one

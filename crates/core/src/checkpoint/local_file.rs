@@ -48,7 +48,7 @@ const WRITE_BYTES: usize = 1 << 20;
 /// of the file, at least 128 KiB (the footer, metaindex, properties and index blocks, and the
 /// last data block; the index of the benchmark's files is 0.3% of them). Ingesting a file,
 /// RocksDB reads those, a few small reads one file after the other (`strace`). Both are
-/// multiples of [`ALIGN`], or the size of a file of less than 16 KiB (all head);
+/// multiples of 4 KiB, or the size of a file of less than 16 KiB (all head);
 /// `head_end == tail_start` when the ends cover the whole file.
 pub fn table_metadata_ends(size: u64) -> (u64, u64) {
     let align = ALIGN as u64;
@@ -137,7 +137,7 @@ impl LocalFile {
     /// holds what was there when it was opened. The file must be empty.
     ///
     /// The file is allocated whole first, its ends (see [`LocalFile`]) are written through the
-    /// page cache, and the rest in chunks of [`WRITE_BYTES`]: this writer takes them one after
+    /// page cache, and the rest in chunks of 1 MiB: this writer takes them one after
     /// the other, and with `helpers`, writers with nothing else to do take some of them too
     /// ([`CopyHelpers::help`]), so that a restore's last files do not each wait for one writer.
     pub fn copy_from_file(&mut self, src: &File, helpers: Option<&CopyHelpers>) -> Result<()> {
