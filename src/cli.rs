@@ -103,7 +103,17 @@ pub struct GcArgs {
 /// Entry point of the binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    run_main(cli.log_format, run(cli.command))
+}
+
+/// The `main` of regroup's binary and of jobs built on its runtime: logging in `log_format`,
+/// the crypto provider, then `command` on a new Tokio runtime, its error printed and its
+/// outcome the exit code.
+pub fn run_main(
+    log_format: LogFormat,
+    command: impl std::future::Future<Output = Result<std::process::ExitCode>>,
+) -> std::process::ExitCode {
+    telemetry::init(log_format);
     crate::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -112,7 +122,7 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

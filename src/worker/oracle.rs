@@ -124,20 +124,7 @@ struct GroupState {
 
 /// Verifies checkpoint `checkpoint` (default: the newest completed one) of the reference job.
 pub async fn verify(store: &CheckpointStore, checkpoint: Option<u64>) -> Result<Verdict> {
-    let meta = match checkpoint {
-        Some(id) => store.read_metadata(id).await?,
-        None => store.latest_completed().await?.ok_or_else(|| {
-            Error::invalid(
-                "checkpoint",
-                "latest",
-                format!(
-                    "a completed checkpoint; job {} in {} has none",
-                    store.job(),
-                    store.url()
-                ),
-            )
-        })?,
-    };
+    let meta = store.checkpoint_or_latest(checkpoint).await?;
     let m = meta.max_parallelism;
     let scratch = tempfile::tempdir().map_err(Error::io(
         "create temporary directory",

@@ -53,16 +53,7 @@ pub async fn read_checkpoint(
     store: &CheckpointStore,
     checkpoint: Option<u64>,
 ) -> Result<CheckpointState> {
-    let meta = match checkpoint {
-        Some(id) => store.read_metadata(id).await?,
-        None => store.latest_completed().await?.ok_or_else(|| {
-            Error::invalid(
-                "checkpoint",
-                "latest",
-                format!("a completed checkpoint; job {} has none", store.job()),
-            )
-        })?,
-    };
+    let meta = store.checkpoint_or_latest(checkpoint).await?;
     let m = meta.max_parallelism;
     let scratch = tempfile::tempdir().map_err(Error::io(
         "create temporary directory",

@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use regroup::args::StoreArgs;
-use regroup::telemetry::{self, LogFormat};
+use regroup::telemetry::LogFormat;
 use regroup::worker::WorkerConfig;
 use regroup_example_pageviews::check;
 use regroup_example_pageviews::job::{PageViews, PageViewsArgs};
@@ -95,20 +95,5 @@ async fn run(command: Command) -> regroup::Result<std::process::ExitCode> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    regroup::tls::install_crypto_provider();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    regroup::cli::run_main(cli.log_format, run(cli.command))
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::plan::{
     PlanOptions, RangePlan, RescalePlan, Strategy, plan, plan_ranges, plan_subtask_with_local,
 };
-use super::{RestoreRequest, is_local_copy, local, resolve_checkpoint, restore_subtask};
+use super::{RestoreRequest, is_local_copy, local, restore_subtask};
 use regroup_core::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup_core::error::{Error, Result};
 use regroup_core::keygroup::KeyGroupRange;
@@ -130,7 +130,7 @@ pub async fn run_plan(args: PlanArgs) -> Result<()> {
     match (&args.store, &args.job) {
         (Some(url), Some(job)) => {
             let store = CheckpointStore::from_url(url, job.clone())?;
-            let meta = resolve_checkpoint(&store, args.checkpoint).await?;
+            let meta = store.checkpoint_or_latest(args.checkpoint).await?;
             if let Some(m) = args.max_parallelism
                 && m != meta.max_parallelism
             {

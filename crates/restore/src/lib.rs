@@ -287,27 +287,6 @@ pub fn is_local_copy(
         && list_files(dir).is_ok_and(|files| files == marker.files)
 }
 
-/// Reads the metadata of the requested checkpoint (the latest completed one by default).
-pub async fn resolve_checkpoint(
-    store: &CheckpointStore,
-    checkpoint: Option<u64>,
-) -> Result<CheckpointMetadata> {
-    match checkpoint {
-        Some(id) => store.read_metadata(id).await,
-        None => store.latest_completed().await?.ok_or_else(|| {
-            Error::invalid(
-                "checkpoint",
-                "latest",
-                format!(
-                    "a completed checkpoint, but {} holds none for job {}",
-                    store.url(),
-                    store.job()
-                ),
-            )
-        }),
-    }
-}
-
 /// Builds the DB of `request.subtask` at `request.target` from a completed checkpoint.
 pub async fn restore_subtask(
     store: &CheckpointStore,
@@ -316,7 +295,7 @@ pub async fn restore_subtask(
     let started = Instant::now();
     let options = request.plan_options();
     options.validate()?;
-    let meta = resolve_checkpoint(store, request.checkpoint).await?;
+    let meta = store.checkpoint_or_latest(request.checkpoint).await?;
     let target = absolute(&request.target)?;
     // The volume's state directory: the DB a previous pod of this ordinal left, and its marker.
     let range =

@@ -538,6 +538,25 @@ impl CheckpointStore {
         }
     }
 
+    /// The metadata of checkpoint `id`, or of the newest completed one when `id` is `None` (an
+    /// error naming the store and job when there is none).
+    pub async fn checkpoint_or_latest(&self, id: Option<u64>) -> Result<CheckpointMetadata> {
+        match id {
+            Some(id) => self.read_metadata(id).await,
+            None => self.latest_completed().await?.ok_or_else(|| {
+                Error::invalid(
+                    "checkpoint",
+                    "latest",
+                    format!(
+                        "a completed checkpoint, but {} holds none for job {}",
+                        self.url(),
+                        self.job()
+                    ),
+                )
+            }),
+        }
+    }
+
     /// Completes checkpoint `id` if every subtask `0..parallelism` has written a handle of
     /// `epoch`: [`Self::completion`], then [`Self::commit`]. Returns `None` while handles are
     /// missing. Idempotent: when `_metadata.json` already holds exactly these handles (an
