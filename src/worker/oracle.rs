@@ -126,21 +126,15 @@ struct GroupState {
 pub async fn verify(store: &CheckpointStore, checkpoint: Option<u64>) -> Result<Verdict> {
     let meta = store.checkpoint_or_latest(checkpoint).await?;
     let m = meta.max_parallelism;
-    let scratch = tempfile::tempdir().map_err(Error::io(
-        "create temporary directory",
-        std::env::temp_dir(),
-    ))?;
+    let read = store
+        .read_handles(&meta, move |dir, h| read_state(dir, m, h.key_group_range))
+        .await?;
     let mut differences = Vec::new();
     let mut subtasks = Vec::new();
     // Key group → (subtask, its state); a second holder is a difference.
     let mut groups: BTreeMap<u32, (u32, GroupState)> = BTreeMap::new();
-    for handle in &meta.handles {
-        let dir = scratch.path().join(format!("subtask-{}", handle.subtask));
-        store.download_handle(handle, &dir).await?;
+    for (handle, per_group) in meta.handles.iter().zip(read) {
         let range = handle.key_group_range;
-        let per_group = tokio::task::spawn_blocking(move || read_state(&dir, m, range))
-            .await
-            .map_err(|e| Error::Other(format!("reading a downloaded state: {e}")))??;
         let mut counts = SubtaskCounts {
             subtask: handle.subtask,
             range: Some(range),

@@ -55,24 +55,19 @@ pub async fn read_checkpoint(
 ) -> Result<CheckpointState> {
     let meta = store.checkpoint_or_latest(checkpoint).await?;
     let m = meta.max_parallelism;
-    let scratch = tempfile::tempdir().map_err(Error::io(
-        "create temporary directory",
-        std::env::temp_dir(),
-    ))?;
     let mut out = CheckpointState {
         checkpoint_id: meta.checkpoint_id,
         parallelism: meta.parallelism,
         max_parallelism: m,
         ..Default::default()
     };
-    for handle in &meta.handles {
-        let dir = scratch.path().join(format!("subtask-{}", handle.subtask));
-        store.download_handle(handle, &dir).await?;
-        let (subtask, range) = (handle.subtask, handle.key_group_range);
-        let (groups, mut differences) =
-            tokio::task::spawn_blocking(move || read_subtask(&dir, m, subtask, range))
-                .await
-                .map_err(|e| Error::Other(format!("reading a downloaded state: {e}")))??;
+    let read = store
+        .read_handles(&meta, move |dir, h| {
+            read_subtask(dir, m, h.subtask, h.key_group_range)
+        })
+        .await?;
+    for (handle, (groups, mut differences)) in meta.handles.iter().zip(read) {
+        let subtask = handle.subtask;
         out.differences.append(&mut differences);
         for (g, state) in groups {
             if let Some(other) = out.groups.get(&g) {

@@ -782,6 +782,33 @@ fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub const DOWNLOAD_PARALLELISM: usize = 4;
 
 impl CheckpointStore {
+    /// Downloads each handle of `meta` in turn into a scratch directory and gives it to `read`
+    /// on a blocking thread (the directory is removed afterwards): how tools such as an oracle
+    /// look inside every subtask's state of a checkpoint. The results are in handle order.
+    pub async fn read_handles<T, F>(&self, meta: &CheckpointMetadata, read: F) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&LocalPath, &SubtaskHandle) -> Result<T> + Clone + Send + 'static,
+    {
+        let scratch = tempfile::tempdir().map_err(Error::io(
+            "create temporary directory",
+            std::env::temp_dir(),
+        ))?;
+        let mut out = Vec::with_capacity(meta.handles.len());
+        for handle in &meta.handles {
+            let dir = scratch.path().join(format!("subtask-{}", handle.subtask));
+            self.download_handle(handle, &dir).await?;
+            let (read, handle) = (read.clone(), handle.clone());
+            let read_dir = dir.clone();
+            let value = tokio::task::spawn_blocking(move || read(&read_dir, &handle))
+                .await
+                .map_err(|e| Error::Other(format!("reading a downloaded state: {e}")))??;
+            std::fs::remove_dir_all(&dir).map_err(Error::io("remove directory", &dir))?;
+            out.push(value);
+        }
+        Ok(out)
+    }
+
     /// Downloads every file of `handle` into `dir` (created if needed) with bounded parallelism,
     /// verifying each, through the page cache (not synced). The handle is validated first. On
     /// failure every file this call wrote is removed and the error names the file at fault.
