@@ -14,7 +14,7 @@ use super::super::lifecycle::JobState;
 use super::super::metrics::label;
 use super::super::reasons;
 use super::super::resources::{self, FIELD_MANAGER};
-use super::decide::{Act, Plan, Tally, Token, World};
+use super::decide::{Act, Asked, Plan, Tally, Token, World};
 use super::{Result, Round, publish, publish_related, write_status};
 use crate::checkpoint::CheckpointMetadata;
 
@@ -138,7 +138,7 @@ impl Round {
             .triggered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((self.job.uid().unwrap_or_default(), id), refusal);
+            .insert(self.job.uid().unwrap_or_default(), Asked { id, refusal });
         match result {
             Ok(()) => {
                 info!(checkpoint = id, epoch, stop, "checkpoint triggered");
@@ -181,34 +181,31 @@ impl Round {
     /// Secret of that name that the job does not control never gets this far: see
     /// [`Round::owned_token`]).
     async fn ensure_token(&self, observed: &Token) -> Result<String> {
+        if let Token::Held(t) = observed {
+            return Ok(t.clone());
+        }
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let name = resources::token_secret_name(&self.job);
         let token = resources::new_token();
         let secret = resources::token_secret(&self.job, &token)?;
-        match observed {
-            Token::Held(t) => Ok(t.clone()),
-            Token::Empty => {
-                api.patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({ "data": secret.data })),
-                )
+        if *observed == Token::Empty {
+            let data = serde_json::json!({ "data": secret.data });
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(data))
                 .await?;
-                Ok(token)
+            return Ok(token);
+        }
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(token),
+            // Created concurrently (another round): use that one, once it holds a token.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                self.owned_token(api.get(&name).await?)?.ok_or_else(|| {
+                    crate::Error::Other(format!(
+                        "Secret {name} was just created without a token; retrying"
+                    ))
+                    .into()
+                })
             }
-            Token::Missing => match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => Ok(token),
-                // Created concurrently (another round): use that one, once it holds a token.
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    self.owned_token(api.get(&name).await?)?.ok_or_else(|| {
-                        crate::Error::Other(format!(
-                            "Secret {name} was just created without a token; retrying"
-                        ))
-                        .into()
-                    })
-                }
-                Err(e) => Err(e.into()),
-            },
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -2,7 +2,6 @@
 //! record and what to do after recording it, in order. Nothing here reads a clock or the
 //! network, so every decision of the controller is a unit test away.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -34,12 +33,21 @@ pub struct World {
     pub store_ids: Vec<(u64, bool)>,
     /// The checkpoint in flight (the final one of a rescale, or the pending periodic one).
     pub in_flight: Option<InFlight>,
-    /// Checkpoint ids this process asked the job's workers for, with their refusal if any: a
-    /// pending checkpoint not here was recorded by an earlier process, which may have stopped
-    /// before asking.
-    pub asked: BTreeMap<u64, Option<String>>,
+    /// The checkpoint this process last asked the job's workers for: a pending checkpoint
+    /// other than this one was recorded by an earlier process, which may have stopped before
+    /// asking.
+    pub asked: Option<Asked>,
     /// What is wrong with the job's pods in the recorded stage, with what the user can do.
     pub pod_problem: Option<Problem>,
+}
+
+/// A checkpoint this process asked the job's workers for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asked {
+    /// Its id.
+    pub id: u64,
+    /// Why the workers refused it, if they did.
+    pub refusal: Option<String>,
 }
 
 /// The job's token Secret, as observed (one not controlled by the job is an error).
@@ -247,7 +255,7 @@ impl<'a> Decider<'a> {
     }
 
     fn asked_here(&self, id: u64) -> bool {
-        self.world.asked.contains_key(&id)
+        self.world.asked.as_ref().is_some_and(|a| a.id == id)
     }
 
     /// The outcome of the recorded state's final checkpoint, committing it when it is ready.
@@ -464,7 +472,8 @@ impl<'a> Decider<'a> {
     /// Records why the pending checkpoint `id` can no longer complete, when this round saw why:
     /// the workers refused it, one failed or forgot it, or stored data make it impossible.
     fn record_failure(&mut self, id: u64) {
-        let refusal = self.world.asked.get(&id).cloned().flatten();
+        let asked = self.world.asked.as_ref().filter(|a| a.id == id);
+        let refusal = asked.and_then(|a| a.refusal.clone());
         // Workers are heard only about a checkpoint this process asked them for.
         let asked = self.asked_here(id);
         let seen = self.in_flight(id).and_then(|f| match &f.completion {
@@ -713,17 +722,17 @@ mod tests {
         }
     }
 
-    fn world(in_flight: Option<InFlight>, asked: &[(u64, Option<&str>)]) -> World {
+    fn world(in_flight: Option<InFlight>, asked: Option<(u64, Option<&str>)>) -> World {
         World {
             now: at(0),
             pods: vec![],
             token: Token::Held("t".into()),
             store_ids: vec![(3, true), (4, true)],
             in_flight,
-            asked: asked
-                .iter()
-                .map(|(id, r)| (*id, r.map(str::to_owned)))
-                .collect(),
+            asked: asked.map(|(id, r)| Asked {
+                id,
+                refusal: r.map(str::to_owned),
+            }),
             pod_problem: None,
         }
     }
@@ -752,7 +761,7 @@ mod tests {
 
     #[test]
     fn a_new_checkpoint_is_recorded_with_the_trigger_that_follows_it() {
-        let plan = decide(&running(2, None), &world(None, &[]), BUSY).unwrap();
+        let plan = decide(&running(2, None), &world(None, None), BUSY).unwrap();
         let p = plan.status.pending_checkpoint.as_ref().expect("recorded");
         assert_eq!((p.id, p.epoch, p.stop), (5, 1, false));
         assert_eq!(plan.status.last_issued_checkpoint, Some(5));
@@ -775,7 +784,7 @@ mod tests {
             completion: Completion::Ready(meta.clone()),
             worker_failure: None,
         };
-        let plan = decide(&job, &world(Some(ready), &[(5, None)]), BUSY).unwrap();
+        let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.commit, Some(meta));
         assert_eq!(plan.status.pending_checkpoint, None);
         assert_eq!(plan.status.last_checkpoint.as_ref().map(|c| c.id), Some(5));
@@ -798,7 +807,7 @@ mod tests {
         let job = running(2, Some(pending(5)));
         let refused = world(
             Some(waiting(5, None)),
-            &[(5, Some("worker 1 has no pod with an IP"))],
+            Some((5, Some("worker 1 has no pod with an IP"))),
         );
         let plan = decide(&job, &refused, BUSY).unwrap();
         let p = plan.status.pending_checkpoint.as_ref().unwrap();
@@ -817,7 +826,7 @@ mod tests {
 
         let mut next = job.clone();
         next.status = Some(plan.status);
-        let plan = decide(&next, &world(None, &[(5, None)]), BUSY).unwrap();
+        let plan = decide(&next, &world(None, Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.status.pending_checkpoint, None);
         assert_eq!(reasons_of(&plan), [reasons::CHECKPOINT_ABORTED]);
         assert!(matches!(
@@ -834,10 +843,10 @@ mod tests {
     fn a_checkpoint_recorded_by_an_earlier_process_is_asked_for_again() {
         let job = running(2, Some(pending(5)));
         let waiting = waiting(5, Some("ignored: not asked here"));
-        let plan = decide(&job, &world(Some(waiting.clone()), &[]), BUSY).unwrap();
+        let plan = decide(&job, &world(Some(waiting.clone()), None), BUSY).unwrap();
         assert_eq!(plan.actions[1..], [trigger(5, false)]);
         assert_eq!(plan.status.pending_checkpoint, Some(pending(5)));
-        let plan = decide(&job, &world(Some(waiting), &[(5, None)]), BUSY).unwrap();
+        let plan = decide(&job, &world(Some(waiting), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.actions.len(), 1, "asked already: {:?}", plan.actions);
         assert!(plan.status.pending_checkpoint.unwrap().failure.is_some());
     }
@@ -845,7 +854,7 @@ mod tests {
     #[test]
     fn a_rescale_supersedes_the_pending_checkpoint_with_its_final_one() {
         let job = running(3, Some(pending(5)));
-        let plan = decide(&job, &world(None, &[(5, None)]), BUSY).unwrap();
+        let plan = decide(&job, &world(None, Some((5, None))), BUSY).unwrap();
         let r = plan.status.rescale.as_ref().expect("a rescale started");
         assert_eq!(
             (r.stage, r.final_checkpoint),

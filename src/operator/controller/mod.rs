@@ -33,6 +33,7 @@ use crate::checkpoint::{CheckpointStore, JobId};
 
 mod apply;
 mod decide;
+pub use self::decide::Asked;
 mod observe;
 
 /// Finalizer the operator puts on every StatefulJob.
@@ -79,10 +80,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Requeue interval while something is in progress.
     pub busy_requeue: Duration,
-    /// (job uid, checkpoint id) this process asked the workers for, with their refusal if any;
-    /// a pending checkpoint not in it was recorded by an earlier process, which may have
-    /// stopped before asking.
-    pub triggered: Mutex<HashMap<(String, u64), Option<String>>>,
+    /// Per job uid, the last checkpoint this process asked the workers for, with their refusal
+    /// if any (one at a time is in flight); a pending checkpoint not here was recorded by an
+    /// earlier process, which may have stopped before asking.
+    pub triggered: Mutex<HashMap<String, Asked>>,
     /// Whether job stores may use the operator's own credentials (`--ambient-credentials`).
     pub ambient: Ambient,
     /// (job uid, epoch) whose unused state claims this process has deleted (or found none):

@@ -13,7 +13,7 @@ use super::super::lifecycle::{JobState, Work};
 use super::super::reasons;
 use super::super::resources::{self, EPOCH_LABEL};
 use super::super::status::Problem;
-use super::decide::{Completion, InFlight, Token, World};
+use super::decide::{Asked, Completion, InFlight, Token, World};
 use super::{Result, Round, now};
 
 impl Round {
@@ -42,7 +42,7 @@ impl Round {
         };
         let in_flight = match in_flight {
             Some((id, epoch, parallelism)) => {
-                let asked_here = asked.contains_key(&id);
+                let asked_here = asked.as_ref().is_some_and(|a| a.id == id);
                 let held = match &token {
                     Token::Held(t) => Some(t.as_str()),
                     _ => None,
@@ -80,17 +80,14 @@ impl Round {
         })
     }
 
-    /// The checkpoint ids this process asked the job's workers for (see [`World::asked`]).
-    fn asked(&self) -> std::collections::BTreeMap<u64, Option<String>> {
+    /// The checkpoint this process last asked the job's workers for (see [`World::asked`]).
+    fn asked(&self) -> Option<Asked> {
         let uid = self.job.uid().unwrap_or_default();
-        self.ctx
-            .triggered
-            .lock()
+        let triggered = self.ctx.triggered.lock();
+        triggered
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|((job, _), _)| *job == uid)
-            .map(|((_, id), refusal)| (*id, refusal.clone()))
-            .collect()
+            .get(&uid)
+            .cloned()
     }
 
     /// How far checkpoint `id` of `epoch` got; its workers are asked why it cannot complete
