@@ -43,8 +43,13 @@ pub enum Command {
     /// What a checkpoint store holds: checkpoints, handles, file references, garbage.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
-    /// Prints the StatefulJob CustomResourceDefinition as YAML (what `crds/` holds).
-    Crd,
+    /// Prints regroup's CustomResourceDefinitions (StatefulJob, StatefulJobSnapshot) as YAML,
+    /// or writes them as the files of `crds/`.
+    Crd {
+        /// Write one file per CRD into this directory (as `crds/` holds them) instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Runs the operator: watches StatefulJobs, coordinates checkpoints, orchestrates rescales.
     Operator(crate::operator::OperatorArgs),
     /// Runs the reference job's worker: deterministic keyed workload, checkpoint API.
@@ -131,11 +136,28 @@ pub fn run_main(
     }
 }
 
+fn crd(dir: Option<&std::path::Path>) -> Result<()> {
+    let files = crate::operator::crd::crd_files()?;
+    match dir {
+        Some(dir) => {
+            for (name, yaml) in files {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml).map_err(crate::Error::io("write", &path))?;
+            }
+        }
+        None => {
+            let docs: Vec<String> = files.into_iter().map(|(_, yaml)| yaml).collect();
+            print!("{}", docs.join("---\n"));
+        }
+    }
+    Ok(())
+}
+
 /// Runs one subcommand.
 pub async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Checkpoints(c) => checkpoints(c).await?,
-        Command::Crd => print!("{}", crate::operator::crd::crd_yaml()?),
+        Command::Crd { dir } => crd(dir.as_deref())?,
         Command::Operator(args) => crate::operator::run(args).await?,
         Command::Worker(args) => crate::worker::reference::main(*args).await?,
         Command::Verify(args) => return crate::worker::oracle::main(args).await,

@@ -1,12 +1,14 @@
-//! The StatefulJob CRD on a real kube-apiserver: what it accepts, what it refuses and with
+//! The StatefulJob and StatefulJobSnapshot CRDs on a real kube-apiserver: what it accepts, what it refuses and with
 //! which message, the scale subresource and the printer columns.
 
 mod support;
 
 use std::process::Command;
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use regroup::operator::crd::StatefulJob;
+use regroup::operator::snapshot::StatefulJobSnapshot;
 use support::operator::{TestNamespace, job_yaml, kube_with_crd};
 use support::{root, run};
 
@@ -18,6 +20,21 @@ fn job(value: serde_json::Value) -> StatefulJob {
 async fn refused(api: &Api<StatefulJob>, value: serde_json::Value) -> String {
     match api.create(&PostParams::default(), &job(value)).await {
         Ok(j) => panic!("accepted an invalid StatefulJob: {:?}", j.spec),
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            e.message
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+/// Like [`refused`], for a job the Rust types cannot even hold (an unknown enum value).
+async fn refused_raw(client: &Client, ns: &str, value: serde_json::Value) -> String {
+    let resource = ApiResource::erase::<StatefulJob>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let object: DynamicObject = serde_json::from_value(value).expect("an object");
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => panic!("accepted an invalid StatefulJob"),
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 422, "{e:?}");
             e.message
@@ -90,6 +107,46 @@ async fn the_api_server_validates_statefuljobs() {
     let msg = refused(&api, zero).await;
     assert!(
         msg.contains("spec.restore.timeout must be a positive duration"),
+        "{msg}"
+    );
+
+    // Initial states: each kind with (only) its own field, a job named NAMESPACE/NAME.
+    for (initial, message) in [
+        (
+            serde_json::json!({"from": "Snapshot"}),
+            "initialState.snapshot (the name of a StatefulJobSnapshot",
+        ),
+        (
+            serde_json::json!({"from": "Checkpoint"}),
+            "initialState.checkpoint ({url, job, id}",
+        ),
+        (
+            serde_json::json!({"from": "Empty", "snapshot": "s"}),
+            "initialState.snapshot goes only with from: Snapshot",
+        ),
+        (
+            serde_json::json!({"from": "Checkpoint", "checkpoint": {"url": "s3://b/jobs", "job": "orders", "id": 3}}),
+            "initialState.checkpoint.job must be NAMESPACE/NAME",
+        ),
+        (
+            serde_json::json!({"from": "Checkpoint", "checkpoint": {"url": "http://x", "job": "prod/orders", "id": 3}}),
+            "initialState.checkpoint.url must be s3://BUCKET",
+        ),
+        (
+            serde_json::json!({"from": "Yesterday"}),
+            "spec.initialState.from",
+        ),
+    ] {
+        let mut bad = job_yaml("initial", 1, 16, "s3://bucket/jobs");
+        bad["spec"]["initialState"] = initial.clone();
+        let msg = refused_raw(&client, &ns.name, bad).await;
+        assert!(msg.contains(message), "{initial}: {msg}");
+    }
+    let mut bad = job_yaml("deletion", 1, 16, "s3://bucket/jobs");
+    bad["spec"]["deletionPolicy"] = "Keep".into();
+    let msg = refused_raw(&client, &ns.name, bad).await;
+    assert!(
+        msg.contains("spec.deletionPolicy") && msg.contains("Snapshot"),
         "{msg}"
     );
 
@@ -195,6 +252,11 @@ async fn the_api_server_validates_statefuljobs() {
         out.contains("statefuljob.regroup.dev/ephemeral created"),
         "{out}"
     );
+    assert!(
+        out.contains("statefuljobsnapshot.regroup.dev/wordcount-before-release created")
+            && out.contains("statefuljob.regroup.dev/wordcount-replay created"),
+        "{out}"
+    );
 
     // Short name and printer columns.
     let table = run(Command::new("kubectl").args(["-n", &ns.name, "get", "sj"]));
@@ -203,4 +265,63 @@ async fn the_api_server_validates_statefuljobs() {
         assert!(header.contains(column), "{column} missing in {header:?}");
     }
     assert!(table.contains("ok"), "{table}");
+}
+
+#[tokio::test]
+async fn the_api_server_validates_snapshots() {
+    let Some(client) = kube_with_crd("the_api_server_validates_snapshots").await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "regroup-crd-snap").await;
+    let api: Api<StatefulJobSnapshot> = Api::namespaced(client.clone(), &ns.name);
+    let snapshot = |name: &str, spec: serde_json::Value| -> StatefulJobSnapshot {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "regroup.dev/v1alpha1",
+            "kind": "StatefulJobSnapshot",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let err = api
+        .create(
+            &PostParams::default(),
+            &snapshot(
+                "old",
+                serde_json::json!({"job": "orders", "retain": {"maxAge": "0s"}}),
+            ),
+        )
+        .await
+        .expect_err("a zero maxAge");
+    assert!(
+        err.to_string()
+            .contains("spec.retain.maxAge must be a positive duration"),
+        "{err}"
+    );
+    api.create(
+        &PostParams::default(),
+        &snapshot("s", serde_json::json!({"job": "orders"})),
+    )
+    .await
+    .expect("a valid snapshot");
+    let err = api
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"job": "other"}})),
+        )
+        .await
+        .expect_err("spec.job changed");
+    assert!(err.to_string().contains("spec.job is immutable"), "{err}");
+    let table = run(Command::new("kubectl").args(["-n", &ns.name, "get", "sjsnap"]));
+    for column in [
+        "JOB",
+        "PHASE",
+        "CHECKPOINT",
+        "PARALLELISM",
+        "BYTES",
+        "TAKEN",
+    ] {
+        assert!(table.contains(column), "{table}");
+    }
 }

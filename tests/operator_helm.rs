@@ -12,14 +12,15 @@ use support::operator::{TestNamespace, kube_with_crd};
 use support::{cluster, root, run};
 
 #[test]
-fn chart_crd_is_the_generated_crd() {
-    let chart =
-        std::fs::read_to_string(root().join("charts/regroup/crds/statefuljob.yaml")).unwrap();
-    let generated = regroup::operator::crd::crd_yaml().unwrap();
-    assert!(
-        chart == generated,
-        "charts/regroup/crds/statefuljob.yaml differs from `regroup crd`; copy crds/statefuljob.yaml there"
-    );
+fn chart_crds_are_the_generated_crds() {
+    for (name, generated) in regroup::operator::crd::crd_files().unwrap() {
+        let chart = std::fs::read_to_string(root().join("charts/regroup/crds").join(name))
+            .unwrap_or_default();
+        assert!(
+            chart == generated,
+            "charts/regroup/crds/{name} differs from `regroup crd --dir`; copy crds/{name} there"
+        );
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ install_operator() {
     --set 'metrics.bindAddress=$(POD_IP)' --set logFormat=text \
     --set-string 'logLevel=info\,regroup=debug' --set leaderElection.leaseDuration=10s \
     --set nodeSelector.type=kwok --wait --timeout 120s "$@" >/dev/null
-  kubectl wait --for condition=Established crd/statefuljobs.regroup.dev --timeout=60s >/dev/null
+  kubectl wait --for condition=Established crd/statefuljobs.regroup.dev crd/statefuljobsnapshots.regroup.dev --timeout=60s >/dev/null
   say "operator ready: $(kubectl get pods -n "$OPERATOR_NS" -o name | tr '\n' ' ')"
 }
 

@@ -64,6 +64,12 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
         description = "Lifecycle phase"
     ),
     printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.restoreProgress.summary",
+        description = "How far the restores of a rescale got"
+    ),
+    printcolumn(
         name = "Last Checkpoint",
         type_ = "integer",
         json_path = ".status.lastCheckpoint.id",
@@ -151,6 +157,159 @@ pub struct StatefulJobSpec {
     /// templates are).
     #[serde(default)]
     pub state_volume: StateVolume,
+
+    /// The state the job starts from: the newest checkpoint under its store path (default), none,
+    /// a StatefulJobSnapshot, or a checkpoint of another job. Applied when the job first starts
+    /// and when spec.restoreNonce changes; a running job never switches state otherwise.
+    #[serde(default, skip_serializing_if = "InitialState::is_latest")]
+    pub initial_state: InitialState,
+
+    /// Any new value stops every worker and restores spec.initialState again (the state since
+    /// then is discarded); the value acted on is recorded in status.initialState.nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub restore_nonce: Option<String>,
+
+    /// What deleting the job does with its state: Snapshot (default) stops the workers with a
+    /// final checkpoint and records it as a StatefulJobSnapshot named `<job>-final-<id>` that
+    /// outlives the job; Delete stops them without one. Checkpoints stay in the store either
+    /// way, subject to the retention of a job of the same name.
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_default")]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Snapshots taken on a schedule: each a StatefulJobSnapshot `<job>-<yyyymmddhhmm>` owned
+    /// by the job (deleted with it, unlike its final snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotSchedule>,
+}
+
+/// When to take snapshots and how many to keep.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSchedule {
+    /// A cron schedule of five fields (minute hour day-of-month month day-of-week), in UTC,
+    /// e.g. `0 3 * * *`; a slot missed while the operator was down is taken once, late.
+    #[schemars(length(min = 9, max = 128))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.split(' ').filter(f, f != '').size() == 5",
+        "message": "spec.snapshots.schedule must be a cron schedule of five fields: minute hour day-of-month month day-of-week, e.g. '0 3 * * *'",
+        "reason": "FieldValueInvalid"
+    }]))]
+    pub schedule: String,
+    /// Scheduled snapshots kept, newest first (default 7); older ones are deleted.
+    #[serde(default = "default_keep")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: u32,
+    /// Scheduled snapshots older than this are deleted, e.g. 168h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [positive_duration("spec.snapshots.maxAge")]))]
+    pub max_age: Option<String>,
+}
+
+fn default_keep() -> u32 {
+    7
+}
+
+/// Where a job's state comes from when it starts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.from != 'Snapshot' || has(self.snapshot)",
+        "message": "initialState.snapshot (the name of a StatefulJobSnapshot in the job's namespace) is required when initialState.from is Snapshot",
+        "fieldPath": ".snapshot",
+        "reason": "FieldValueRequired"
+    },
+    {
+        "rule": "self.from != 'Checkpoint' || has(self.checkpoint)",
+        "message": "initialState.checkpoint ({url, job, id} of another job's checkpoint) is required when initialState.from is Checkpoint",
+        "fieldPath": ".checkpoint",
+        "reason": "FieldValueRequired"
+    },
+    {
+        "rule": "(self.from == 'Snapshot') == has(self.snapshot) && (self.from == 'Checkpoint') == has(self.checkpoint)",
+        "message": "initialState.snapshot goes only with from: Snapshot, initialState.checkpoint only with from: Checkpoint",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct InitialState {
+    /// Latest (default): the newest completed checkpoint under the job's store path; Empty: no
+    /// state; Snapshot: spec.initialState.snapshot; Checkpoint: spec.initialState.checkpoint.
+    #[serde(default)]
+    pub from: StateSource,
+    /// A Completed StatefulJobSnapshot in the job's namespace, of a job with the same
+    /// maxParallelism.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub snapshot: Option<String>,
+    /// A completed checkpoint of another job (a fork), read with this job's storage Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSource>,
+}
+
+impl InitialState {
+    fn is_latest(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Kinds of initial state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StateSource {
+    /// The newest completed checkpoint under the job's own store path.
+    #[default]
+    Latest,
+    /// No state.
+    Empty,
+    /// A StatefulJobSnapshot.
+    Snapshot,
+    /// A checkpoint of another job.
+    Checkpoint,
+}
+
+/// A completed checkpoint of a job, anywhere.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSource {
+    /// The storage URL of the job the checkpoint belongs to (its spec.storage.url).
+    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.matches('^(file:///|s3://[^/]+|gs://[^/]+|az://[^/]+)')",
+            "message": "initialState.checkpoint.url must be s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] or file:///PATH",
+            "reason": "FieldValueInvalid"
+        }
+    ]))]
+    pub url: String,
+    /// That job, as NAMESPACE/NAME.
+    #[schemars(length(min = 3, max = 317))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+            "message": "initialState.checkpoint.job must be NAMESPACE/NAME of the job whose checkpoint this is",
+            "reason": "FieldValueInvalid"
+        }
+    ]))]
+    pub job: String,
+    /// The id of one of its completed checkpoints.
+    pub id: u64,
+}
+
+/// What deleting a job does with its state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// A final checkpoint, recorded as a StatefulJobSnapshot that outlives the job.
+    #[default]
+    Snapshot,
+    /// No final checkpoint.
+    Delete,
+}
+
+impl DeletionPolicy {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_max_parallelism() -> u32 {
@@ -211,6 +370,16 @@ pub struct Checkpointing {
     #[serde(default = "default_retain")]
     #[schemars(range(min = 1, max = 1000))]
     pub retain: u32,
+
+    /// The last this many completed checkpoints are listed in status.checkpoints, newest
+    /// first (default 0: only status.lastCheckpoint); at most 20.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0, max = 20))]
+    pub history: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A CEL rule refusing a zero duration, naming `field`.
@@ -238,6 +407,7 @@ impl Default for Checkpointing {
             interval: default_interval(),
             timeout: default_timeout(),
             retain: default_retain(),
+            history: 0,
         }
     }
 }
@@ -460,6 +630,10 @@ pub struct StatefulJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointRecord>,
 
+    /// The last spec.checkpointing.history completed checkpoints, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<CheckpointRecord>,
+
     /// When the last checkpoint was triggered, whether it completed or not; periodic
     /// checkpoints are spaced by spec.checkpointing.interval from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -487,9 +661,68 @@ pub struct StatefulJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_trigger: Option<String>,
 
+    /// While the workers restore: how far each new subtask got (reported by the restores
+    /// through the store, refreshed every round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_progress: Option<RestoreProgressStatus>,
+
+    /// The slot of spec.snapshots.schedule last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_snapshot: Option<Time>,
+
+    /// The initial state applied last (at the start, or for spec.restoreNonce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_state: Option<AppliedState>,
+
     /// Ready, Progressing and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// How far the restores of a rescale got.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreProgressStatus {
+    /// For `kubectl get sj`: `2/3 restored, 45% of 120 MiB`.
+    pub summary: String,
+    /// Per new subtask (at most 32, unfinished first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtasks: Vec<SubtaskProgress>,
+}
+
+/// How far one new subtask's restore got.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubtaskProgress {
+    /// The new subtask.
+    pub subtask: u32,
+    /// Planning, Downloading, Ingesting, Clipping or Done (Waiting before its first report).
+    pub phase: String,
+    /// Bytes fetched (downloaded or reused from the volume).
+    pub bytes_done: u64,
+    /// Bytes to fetch.
+    pub bytes_total: u64,
+}
+
+/// The initial state a job was given.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedState {
+    /// What it came from, for people: `empty`, `snapshot prod/before-release (checkpoint 12 of
+    /// prod/orders)`.
+    pub source: String,
+    /// The spec.restoreNonce acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The checkpoint of this job's store it was imported as, when it came from elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    /// Checkpoints of this job's store below this id predate it: never restored from again.
+    #[serde(default)]
+    pub since: u64,
+    /// Whether the state is in place (imported, or nothing to import).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// Lifecycle phase of a job, as shown by `kubectl get sj`.
@@ -645,6 +878,8 @@ pub enum RescaleReason {
     Resume,
     /// A worker of the running generation was lost; all restart from the latest checkpoint.
     Recovery,
+    /// spec.restoreNonce changed: all restart from spec.initialState.
+    Reset,
 }
 
 impl RescaleReason {
@@ -657,6 +892,7 @@ impl RescaleReason {
             RescaleReason::Suspend => "Suspend",
             RescaleReason::Resume => "Resume",
             RescaleReason::Recovery => "Recovery",
+            RescaleReason::Reset => "Reset",
         }
     }
 }
@@ -713,9 +949,27 @@ fn strip_nested_descriptions(schema: &mut serde_json::Value) {
     }
 }
 
-/// The CRD as YAML, exactly as checked in under `crds/`.
+/// The StatefulJob CRD as YAML, exactly as checked in as `crds/statefuljob.yaml`.
 pub fn crd_yaml() -> Result<String> {
-    serde_saphyr::to_string(&crd())
+    yaml(&crd())
+}
+
+/// The StatefulJobSnapshot CRD as YAML, exactly as checked in as
+/// `crds/statefuljobsnapshot.yaml`.
+pub fn snapshot_crd_yaml() -> Result<String> {
+    yaml(&crate::operator::snapshot::StatefulJobSnapshot::crd())
+}
+
+/// Every CRD file of `crds/`, by name, as YAML.
+pub fn crd_files() -> Result<Vec<(&'static str, String)>> {
+    Ok(vec![
+        ("statefuljob.yaml", crd_yaml()?),
+        ("statefuljobsnapshot.yaml", snapshot_crd_yaml()?),
+    ])
+}
+
+fn yaml(crd: &CustomResourceDefinition) -> Result<String> {
+    serde_saphyr::to_string(crd)
         .map_err(|e| Error::Other(format!("cannot render the CRD as YAML: {e}")))
 }
 
@@ -730,15 +984,15 @@ mod tests {
     }
 
     #[test]
-    fn checked_in_crd_matches_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/statefuljob.yaml");
-        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
-        let generated = crd_yaml().unwrap();
-        assert!(
-            checked_in == generated,
-            "crds/statefuljob.yaml differs from `regroup crd`; regenerate it with \
-             `cargo run -- crd > crds/statefuljob.yaml`"
-        );
+    fn checked_in_crds_match_the_types() {
+        for (name, generated) in crd_files().unwrap() {
+            let path = format!("{}/crds/{name}", env!("CARGO_MANIFEST_DIR"));
+            let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(
+                checked_in == generated,
+                "crds/{name} differs from the types; regenerate crds/ with `cargo run -- crd --dir crds`"
+            );
+        }
     }
 
     #[test]

@@ -182,6 +182,9 @@ pub struct Observed {
     /// A worker of the running generation is gone, replaced or restarted (see
     /// `diagnose::lost_worker`): the others hold state the replacement cannot have.
     pub worker_lost: Option<String>,
+    /// spec.initialState was applied again (spec.restoreNonce): what from; every running
+    /// worker restarts from the latest completed checkpoint that counts.
+    pub reset: Option<String>,
 }
 
 /// A transition worth a Kubernetes Event.
@@ -592,33 +595,38 @@ fn steady(
         // Running; also a stage phase left without a rescale record, which only a hand-edited
         // status produces: treat it as running workers.
         _ => {
-            if let Some(what) = &observed.worker_lost
-                && s.phase == Phase::Running
-            {
-                // Global recovery: every worker restarts from the latest completed checkpoint
-                // (a final checkpoint cannot succeed without the lost worker).
+            let restart = match (&observed.worker_lost, &observed.reset) {
+                _ if s.phase != Phase::Running => None,
+                // Global recovery: a final checkpoint cannot succeed without the lost worker.
+                (Some(what), _) => Some((RescaleReason::Recovery, what, true)),
+                // The state since the last restore is discarded on purpose: no final checkpoint.
+                (None, Some(what)) => Some((RescaleReason::Reset, what, false)),
+                (None, None) => None,
+            };
+            if let Some((reason, what, warning)) = restart {
+                // Every worker restarts from the latest completed checkpoint.
                 let checkpoint = observed.latest_completed;
                 next.phase = Phase::Stopping;
                 next.rescale = Some(rescale(
                     s.parallelism,
                     target,
                     Stage::Stopping,
-                    RescaleReason::Recovery,
+                    reason,
                     checkpoint,
                     None,
                     now,
                 ));
-                return Some((
-                    next,
-                    Note::warning(
-                        reasons::WORKER_LOST,
-                        format!(
-                            "{what}; restarting all workers of epoch {} from checkpoint {}",
-                            s.epoch,
-                            describe(checkpoint)
-                        ),
-                    ),
-                ));
+                let message = format!(
+                    "{what}; restarting all workers of epoch {} from checkpoint {}",
+                    s.epoch,
+                    describe(checkpoint)
+                );
+                let note = if warning {
+                    Note::warning(reasons::WORKER_LOST, message)
+                } else {
+                    Note::normal(reasons::INITIAL_STATE, message)
+                };
+                return Some((next, note));
             }
             let template_changed =
                 s.template_hash.as_deref() != Some(desired.template_hash.as_str());
@@ -720,6 +728,7 @@ mod tests {
             restore_failure: None,
             next_checkpoint_id: 1,
             worker_lost: None,
+            reset: None,
         }
     }
 
@@ -1189,6 +1198,29 @@ mod tests {
         o.worker_lost = Some("x".into());
         o.pods = 3;
         assert_eq!(next(&s, &desired(3), &o, &now()).state, s);
+    }
+
+    #[test]
+    fn a_reset_restarts_every_worker_without_a_final_checkpoint() {
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 3;
+        o.latest_completed = Some(12);
+        o.reset = Some("spec.restoreNonce r1: snapshot s (checkpoint 4 of prod/a)".into());
+        let step = next(&running(3, 2), &desired(3), &o, &now());
+        let r = step.state.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.reason, r.checkpoint, r.final_checkpoint),
+            (Stage::Stopping, RescaleReason::Reset, Some(12), None)
+        );
+        assert!(!step.notes[0].warning && step.notes[0].message.contains("r1"));
+        // A suspended job has nothing to restart: it resumes from the state later.
+        let suspended = JobState {
+            phase: Phase::Suspended,
+            parallelism: 0,
+            ..running(3, 2)
+        };
+        assert_eq!(next(&suspended, &desired(0), &o, &now()).state, suspended);
     }
 
     #[test]

@@ -6,11 +6,14 @@ pub mod controller;
 pub mod coordinator;
 pub mod crd;
 pub mod diagnose;
+pub mod initial_state;
 pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
+pub mod progress;
 pub mod reasons;
 pub mod resources;
+pub mod snapshot;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -22,6 +25,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
 use kube::api::{Api, ListParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use tracing::{debug, error, info, warn};
 
@@ -30,6 +34,7 @@ use self::coordinator::HttpWorkerClient;
 use self::crd::StatefulJob;
 use self::lease::{LeaseLock, LeaseTimings};
 use self::metrics::OperatorMetrics;
+use self::snapshot::StatefulJobSnapshot;
 use crate::error::{Error, Result};
 
 /// `regroup operator`
@@ -191,7 +196,7 @@ pub async fn run_controller(client: Client, namespace: Option<String>, ctx: Arc<
         namespace = namespace.as_deref().unwrap_or("(all)"),
         "controller starting"
     );
-    Controller::new(
+    let jobs = Controller::new(
         api::<StatefulJob>(&client, &namespace),
         watcher::Config::default(),
     )
@@ -202,15 +207,41 @@ pub async fn run_controller(client: Client, namespace: Option<String>, ctx: Arc<
         watcher::Config::default().labels(resources::JOB_LABEL),
         pod_to_job,
     )
+    .watches(
+        api::<StatefulJobSnapshot>(&client, &namespace),
+        watcher::Config::default(),
+        snapshot_to_job,
+    )
     .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, error_policy, ctx.clone())
     .for_each(|result| async move {
         match result {
             Ok((obj, _)) => debug!(job = %obj, "reconciled"),
             Err(e) => warn!(error = %e, "reconcile failed"),
         }
-    })
-    .await;
+    });
+    let snapshots = Controller::new(
+        api::<StatefulJobSnapshot>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        snapshot::controller::reconcile,
+        snapshot::controller::error_policy,
+        ctx,
+    )
+    .for_each(|result| async move {
+        match result {
+            Ok((obj, _)) => debug!(snapshot = %obj, "reconciled"),
+            Err(e) => warn!(error = %e, "snapshot reconcile failed"),
+        }
+    });
+    futures::join!(jobs, snapshots);
+}
+
+/// Maps a snapshot to the job it names.
+fn snapshot_to_job(s: StatefulJobSnapshot) -> Option<ObjectRef<StatefulJob>> {
+    Some(ObjectRef::new(&s.spec.job).within(&s.metadata.namespace?))
 }
 
 async fn shutdown_signal() {

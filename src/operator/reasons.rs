@@ -32,6 +32,16 @@ pub const STATE_CLAIM_DELETED: &str = "StateClaimDeleted";
 /// The job was deleted; its checkpoints stay in the store.
 pub const DELETED: &str = "Deleted";
 
+// Events about snapshots and initial state.
+/// A deleted StatefulJobSnapshot's checkpoint could not be released (store unreachable).
+pub const SNAPSHOT_NOT_DISPOSED: &str = "SnapshotNotDisposed";
+/// A deleted job's final checkpoint was recorded as a StatefulJobSnapshot.
+pub const FINAL_SNAPSHOT: &str = "FinalSnapshot";
+/// spec.initialState was applied (at the start or for spec.restoreNonce).
+pub const INITIAL_STATE: &str = "InitialState";
+/// Degraded: spec.initialState names a snapshot or checkpoint that cannot be used yet.
+pub const INITIAL_STATE_UNAVAILABLE: &str = "InitialStateUnavailable";
+
 // Reasons of the conditions Ready, Progressing and Degraded.
 /// Ready: every worker of the epoch is ready.
 pub const WORKERS_READY: &str = "WorkersReady";
@@ -52,7 +62,8 @@ pub const PODS_NOT_CREATED: &str = "PodsNotCreated";
 pub const POD_STUCK_TERMINATING: &str = "PodStuckTerminating";
 
 /// Degraded reasons read from the pods each round: they clear when no longer observed.
-pub const OBSERVED: [&str; 4] = [
+pub const OBSERVED: [&str; 5] = [
+    INITIAL_STATE_UNAVAILABLE,
     RESTORE_FAILED,
     WORKER_FAILING,
     PODS_NOT_CREATED,

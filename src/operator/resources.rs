@@ -246,6 +246,8 @@ pub fn restore_container(
                 None => env("REGROUP_RESTORE_EMPTY", true),
             },
             subtask_env(),
+            // The restore reports its progress to the store under its epoch.
+            env("REGROUP_EPOCH", generation.epoch),
             env("REGROUP_PARALLELISM", generation.parallelism),
             env("REGROUP_MAX_PARALLELISM", job.spec.max_parallelism),
             // The worker opens <state dir>/db (statedir::db_dir): restoring into the state dir

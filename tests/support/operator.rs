@@ -28,7 +28,7 @@ pub async fn kube_with_crd(test: &str) -> Option<Client> {
     Some(client)
 }
 
-/// `kubectl apply -f crds/` and waits until the CRD is established.
+/// `kubectl apply -f crds/` and waits until the CRDs are established.
 ///
 /// The tests of one binary start at once: on a cluster without the CRD, concurrent applies
 /// each see it missing and all but one create fails with AlreadyExists. So applies are
@@ -65,20 +65,25 @@ pub async fn install_crd(client: &Client) {
         }
     }
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually(
-        "the StatefulJob CRD to be established",
-        Duration::from_secs(60),
-        || async {
-            let crd = api.get("statefuljobs.regroup.dev").await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        },
-    )
-    .await;
+    for name in [
+        "statefuljobs.regroup.dev",
+        "statefuljobsnapshots.regroup.dev",
+    ] {
+        eventually(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(60),
+            || async {
+                let crd = api.get(name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 /// A fresh namespace, deleted when dropped.

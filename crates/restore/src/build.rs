@@ -18,6 +18,7 @@ use regroup_core::backend::{
 };
 use regroup_core::backend::{clip::clip, native};
 use regroup_core::checkpoint::local_file::{CopyHelpers, LocalWrite, table_metadata_ends};
+use regroup_core::checkpoint::progress::{RestorePhase, Tracker};
 use regroup_core::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
 use regroup_core::checkpoint::{
     CheckpointMetadata, CheckpointStore, FileRef, SharedFile, SubtaskHandle,
@@ -69,8 +70,10 @@ fn input_dir(work: &Path, input: &PlannedInput) -> PathBuf {
 }
 
 /// How [`build`] makes the DB.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
+    /// Where the build counts its progress.
+    pub progress: Arc<Tracker>,
     /// Compact the clipped key intervals before returning (`RestoreRequest::compact`).
     pub compact: bool,
     /// Sync every file the DB takes in: downloads with direct I/O and synced, and RocksDB's
@@ -102,7 +105,8 @@ pub async fn build(
     local: Option<&LocalSource>,
 ) -> Result<BuildStats> {
     let started = Instant::now();
-    let transfers = transfers(store, meta, plan, work, local, options)?;
+    let progress = options.progress.clone();
+    let transfers = transfers(store, meta, plan, work, local, &options)?;
     let mut remaining = vec![0usize; plan.inputs.len()];
     for t in &transfers {
         remaining[t.input] += 1;
@@ -114,8 +118,16 @@ pub async fn build(
     let builder = {
         let (meta, plan, work) = (meta.clone(), plan.clone(), work.to_path_buf());
         let column_families = column_families.to_vec();
+        let options = options.clone();
         tokio::task::spawn_blocking(move || {
-            merge(&meta, &plan, &column_families, &work, options, inputs_ready)
+            merge(
+                &meta,
+                &plan,
+                &column_families,
+                &work,
+                &options,
+                inputs_ready,
+            )
         })
     };
 
@@ -195,6 +207,7 @@ pub async fn build(
                     }
                 }
                 done_bytes += t.file.size;
+                progress.add_done(t.file.size);
                 if done_bytes >= next_report && total > 0 {
                     info!(bytes = done_bytes, of = total, "fetched");
                     next_report = done_bytes + total / 10;
@@ -211,6 +224,7 @@ pub async fn build(
         }
     }
     drop(ready);
+    progress.advance(RestorePhase::Ingesting);
     stats.download_seconds = started.elapsed().as_secs_f64();
     if local.is_some() {
         info!(
@@ -301,7 +315,7 @@ fn transfers<'a>(
     plan: &SubtaskPlan,
     work: &Path,
     local: Option<&LocalSource>,
-    options: BuildOptions,
+    options: &BuildOptions,
 ) -> Result<Vec<Transfer<'a>>> {
     let mut out = Vec::new();
     let taken_in = if options.sync {
@@ -477,7 +491,7 @@ fn merge(
     plan: &SubtaskPlan,
     column_families: &[String],
     work: &Path,
-    options: BuildOptions,
+    options: &BuildOptions,
     ready: Receiver<usize>,
 ) -> Result<Merged> {
     let db_dir = work.join(BUILT_DB_DIR);
@@ -531,6 +545,7 @@ fn merge(
     }
     let merged_seconds = phase.elapsed().as_secs_f64();
     let phase = Instant::now();
+    options.progress.advance(RestorePhase::Clipping);
     clip(
         &db,
         column_families,

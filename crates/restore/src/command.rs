@@ -2,14 +2,17 @@
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
+use tracing::warn;
 
 use super::plan::{
     PlanOptions, RangePlan, RescalePlan, Strategy, plan, plan_ranges, plan_subtask_with_local,
 };
 use super::{RestoreRequest, is_local_copy, local, restore_subtask};
+use regroup_core::checkpoint::progress::{self, RestorePhase, Tracker};
 use regroup_core::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup_core::error::{Error, Result};
 use regroup_core::keygroup::KeyGroupRange;
@@ -84,6 +87,10 @@ pub struct RestoreArgs {
     /// New subtask index (the pod's ordinal).
     #[arg(long, env = "REGROUP_SUBTASK")]
     pub subtask: u32,
+    /// The epoch of the generation restoring: with it, the restore writes its progress to the
+    /// store (`_progress/epoch-<E>/<subtask>.json`, every 2 s) for the operator to show.
+    #[arg(long, env = "REGROUP_EPOCH")]
+    pub epoch: Option<u64>,
     /// New parallelism.
     #[arg(long, env = "REGROUP_PARALLELISM")]
     pub parallelism: u32,
@@ -393,6 +400,10 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         return Ok(());
     }
     let store = CheckpointStore::from_url(&args.store, args.job.clone())?;
+    let progress = Arc::new(Tracker::default());
+    let reporter = args
+        .epoch
+        .map(|epoch| tokio::spawn(report(store.clone(), epoch, args.subtask, progress.clone())));
     let request = RestoreRequest {
         checkpoint: args.checkpoint,
         subtask: args.subtask,
@@ -404,13 +415,46 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         sync: args.sync,
         page_cache_budget: args.page_cache_budget,
         fault_pause_before_rename: regroup_core::fault::faults().restore_pause,
+        progress: progress.clone(),
     };
-    let summary = restore_subtask(&store, &request).await?;
+    let result = restore_subtask(&store, &request).await;
+    if let (Some(reporter), Some(epoch)) = (reporter, args.epoch) {
+        reporter.abort();
+        if result.is_ok() {
+            progress.advance(RestorePhase::Done);
+            if let Err(e) = progress::write(&store, epoch, &progress.snapshot(args.subtask)).await {
+                warn!(error = %e, "cannot record the restore's progress");
+            }
+        }
+    }
+    let summary = result?;
     match args.output {
         OutputFormat::Text => println!("{}", summary.line()),
         OutputFormat::Json => println!("{}", to_json(&summary)?),
     }
     Ok(())
+}
+
+/// Writes the restore's progress every 2 s while it changes (best effort: a store that
+/// refuses it only leaves the operator without progress to show).
+async fn report(store: CheckpointStore, epoch: u64, subtask: u32, progress: Arc<Tracker>) {
+    let mut written = None;
+    let mut warned = false;
+    loop {
+        let now = progress.snapshot(subtask);
+        let key = (now.phase, now.bytes_done, now.bytes_total);
+        if written != Some(key) {
+            match progress::write(&store, epoch, &now).await {
+                Ok(()) => written = Some(key),
+                Err(e) if !warned => {
+                    warn!(error = %e, "cannot record the restore's progress");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 /// The text of `regroup plan --max-parallelism M --to N [--from P]`.

@@ -40,11 +40,13 @@ pub mod plan;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use regroup_core::checkpoint::progress::{RestorePhase, Tracker};
 use regroup_core::checkpoint::{CheckpointMetadata, CheckpointStore, JobId, SharedFile};
 use regroup_core::error::{Error, Result};
 use regroup_core::keygroup::KeyGroupRange;
@@ -99,6 +101,8 @@ pub struct RestoreRequest {
     /// Fault injection for end-to-end tests: wait this long with the new DB complete in its work
     /// directory, before it is renamed into place, so a test can kill the restore there.
     pub fault_pause_before_rename: Option<std::time::Duration>,
+    /// Where the restore counts its progress (phase, bytes fetched of bytes to fetch).
+    pub progress: Arc<Tracker>,
 }
 
 impl RestoreRequest {
@@ -115,6 +119,7 @@ impl RestoreRequest {
             sync: false,
             page_cache_budget: None,
             fault_pause_before_rename: None,
+            progress: Arc::default(),
         }
     }
 
@@ -319,6 +324,10 @@ pub async fn restore_subtask(
         &options,
         local.as_ref().map(|l| l.old_subtask),
     )?;
+    request
+        .progress
+        .set_total(plan.bytes_to_download + plan.bytes_local);
+    request.progress.advance(RestorePhase::Downloading);
     let mut summary = RestoreSummary {
         job: meta.job.clone(),
         checkpoint_id: meta.checkpoint_id,
@@ -391,6 +400,7 @@ pub async fn restore_subtask(
         &summary.column_families,
         &work,
         build::BuildOptions {
+            progress: request.progress.clone(),
             compact: request.compact,
             sync: request.sync,
             page_cache_budget: if request.sync {

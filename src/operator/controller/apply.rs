@@ -10,13 +10,19 @@ use tracing::{error, info, warn};
 
 use super::super::claims;
 use super::super::coordinator::{self, CheckpointRequest};
+use super::super::initial_state::Source;
 use super::super::lifecycle::JobState;
 use super::super::metrics::label;
 use super::super::reasons;
 use super::super::resources::{self, FIELD_MANAGER};
+use super::super::snapshot::schedule::SCHEDULED_LABEL;
+use super::super::snapshot::{self, SnapshotPhase, StatefulJobSnapshot, StatefulJobSnapshotSpec};
 use super::decide::{Act, Asked, Plan, Tally, Token, World};
 use super::{Result, Round, publish, publish_related, write_status};
-use crate::checkpoint::CheckpointMetadata;
+use crate::checkpoint::import::import;
+use crate::checkpoint::pins::{pin, unpin};
+use crate::checkpoint::progress;
+use crate::checkpoint::{CheckpointMetadata, JobId};
 
 impl Round {
     /// Carries out `plan`, decided from `world`.
@@ -36,6 +42,9 @@ impl Round {
             plan.problem.as_ref(),
         )
         .await?;
+        for update in &plan.snapshots {
+            self.record_snapshot(update).await?;
+        }
         for tally in &plan.tallies {
             self.tally(tally);
         }
@@ -112,7 +121,105 @@ impl Round {
                 self.apply_object(&set).await?;
             }
             Act::DeleteUnusedClaims(state) => self.delete_unused_claims(state).await,
+            Act::Import { from, into } => self.import(from, *into).await?,
+            Act::ClearProgress(epoch) => {
+                if let Err(e) = progress::clear_before(&self.store, epoch + 1).await {
+                    warn!(error = %e, "cannot delete the restores' progress reports; retried after the next rescale");
+                }
+            }
+            Act::CreateSnapshot(name) => self.create_snapshot(name).await?,
+            Act::DeleteSnapshot(name) => {
+                let api: Api<StatefulJobSnapshot> =
+                    Api::namespaced(self.ctx.client.clone(), &self.ns);
+                match api.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => info!(snapshot = %name, "scheduled snapshot deleted (spec.snapshots)"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Creates the scheduled snapshot `name`, owned by the job (deleted with it).
+    async fn create_snapshot(&self, name: &str) -> Result<()> {
+        let api: Api<StatefulJobSnapshot> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let mut snap = StatefulJobSnapshot::new(
+            name,
+            StatefulJobSnapshotSpec {
+                job: self.job.name_any(),
+                dispose_on_delete: true,
+                retain: None,
+            },
+        );
+        snap.metadata.labels = Some(
+            [
+                (resources::JOB_LABEL.to_owned(), self.job.name_any()),
+                (SCHEDULED_LABEL.to_owned(), "true".to_owned()),
+            ]
+            .into(),
+        );
+        snap.metadata.owner_references = self.job.controller_owner_ref(&()).map(|mut o| {
+            o.controller = Some(false);
+            vec![o]
+        });
+        match api.create(&PostParams::default(), &snap).await {
+            Ok(_) => info!(snapshot = %name, "scheduled snapshot created (spec.snapshots)"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Pins the snapshot's checkpoint (before the workers are asked for it, so that no garbage
+    /// collection takes it), then records the snapshot's status.
+    async fn record_snapshot(&self, update: &snapshot::plan::Update) -> Result<()> {
+        if let Some(id) = update.pin {
+            let holder = format!("StatefulJobSnapshot {}/{}", self.ns, update.name);
+            pin(&self.store, &update.uid, id, &holder).await?;
+        }
+        if update.status.phase == Some(SnapshotPhase::Failed) {
+            // A failed snapshot holds nothing.
+            unpin(&self.store, &update.uid).await?;
+        }
+        snapshot::controller::patch_status(&self.ctx, &self.ns, &update.name, &update.status).await
+    }
+
+    /// Copies checkpoint `from` into the job's store as checkpoint `into` (see
+    /// `initial_state`), after checking that it has the job's number of key groups.
+    async fn import(&self, from: &Source, into: u64) -> Result<()> {
+        let field = "spec.initialState";
+        let job: JobId = from.job.parse().map_err(|_| {
+            crate::Error::invalid(
+                format!("{field}.checkpoint.job"),
+                &from.job,
+                "NAMESPACE/NAME",
+            )
+        })?;
+        let source = coordinator::open_store(&from.url, job, &self.settings, self.ctx.ambient)?;
+        let meta = match source.read_metadata(from.id).await {
+            Ok(meta) => meta,
+            Err(e) if !e.is_retryable() => {
+                return Err(crate::Error::invalid(
+                    field,
+                    format!("checkpoint {} of {} at {}", from.id, from.job, from.url),
+                    format!("a completed checkpoint readable with the job's storage Secret ({e})"),
+                )
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let wanted = self.job.spec.max_parallelism;
+        if meta.max_parallelism != wanted {
+            return Err(crate::Error::invalid(
+                field,
+                format!("checkpoint {} of {} ({} key groups)", from.id, from.job, meta.max_parallelism),
+                format!("a checkpoint of {wanted} key groups, this job's spec.maxParallelism: state is partitioned by it"),
+            )
+            .into());
+        }
+        info!(from = %from.job, checkpoint = from.id, into, "importing the initial state");
+        import(&source, from.id, &self.store, into).await?;
         Ok(())
     }
 

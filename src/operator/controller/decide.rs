@@ -14,11 +14,15 @@ use super::super::crd::{
     StatefulJobStatus,
 };
 use super::super::diagnose;
+use super::super::initial_state::{self, Initial, Source};
 use super::super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Note, Observed, Work};
+use super::super::progress;
 use super::super::reasons;
 use super::super::resources::{self, EPOCH_LABEL, Generation};
+use super::super::snapshot::{self, SnapshotStore};
 use super::super::status::{self, Problem};
 use crate::checkpoint::CheckpointMetadata;
+use crate::checkpoint::progress::RestoreProgress;
 
 /// What a round saw; [`super::observe`] fills it, reading only.
 #[derive(Clone, Debug)]
@@ -39,6 +43,14 @@ pub struct World {
     pub asked: Option<Asked>,
     /// What is wrong with the job's pods in the recorded stage, with what the user can do.
     pub pod_problem: Option<Problem>,
+    /// The job's snapshots not being deleted.
+    pub snapshots: Vec<snapshot::plan::Seen>,
+    /// Those of them its schedule created.
+    pub scheduled: Vec<snapshot::schedule::Scheduled>,
+    /// While the recorded epoch restores: the progress its restores reported.
+    pub restore_progress: Vec<RestoreProgress>,
+    /// The snapshot spec.initialState names, resolved, when the initial state is not in place.
+    pub initial_snapshot: Option<Result<Source, String>>,
 }
 
 /// A checkpoint this process asked the job's workers for.
@@ -119,6 +131,19 @@ pub enum Act {
     RunWorkers(Generation),
     /// Delete the state claims no worker of the settled generation uses (best effort).
     DeleteUnusedClaims(JobState),
+    /// Delete the restores' progress reports of every epoch up to `epoch` (best effort).
+    ClearProgress(u64),
+    /// Create the scheduled StatefulJobSnapshot `name`, owned by the job.
+    CreateSnapshot(String),
+    /// Delete the scheduled StatefulJobSnapshot `name`.
+    DeleteSnapshot(String),
+    /// Copy a completed checkpoint into the job's store as checkpoint `into`.
+    Import {
+        /// The checkpoint.
+        from: Source,
+        /// Its id in the job's store.
+        into: u64,
+    },
 }
 
 /// A metric the round moves.
@@ -153,6 +178,8 @@ pub struct Plan {
     pub events: Vec<Note>,
     /// Metrics to move.
     pub tallies: Vec<Tally>,
+    /// Snapshot statuses to record (after pinning their checkpoints), before any action.
+    pub snapshots: Vec<snapshot::plan::Update>,
     /// What to do once the status is recorded, in order.
     pub actions: Vec<Act>,
     /// When to look again.
@@ -177,19 +204,30 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     let mut d = Decider {
         job,
         world,
+        since: 0,
         plan: Plan {
             commit: None,
             problem: recorded_problem(&status),
             status,
             events: Vec::new(),
             tallies: Vec::new(),
+            snapshots: Vec::new(),
             actions: Vec::new(),
             requeue: busy,
         },
     };
+    let (hold, reset, unavailable) = d.initial_state(&state)?;
     let final_checkpoint = d.final_checkpoint(&state, timeout);
-    let (observed, ready_pods) = d.observed(&state, final_checkpoint)?;
-    let step = lifecycle::next(&state, &desired, &observed, &world.now);
+    let (mut observed, ready_pods) = d.observed(&state, final_checkpoint)?;
+    observed.reset = reset;
+    let step = if hold {
+        lifecycle::Step {
+            state: state.clone(),
+            notes: Vec::new(),
+        }
+    } else {
+        lifecycle::next(&state, &desired, &observed, &world.now)
+    };
     d.take(
         &state,
         step.state.clone(),
@@ -197,7 +235,16 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
         &observed,
         ready_pods,
     );
+    d.restore_progress(&step.state);
+    if let Some(why) = unavailable {
+        d.plan.problem = Some(Problem::new(reasons::INITIAL_STATE_UNAVAILABLE, why));
+    }
     d.plan.requeue = d.work(&step.state, interval, timeout, busy)?;
+    if hold {
+        d.plan.requeue = d.plan.requeue.min(busy.max(Duration::from_secs(5)));
+    }
+    d.snapshots();
+    d.schedule()?;
     Ok(d.finish())
 }
 
@@ -214,9 +261,10 @@ fn recorded_problem(status: &StatefulJobStatus) -> Option<Problem> {
 
 /// Every checkpoint id `status` names: all were issued (or are about to be), none is issued
 /// again.
-pub fn issued_ids(status: &StatefulJobStatus) -> [Option<u64>; 4] {
+pub fn issued_ids(status: &StatefulJobStatus) -> [Option<u64>; 5] {
     [
         status.last_issued_checkpoint,
+        status.initial_state.as_ref().and_then(|s| s.checkpoint),
         status.last_checkpoint.as_ref().map(|c| c.id),
         status.pending_checkpoint.as_ref().map(|c| c.id),
         status.rescale.as_ref().and_then(|r| r.final_checkpoint),
@@ -226,6 +274,8 @@ pub fn issued_ids(status: &StatefulJobStatus) -> [Option<u64>; 4] {
 struct Decider<'a> {
     job: &'a StatefulJob,
     world: &'a World,
+    /// Checkpoints of the store below this id predate the job's initial state.
+    since: u64,
     plan: Plan,
 }
 
@@ -326,6 +376,7 @@ impl<'a> Decider<'a> {
             .world
             .store_ids
             .iter()
+            .filter(|(id, _)| *id >= self.since)
             .filter_map(|(id, done)| done.then_some(*id))
             .collect();
         let store_ids: Vec<u64> = self.world.store_ids.iter().map(|(id, _)| *id).collect();
@@ -348,6 +399,7 @@ impl<'a> Decider<'a> {
             restore_failure: diagnose::restore_failure(&at_epoch),
             next_checkpoint_id: coordinator::next_checkpoint_id(&store_ids, issued_ids(status))?,
             worker_lost,
+            reset: None,
         };
         Ok((observed, ready_pods))
     }
@@ -457,6 +509,11 @@ impl<'a> Decider<'a> {
             .tallies
             .push(Tally::CheckpointCompleted(record.clone()));
         self.status().last_checkpoint = Some(record.clone());
+        let history = self.job.spec.checkpointing.history.min(20) as usize;
+        let listed = &mut self.plan.status.checkpoints;
+        listed.retain(|c| c.id != record.id);
+        listed.insert(0, record.clone());
+        listed.truncate(history);
         if self
             .plan
             .problem
@@ -572,7 +629,17 @@ impl<'a> Decider<'a> {
             acted_trigger: status.checkpoint_trigger.as_deref(),
             next_id: coordinator::next_checkpoint_id(&store_ids, issued_ids(status))?,
         };
-        Ok(match coordinator::periodic(self.now(), &inputs) {
+        let decision = match coordinator::periodic(self.now(), &inputs) {
+            // A snapshot waits: a checkpoint now, as if asked for.
+            Decision::Wait(_) if snapshot::plan::waiting(&self.world.snapshots) => {
+                Decision::Trigger {
+                    id: inputs.next_id,
+                    on_demand: false,
+                }
+            }
+            other => other,
+        };
+        Ok(match decision {
             Decision::Wait(d) => d.min(Duration::from_secs(30)),
             Decision::Trigger { id, on_demand } => {
                 if on_demand {
@@ -642,8 +709,13 @@ impl<'a> Decider<'a> {
         });
     }
 
-    /// Drops the pending checkpoint (if any) and tells its workers.
+    /// Drops the pending checkpoint (if any) and tells its workers; a periodic one aborted
+    /// while the job runs makes it Degraded unless `planned`.
     fn abort_pending(&mut self, reason: &str) {
+        self.abort(reason, false);
+    }
+
+    fn abort(&mut self, reason: &str, planned: bool) {
         let Some(p) = self.status().pending_checkpoint.take() else {
             return;
         };
@@ -656,10 +728,147 @@ impl<'a> Decider<'a> {
         });
         self.plan.tallies.push(Tally::CheckpointEnded("aborted"));
         let message = format!("checkpoint {} aborted: {reason}", p.id);
-        if !p.stop && self.plan.status.phase == Some(Phase::Running) && p.failure.is_none() {
+        if !planned
+            && !p.stop
+            && self.plan.status.phase == Some(Phase::Running)
+            && p.failure.is_none()
+        {
             self.plan.problem = Some(Problem::new(reasons::CHECKPOINT_ABORTED, message.clone()));
         }
         self.event(true, reasons::CHECKPOINT_ABORTED, message);
+    }
+
+    /// Applies spec.initialState when it is not in place ([`initial_state::decide`]): records
+    /// it, and returns whether the lifecycle holds (an import first, or it is unavailable),
+    /// the reset to take, and why it is unavailable.
+    fn initial_state(
+        &mut self,
+        state: &JobState,
+    ) -> crate::Result<(bool, Option<String>, Option<String>)> {
+        let spec = &self.job.spec;
+        let store_ids: Vec<u64> = self.world.store_ids.iter().map(|(id, _)| *id).collect();
+        let next_id = coordinator::next_checkpoint_id(&store_ids, issued_ids(&self.plan.status))?;
+        let inputs = initial_state::Inputs {
+            wanted: &spec.initial_state,
+            nonce: spec.restore_nonce.as_deref(),
+            applied: self.plan.status.initial_state.as_ref(),
+            phase: state.phase,
+            rescaling: state.rescale.is_some(),
+            snapshot: self.world.initial_snapshot.clone(),
+            store_ids: &self.world.store_ids,
+            next_id,
+        };
+        Ok(match initial_state::decide(&inputs) {
+            Initial::Settled { since } => {
+                self.since = since;
+                (false, None, None)
+            }
+            Initial::Unavailable(why) => {
+                self.since = self
+                    .plan
+                    .status
+                    .initial_state
+                    .as_ref()
+                    .map_or(0, |a| a.since);
+                // Nothing starts; a running job keeps running (and rescaling) meanwhile.
+                (state.phase == Phase::Pending, None, Some(why))
+            }
+            Initial::Apply {
+                applied,
+                import,
+                reset,
+            } => {
+                let into = applied.checkpoint.unwrap_or_default();
+                let source = applied.source.clone();
+                let nonce = applied.nonce.clone();
+                self.since = applied.since;
+                self.status().initial_state = Some(applied);
+                if let Some(from) = import {
+                    self.act(Act::Import { from, into });
+                    return Ok((true, None, None));
+                }
+                self.event(
+                    false,
+                    reasons::INITIAL_STATE,
+                    format!("initial state: {source}"),
+                );
+                if !reset {
+                    return Ok((false, None, None));
+                }
+                self.abort(
+                    "the job restores its initial state (spec.restoreNonce)",
+                    true,
+                );
+                let what = format!(
+                    "spec.restoreNonce {}: {source}",
+                    nonce.as_deref().unwrap_or("(removed)")
+                );
+                (false, Some(what), None)
+            }
+        })
+    }
+
+    /// The job's snapshots: which checkpoint each holds, and how far it got.
+    fn snapshots(&mut self) {
+        let job = self.job;
+        let store = SnapshotStore {
+            url: job.spec.storage.url.clone(),
+            job: format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any()),
+            secret: job.spec.storage.secret_ref.as_ref().map(|r| r.name.clone()),
+        };
+        let committing = self.plan.commit.as_ref().map(|m| m.checkpoint_id);
+        self.plan.snapshots = snapshot::plan::updates(
+            &self.world.snapshots,
+            &self.plan.status,
+            committing,
+            &store,
+            self.now(),
+        );
+    }
+
+    /// The restores' progress while the generation restores; their reports go once it ran.
+    fn restore_progress(&mut self, state: &JobState) {
+        let restoring = state
+            .rescale
+            .as_ref()
+            .filter(|r| matches!(r.stage, Stage::Restoring | Stage::RollingForward));
+        let before = self.plan.status.restore_progress.is_some();
+        self.status().restore_progress =
+            restoring.map(|r| progress::summarize(&self.world.restore_progress, r.to));
+        if before && state.rescale.is_none() {
+            self.act(Act::ClearProgress(state.epoch));
+        }
+    }
+
+    /// spec.snapshots: a snapshot for a slot that came, and the scheduled ones to delete.
+    fn schedule(&mut self) -> crate::Result<()> {
+        let job = self.job;
+        let Some(schedule) = &job.spec.snapshots else {
+            return Ok(());
+        };
+        let created = job
+            .metadata
+            .creation_timestamp
+            .clone()
+            .unwrap_or_else(|| self.now().clone());
+        let due = snapshot::schedule::due(
+            schedule,
+            self.plan.status.last_scheduled_snapshot.as_ref(),
+            &created,
+            &self.world.scheduled,
+            self.now(),
+        )?;
+        if let Some(slot) = due.take {
+            let name = snapshot::schedule::name(&job.name_any(), &slot);
+            self.status().last_scheduled_snapshot = Some(slot);
+            self.act(Act::CreateSnapshot(name));
+        }
+        for name in due.delete {
+            self.act(Act::DeleteSnapshot(name));
+        }
+        let wait = snapshot::schedule::wait(&due.next, self.now());
+        self.plan.requeue = self.plan.requeue.min(wait);
+        Ok(())
     }
 
     /// The plan, with the status fields every round refreshes.
@@ -734,6 +943,10 @@ mod tests {
                 refusal: r.map(str::to_owned),
             }),
             pod_problem: None,
+            snapshots: Vec::new(),
+            scheduled: Vec::new(),
+            restore_progress: Vec::new(),
+            initial_snapshot: None,
         }
     }
 
@@ -757,6 +970,92 @@ mod tests {
 
     fn reasons_of(plan: &Plan) -> Vec<&str> {
         plan.events.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn a_new_snapshot_asks_for_a_checkpoint_and_pins_it_before_the_trigger() {
+        let mut job = running(2, None);
+        job.status.as_mut().unwrap().last_checkpoint_attempt = Some(at(-1));
+        let mut w = world(None, None);
+        assert!(
+            decide(&job, &w, BUSY)
+                .unwrap()
+                .status
+                .pending_checkpoint
+                .is_none(),
+            "not yet time for a periodic one"
+        );
+        w.snapshots = vec![snapshot::plan::Seen {
+            name: "before-release".into(),
+            uid: "s1".into(),
+            status: Default::default(),
+            stored: None,
+        }];
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(
+            plan.status.pending_checkpoint.as_ref().map(|p| p.id),
+            Some(5)
+        );
+        assert_eq!(plan.snapshots.len(), 1);
+        assert_eq!(plan.snapshots[0].pin, Some(5));
+        assert_eq!(
+            plan.snapshots[0]
+                .status
+                .store
+                .as_ref()
+                .map(|s| s.job.as_str()),
+            Some("prod/orders")
+        );
+        assert!(plan.actions.contains(&trigger(5, false)));
+    }
+
+    #[test]
+    fn a_job_starting_from_a_snapshot_imports_it_before_any_worker_runs() {
+        let mut job = running(2, None);
+        job.spec.initial_state = serde_json::from_value(
+            serde_json::json!({"from": "Snapshot", "snapshot": "before-release"}),
+        )
+        .unwrap();
+        job.status = None;
+        let mut w = world(None, None);
+        w.initial_snapshot = Some(Ok(Source {
+            url: "s3://bucket/jobs".into(),
+            job: "prod/other".into(),
+            id: 9,
+        }));
+        let plan = decide(&job, &w, BUSY).unwrap();
+        let applied = plan.status.initial_state.clone().unwrap();
+        assert_eq!((applied.checkpoint, applied.ready), (Some(5), false));
+        assert_eq!(
+            plan.actions,
+            [Act::Import {
+                from: w.initial_snapshot.clone().unwrap().unwrap(),
+                into: 5
+            }]
+        );
+        assert_eq!(
+            plan.status.phase,
+            Some(Phase::Pending),
+            "no worker before the import"
+        );
+        // Imported: the job starts from it, not from the store's older checkpoints 3 and 4.
+        job.status = Some(plan.status);
+        w.store_ids.push((5, true));
+        let plan = decide(&job, &w, BUSY).unwrap();
+        let rescale = plan.status.rescale.clone().unwrap();
+        assert_eq!(
+            (rescale.stage, rescale.checkpoint),
+            (Stage::Restoring, Some(5))
+        );
+        // A snapshot that cannot be used holds the start, Degraded with why.
+        job.status = None;
+        w.initial_snapshot = Some(Err("snapshot before-release is Failed".into()));
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(plan.status.phase, Some(Phase::Pending));
+        assert_eq!(
+            plan.problem.map(|p| p.reason),
+            Some(reasons::INITIAL_STATE_UNAVAILABLE.to_owned())
+        );
     }
 
     #[test]
@@ -788,6 +1087,7 @@ mod tests {
         assert_eq!(plan.commit, Some(meta));
         assert_eq!(plan.status.pending_checkpoint, None);
         assert_eq!(plan.status.last_checkpoint.as_ref().map(|c| c.id), Some(5));
+        assert!(plan.status.checkpoints.is_empty(), "history 0 lists none");
         assert_eq!(
             plan.problem, None,
             "a completed checkpoint clears the failure"

@@ -22,12 +22,16 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::coordinator::{WorkerClient, open_store};
-use super::crd::{StatefulJob, StatefulJobStatus};
+use super::crd::{DeletionPolicy, Phase, StatefulJob, StatefulJobStatus};
 use super::lifecycle::JobState;
 use super::metrics::{OperatorMetrics, label};
 use super::reasons;
 use super::resources::{FIELD_MANAGER, JOB_LABEL, TOKEN_KEY};
+use super::snapshot::{
+    self, SnapshotStore, StatefulJobSnapshot, StatefulJobSnapshotSpec, StatefulJobSnapshotStatus,
+};
 use super::status::{self, Problem};
+use crate::checkpoint::pins::pin;
 use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointStore, JobId};
 
@@ -126,6 +130,16 @@ pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Actio
     ctx.metrics.reconciles.inc();
     let ns = job.namespace().unwrap_or_default();
     let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
+    if stops_before_deletion(&job) {
+        // Rounds as if suspended: a stop-with-checkpoint, then the workers go; the finalizer
+        // stays until then.
+        let mut stopping = (*job).clone();
+        stopping.spec.suspend = true;
+        return Round::new(Arc::new(stopping), ctx.clone())
+            .await?
+            .run()
+            .await;
+    }
     finalizer(&api, FINALIZER, job, |event| async {
         match event {
             finalizer::Event::Apply(job) => {
@@ -210,7 +224,80 @@ async fn write_status(
     Ok(())
 }
 
+/// Whether the deleted `job` still has workers to stop with a final checkpoint first
+/// (spec.deletionPolicy Snapshot).
+fn stops_before_deletion(job: &StatefulJob) -> bool {
+    let state = JobState::from_status(job.status.as_ref());
+    job.metadata.deletion_timestamp.is_some()
+        && job.finalizers().iter().any(|f| f == FINALIZER)
+        && job.spec.deletion_policy == DeletionPolicy::Snapshot
+        && (state.rescale.is_some() || !matches!(state.phase, Phase::Suspended | Phase::Pending))
+}
+
+/// Records the deleted job's last checkpoint (its final one) as a StatefulJobSnapshot that
+/// outlives it, pinned in the store.
+async fn keep_final_snapshot(job: &Arc<StatefulJob>, ctx: &Arc<Context>) -> Result<()> {
+    let Some(id) = job
+        .status
+        .as_ref()
+        .and_then(|s| s.last_checkpoint.as_ref())
+        .map(|c| c.id)
+    else {
+        publish(
+            ctx,
+            job,
+            true,
+            reasons::FINAL_SNAPSHOT,
+            "job deleted before any checkpoint completed: no final snapshot".to_owned(),
+        )
+        .await;
+        return Ok(());
+    };
+    let round = Round::new(job.clone(), ctx.clone()).await?;
+    let summary = observe::summary(&round.store.read_metadata(id).await?);
+    let name = format!("{}-final-{id}", job.name_any());
+    let api: Api<StatefulJobSnapshot> = Api::namespaced(ctx.client.clone(), &round.ns);
+    let wanted = StatefulJobSnapshot::new(
+        &name,
+        StatefulJobSnapshotSpec {
+            job: job.name_any(),
+            dispose_on_delete: true,
+            retain: None,
+        },
+    );
+    let snap = match api.create(&Default::default(), &wanted).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let holder = format!("StatefulJobSnapshot {}/{name}", round.ns);
+    pin(&round.store, &snap.uid().unwrap_or_default(), id, &holder).await?;
+    let store = SnapshotStore {
+        url: job.spec.storage.url.clone(),
+        job: round.store.job().to_string(),
+        secret: job.spec.storage.secret_ref.as_ref().map(|r| r.name.clone()),
+    };
+    let status = StatefulJobSnapshotStatus {
+        store: Some(store),
+        ..Default::default()
+    };
+    let status = snapshot::plan::completed(&status, &summary);
+    snapshot::controller::write_status(ctx, &snap, status, &now()).await?;
+    publish(
+        ctx,
+        job,
+        false,
+        reasons::FINAL_SNAPSHOT,
+        format!("final checkpoint {id} kept as StatefulJobSnapshot {name}"),
+    )
+    .await;
+    Ok(())
+}
+
 async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
+    if job.spec.deletion_policy == DeletionPolicy::Snapshot {
+        keep_final_snapshot(&job, &ctx).await?;
+    }
     // Owned objects go with the job (owner references); checkpoints stay in the store.
     if let Some(p) = job
         .status
@@ -270,6 +357,8 @@ struct Round {
     ctx: Arc<Context>,
     ns: String,
     store: CheckpointStore,
+    /// The storage Secret's settings (also for stores the job imports from).
+    settings: BTreeMap<String, String>,
 }
 
 impl Round {
@@ -286,6 +375,7 @@ impl Round {
             ctx,
             ns,
             store,
+            settings,
         })
     }
 
@@ -323,7 +413,7 @@ impl Round {
 }
 
 /// The storage Secret's keys and values.
-async fn secret_settings(
+pub async fn secret_settings(
     client: &Client,
     ns: &str,
     name: &str,

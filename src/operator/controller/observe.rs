@@ -7,14 +7,20 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use super::super::coordinator;
-use super::super::crd::Stage;
+use super::super::crd::{Stage, StateSource};
 use super::super::diagnose;
+use super::super::initial_state::Source;
 use super::super::lifecycle::{JobState, Work};
 use super::super::reasons;
 use super::super::resources::{self, EPOCH_LABEL};
+use super::super::snapshot::plan::{Seen, Summary};
+use super::super::snapshot::schedule::{SCHEDULED_LABEL, Scheduled};
+use super::super::snapshot::{SnapshotPhase, StatefulJobSnapshot};
 use super::super::status::Problem;
 use super::decide::{Asked, Completion, InFlight, Token, World};
 use super::{Result, Round, now};
+use crate::checkpoint::CheckpointMetadata;
+use crate::checkpoint::progress;
 
 impl Round {
     /// Everything [`super::decide::decide`] needs.
@@ -56,6 +62,17 @@ impl Round {
             None => None,
         };
         let pod_problem = self.pod_problem(&state, &pods).await;
+        let (snapshots, scheduled) = self.snapshots(&store_ids).await?;
+        let restoring = state
+            .rescale
+            .as_ref()
+            .is_some_and(|r| matches!(r.stage, Stage::Restoring | Stage::RollingForward));
+        let restore_progress = if restoring {
+            progress::read_epoch(&self.store, state.epoch).await?
+        } else {
+            Vec::new()
+        };
+        let initial_snapshot = self.initial_snapshot().await?;
         Ok(World {
             now: now(),
             pods,
@@ -64,7 +81,79 @@ impl Round {
             in_flight,
             asked,
             pod_problem,
+            snapshots,
+            scheduled,
+            restore_progress,
+            initial_snapshot,
         })
+    }
+
+    /// The job's snapshots not being deleted, with the metadata of the checkpoint each one
+    /// waits for once it is complete in the store, and those its schedule created.
+    async fn snapshots(&self, store_ids: &[(u64, bool)]) -> Result<(Vec<Seen>, Vec<Scheduled>)> {
+        let api: Api<StatefulJobSnapshot> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = self.job.name_any();
+        let mut out = Vec::new();
+        let mut scheduled = Vec::new();
+        for s in api.list(&ListParams::default()).await? {
+            if s.spec.job != name || s.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if s.labels().contains_key(SCHEDULED_LABEL)
+                && let Some(created) = s.metadata.creation_timestamp.clone()
+            {
+                scheduled.push(Scheduled {
+                    name: s.name_any(),
+                    created,
+                    completed: s
+                        .status
+                        .as_ref()
+                        .is_some_and(|st| st.phase == Some(SnapshotPhase::Completed)),
+                });
+            }
+            let status = s.status.clone().unwrap_or_default();
+            let stored = match (status.phase, status.checkpoint_id) {
+                (Some(SnapshotPhase::InProgress), Some(id)) if store_ids.contains(&(id, true)) => {
+                    Some(summary(&self.store.read_metadata(id).await?))
+                }
+                _ => None,
+            };
+            out.push(Seen {
+                uid: s.uid().unwrap_or_default(),
+                name: s.name_any(),
+                status,
+                stored,
+            });
+        }
+        Ok((out, scheduled))
+    }
+
+    /// The snapshot spec.initialState names, when the initial state is not in place.
+    async fn initial_snapshot(&self) -> Result<Option<Result<Source, String>>> {
+        let spec = &self.job.spec;
+        let (StateSource::Snapshot, Some(name)) = (
+            spec.initial_state.from,
+            spec.initial_state.snapshot.as_ref(),
+        ) else {
+            return Ok(None);
+        };
+        let settled = self
+            .job
+            .status
+            .as_ref()
+            .and_then(|s| s.initial_state.as_ref())
+            .is_some_and(|a| a.ready && a.nonce == spec.restore_nonce);
+        if settled {
+            return Ok(None);
+        }
+        let api: Api<StatefulJobSnapshot> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let Some(snap) = api.get_opt(name).await? else {
+            return Ok(Some(Err(format!(
+                "spec.initialState.snapshot: no StatefulJobSnapshot {name} in namespace {}; create it, or name an existing one (kubectl get sjsnap -n {})",
+                self.ns, self.ns
+            ))));
+        };
+        Ok(Some(usable(name, &snap, spec.max_parallelism)))
     }
 
     /// The job's token Secret; an error when one of its name is not controlled by the job.
@@ -239,5 +328,44 @@ impl Round {
     async fn node_lost(&self, name: &str) -> bool {
         let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
         matches!(api.get_opt(name).await, Ok(Some(n)) if diagnose::node_not_ready(&n))
+    }
+}
+
+/// A completed checkpoint as a snapshot records it.
+pub fn summary(meta: &CheckpointMetadata) -> Summary {
+    let time = k8s_openapi::jiff::Timestamp::from_millisecond(meta.completed_at.timestamp_millis())
+        .map(Time)
+        .unwrap_or_else(|_| now());
+    Summary {
+        id: meta.checkpoint_id,
+        bytes: meta.bytes_total(),
+        parallelism: meta.parallelism,
+        max_parallelism: meta.max_parallelism,
+        time,
+    }
+}
+
+/// Snapshot `name` as a source of state for a job of `max_parallelism` key groups, or why not.
+fn usable(
+    name: &str,
+    snap: &StatefulJobSnapshot,
+    max_parallelism: u32,
+) -> std::result::Result<Source, String> {
+    let status = snap.status.clone().unwrap_or_default();
+    match (status.phase, status.checkpoint_id, status.store) {
+        (Some(SnapshotPhase::Completed), Some(id), Some(store)) => match status.max_parallelism {
+            Some(m) if m != max_parallelism => Err(format!(
+                "spec.initialState.snapshot: snapshot {name} holds state of {m} key groups, and spec.maxParallelism is {max_parallelism}; a job restores only state of its own number of key groups"
+            )),
+            _ => Ok(Source {
+                url: store.url,
+                job: store.job,
+                id,
+            }),
+        },
+        (phase, _, _) => Err(format!(
+            "spec.initialState.snapshot: snapshot {name} is {}, not Completed; the job starts once it is (kubectl get sjsnap {name})",
+            phase.map_or("Pending".to_owned(), |p| format!("{p:?}"))
+        )),
     }
 }

@@ -159,6 +159,31 @@ impl JobPaths {
         self.root.clone().join("_retention.json")
     }
 
+    /// The directory of the pins (checkpoints that snapshots hold).
+    pub fn pins_dir(&self) -> Path {
+        self.root.clone().join("_pins")
+    }
+
+    /// The pin recorded under `key`.
+    pub fn pin(&self, key: &str) -> Path {
+        self.pins_dir().join(format!("{key}.json"))
+    }
+
+    /// The directory of the restores' progress reports.
+    pub fn progress_root(&self) -> Path {
+        self.root.clone().join("_progress")
+    }
+
+    /// The progress reports of the restores of `epoch`.
+    pub fn progress_dir(&self, epoch: u64) -> Path {
+        self.progress_root().join(format!("epoch-{epoch}"))
+    }
+
+    /// The progress report of `subtask`'s restore in `epoch`.
+    pub fn progress(&self, epoch: u64, subtask: u32) -> Path {
+        self.progress_dir(epoch).join(format!("{subtask}.json"))
+    }
+
     /// The directory of checkpoint `id`.
     pub fn checkpoint_dir(&self, id: u64) -> Path {
         self.root.clone().join(checkpoint_dir_name(id))

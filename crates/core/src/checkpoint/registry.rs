@@ -17,6 +17,7 @@ use tracing::info;
 
 use super::metadata::{CheckpointMetadata, FORMAT_VERSION, SubtaskHandle};
 use super::paths::parse_checkpoint_dir_name;
+use super::pins::{pinned_ids, pins};
 use super::store::CheckpointStore;
 use crate::error::{Error, Result};
 
@@ -217,11 +218,13 @@ impl GcPlan {
 /// Decides what garbage collection deletes. Pure: `objects` are the job's objects with paths
 /// relative to the job root; `completed` are the metadata of *all* completed checkpoints;
 /// `in_flight_handles` are the handles already written by incomplete checkpoints newer than
-/// the newest completed one.
+/// the newest completed one; `pinned` are the checkpoints snapshots hold (kept, completed or
+/// not, beside the `policy.retain` newest).
 pub fn plan_gc(
     objects: &[(String, u64, DateTime<Utc>)],
     completed: &[CheckpointMetadata],
     in_flight_handles: &[SubtaskHandle],
+    pinned: &[u64],
     now: DateTime<Utc>,
     policy: RetentionPolicy,
 ) -> GcPlan {
@@ -230,6 +233,10 @@ pub fn plan_gc(
     ids.sort_unstable();
     let split = ids.len().saturating_sub(retain);
     let (subsumed, retained) = ids.split_at(split);
+    let (held, subsumed): (Vec<u64>, Vec<u64>) =
+        subsumed.iter().partition(|id| pinned.contains(id));
+    let mut retained: Vec<u64> = held.into_iter().chain(retained.iter().copied()).collect();
+    retained.sort_unstable();
     let newest_completed = ids.last().copied();
     let mut refs = FileReferences::from_checkpoints(
         completed
@@ -253,12 +260,13 @@ pub fn plan_gc(
         }
     }
     let mut plan = GcPlan {
-        retained: retained.to_vec(),
-        subsumed: subsumed.to_vec(),
+        retained,
+        subsumed,
         ..Default::default()
     };
     for (&id, &has_young) in &incomplete {
-        if newest_completed.is_none_or(|n| id > n) && has_young {
+        // A pinned incomplete checkpoint is a snapshot's, still being taken.
+        if pinned.contains(&id) || (newest_completed.is_none_or(|n| id > n) && has_young) {
             plan.in_flight.push(id);
         } else {
             plan.aborted.push(id);
@@ -335,10 +343,12 @@ pub async fn gc_plan_for_store(
             }
         }
     }
+    let pinned = pinned_ids(&pins(store).await?);
     Ok(plan_gc(
         &objects,
         &completed,
         &in_flight_handles,
+        &pinned,
         now,
         policy,
     ))
@@ -436,6 +446,7 @@ mod tests {
             &objects,
             &completed,
             &[],
+            &[],
             now,
             RetentionPolicy {
                 retain: 1,
@@ -477,10 +488,51 @@ mod tests {
             &objects,
             &[meta(1, &["1.sst"])],
             &inflight,
+            &[],
             now,
             RetentionPolicy::default(),
         );
         assert!(plan.deletions.is_empty(), "{:?}", plan.deletions);
+    }
+
+    #[test]
+    fn pinned_checkpoints_and_their_files_outlive_retention() {
+        let now = Utc::now();
+        let old = now - chrono::Duration::hours(1);
+        let objects: Vec<(String, u64, DateTime<Utc>)> = [
+            "shared/i/1.sst",
+            "shared/i/2.sst",
+            "shared/i/3.sst",
+            "chk-1/_metadata.json",
+            "chk-2/_metadata.json",
+            "chk-3/_metadata.json",
+            "chk-4/handles/0.json",
+        ]
+        .iter()
+        .map(|p| (p.to_string(), 1, old))
+        .collect();
+        let completed = vec![
+            meta(1, &["1.sst"]),
+            meta(2, &["2.sst"]),
+            meta(3, &["3.sst"]),
+        ];
+        let policy = RetentionPolicy {
+            retain: 1,
+            grace: Duration::from_secs(60),
+        };
+        let plan = plan_gc(&objects, &completed, &[], &[1, 4], now, policy);
+        assert_eq!(plan.retained, vec![1, 3]);
+        assert_eq!(plan.subsumed, vec![2]);
+        assert_eq!(
+            plan.in_flight,
+            vec![4],
+            "a pinned checkpoint still being taken"
+        );
+        let mut deleted: Vec<&str> = plan.deletions.iter().map(|d| d.path.as_str()).collect();
+        deleted.sort();
+        assert_eq!(deleted, vec!["chk-2/_metadata.json", "shared/i/2.sst"]);
+        let unpinned = plan_gc(&objects, &completed, &[], &[], now, policy);
+        assert!(unpinned.subsumed.contains(&1) && unpinned.aborted.contains(&4));
     }
 
     #[test]
