@@ -3,13 +3,12 @@
 //! them and every file they reference, whatever the job's retention says.
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::metadata::FORMAT_VERSION;
 use super::paths::check_local_name;
 use super::store::CheckpointStore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A checkpoint held by a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,24 +50,7 @@ pub async fn unpin(store: &CheckpointStore, key: &str) -> Result<()> {
 
 /// Every pin of the job.
 pub async fn pins(store: &CheckpointStore) -> Result<Vec<Pin>> {
-    let dir = store.paths().pins_dir();
-    let listed: Vec<object_store::ObjectMeta> = store
-        .object_store()
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|source| Error::Store {
-            operation: "list",
-            path: dir.to_string(),
-            source,
-        })?;
-    let mut out = Vec::with_capacity(listed.len());
-    for meta in listed {
-        if let Some(pin) = store.get_json::<Pin>(&meta.location).await? {
-            out.push(pin);
-        }
-    }
-    Ok(out)
+    store.read_json_under(&store.paths().pins_dir()).await
 }
 
 /// The ids the pins hold, ascending, without repeats.

@@ -6,12 +6,11 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::metadata::FORMAT_VERSION;
 use super::store::CheckpointStore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The phases of a restore, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -106,40 +105,16 @@ pub async fn write(store: &CheckpointStore, epoch: u64, progress: &RestoreProgre
 
 /// The progress every restore of `epoch` wrote so far, by subtask.
 pub async fn read_epoch(store: &CheckpointStore, epoch: u64) -> Result<Vec<RestoreProgress>> {
-    let dir = store.paths().progress_dir(epoch);
-    let listed: Vec<object_store::ObjectMeta> = store
-        .object_store()
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|source| Error::Store {
-            operation: "list",
-            path: dir.to_string(),
-            source,
-        })?;
-    let mut out = Vec::with_capacity(listed.len());
-    for meta in listed {
-        if let Some(p) = store.get_json::<RestoreProgress>(&meta.location).await? {
-            out.push(p);
-        }
-    }
+    let mut out: Vec<RestoreProgress> = store
+        .read_json_under(&store.paths().progress_dir(epoch))
+        .await?;
     out.sort_by_key(|p| p.subtask);
     Ok(out)
 }
 
 /// Deletes the progress of every epoch before `epoch`.
 pub async fn clear_before(store: &CheckpointStore, epoch: u64) -> Result<()> {
-    let root = store.paths().progress_root();
-    let listed: Vec<object_store::ObjectMeta> = store
-        .object_store()
-        .list(Some(&root))
-        .try_collect()
-        .await
-        .map_err(|source| Error::Store {
-            operation: "list",
-            path: root.to_string(),
-            source,
-        })?;
+    let listed = store.list_under(&store.paths().progress_root()).await?;
     let old = listed
         .into_iter()
         .filter(|m| {

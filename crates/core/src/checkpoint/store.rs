@@ -683,11 +683,30 @@ impl CheckpointStore {
 
     /// Every object below the job root with its size and last-modified time.
     pub async fn list_all(&self) -> Result<Vec<object_store::ObjectMeta>> {
+        self.list_under(self.paths.root()).await
+    }
+
+    /// Every object below `prefix` with its size and last-modified time.
+    pub async fn list_under(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
         self.store
-            .list(Some(self.paths.root()))
+            .list(Some(prefix))
             .try_collect()
             .await
-            .map_err(store_err("list", self.paths.root()))
+            .map_err(store_err("list", prefix))
+    }
+
+    /// The JSON documents below `prefix` (one vanished meanwhile is left out).
+    pub async fn read_json_under<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &Path,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for meta in self.list_under(prefix).await? {
+            if let Some(doc) = self.get_json(&meta.location).await? {
+                out.push(doc);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the objects at `locations`, with bounded parallelism; absent ones are fine.
