@@ -400,6 +400,13 @@ impl<'a> Decider<'a> {
             // The restart it reported is over: every worker of the new generation is ready.
             self.plan.problem = None;
         }
+        if after.phase == Phase::Failed && self.plan.problem.is_none() {
+            // Stopped until the user acts: Degraded says so even after another problem cleared.
+            self.plan.problem = Some(Problem::new(
+                reasons::RESTART_LIMIT_REACHED,
+                "every worker was stopped after spec.restartPolicy.limit restarts within spec.restartPolicy.window; fix why they failed (the job's WorkerLost Events, the workers' logs), then set a new spec.restartNonce",
+            ));
+        }
         self.stage_tallies(before, &after);
         if let Work::FinalCheckpoint {
             id,
@@ -1141,6 +1148,27 @@ mod tests {
         assert_eq!(plan.status.worker_pods, ["pod-2-0", "pod-2-1"]);
         // Only the restarts within spec.restartPolicy.window (10m) stay in status.
         assert_eq!(plan.status.restarts, [at(-60)]);
+    }
+
+    #[test]
+    fn a_failed_job_stays_degraded_until_restarted() {
+        let mut job = running(2, None);
+        let st = job.status.as_mut().unwrap();
+        st.phase = Some(Phase::Failed);
+        st.parallelism = 0;
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        assert_eq!(problem_of(&plan), Some(reasons::RESTART_LIMIT_REACHED));
+        assert_eq!(plan.actions, [Act::StopWorkers]);
+        assert_eq!(plan.status.phase, Some(Phase::Failed));
+        // A new nonce, no pod left: the workers restore from the latest checkpoint.
+        job.spec.restart_nonce = Some("fixed".into());
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        let r = plan.status.rescale.as_ref().expect("restarting");
+        assert_eq!(
+            (r.stage, r.reason, r.checkpoint),
+            (Stage::Restoring, RescaleReason::Restart, Some(4))
+        );
+        assert_eq!(plan.status.restart_nonce.as_deref(), Some("fixed"));
     }
 
     #[test]
