@@ -109,6 +109,7 @@ mod tests {
             epoch: 3,
             template_hash: Some("h".into()),
             rescale: None,
+            ..JobState::pending()
         }
     }
 
@@ -143,6 +144,7 @@ mod tests {
                 started: t.clone(),
                 stage_started: t,
             }),
+            ..JobState::pending()
         }
     }
 

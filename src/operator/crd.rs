@@ -151,6 +151,17 @@ pub struct StatefulJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_trigger: Option<String>,
 
+    /// How often the workers are restarted after a lost worker before regroup gives up.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+
+    /// Any new value restarts every worker from the latest completed checkpoint (no final
+    /// checkpoint), for example after fixing what made them fail, and resets the restart limit
+    /// of spec.restartPolicy; the value acted on is recorded in status.restartNonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub restart_nonce: Option<String>,
+
     /// The per-worker volume mounted at /state that holds the worker's RocksDB. A persistent
     /// volume claim per worker by default (kept through rescales, so a worker that keeps its
     /// ordinal reuses its local files); emptyDir on request. Immutable (a StatefulSet's claim
@@ -349,9 +360,17 @@ pub struct SecretReference {
     pub name: String,
 }
 
-/// Checkpoint schedule, timeout and retention.
+/// Checkpoint schedule, timeout, retention and the health they gate.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.progressDeadline) || duration(self.progressDeadline) > duration(self.interval)",
+        "message": "spec.checkpointing.progressDeadline must be longer than spec.checkpointing.interval: a checkpoint starts only once per interval",
+        "fieldPath": ".progressDeadline",
+        "reason": "FieldValueInvalid"
+    }
+]))]
 pub struct Checkpointing {
     /// Time between the start of periodic checkpoints, e.g. 30s, 5m, 1h.
     #[serde(default = "default_interval")]
@@ -376,6 +395,20 @@ pub struct Checkpointing {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = 0, max = 20))]
     pub history: u32,
+    /// Consecutive periodic checkpoints that may fail or be aborted before the job turns
+    /// Degraded (CheckpointFailed or CheckpointAborted); a completed checkpoint resets the count.
+    /// Every failure is still an Event. 0 to 1000.
+    #[serde(default = "default_tolerable_failures")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub tolerable_failures: u32,
+
+    /// While running, the job turns Degraded (NoCheckpointProgress) when no checkpoint has
+    /// completed for this long (since the last completed one, or since the workers became ready),
+    /// e.g. 15m. Default: 3 times the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [positive_duration("spec.checkpointing.progressDeadline")]))]
+    pub progress_deadline: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -400,6 +433,9 @@ fn default_timeout() -> String {
 fn default_retain() -> u32 {
     3
 }
+fn default_tolerable_failures() -> u32 {
+    3
+}
 
 impl Default for Checkpointing {
     fn default() -> Self {
@@ -408,6 +444,8 @@ impl Default for Checkpointing {
             timeout: default_timeout(),
             retain: default_retain(),
             history: 0,
+            tolerable_failures: default_tolerable_failures(),
+            progress_deadline: None,
         }
     }
 }
@@ -421,6 +459,58 @@ impl Checkpointing {
     /// The checkpoint timeout.
     pub fn timeout(&self) -> Result<Duration> {
         parse_duration("spec.checkpointing.timeout", &self.timeout)
+    }
+
+    /// The progress deadline: as set, or 3 times the interval.
+    pub fn progress_deadline(&self) -> Result<Duration> {
+        match &self.progress_deadline {
+            Some(d) => parse_duration("spec.checkpointing.progressDeadline", d),
+            None => Ok(self.interval()?.saturating_mul(3)),
+        }
+    }
+}
+
+/// How lost workers are restarted: with exponential backoff (10s, 20s, 40s, ... up to 5m), and
+/// at most `limit` times within `window`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicy {
+    /// Automatic restarts (after a lost or crashed worker) allowed within the window. One more
+    /// loss stops every worker (phase Failed, Degraded RestartLimitReached) instead of
+    /// restarting them again: a generation missing a worker cannot checkpoint, and a crash loop
+    /// only burns resources. The latest completed checkpoint stays; fix the cause, then set a
+    /// new spec.restartNonce (or change spec.template) to start again from it. 0 to 100.
+    #[serde(default = "default_restart_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub limit: u32,
+
+    /// The window in which restarts are counted, e.g. 10m.
+    #[serde(default = "default_restart_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [positive_duration("spec.restartPolicy.window")]))]
+    pub window: String,
+}
+
+fn default_restart_limit() -> u32 {
+    10
+}
+fn default_restart_window() -> String {
+    "10m".to_owned()
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            limit: default_restart_limit(),
+            window: default_restart_window(),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The window in which restarts are counted.
+    pub fn window(&self) -> Result<Duration> {
+        parse_duration("spec.restartPolicy.window", &self.window)
     }
 }
 
@@ -598,8 +688,8 @@ pub struct StateVolume {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatefulJobStatus {
-    /// Lifecycle phase: Pending, Running, Checkpointing, Stopping, Restoring, RollingForward or
-    /// Suspended.
+    /// Lifecycle phase: Pending, Running, Checkpointing, Stopping, Restoring, RollingForward,
+    /// Suspended or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
@@ -673,6 +763,19 @@ pub struct StatefulJobStatus {
     /// The initial state applied last (at the start, or for spec.restoreNonce).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_state: Option<AppliedState>,
+    /// Periodic checkpoints that failed or were aborted since the last completed one (counted
+    /// up to 1000); above spec.checkpointing.tolerableFailures the job is Degraded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_checkpoint_failures: u32,
+
+    /// When the workers were restarted after a lost worker, oldest first: only those within
+    /// spec.restartPolicy.window (at most spec.restartPolicy.limit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<Time>,
+
+    /// The spec.restartNonce value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<String>,
 
     /// Ready, Progressing and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -742,6 +845,9 @@ pub enum Phase {
     RollingForward,
     /// Scaled to zero with a final checkpoint (spec.suspend).
     Suspended,
+    /// Scaled to zero after spec.restartPolicy.limit restarts within its window; a new
+    /// spec.restartNonce (or spec.template) starts it again from the latest checkpoint.
+    Failed,
 }
 
 impl Phase {
@@ -755,6 +861,7 @@ impl Phase {
             Phase::Restoring => "Restoring",
             Phase::RollingForward => "RollingForward",
             Phase::Suspended => "Suspended",
+            Phase::Failed => "Failed",
         }
     }
 }
@@ -880,6 +987,8 @@ pub enum RescaleReason {
     Recovery,
     /// spec.restoreNonce changed: all restart from spec.initialState.
     Reset,
+    /// spec.restartNonce changed: all restart from the latest checkpoint.
+    Restart,
 }
 
 impl RescaleReason {
@@ -893,6 +1002,7 @@ impl RescaleReason {
             RescaleReason::Resume => "Resume",
             RescaleReason::Recovery => "Recovery",
             RescaleReason::Reset => "Reset",
+            RescaleReason::Restart => "Restart",
         }
     }
 }

@@ -29,6 +29,10 @@ pub struct JobState {
     pub template_hash: Option<String>,
     /// The rescale in progress.
     pub rescale: Option<RescaleStatus>,
+    /// When the workers were restarted after a lost worker (see [`Desired::restart_limit`]).
+    pub restarts: Vec<Time>,
+    /// The spec.restartNonce acted on.
+    pub restart_nonce: Option<String>,
 }
 
 impl JobState {
@@ -41,6 +45,8 @@ impl JobState {
                 epoch: s.epoch,
                 template_hash: s.template_hash.clone(),
                 rescale: s.rescale.clone(),
+                restarts: s.restarts.clone(),
+                restart_nonce: s.restart_nonce.clone(),
             },
             None => Self::pending(),
         }
@@ -54,6 +60,8 @@ impl JobState {
             epoch: 0,
             template_hash: None,
             rescale: None,
+            restarts: Vec::new(),
+            restart_nonce: None,
         }
     }
 
@@ -64,6 +72,8 @@ impl JobState {
         status.epoch = self.epoch;
         status.template_hash = self.template_hash.clone();
         status.rescale = self.rescale.clone();
+        status.restarts = self.restarts.clone();
+        status.restart_nonce = self.restart_nonce.clone();
     }
 
     /// What the recorded state asks the controller to make true.
@@ -87,7 +97,7 @@ impl JobState {
                     epoch: self.epoch,
                     parallelism: self.parallelism,
                 },
-                Phase::Suspended => Work::StopWorkers,
+                Phase::Suspended | Phase::Failed => Work::StopWorkers,
                 _ => Work::Nothing,
             },
         }
@@ -139,6 +149,12 @@ pub struct Desired {
     pub template_hash: String,
     /// spec.restore.timeout: a restore not finished by then falls back to an older checkpoint.
     pub restore_timeout: Duration,
+    /// spec.restartPolicy.limit: restarts after a lost worker allowed within the window.
+    pub restart_limit: u32,
+    /// spec.restartPolicy.window.
+    pub restart_window: Duration,
+    /// spec.restartNonce.
+    pub restart_nonce: Option<String>,
 }
 
 impl Desired {
@@ -146,6 +162,35 @@ impl Desired {
     pub fn target(&self) -> u32 {
         if self.suspend { 0 } else { self.parallelism }
     }
+
+    /// Whether spec.restartNonce asks for a restart that `s` has not made yet (removing the
+    /// nonce asks for nothing).
+    fn restart_requested(&self, s: &JobState) -> bool {
+        self.restart_nonce.is_some() && self.restart_nonce != s.restart_nonce
+    }
+
+    /// Of `restarts`, those within the restart window before `now`.
+    fn recent(&self, restarts: &[Time], now: &Time) -> Vec<Time> {
+        restarts
+            .iter()
+            .filter(|t| elapsed(t, now) < self.restart_window)
+            .cloned()
+            .collect()
+    }
+}
+
+/// First delay of a restart after a lost worker; each further restart within the window
+/// doubles it, up to [`RESTART_BACKOFF_CAP`].
+pub const RESTART_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest delay of a restart after a lost worker.
+pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// How long the `n`th restart within the window (from 1) waits after the loss.
+pub fn restart_backoff(n: usize) -> Duration {
+    let doublings = n.saturating_sub(1).min(16) as u32;
+    RESTART_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(RESTART_BACKOFF_CAP)
 }
 
 /// The outcome of the final checkpoint, as the coordinator observed it.
@@ -400,6 +445,13 @@ fn stopping(at: At<'_>) -> Option<(JobState, Note)> {
     if observed.pods > 0 {
         return retargeted(s, r, target);
     }
+    if target > 0 && r.reason == RescaleReason::Recovery {
+        // Back off: the restarts recorded in the window up to this one (itself included).
+        let n = desired.recent(&s.restarts, &r.started).len().max(1);
+        if elapsed(&r.started, now) < restart_backoff(n) {
+            return retargeted(s, r, target);
+        }
+    }
     if target == 0 {
         let next = JobState {
             phase: Phase::Suspended,
@@ -427,6 +479,7 @@ fn stopping(at: At<'_>) -> Option<(JobState, Note)> {
         parallelism: 0,
         epoch: s.epoch + 1,
         template_hash: Some(desired.template_hash.clone()),
+        restart_nonce: desired.restart_nonce.clone(),
         ..entered(s, r2, Stage::Restoring, now)
     };
     Some((next, Note::normal(Stage::Restoring.as_str(), message)))
@@ -441,13 +494,16 @@ fn restarted(at: At<'_>) -> Option<(JobState, Note)> {
     } = at;
     let target = desired.target();
     let template_changed = s.template_hash.as_deref() != Some(desired.template_hash.as_str());
-    if target == r.to && !template_changed {
+    let restart = desired.restart_requested(s);
+    if target == r.to && !template_changed && !restart {
         return None;
     }
     let why = if target != r.to {
         format!("target changed from {} to {target}", r.to)
-    } else {
+    } else if template_changed {
         "pod template changed".to_owned()
+    } else {
+        "spec.restartNonce changed".to_owned()
     };
     let message = format!(
         "{why} during {}; stopping epoch {} and restoring again from checkpoint {}",
@@ -548,6 +604,7 @@ fn steady(
         next.phase = Phase::Restoring;
         next.parallelism = 0;
         next.template_hash = Some(desired.template_hash.clone());
+        next.restart_nonce = desired.restart_nonce.clone();
         next.rescale = Some(rescale(
             0,
             target,
@@ -558,10 +615,11 @@ fn steady(
             now,
         ));
         Note::normal(
-            if reason == RescaleReason::Start {
-                "Starting"
-            } else {
-                "Resuming"
+            match reason {
+                RescaleReason::Start => "Starting",
+                RescaleReason::Restart => reasons::RESTART_REQUESTED,
+                RescaleReason::TemplateChange => "Restarting",
+                _ => "Resuming",
             },
             format!(
                 "epoch {}: {target} workers restore from checkpoint {}",
@@ -592,21 +650,54 @@ fn steady(
             let note = start(&mut next, RescaleReason::Resume);
             Some((next, note))
         }
+        // Stopped by the restart limit: a new nonce or template starts it again, once no pod
+        // of the failed generation is left (two generations never overlap); the limit resets.
+        Phase::Failed => {
+            if observed.pods > 0 {
+                return None;
+            }
+            next.restarts.clear();
+            if target == 0 {
+                next.phase = Phase::Suspended;
+                let note = Note::normal(
+                    reasons::SUSPENDED,
+                    "suspended after the restart limit; resuming restores from the latest checkpoint"
+                        .to_owned(),
+                );
+                return Some((next, note));
+            }
+            let reason = if desired.restart_requested(s) {
+                RescaleReason::Restart
+            } else if s.template_hash.as_deref() != Some(desired.template_hash.as_str()) {
+                RescaleReason::TemplateChange
+            } else {
+                return None;
+            };
+            let note = start(&mut next, reason);
+            Some((next, note))
+        }
         // Running; also a stage phase left without a rescale record, which only a hand-edited
         // status produces: treat it as running workers.
         _ => {
-            let restart = match (&observed.worker_lost, &observed.reset) {
-                _ if s.phase != Phase::Running => None,
-                // Global recovery: a final checkpoint cannot succeed without the lost worker.
-                (Some(what), _) => Some((RescaleReason::Recovery, what, true)),
-                // The state since the last restore is discarded on purpose: no final checkpoint.
-                (None, Some(what)) => Some((RescaleReason::Reset, what, false)),
-                (None, None) => None,
-            };
-            if let Some((reason, what, warning)) = restart {
-                // Every worker restarts from the latest completed checkpoint.
+            if let Some(what) = &observed.worker_lost
+                && s.phase == Phase::Running
+            {
+                return Some(recover(s, desired, observed, what, now));
+            }
+            let reset = observed
+                .reset
+                .as_ref()
+                .filter(|_| s.phase == Phase::Running);
+            if desired.restart_requested(s) || reset.is_some() {
+                // Asked for by the user: no final checkpoint, which broken workers may not
+                // manage (a reset discards the state since on purpose); the limit starts over.
                 let checkpoint = observed.latest_completed;
                 next.phase = Phase::Stopping;
+                next.restarts.clear();
+                let reason = match reset {
+                    Some(_) => RescaleReason::Reset,
+                    None => RescaleReason::Restart,
+                };
                 next.rescale = Some(rescale(
                     s.parallelism,
                     target,
@@ -616,17 +707,22 @@ fn steady(
                     None,
                     now,
                 ));
+                let (note, what) = match reset {
+                    Some(what) => (reasons::INITIAL_STATE, what.clone()),
+                    None => (
+                        reasons::RESTART_REQUESTED,
+                        format!(
+                            "spec.restartNonce changed to {:?}",
+                            desired.restart_nonce.as_deref().unwrap_or_default()
+                        ),
+                    ),
+                };
                 let message = format!(
                     "{what}; restarting all workers of epoch {} from checkpoint {}",
                     s.epoch,
                     describe(checkpoint)
                 );
-                let note = if warning {
-                    Note::warning(reasons::WORKER_LOST, message)
-                } else {
-                    Note::normal(reasons::INITIAL_STATE, message)
-                };
-                return Some((next, note));
+                return Some((next, Note::normal(note, message)));
             }
             let template_changed =
                 s.template_hash.as_deref() != Some(desired.template_hash.as_str());
@@ -672,6 +768,61 @@ fn steady(
     }
 }
 
+/// A worker of the running generation was lost: every worker restarts from the latest completed
+/// checkpoint (a final checkpoint cannot succeed without the lost one) after a backoff, or, past
+/// the restart limit, all stop.
+fn recover(
+    s: &JobState,
+    desired: &Desired,
+    observed: &Observed,
+    what: &str,
+    now: &Time,
+) -> (JobState, Note) {
+    let checkpoint = observed.latest_completed;
+    let mut recent = desired.recent(&s.restarts, now);
+    let window = humantime::format_duration(desired.restart_window);
+    let limit = desired.restart_limit;
+    if recent.len() >= limit as usize {
+        let next = JobState {
+            phase: Phase::Failed,
+            parallelism: 0,
+            rescale: None,
+            restarts: recent,
+            ..s.clone()
+        };
+        let message = format!(
+            "{what}; the workers were restarted {limit} times within {window} (spec.restartPolicy): stopping all workers of epoch {} instead of restarting them again. The latest completed checkpoint {} is kept. Find why they fail (kubectl logs, the job's WorkerLost Events), fix it (spec.template, the store, the nodes), then set a new spec.restartNonce to restart from the latest checkpoint",
+            s.epoch,
+            describe(checkpoint)
+        );
+        return (next, Note::warning(reasons::RESTART_LIMIT_REACHED, message));
+    }
+    recent.push(now.clone());
+    let backoff = restart_backoff(recent.len());
+    let message = format!(
+        "{what}; restarting all workers of epoch {} from checkpoint {} in {} (restart {} of at most {limit} within {window})",
+        s.epoch,
+        describe(checkpoint),
+        humantime::format_duration(backoff),
+        recent.len()
+    );
+    let next = JobState {
+        phase: Phase::Stopping,
+        rescale: Some(rescale(
+            s.parallelism,
+            desired.target(),
+            Stage::Stopping,
+            RescaleReason::Recovery,
+            checkpoint,
+            None,
+            now,
+        )),
+        restarts: recent,
+        ..s.clone()
+    };
+    (next, Note::warning(reasons::WORKER_LOST, message))
+}
+
 /// Time from `since` to `now` (zero when `now` is earlier).
 pub fn elapsed(since: &Time, now: &Time) -> Duration {
     Duration::try_from(now.0.duration_since(since.0)).unwrap_or_default()
@@ -714,6 +865,9 @@ mod tests {
             suspend: false,
             template_hash: "t1".into(),
             restore_timeout: Duration::from_secs(600),
+            restart_limit: 10,
+            restart_window: Duration::from_secs(600),
+            restart_nonce: None,
         }
     }
 
@@ -739,6 +893,8 @@ mod tests {
             epoch,
             template_hash: Some("t1".into()),
             rescale: None,
+            restarts: Vec::new(),
+            restart_nonce: None,
         }
     }
 
@@ -777,7 +933,10 @@ mod tests {
         match &s.rescale {
             Some(r) => assert_eq!(s.phase, r.stage.phase(), "{s:?}"),
             None => assert!(
-                matches!(s.phase, Phase::Running | Phase::Suspended | Phase::Pending),
+                matches!(
+                    s.phase,
+                    Phase::Running | Phase::Suspended | Phase::Pending | Phase::Failed
+                ),
                 "{s:?}"
             ),
         }
@@ -1181,10 +1340,10 @@ mod tests {
             (Stage::Stopping, RescaleReason::Recovery, Some(4), 3, 3)
         );
         assert!(step.notes[0].warning && step.notes[0].message.contains("x-1"));
-        // Stopping, then a new epoch from checkpoint 4.
+        // Stopping, then (after the first backoff) a new epoch from checkpoint 4.
         o.pods = 0;
         o.worker_lost = None;
-        let s = next(&step.state, &desired(3), &o, &now()).state;
+        let s = next(&step.state, &desired(3), &o, &later()).state;
         assert_eq!((stage(&s), s.epoch), (Some(Stage::Restoring), 3));
         assert_eq!(
             s.work(),
@@ -1198,6 +1357,178 @@ mod tests {
         o.worker_lost = Some("x".into());
         o.pods = 3;
         assert_eq!(next(&s, &desired(3), &o, &now()).state, s);
+    }
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + seconds).unwrap())
+    }
+
+    #[test]
+    fn restart_backoff_doubles_up_to_its_cap() {
+        let secs = |n| restart_backoff(n).as_secs();
+        assert_eq!([secs(1), secs(2), secs(3), secs(4)], [10, 20, 40, 80]);
+        assert_eq!([secs(6), secs(100)], [300, 300]);
+        assert_eq!(secs(0), 10);
+    }
+
+    /// Loses a worker of `s` (running `p` workers) at `t`; returns the state once the stopped
+    /// workers' restart has begun (the earliest second at or after `t` it may), and that second.
+    fn lose_and_restart(s: &JobState, d: &Desired, t: i64) -> (JobState, i64) {
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 2;
+        o.latest_completed = Some(4);
+        o.worker_lost = Some("worker pod x-1 restarted its containers 1 times".into());
+        let step = next(s, d, &o, &at(t));
+        assert_eq!(step.notes[0].reason, reasons::WORKER_LOST);
+        let stopping = step.state;
+        o.pods = 0;
+        o.worker_lost = None;
+        let mut when = t;
+        loop {
+            let n = next(&stopping, d, &o, &at(when)).state;
+            if stage(&n) == Some(Stage::Restoring) {
+                return (n, when);
+            }
+            assert_eq!(n, stopping, "waits in Stopping, unchanged");
+            when += 1;
+        }
+    }
+
+    #[test]
+    fn lost_workers_restart_after_a_growing_backoff_and_stop_at_the_limit() {
+        let mut d = desired(3);
+        d.restart_limit = 2;
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 3;
+        o.latest_completed = Some(4);
+        let s = running(3, 2);
+        let (s, started) = lose_and_restart(&s, &d, 0);
+        assert_eq!(started, 10, "the first restart waits 10s");
+        assert_eq!(s.restarts, [at(0)]);
+        assert_eq!(s.rescale.as_ref().unwrap().checkpoint, Some(4));
+        let s = next(&s, &d, &o, &at(15)).state;
+        assert_eq!((s.phase, s.epoch), (Phase::Running, 3));
+        let (s, started) = lose_and_restart(&s, &d, 100);
+        assert_eq!(started, 120, "the second one 20s");
+        assert_eq!(s.restarts, [at(0), at(100)]);
+        let s = next(&s, &d, &o, &at(125)).state;
+        // A third loss within the window: every worker stops, the job is Failed.
+        o.worker_lost = Some("worker pod x-0 is gone".into());
+        let step = next(&s, &d, &o, &at(200));
+        let failed = step.state;
+        assert_eq!(
+            (failed.phase, failed.parallelism, failed.rescale.clone()),
+            (Phase::Failed, 0, None)
+        );
+        assert_eq!(failed.work(), Work::StopWorkers);
+        let note = &step.notes[0];
+        assert!(note.warning && note.reason == reasons::RESTART_LIMIT_REACHED);
+        assert!(
+            note.message.contains("x-0") && note.message.contains("spec.restartNonce"),
+            "{}",
+            note.message
+        );
+        // It stays stopped, whatever else is observed, until the nonce changes.
+        o.worker_lost = None;
+        o.pods = 0;
+        assert!(next(&failed, &d, &o, &at(900)).notes.is_empty());
+        d.restart_nonce = Some("fixed".into());
+        o.pods = 1;
+        assert!(
+            next(&failed, &d, &o, &at(900)).notes.is_empty(),
+            "not while a pod of the failed generation is left"
+        );
+        o.pods = 0;
+        let step = next(&failed, &d, &o, &at(900));
+        let s = step.state;
+        let r = s.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.reason, r.checkpoint, r.to),
+            (Stage::Restoring, RescaleReason::Restart, Some(4), 3)
+        );
+        assert_eq!(step.notes[0].reason, reasons::RESTART_REQUESTED);
+        assert_eq!((s.epoch, s.restart_nonce.as_deref()), (5, Some("fixed")));
+        assert!(s.restarts.is_empty(), "the limit starts over");
+        // A changed template starts a failed job again too.
+        let mut d2 = desired(3);
+        d2.template_hash = "t2".into();
+        let s = next(&failed, &d2, &o, &at(900)).state;
+        assert_eq!(
+            s.rescale.map(|r| r.reason),
+            Some(RescaleReason::TemplateChange)
+        );
+    }
+
+    #[test]
+    fn restarts_outside_the_window_do_not_count() {
+        let mut d = desired(3);
+        d.restart_limit = 1;
+        let s = JobState {
+            restarts: vec![at(0)],
+            ..running(3, 2)
+        };
+        let (s, started) = lose_and_restart(&s, &d, 600);
+        assert_eq!(started, 610, "a first restart again");
+        assert_eq!(s.restarts, [at(600)]);
+        // Limit 0: the first loss stops the job.
+        d.restart_limit = 0;
+        let mut o = observed();
+        o.pods = 3;
+        o.worker_lost = Some("x".into());
+        let s = next(&running(3, 2), &d, &o, &now()).state;
+        assert_eq!(s.phase, Phase::Failed);
+    }
+
+    #[test]
+    fn a_new_restart_nonce_restarts_every_worker_from_the_latest_checkpoint() {
+        let mut o = observed();
+        o.pods = 3;
+        o.ready = 3;
+        o.latest_completed = Some(7);
+        o.next_checkpoint_id = 9;
+        let mut d = desired(3);
+        // Created with a nonce: recorded at the start, no restart once running.
+        d.restart_nonce = Some("a".into());
+        let s = next(&JobState::pending(), &d, &o, &now()).state;
+        assert_eq!(s.restart_nonce.as_deref(), Some("a"));
+        let s = next(&s, &d, &o, &now()).state;
+        assert_eq!(s.phase, Phase::Running);
+        assert!(next(&s, &d, &o, &now()).notes.is_empty());
+        // A new value: no final checkpoint, straight to stopping; the restarts are forgotten.
+        let s = JobState {
+            restarts: vec![now()],
+            ..s
+        };
+        d.restart_nonce = Some("b".into());
+        let step = next(&s, &d, &o, &now());
+        let r = step.state.rescale.clone().unwrap();
+        assert_eq!(
+            (r.stage, r.reason, r.checkpoint, r.final_checkpoint),
+            (Stage::Stopping, RescaleReason::Restart, Some(7), None)
+        );
+        assert!(step.state.restarts.is_empty());
+        assert_eq!(step.notes[0].reason, reasons::RESTART_REQUESTED);
+        // No backoff for a restart the user asked for.
+        o.pods = 0;
+        let s = next(&step.state, &d, &o, &now()).state;
+        assert_eq!((stage(&s), s.epoch), (Some(Stage::Restoring), 2));
+        assert_eq!(s.restart_nonce.as_deref(), Some("b"));
+        // A newer nonce while restoring restores again.
+        d.restart_nonce = Some("c".into());
+        o.pods = 3;
+        let step = next(&s, &d, &o, &now());
+        assert_eq!(stage(&step.state), Some(Stage::Stopping));
+        assert!(step.notes[0].message.contains("restartNonce"));
+        // Removing the nonce asks for nothing.
+        d.restart_nonce = None;
+        o.ready = 3;
+        let s = JobState {
+            restart_nonce: Some("b".into()),
+            ..running(3, 2)
+        };
+        assert!(next(&s, &d, &o, &now()).notes.is_empty());
     }
 
     #[test]
@@ -1259,6 +1590,7 @@ mod tests {
             FinalOk,
             FinalFail,
             Lost,
+            Nonce(u8),
         }
         let alphabet = [
             Ev::Target(1),
@@ -1272,15 +1604,20 @@ mod tests {
             Ev::FinalOk,
             Ev::FinalFail,
             Ev::Lost,
+            Ev::Nonce(1),
         ];
         let mut runs = 0;
         let len = 5;
         let total = alphabet.len().pow(len);
         for mut code in 0..total {
             let mut d = desired(2);
+            // One restart allowed: a second loss reaches Failed within five events.
+            d.restart_limit = 1;
             let mut o = observed();
             let mut s = JobState::pending();
-            for _ in 0..len {
+            for i in 0..len {
+                // A minute per event: restart backoffs pass, restore timeouts do not.
+                let now = at(60 * i as i64);
                 let ev = alphabet[code % alphabet.len()];
                 code /= alphabet.len();
                 match ev {
@@ -1314,8 +1651,9 @@ mod tests {
                     }
                     Ev::FinalFail => o.final_checkpoint = FinalCheckpoint::Failed("x".into()),
                     Ev::Lost => o.worker_lost = Some("lost".into()),
+                    Ev::Nonce(n) => d.restart_nonce = Some(format!("n{n}")),
                 }
-                let step = next(&s, &d, &o, &now());
+                let step = next(&s, &d, &o, &now);
                 let n = &step.state;
                 consistent(n);
                 assert!(n.epoch >= s.epoch);
@@ -1331,6 +1669,10 @@ mod tests {
                 if n.phase == Phase::Suspended {
                     assert_eq!(n.parallelism, 0);
                     assert!(d.suspend);
+                }
+                if n.phase == Phase::Failed {
+                    assert_eq!((n.parallelism, n.work()), (0, Work::StopWorkers));
+                    assert!(n.restarts.len() >= d.restart_limit as usize);
                 }
                 // Every change of state is explained by a note.
                 assert_eq!(n != &s, !step.notes.is_empty(), "{s:?} -> {n:?}");

@@ -25,6 +25,11 @@ pub const RESCALE_RETARGETED: &str = "RescaleRetargeted";
 pub const RESTORE_FALLBACK: &str = "RestoreFallback";
 /// A worker of a running job was lost; all restart from the latest checkpoint.
 pub const WORKER_LOST: &str = "WorkerLost";
+/// A worker was lost again after `spec.restartPolicy.limit` restarts within its window: every
+/// worker is stopped until a new `spec.restartNonce` (or `spec.template`).
+pub const RESTART_LIMIT_REACHED: &str = "RestartLimitReached";
+/// `spec.restartNonce` changed: every worker restarts from the latest checkpoint.
+pub const RESTART_REQUESTED: &str = "RestartRequested";
 /// The job was suspended (`spec.suspend`).
 pub const SUSPENDED: &str = "Suspended";
 /// A worker's state claim was deleted with the job's rescale.
@@ -58,6 +63,8 @@ pub const RESTORE_FAILED: &str = "RestoreFailed";
 pub const WORKER_FAILING: &str = "WorkerFailing";
 /// Degraded: the StatefulSet cannot create the generation's pods (admission, quota).
 pub const PODS_NOT_CREATED: &str = "PodsNotCreated";
+/// Degraded: no checkpoint completed within `spec.checkpointing.progressDeadline`.
+pub const NO_CHECKPOINT_PROGRESS: &str = "NoCheckpointProgress";
 /// Degraded: a pod has been terminating far longer than its grace period.
 pub const POD_STUCK_TERMINATING: &str = "PodStuckTerminating";
 
@@ -71,10 +78,16 @@ pub const OBSERVED: [&str; 5] = [
 ];
 
 /// Degraded reasons that the next completed checkpoint clears.
-pub const CLEARED_BY_A_CHECKPOINT: [&str; 5] = [
+pub const CLEARED_BY_A_CHECKPOINT: [&str; 7] = [
     CHECKPOINT_FAILED,
     CHECKPOINT_ABORTED,
     FINAL_CHECKPOINT_COMPLETED,
     FINAL_CHECKPOINT_FAILED,
     RESTORE_FALLBACK,
+    NO_CHECKPOINT_PROGRESS,
+    WORKER_LOST,
 ];
+
+/// Degraded reasons that a generation whose workers all became ready clears (the restart they
+/// report is over).
+pub const CLEARED_WHEN_RUNNING: [&str; 2] = [WORKER_LOST, RESTART_LIMIT_REACHED];

@@ -55,6 +55,12 @@ pub fn conditions(
             reasons::SUSPENDED.to_owned(),
             "spec.suspend is true".to_owned(),
         ),
+        Phase::Failed => (
+            false,
+            reasons::RESTART_LIMIT_REACHED.to_owned(),
+            "every worker stopped after spec.restartPolicy.limit restarts; see the Degraded condition"
+                .to_owned(),
+        ),
         p => (false, p.as_str().to_owned(), format!("phase {p}")),
     };
     let (progressing, prog_reason, prog_message) = match &state.rescale {

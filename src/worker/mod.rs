@@ -283,9 +283,19 @@ pub async fn run<J: KeyedJob>(
             let _ = shared.running.set(running);
             info!("state open, processing");
             tokio::pin!(shutdown);
+            let crash = async {
+                match crate::fault::faults().worker_exit_after {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => info!("stop requested: finishing the current step"),
                 _ = done_rx => warn!("processing ended"),
+                _ = crash => {
+                    tracing::error!("fault injection: the worker exits (REGROUP_FAULT_WORKER_EXIT_AFTER)");
+                    std::process::exit(1);
+                }
             }
             shared.shutting_down.store(true, Ordering::SeqCst);
             let running = shared.running.get().expect("set above");

@@ -10,6 +10,7 @@
 //! | `REGROUP_FAULT_UPLOAD_DELAY_SUBTASKS` | worker | only these subtasks wait (comma-separated; default all) |
 //! | `REGROUP_FAULT_FAIL_UPLOADS` | worker | the first N uploads of the process fail before writing anything |
 //! | `REGROUP_FAULT_FAIL_UPLOADS_EPOCH` | worker | every upload of a worker of this epoch fails |
+//! | `REGROUP_FAULT_WORKER_EXIT_AFTER` | worker | exit with status 1 this long after starting (a crash loop) |
 //! | `REGROUP_FAULT_RESTORE_PAUSE` | restore | pause this long with the new DB built, before the rename |
 //! | `REGROUP_FAULT_EXIT_AFTER_METADATA` | operator | a file: when it exists and names a job, the operator removes it and exits right after writing that job's next `_metadata.json` |
 
@@ -31,6 +32,8 @@ pub struct Faults {
     pub fail_uploads_epoch: Option<u64>,
     /// Pause of the restore before its rename.
     pub restore_pause: Option<Duration>,
+    /// The worker exits (crashes) this long after it started.
+    pub worker_exit_after: Option<Duration>,
     /// The operator's one-shot exit after writing metadata (see the module doc).
     pub exit_after_metadata: Option<PathBuf>,
 }
@@ -94,6 +97,8 @@ impl Faults {
         let fail_uploads_epoch = parsed(n, v, |s| s.parse().ok());
         let (n, v) = knob("REGROUP_FAULT_RESTORE_PAUSE");
         let restore_pause = parsed(n, v, duration);
+        let (n, v) = knob("REGROUP_FAULT_WORKER_EXIT_AFTER");
+        let worker_exit_after = parsed(n, v, duration);
         let exit_after_metadata = get("REGROUP_FAULT_EXIT_AFTER_METADATA")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
@@ -103,6 +108,7 @@ impl Faults {
             fail_uploads: AtomicU32::new(fail_uploads),
             fail_uploads_epoch,
             restore_pause,
+            worker_exit_after,
             exit_after_metadata,
         }
     }
@@ -157,7 +163,9 @@ mod tests {
             ("REGROUP_FAULT_UPLOAD_DELAY_SUBTASKS", "1, 3"),
             ("REGROUP_FAULT_FAIL_UPLOADS", "2"),
             ("REGROUP_FAULT_FAIL_UPLOADS_EPOCH", "7"),
+            ("REGROUP_FAULT_WORKER_EXIT_AFTER", "15s"),
         ]);
+        assert_eq!(f.worker_exit_after, Some(Duration::from_secs(15)));
         assert_eq!(f.upload_delay_for(1), Some(Duration::from_secs(2)));
         assert_eq!(f.upload_delay_for(0), None);
         assert!(f.fail_upload(1) && f.fail_upload(1));

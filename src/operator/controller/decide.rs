@@ -24,6 +24,9 @@ use super::super::status::{self, Problem};
 use crate::checkpoint::CheckpointMetadata;
 use crate::checkpoint::progress::RestoreProgress;
 
+/// The most consecutive checkpoint failures status counts (the largest tolerable number).
+const MAX_COUNTED_FAILURES: u32 = 1000;
+
 /// What a round saw; [`super::observe`] fills it, reading only.
 #[derive(Clone, Debug)]
 pub struct World {
@@ -193,18 +196,23 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     let spec = &job.spec;
     let interval = spec.checkpointing.interval()?;
     let timeout = spec.checkpointing.timeout()?;
+    let progress_deadline = spec.checkpointing.progress_deadline()?;
     let state = JobState::from_status(job.status.as_ref());
     let desired = Desired {
         parallelism: spec.parallelism,
         suspend: spec.suspend,
         template_hash: resources::template_hash(&spec.template),
         restore_timeout: spec.restore.timeout()?,
+        restart_limit: spec.restart_policy.limit,
+        restart_window: spec.restart_policy.window()?,
+        restart_nonce: spec.restart_nonce.clone(),
     };
     let status = job.status.clone().unwrap_or_default();
     let mut d = Decider {
         job,
         world,
         since: 0,
+        restart_window: desired.restart_window,
         plan: Plan {
             commit: None,
             problem: recorded_problem(&status),
@@ -240,6 +248,7 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
         d.plan.problem = Some(Problem::new(reasons::INITIAL_STATE_UNAVAILABLE, why));
     }
     d.plan.requeue = d.work(&step.state, interval, timeout, busy)?;
+    d.progress(&step.state, progress_deadline);
     if hold {
         d.plan.requeue = d.plan.requeue.min(busy.max(Duration::from_secs(5)));
     }
@@ -276,6 +285,8 @@ struct Decider<'a> {
     world: &'a World,
     /// Checkpoints of the store below this id predate the job's initial state.
     since: u64,
+    /// spec.restartPolicy.window: older restarts are dropped from status.
+    restart_window: Duration,
     plan: Plan,
 }
 
@@ -430,6 +441,24 @@ impl<'a> Decider<'a> {
             }
             _ => {}
         }
+        if after.phase == Phase::Running
+            && before.phase != Phase::Running
+            && self
+                .plan
+                .problem
+                .as_ref()
+                .is_some_and(|p| reasons::CLEARED_WHEN_RUNNING.contains(&p.reason.as_str()))
+        {
+            // The restart it reported is over: every worker of the new generation is ready.
+            self.plan.problem = None;
+        }
+        if after.phase == Phase::Failed && self.plan.problem.is_none() {
+            // Stopped until the user acts: Degraded says so even after another problem cleared.
+            self.plan.problem = Some(Problem::new(
+                reasons::RESTART_LIMIT_REACHED,
+                "every worker was stopped after spec.restartPolicy.limit restarts within spec.restartPolicy.window; fix why they failed (the job's WorkerLost Events, the workers' logs), then set a new spec.restartNonce",
+            ));
+        }
         self.stage_tallies(before, &after);
         if let Work::FinalCheckpoint {
             id,
@@ -514,6 +543,7 @@ impl<'a> Decider<'a> {
         listed.retain(|c| c.id != record.id);
         listed.insert(0, record.clone());
         listed.truncate(history);
+        self.status().consecutive_checkpoint_failures = 0;
         if self
             .plan
             .problem
@@ -551,10 +581,71 @@ impl<'a> Decider<'a> {
             return;
         };
         p.failure = Some(reason);
+        let stop = p.stop;
         self.plan.tallies.push(Tally::CheckpointEnded("failed"));
-        let problem = Problem::new(reasons::CHECKPOINT_FAILED, message.clone());
-        self.plan.problem = Some(problem);
+        // A final checkpoint's failure changes where the rescale restores from: shown at once.
+        if stop || self.tolerance_exceeded() {
+            let problem = Problem::new(reasons::CHECKPOINT_FAILED, self.counted(&message));
+            self.plan.problem = Some(problem);
+        }
         self.event(true, reasons::CHECKPOINT_FAILED, message);
+    }
+
+    /// Counts a failed or aborted periodic checkpoint; whether that makes more consecutive
+    /// failures than spec.checkpointing.tolerableFailures.
+    fn tolerance_exceeded(&mut self) -> bool {
+        let tolerable = self.job.spec.checkpointing.tolerable_failures;
+        let status = self.status();
+        // Bounded: beyond the largest tolerable count the number says nothing more.
+        status.consecutive_checkpoint_failures =
+            (status.consecutive_checkpoint_failures + 1).min(MAX_COUNTED_FAILURES);
+        status.consecutive_checkpoint_failures > tolerable
+    }
+
+    /// `message` with the count of consecutive failures, once there were several.
+    fn counted(&self, message: &str) -> String {
+        match self.plan.status.consecutive_checkpoint_failures {
+            n @ 2.. => format!(
+                "{message} ({n} consecutive checkpoints failed; spec.checkpointing.tolerableFailures is {})",
+                self.job.spec.checkpointing.tolerable_failures
+            ),
+            _ => message.to_owned(),
+        }
+    }
+
+    /// While running, shows in Degraded that no checkpoint completed within
+    /// spec.checkpointing.progressDeadline, and clears that once one did.
+    fn progress(&mut self, state: &JobState, deadline: Duration) {
+        if state.phase != Phase::Running || state.rescale.is_some() {
+            return;
+        }
+        let status = &self.plan.status;
+        // Running since the Ready condition turned True (this round, when it is not yet).
+        let running_since = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::READY && c.status == "True")
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| self.now().clone());
+        let since = match &status.last_checkpoint {
+            Some(c) if c.time.0 > running_since.0 => c.time.clone(),
+            _ => running_since,
+        };
+        let overdue = lifecycle::elapsed(&since, self.now()) >= deadline;
+        let shown = self.plan.problem.as_ref().map(|p| p.reason.as_str());
+        match (overdue, shown) {
+            (true, None) => {
+                let message = format!(
+                    "no checkpoint completed within spec.checkpointing.progressDeadline ({}) since {}: a restart would lose the progress since then. Look at the job's CheckpointFailed and CheckpointAborted Events (kubectl describe sj {}), the workers' logs and whether the object store is reachable and writable",
+                    humantime::format_duration(deadline),
+                    since.0,
+                    self.job.name_any()
+                );
+                self.plan.problem = Some(Problem::new(reasons::NO_CHECKPOINT_PROGRESS, message));
+            }
+            (false, Some(reasons::NO_CHECKPOINT_PROGRESS)) => self.plan.problem = None,
+            _ => {}
+        }
     }
 
     /// What the recorded state asks of the world ([`JobState::work`]); returns when to look
@@ -728,12 +819,17 @@ impl<'a> Decider<'a> {
         });
         self.plan.tallies.push(Tally::CheckpointEnded("aborted"));
         let message = format!("checkpoint {} aborted: {reason}", p.id);
+        // One of an earlier generation was not the running workers' failure, nor is one the
+        // operator dropped on purpose.
         if !planned
             && !p.stop
             && self.plan.status.phase == Some(Phase::Running)
+            && p.epoch == self.plan.status.epoch
             && p.failure.is_none()
+            && self.tolerance_exceeded()
         {
-            self.plan.problem = Some(Problem::new(reasons::CHECKPOINT_ABORTED, message.clone()));
+            let problem = Problem::new(reasons::CHECKPOINT_ABORTED, self.counted(&message));
+            self.plan.problem = Some(problem);
         }
         self.event(true, reasons::CHECKPOINT_ABORTED, message);
     }
@@ -879,6 +975,11 @@ impl<'a> Decider<'a> {
         status.last_issued_checkpoint = issued_ids(status).into_iter().flatten().max();
         status.selector = Some(resources::selector_string(job));
         status.observed_generation = job.metadata.generation;
+        let (now, window) = (self.world.now.clone(), self.restart_window);
+        let status = self.status();
+        status
+            .restarts
+            .retain(|t| lifecycle::elapsed(t, &now) < window);
         self.plan
     }
 }
@@ -1104,7 +1205,8 @@ mod tests {
 
     #[test]
     fn a_refused_trigger_fails_the_checkpoint_and_the_next_round_aborts_it() {
-        let job = running(2, Some(pending(5)));
+        let mut job = running(2, Some(pending(5)));
+        job.spec.checkpointing.tolerable_failures = 0;
         let refused = world(
             Some(waiting(5, None)),
             Some((5, Some("worker 1 has no pod with an IP"))),
@@ -1149,6 +1251,222 @@ mod tests {
         let plan = decide(&job, &world(Some(waiting), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.actions.len(), 1, "asked already: {:?}", plan.actions);
         assert!(plan.status.pending_checkpoint.unwrap().failure.is_some());
+    }
+
+    fn degraded(
+        reason: &str,
+        since: i64,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        condition(status::DEGRADED, "True", reason, since)
+    }
+
+    fn condition(
+        type_: &str,
+        status: &str,
+        reason: &str,
+        since: i64,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "m".into(),
+            observed_generation: None,
+            last_transition_time: at(since),
+        }
+    }
+
+    fn problem_of(plan: &Plan) -> Option<&str> {
+        plan.problem.as_ref().map(|p| p.reason.as_str())
+    }
+
+    #[test]
+    fn checkpoint_failures_degrade_only_past_the_tolerable_number() {
+        let mut job = running(2, Some(pending(5)));
+        job.spec.checkpointing.tolerable_failures = 1;
+        let refused = world(Some(waiting(5, None)), Some((5, Some("upload refused"))));
+        let plan = decide(&job, &refused, BUSY).unwrap();
+        assert_eq!(plan.status.consecutive_checkpoint_failures, 1);
+        assert_eq!(problem_of(&plan), None, "one failure is tolerated");
+        assert_eq!(
+            reasons_of(&plan),
+            [reasons::CHECKPOINT_FAILED],
+            "an Event all the same"
+        );
+        // The next round aborts it: the same failure, not counted twice.
+        let mut next = job.clone();
+        next.status = Some(plan.status);
+        let plan = decide(&next, &world(None, Some((5, None))), BUSY).unwrap();
+        assert_eq!(plan.status.consecutive_checkpoint_failures, 1);
+        assert_eq!(problem_of(&plan), None);
+        // A second one in a row is one too many.
+        let mut job = running(2, Some(pending(6)));
+        job.spec.checkpointing.tolerable_failures = 1;
+        job.status.as_mut().unwrap().consecutive_checkpoint_failures = 1;
+        let refused = world(Some(waiting(6, None)), Some((6, Some("upload refused"))));
+        let plan = decide(&job, &refused, BUSY).unwrap();
+        assert_eq!(plan.status.consecutive_checkpoint_failures, 2);
+        assert_eq!(problem_of(&plan), Some(reasons::CHECKPOINT_FAILED));
+        let message = &plan.problem.as_ref().unwrap().message;
+        assert!(
+            message.contains("upload refused") && message.contains("2 consecutive"),
+            "{message}"
+        );
+        // A timed-out checkpoint counts the same way.
+        let mut job = running(
+            2,
+            Some(PendingCheckpoint {
+                started: at(-120),
+                ..pending(6)
+            }),
+        );
+        job.spec.checkpointing.tolerable_failures = 1;
+        job.status.as_mut().unwrap().consecutive_checkpoint_failures = 1;
+        let plan = decide(&job, &world(Some(waiting(6, None)), Some((6, None))), BUSY).unwrap();
+        assert_eq!(plan.status.consecutive_checkpoint_failures, 2);
+        assert_eq!(problem_of(&plan), Some(reasons::CHECKPOINT_ABORTED));
+        // A completed checkpoint resets the count and clears Degraded.
+        let mut job = running(2, Some(pending(5)));
+        let st = job.status.as_mut().unwrap();
+        st.consecutive_checkpoint_failures = 7;
+        st.conditions = vec![degraded(reasons::CHECKPOINT_FAILED, -30)];
+        let ready = InFlight {
+            id: 5,
+            completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
+            worker_failure: None,
+        };
+        let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
+        assert_eq!(plan.status.consecutive_checkpoint_failures, 0);
+        assert_eq!(problem_of(&plan), None);
+    }
+
+    #[test]
+    fn no_checkpoint_within_the_progress_deadline_degrades_until_one_completes() {
+        // Interval 10s: the deadline is 30s. Running since 100s ago.
+        let mut job = running(2, Some(pending(5)));
+        let st = job.status.as_mut().unwrap();
+        st.conditions = vec![condition(status::READY, "True", "WorkersReady", -100)];
+        let w = world(Some(waiting(5, None)), Some((5, None)));
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(problem_of(&plan), Some(reasons::NO_CHECKPOINT_PROGRESS));
+        let message = &plan.problem.as_ref().unwrap().message;
+        assert!(
+            message.contains("progressDeadline (30s)") && message.contains("CheckpointFailed"),
+            "{message}"
+        );
+        // A checkpoint completed 20s ago is progress: nothing to show, and a shown one clears.
+        let st = job.status.as_mut().unwrap();
+        st.last_checkpoint = Some(coordinator::record(
+            &testing::checkpoint(16, 2, 1),
+            None,
+            &at(-20),
+        ));
+        assert_eq!(problem_of(&decide(&job, &w, BUSY).unwrap()), None);
+        let st = job.status.as_mut().unwrap();
+        st.conditions
+            .push(degraded(reasons::NO_CHECKPOINT_PROGRESS, -50));
+        assert_eq!(problem_of(&decide(&job, &w, BUSY).unwrap()), None);
+        // An explicit deadline; and a job that just became ready is given its full deadline.
+        job.spec.checkpointing.progress_deadline = Some("10s".into());
+        assert_eq!(
+            problem_of(&decide(&job, &w, BUSY).unwrap()),
+            Some(reasons::NO_CHECKPOINT_PROGRESS)
+        );
+        let st = job.status.as_mut().unwrap();
+        st.conditions = vec![condition(status::READY, "True", "WorkersReady", -5)];
+        assert_eq!(problem_of(&decide(&job, &w, BUSY).unwrap()), None);
+        // Another problem shown stays: it says more.
+        let st = job.status.as_mut().unwrap();
+        st.conditions = vec![
+            condition(status::READY, "True", "WorkersReady", -100),
+            degraded(reasons::WORKER_LOST, -50),
+        ];
+        st.last_checkpoint = None;
+        assert_eq!(
+            problem_of(&decide(&job, &w, BUSY).unwrap()),
+            Some(reasons::WORKER_LOST)
+        );
+        job.spec.checkpointing.progress_deadline = Some("0s".into());
+        let e = decide(&job, &w, BUSY).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spec.checkpointing.progressDeadline"),
+            "{e}"
+        );
+    }
+
+    /// Worker pod `index` of epoch `epoch`, ready.
+    fn ready_pod(index: u32, epoch: u64) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": format!("orders-{index}"),
+                "uid": format!("pod-{epoch}-{index}"),
+                "labels": {EPOCH_LABEL: epoch.to_string()}
+            },
+            "status": {"conditions": [
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "True"}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_worker_lost_degraded_clears_once_the_restarted_workers_are_ready() {
+        let mut job = running(2, None);
+        let st = job.status.as_mut().unwrap();
+        st.phase = Some(Phase::RollingForward);
+        st.epoch = 2;
+        st.parallelism = 0;
+        st.rescale = Some(super::super::super::crd::RescaleStatus {
+            from: 2,
+            to: 2,
+            stage: Stage::RollingForward,
+            reason: RescaleReason::Recovery,
+            checkpoint: Some(4),
+            final_checkpoint: None,
+            started: at(-60),
+            stage_started: at(-10),
+        });
+        st.restarts = vec![at(-700), at(-60)];
+        st.conditions = vec![degraded(reasons::WORKER_LOST, -60)];
+        let mut w = world(None, None);
+        w.pods = vec![ready_pod(0, 2)];
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(plan.status.phase, Some(Phase::RollingForward));
+        assert_eq!(
+            problem_of(&plan),
+            Some(reasons::WORKER_LOST),
+            "one worker is not ready yet"
+        );
+        w.pods.push(ready_pod(1, 2));
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(plan.status.phase, Some(Phase::Running));
+        assert_eq!(problem_of(&plan), None);
+        assert_eq!(plan.status.worker_pods, ["pod-2-0", "pod-2-1"]);
+        // Only the restarts within spec.restartPolicy.window (10m) stay in status.
+        assert_eq!(plan.status.restarts, [at(-60)]);
+    }
+
+    #[test]
+    fn a_failed_job_stays_degraded_until_restarted() {
+        let mut job = running(2, None);
+        let st = job.status.as_mut().unwrap();
+        st.phase = Some(Phase::Failed);
+        st.parallelism = 0;
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        assert_eq!(problem_of(&plan), Some(reasons::RESTART_LIMIT_REACHED));
+        assert_eq!(plan.actions, [Act::StopWorkers]);
+        assert_eq!(plan.status.phase, Some(Phase::Failed));
+        // A new nonce, no pod left: the workers restore from the latest checkpoint.
+        job.spec.restart_nonce = Some("fixed".into());
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        let r = plan.status.rescale.as_ref().expect("restarting");
+        assert_eq!(
+            (r.stage, r.reason, r.checkpoint),
+            (Stage::Restoring, RescaleReason::Restart, Some(4))
+        );
+        assert_eq!(plan.status.restart_nonce.as_deref(), Some("fixed"));
     }
 
     #[test]

@@ -231,7 +231,11 @@ fn stops_before_deletion(job: &StatefulJob) -> bool {
     job.metadata.deletion_timestamp.is_some()
         && job.finalizers().iter().any(|f| f == FINALIZER)
         && job.spec.deletion_policy == DeletionPolicy::Snapshot
-        && (state.rescale.is_some() || !matches!(state.phase, Phase::Suspended | Phase::Pending))
+        && (state.rescale.is_some()
+            || !matches!(
+                state.phase,
+                Phase::Suspended | Phase::Pending | Phase::Failed
+            ))
 }
 
 /// Records the deleted job's last checkpoint (its final one) as a StatefulJobSnapshot that
