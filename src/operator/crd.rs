@@ -155,6 +155,10 @@ pub struct StatefulJobSpec {
     #[serde(default)]
     pub restart_policy: RestartPolicy,
 
+    /// What a rescale or template change whose new workers never get ready does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+
     /// Any new value restarts every worker from the latest completed checkpoint (no final
     /// checkpoint), for example after fixing what made them fail, and resets the restart limit
     /// of spec.restartPolicy; the value acted on is recorded in status.restartNonce.
@@ -470,6 +474,26 @@ impl Checkpointing {
     }
 }
 
+/// Rolling back a rescale or template change whose workers do not get ready.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// When the new workers of a rescale or template change are not all ready this long after
+    /// it started (e.g. 10m; longer than a restore takes), the job rolls back to the previous
+    /// parallelism and template from the same final checkpoint. The spec stays as written; the
+    /// job is Degraded (RolloutFailed) until the spec changes again.
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [positive_duration("spec.rollout.readinessTimeout")]))]
+    pub readiness_timeout: String,
+}
+
+impl Rollout {
+    /// The readiness timeout; the API server already checked its form.
+    pub fn readiness_timeout(&self) -> Result<Duration> {
+        parse_duration("spec.rollout.readinessTimeout", &self.readiness_timeout)
+    }
+}
+
 /// How lost workers are restarted: with exponential backoff (10s, 20s, 40s, ... up to 5m), and
 /// at most `limit` times within `window`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -760,6 +784,17 @@ pub struct StatefulJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scheduled_snapshot: Option<Time>,
 
+    /// The pod template of the last generation that became ready, the one a failed rollout goes
+    /// back to (stored as written in the spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub last_ready_template: Option<serde_json::Value>,
+
+    /// A rollout rolled back (spec.rollout.readinessTimeout): what runs instead of the spec of
+    /// that generation until the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
+
     /// The initial state applied last (at the start, or for spec.restoreNonce).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_state: Option<AppliedState>,
@@ -780,6 +815,29 @@ pub struct StatefulJobStatus {
     /// Ready, Progressing and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A rollout that was rolled back.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    /// metadata.generation of the spec that failed; a new one ends the rollback.
+    pub generation: i64,
+    /// The parallelism that runs instead.
+    pub parallelism: u32,
+    /// The hash of the pod template that runs instead.
+    pub template_hash: String,
+    /// Why, for people.
+    pub message: String,
+}
+
+/// A schema for any JSON object, kept as it is.
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "nullable": true
+    })
 }
 
 /// How far the restores of a rescale got.

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod progress;
 pub mod reasons;
 pub mod resources;
+pub mod rollout;
 pub mod snapshot;
 pub mod status;
 

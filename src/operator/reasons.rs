@@ -42,6 +42,10 @@ pub const DELETED: &str = "Deleted";
 pub const SNAPSHOT_NOT_DISPOSED: &str = "SnapshotNotDisposed";
 /// A deleted job's final checkpoint was recorded as a StatefulJobSnapshot.
 pub const FINAL_SNAPSHOT: &str = "FinalSnapshot";
+/// The new workers of a rescale or template change were not ready within
+/// spec.rollout.readinessTimeout: the job rolled back (an Event, and Degraded until the spec
+/// changes).
+pub const ROLLOUT_FAILED: &str = "RolloutFailed";
 /// spec.initialState was applied (at the start or for spec.restoreNonce).
 pub const INITIAL_STATE: &str = "InitialState";
 /// Degraded: spec.initialState names a snapshot or checkpoint that cannot be used yet.
@@ -69,8 +73,9 @@ pub const NO_CHECKPOINT_PROGRESS: &str = "NoCheckpointProgress";
 pub const POD_STUCK_TERMINATING: &str = "PodStuckTerminating";
 
 /// Degraded reasons read from the pods each round: they clear when no longer observed.
-pub const OBSERVED: [&str; 5] = [
+pub const OBSERVED: [&str; 6] = [
     INITIAL_STATE_UNAVAILABLE,
+    ROLLOUT_FAILED,
     RESTORE_FAILED,
     WORKER_FAILING,
     PODS_NOT_CREATED,

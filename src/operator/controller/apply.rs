@@ -10,11 +10,13 @@ use tracing::{error, info, warn};
 
 use super::super::claims;
 use super::super::coordinator::{self, CheckpointRequest};
+use super::super::crd::StatefulJobStatus;
 use super::super::initial_state::Source;
 use super::super::lifecycle::JobState;
 use super::super::metrics::label;
 use super::super::reasons;
 use super::super::resources::{self, FIELD_MANAGER};
+use super::super::rollout;
 use super::super::snapshot::schedule::SCHEDULED_LABEL;
 use super::super::snapshot::{self, SnapshotPhase, StatefulJobSnapshot, StatefulJobSnapshotSpec};
 use super::decide::{Act, Asked, Plan, Tally, Token, World};
@@ -64,7 +66,7 @@ impl Round {
             .await;
         }
         for act in &plan.actions {
-            self.act(act, &world.pods, &token).await?;
+            self.act(act, &world.pods, &token, &status).await?;
         }
         Ok(Action::requeue(plan.requeue))
     }
@@ -82,7 +84,13 @@ impl Round {
         Ok(())
     }
 
-    async fn act(&self, act: &Act, pods: &[Pod], token: &str) -> Result<()> {
+    async fn act(
+        &self,
+        act: &Act,
+        pods: &[Pod],
+        token: &str,
+        status: &StatefulJobStatus,
+    ) -> Result<()> {
         match act {
             &Act::Trigger {
                 id,
@@ -117,7 +125,23 @@ impl Round {
             }
             Act::StopWorkers => self.scale_to_zero().await?,
             Act::RunWorkers(generation) => {
-                let set = resources::statefulset(&self.job, generation)?;
+                // While a rollback holds, the workers run the template that was ready before.
+                let previous =
+                    rollout::in_force(status, self.job.metadata.generation).and_then(|r| {
+                        rollout::template(
+                            r,
+                            &self.job.spec.template,
+                            status.last_ready_template.as_ref(),
+                        )
+                    });
+                let set = match previous {
+                    Some(template) => {
+                        let mut job = (*self.job).clone();
+                        job.spec.template = template;
+                        resources::statefulset(&job, generation)?
+                    }
+                    None => resources::statefulset(&self.job, generation)?,
+                };
                 self.apply_object(&set).await?;
             }
             Act::DeleteUnusedClaims(state) => self.delete_unused_claims(state).await,

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 
 use super::super::coordinator::{self, CheckpointInputs, Decision, Notice};
 use super::super::crd::{
-    CheckpointRecord, PendingCheckpoint, Phase, RescaleReason, Stage, StatefulJob,
+    CheckpointRecord, PendingCheckpoint, Phase, RescaleReason, RolledBack, Stage, StatefulJob,
     StatefulJobStatus,
 };
 use super::super::diagnose;
@@ -19,6 +19,7 @@ use super::super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Note, Ob
 use super::super::progress;
 use super::super::reasons;
 use super::super::resources::{self, EPOCH_LABEL, Generation};
+use super::super::rollout;
 use super::super::snapshot::{self, SnapshotStore};
 use super::super::status::{self, Problem};
 use crate::checkpoint::CheckpointMetadata;
@@ -198,16 +199,42 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     let timeout = spec.checkpointing.timeout()?;
     let progress_deadline = spec.checkpointing.progress_deadline()?;
     let state = JobState::from_status(job.status.as_ref());
+    let mut status = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation;
+    let readiness_timeout = spec
+        .rollout
+        .as_ref()
+        .map(|r| r.readiness_timeout())
+        .transpose()?;
+    let mut rolled_back_now = None;
+    if rollout::in_force(&status, generation).is_none() {
+        // A new spec ends a rollback; an overdue rollout starts one.
+        status.rolled_back = rollout::overdue(
+            &state,
+            generation,
+            &spec.template,
+            status.last_ready_template.as_ref(),
+            readiness_timeout,
+            &world.now,
+        );
+        rolled_back_now = status.rolled_back.clone();
+    }
+    let rolled_back = rollout::in_force(&status, generation).cloned();
     let desired = Desired {
-        parallelism: spec.parallelism,
+        // While a rollback holds, the lifecycle aims at what ran before, not at the spec.
+        parallelism: rolled_back
+            .as_ref()
+            .map_or(spec.parallelism, |r| r.parallelism),
         suspend: spec.suspend,
-        template_hash: resources::template_hash(&spec.template),
+        template_hash: rolled_back.as_ref().map_or_else(
+            || resources::template_hash(&spec.template),
+            |r| r.template_hash.clone(),
+        ),
         restore_timeout: spec.restore.timeout()?,
         restart_limit: spec.restart_policy.limit,
         restart_window: spec.restart_policy.window()?,
         restart_nonce: spec.restart_nonce.clone(),
     };
-    let status = job.status.clone().unwrap_or_default();
     let mut d = Decider {
         job,
         world,
@@ -244,6 +271,7 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
         ready_pods,
     );
     d.restore_progress(&step.state);
+    d.rollout(&step.state, rolled_back_now, rolled_back.as_ref());
     if let Some(why) = unavailable {
         d.plan.problem = Some(Problem::new(reasons::INITIAL_STATE_UNAVAILABLE, why));
     }
@@ -922,6 +950,30 @@ impl<'a> Decider<'a> {
         );
     }
 
+    /// A rollback: its Event when it starts, Degraded while it holds; the template of every
+    /// generation that got ready, to roll back to.
+    fn rollout(
+        &mut self,
+        state: &JobState,
+        started: Option<RolledBack>,
+        holding: Option<&RolledBack>,
+    ) {
+        if let Some(r) = started {
+            self.event(true, reasons::ROLLOUT_FAILED, r.message.clone());
+        }
+        if let Some(r) = holding {
+            self.plan.problem = Some(Problem::new(reasons::ROLLOUT_FAILED, r.message.clone()));
+            return;
+        }
+        let spec_template = &self.job.spec.template;
+        let ready = state.phase == Phase::Running
+            && state.rescale.is_none()
+            && state.template_hash.as_deref() == Some(&resources::template_hash(spec_template));
+        if ready {
+            self.status().last_ready_template = serde_json::to_value(spec_template).ok();
+        }
+    }
+
     /// The restores' progress while the generation restores; their reports go once it ran.
     fn restore_progress(&mut self, state: &JobState) {
         let restoring = state
@@ -1071,6 +1123,74 @@ mod tests {
 
     fn reasons_of(plan: &Plan) -> Vec<&str> {
         plan.events.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn a_template_change_not_ready_in_time_rolls_back_and_holds_until_the_spec_changes() {
+        let mut job = running(2, None);
+        let good = job.spec.template.clone();
+        job.spec.rollout =
+            Some(serde_json::from_value(serde_json::json!({"readinessTimeout": "1m"})).unwrap());
+        job.spec.template.spec.as_mut().unwrap().containers[0].image =
+            Some("regroup:broken".into());
+        job.metadata.generation = Some(4);
+        let status = job.status.as_mut().unwrap();
+        status.last_ready_template = serde_json::to_value(&good).ok();
+        status.phase = Some(Phase::RollingForward);
+        status.epoch = 2;
+        status.template_hash = Some(resources::template_hash(&job.spec.template));
+        status.rescale = Some(
+            serde_json::from_value(serde_json::json!({
+                "from": 2, "to": 2, "stage": "RollingForward", "reason": "TemplateChange",
+                "checkpoint": 4, "finalCheckpoint": 4,
+                "started": "2027-01-15T07:00:00Z", "stageStarted": "2027-01-15T07:59:00Z"
+            }))
+            .unwrap(),
+        );
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        let r = plan.status.rolled_back.clone().expect("rolled back");
+        assert_eq!((r.generation, r.parallelism), (4, 2));
+        assert_eq!(r.template_hash, resources::template_hash(&good));
+        assert!(reasons_of(&plan).contains(&reasons::ROLLOUT_FAILED));
+        assert_eq!(
+            plan.problem.as_ref().map(|p| p.reason.as_str()),
+            Some(reasons::ROLLOUT_FAILED)
+        );
+        // Its workers are gone (no pods): straight to restoring the previous template from the
+        // same final checkpoint.
+        let rescale = plan.status.rescale.clone().unwrap();
+        assert_eq!(
+            (rescale.stage, rescale.checkpoint),
+            (Stage::Restoring, Some(4))
+        );
+        assert_eq!(
+            plan.status.template_hash,
+            Some(resources::template_hash(&good))
+        );
+        // Rolled back and running the previous template: it holds, Degraded, for this spec.
+        let status = job.status.as_mut().unwrap();
+        status.rolled_back = Some(r);
+        status.rescale = None;
+        status.phase = Some(Phase::Running);
+        status.epoch = 3;
+        status.template_hash = Some(resources::template_hash(&good));
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        assert!(
+            plan.status.rescale.is_none(),
+            "no rescale towards the failed spec"
+        );
+        assert_eq!(
+            plan.problem.as_ref().map(|p| p.reason.as_str()),
+            Some(reasons::ROLLOUT_FAILED)
+        );
+        // A new spec ends it: the template change is tried again.
+        job.metadata.generation = Some(5);
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        assert!(plan.status.rolled_back.is_none());
+        assert_eq!(
+            plan.status.rescale.map(|r| r.reason),
+            Some(RescaleReason::TemplateChange)
+        );
     }
 
     #[test]
