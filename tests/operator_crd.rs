@@ -142,6 +142,34 @@ async fn the_api_server_validates_statefuljobs() {
         let msg = refused_raw(&client, &ns.name, bad).await;
         assert!(msg.contains(message), "{initial}: {msg}");
     }
+    // Schedules, rollouts and the checkpoint history.
+    for (field, value, message) in [
+        (
+            "snapshots",
+            serde_json::json!({"schedule": "0 3 * *"}),
+            "spec.snapshots.schedule must be a cron schedule of five fields",
+        ),
+        (
+            "snapshots",
+            serde_json::json!({"schedule": "0 3 * * *", "maxAge": "0s"}),
+            "spec.snapshots.maxAge must be a positive duration",
+        ),
+        (
+            "rollout",
+            serde_json::json!({"readinessTimeout": "0s"}),
+            "spec.rollout.readinessTimeout must be a positive duration",
+        ),
+        (
+            "checkpointing",
+            serde_json::json!({"history": 21}),
+            "spec.checkpointing.history",
+        ),
+    ] {
+        let mut bad = job_yaml("fields", 1, 16, "s3://bucket/jobs");
+        bad["spec"][field] = value.clone();
+        let msg = refused(&api, bad).await;
+        assert!(msg.contains(message), "{value}: {msg}");
+    }
     let mut bad = job_yaml("deletion", 1, 16, "s3://bucket/jobs");
     bad["spec"]["deletionPolicy"] = "Keep".into();
     let msg = refused_raw(&client, &ns.name, bad).await;
