@@ -83,9 +83,13 @@ impl Events {
             .clone()
             .unwrap_or_else(|| "default".into());
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
-        let mut series = self.series.lock().await;
-        series.retain(|_, s| s.last + SERIES_TTL > now);
-        if let Some(s) = series.get(&key).cloned() {
+        // Never held across a request: every round publishes through here.
+        let known = {
+            let mut series = self.series.lock().await;
+            series.retain(|_, s| s.last + SERIES_TTL > now);
+            series.get(&key).cloned()
+        };
+        if let Some(s) = known {
             let count = s.count + 1;
             let patch = serde_json::json!({
                 "series": EventSeries { count, last_observed_time: MicroTime(now) },
@@ -95,14 +99,12 @@ impl Events {
                 .await
             {
                 Ok(_) => {
-                    series.insert(
-                        key,
-                        Series {
-                            count,
-                            last: now,
-                            ..s
-                        },
-                    );
+                    let next = Series {
+                        count,
+                        last: now,
+                        ..s
+                    };
+                    self.series.lock().await.insert(key, next);
                     return Ok(());
                 }
                 // Gone (expired, or deleted): a new Event.
@@ -113,14 +115,12 @@ impl Events {
         let created = api
             .create(&PostParams::default(), &self.event(ev, regarding, now))
             .await?;
-        series.insert(
-            key,
-            Series {
-                name: created.name_any(),
-                count: 1,
-                last: now,
-            },
-        );
+        let first = Series {
+            name: created.name_any(),
+            count: 1,
+            last: now,
+        };
+        self.series.lock().await.insert(key, first);
         Ok(())
     }
 
