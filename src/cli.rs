@@ -11,6 +11,7 @@ use crate::checkpoint::registry::{
 };
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore};
 use crate::error::Result;
+use crate::restore::command::OutputFormat;
 use crate::telemetry::{self, LogFormat};
 
 /// The version `--version` prints; test builds say that they honour fault injection.
@@ -67,11 +68,21 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum CheckpointsCommand {
     /// One line per checkpoint: status, epoch, parallelism, bytes, files.
-    List(StoreArgs),
+    List(ListArgs),
     /// Subtasks, ranges and files of completed checkpoints; `--files` prints the reference table.
     Show(ShowArgs),
     /// Deletes what no retained checkpoint references.
     Gc(GcArgs),
+}
+
+/// `regroup checkpoints list`
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// text (a table) or json (an array with one object per checkpoint).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
 }
 
 /// `regroup checkpoints show`
@@ -79,6 +90,9 @@ pub enum CheckpointsCommand {
 pub struct ShowArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// text, or json (an array of the checkpoints' metadata, as stored).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
     /// Only this checkpoint (default: every completed one).
     #[arg(long)]
     checkpoint: Option<u64>,
@@ -170,8 +184,11 @@ pub async fn run(command: Command) -> Result<std::process::ExitCode> {
 async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
     match command {
         CheckpointsCommand::List(args) => {
-            let store = args.open()?;
-            print!("{}", list_text(&store).await?);
+            let store = args.store.open()?;
+            match args.output {
+                OutputFormat::Text => print!("{}", list_text(&store).await?),
+                OutputFormat::Json => println!("{}", json(&listed(&store).await?)?),
+            }
         }
         CheckpointsCommand::Show(args) => {
             let store = args.store.open()?;
@@ -183,7 +200,10 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
             for id in ids {
                 metas.push(store.read_metadata(id).await?);
             }
-            print!("{}", show_text(&metas, args.files));
+            match args.output {
+                OutputFormat::Text => print!("{}", show_text(&metas, args.files)),
+                OutputFormat::Json => println!("{}", json(&metas)?),
+            }
         }
         CheckpointsCommand::Gc(args) => {
             let store = args.store.open()?;
@@ -225,12 +245,74 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
     Ok(())
 }
 
+/// One checkpoint as `regroup checkpoints list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Whether `_metadata.json` is in the store.
+    pub completed: bool,
+    /// The rest, for a completed checkpoint.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<ListedSummary>,
+}
+
+/// What `regroup checkpoints list` shows of a completed checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedSummary {
+    /// Epoch of the workers that took it.
+    pub epoch: u64,
+    /// Their number.
+    pub parallelism: u32,
+    /// Bytes of all its files.
+    pub bytes: u64,
+    /// Bytes it uploaded itself.
+    pub new_bytes: u64,
+    /// Shared (SST) files referenced.
+    pub shared_files: usize,
+    /// Private files.
+    pub private_files: usize,
+}
+
+/// Every checkpoint of the store, ascending.
+pub async fn listed(store: &CheckpointStore) -> Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for (id, completed) in store.checkpoint_ids().await? {
+        let summary = if completed {
+            let m = store.read_metadata(id).await?;
+            Some(ListedSummary {
+                epoch: m.epoch,
+                parallelism: m.parallelism,
+                bytes: m.bytes_total(),
+                new_bytes: m.bytes_uploaded(),
+                shared_files: m.handles.iter().map(|h| h.shared.len()).sum(),
+                private_files: m.handles.iter().map(|h| h.private.len()).sum(),
+            })
+        } else {
+            None
+        };
+        out.push(Listed {
+            id,
+            completed,
+            summary,
+        });
+    }
+    Ok(out)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| crate::Error::Other(format!("cannot render JSON: {e}")))
+}
+
 /// The text of `regroup checkpoints list`.
 pub async fn list_text(store: &CheckpointStore) -> Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
-    let ids = store.checkpoint_ids().await?;
-    if ids.is_empty() {
+    let listed = listed(store).await?;
+    if listed.is_empty() {
         writeln!(
             out,
             "no checkpoints for job {} in {}",
@@ -246,27 +328,23 @@ pub async fn list_text(store: &CheckpointStore) -> Result<String> {
         "ID", "STATUS", "EPOCH", "PARALLELISM", "BYTES", "NEW BYTES", "SHARED", "PRIVATE"
     )
     .ok();
-    for (id, completed) in ids {
-        if completed {
-            let m = store.read_metadata(id).await?;
-            let shared: usize = m.handles.iter().map(|h| h.shared.len()).sum();
-            let private: usize = m.handles.iter().map(|h| h.private.len()).sum();
-            writeln!(
+    for c in listed {
+        match c.summary {
+            Some(m) => writeln!(
                 out,
                 "{:>8}  {:<10}  {:>5}  {:>11}  {:>14}  {:>14}  {:>6}  {:>7}",
-                id,
+                c.id,
                 "completed",
                 m.epoch,
                 m.parallelism,
-                m.bytes_total(),
-                m.bytes_uploaded(),
-                shared,
-                private
-            )
-            .ok();
-        } else {
-            writeln!(out, "{id:>8}  {:<10}", "incomplete").ok();
+                m.bytes,
+                m.new_bytes,
+                m.shared_files,
+                m.private_files
+            ),
+            None => writeln!(out, "{:>8}  {:<10}", c.id, "incomplete"),
         }
+        .ok();
     }
     Ok(out)
 }

@@ -473,6 +473,24 @@ async fn cli_prints_the_reference_table() {
     let list = run(&["list"]);
     assert!(list.contains("completed"), "{list}");
     assert_eq!(list.lines().count(), 3, "{list}");
+    // -o json: the same checkpoints, for scripts.
+    let listed: serde_json::Value = serde_json::from_str(&run(&["list", "-o", "json"])).unwrap();
+    let ids: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 2], "{listed}");
+    assert_eq!(listed[1]["completed"], true);
+    assert!(listed[1]["bytes"].as_u64().unwrap() > 0, "{listed}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&run(&["show", "--checkpoint", "1", "--output", "json"])).unwrap();
+    assert_eq!(shown[0]["checkpointId"], 1, "{shown}");
+    assert_eq!(
+        shown[0]["handles"][0]["shared"][0]["file"]["path"],
+        c1.handles[0].shared[0].file.path.as_str()
+    );
     let show = run(&["show", "--files"]);
     println!("{show}");
     assert!(show.contains("REFERENCED BY"), "{show}");

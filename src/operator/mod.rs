@@ -6,6 +6,7 @@ pub mod controller;
 pub mod coordinator;
 pub mod crd;
 pub mod diagnose;
+pub mod events;
 pub mod initial_state;
 pub mod lease;
 pub mod lifecycle;

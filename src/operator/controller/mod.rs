@@ -16,13 +16,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::coordinator::{WorkerClient, open_store};
 use super::crd::{DeletionPolicy, Phase, StatefulJob, StatefulJobStatus};
+use super::events::Events;
 use super::lifecycle::JobState;
 use super::metrics::{OperatorMetrics, label};
 use super::reasons;
@@ -81,7 +82,7 @@ pub struct Context {
     /// Metrics.
     pub metrics: Arc<OperatorMetrics>,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub recorder: Events,
     /// Requeue interval while something is in progress.
     pub busy_requeue: Duration,
     /// Per job uid, the last checkpoint this process asked the workers for, with their refusal
@@ -108,7 +109,7 @@ impl Context {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Events::new(client.clone(), reporter),
             client,
             workers,
             metrics,
@@ -330,8 +331,8 @@ async fn publish(ctx: &Context, job: &StatefulJob, warning: bool, reason: &str, 
 }
 
 /// Publishes an Event about `job` that also names `related` (another object it concerns).
-/// The recorder folds Events of the same reason and related object into one series, keeping
-/// the first note: the note must not vary between repetitions.
+/// Repeats with the same reason, related object and note form one series; a new note is a new
+/// Event.
 async fn publish_related(
     ctx: &Context,
     job: &StatefulJob,
