@@ -8,7 +8,8 @@ K8S_VERSION=v1.37.2                                       # k8s.io/kubernetes
 K8S_STAGING_VERSION=v0.37.2                               # its published k8s.io/* staging twins
 ETCD_VERSION=v3.6.16                                      # go.etcd.io/etcd/server/v3
 KWOK_VERSION=v0.8.0                                       # sigs.k8s.io/kwok
-HELM_VERSION=v3.22.0                                      # helm.sh/helm/v3
+HELM_VERSION=v4.3.2                                       # helm.sh/helm/v4 (`helm`)
+HELM3_VERSION=v3.21.4                                     # helm.sh/helm/v3 (`helm3`, for Helm 3 users)
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c          # github.com/minio/minio (no semver tags upstream)
 
 REGROUP_CACHE=${REGROUP_CACHE:-$HOME/.cache/regroup}
@@ -18,6 +19,7 @@ K8S_BIN_DIR=$E2E_BIN_ROOT/kubernetes-$K8S_VERSION
 ETCD_BIN_DIR=$E2E_BIN_ROOT/etcd-$ETCD_VERSION
 KWOK_BIN_DIR=$E2E_BIN_ROOT/kwok-$KWOK_VERSION
 HELM_BIN_DIR=$E2E_BIN_ROOT/helm-$HELM_VERSION
+HELM3_BIN_DIR=$E2E_BIN_ROOT/helm-$HELM3_VERSION
 MINIO_BIN_DIR=$E2E_BIN_ROOT/minio-$MINIO_VERSION
 
 die() {
