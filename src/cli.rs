@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::args::{StoreArgs, parse_duration};
 use crate::checkpoint::registry::{
-    FileReferences, collect_garbage, manual_policy, recorded_retention,
+    FileReferences, collect_garbage, delete_planned, manual_policy, recorded_retention,
 };
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore};
 use crate::error::Result;
@@ -219,7 +219,12 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
                     "no retention recorded by the operator"
                 }
             );
-            let plan = collect_garbage(&store, policy, args.dry_run).await?;
+            let plan = collect_garbage(&store, policy, true).await?;
+            if !args.dry_run {
+                let bar = crate::terminal::items(plan.deletions.len() as u64, "deleting");
+                delete_planned(&store, &plan, &|n| bar.set_position(n as u64)).await?;
+                bar.finish_and_clear();
+            }
             let verb = if args.dry_run {
                 "would delete"
             } else {

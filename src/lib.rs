@@ -13,5 +13,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod worker;
 
-pub use regroup_core::{Error, Result, backend, checkpoint, error, fault, keygroup, statedir};
+pub use regroup_core::{
+    Error, Result, backend, checkpoint, error, fault, keygroup, statedir, terminal,
+};
 pub use regroup_restore as restore;

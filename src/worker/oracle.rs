@@ -300,7 +300,15 @@ fn show(v: Option<&u64>) -> String {
 /// Body of `regroup verify`: prints the verdict; failure exit status on any difference.
 pub async fn main(args: VerifyArgs) -> Result<std::process::ExitCode> {
     let store = args.store.open()?;
-    let verdict = verify(&store, args.checkpoint).await?;
+    let which = args
+        .checkpoint
+        .map_or("the latest checkpoint".to_owned(), |id| {
+            format!("checkpoint {id}")
+        });
+    let spinner = crate::terminal::spinner(format!("reading and replaying {which}"));
+    let verdict = verify(&store, args.checkpoint).await;
+    spinner.finish_and_clear();
+    let verdict = verdict?;
     print!("{verdict}");
     Ok(if verdict.ok() {
         std::process::ExitCode::SUCCESS

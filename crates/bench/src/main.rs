@@ -794,9 +794,11 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     }
     let started = Instant::now();
     let mut sources = Vec::new();
+    let spinner = regroup::terminal::spinner("writing and checkpointing the source state");
     for p in 1..=4u32 {
         sources.push(source_state(&dir, &store_url, &format!("bench/p{p}"), p, keys).await?);
     }
+    spinner.finish_and_clear();
     // The writeback of the source state (its DBs and the store) ends before the first
     // measurement, so that none of them competes with it, and so that the kept volumes' files
     // are clean and can be evicted from the page cache.
@@ -833,6 +835,7 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     };
     let half = [keys_of(2, 0)?, keys_of(2, 1)?];
 
+    let spinner = regroup::terminal::spinner("measuring the restore strategies");
     let strategies = if args.rescales_only {
         None
     } else {
@@ -855,8 +858,12 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
     // old subtask i's volume, which holds old subtask i's DB at the checkpoint and its marker;
     // new ordinals beyond the old parallelism get fresh volumes) and with fresh pods (nothing
     // local); every restore beside a plain copy of exactly the bytes it downloads.
+    spinner.finish_and_clear();
     let plain = dir.join("plain");
     let mut reuse = Vec::new();
+    let scenarios =
+        RESCALES.iter().map(|(_, to)| u64::from(*to)).sum::<u64>() * Volumes::ALL.len() as u64;
+    let bar = regroup::terminal::items(scenarios, "rescale restores");
     for (from, to) in RESCALES {
         let (store, meta) = source(from);
         for volumes in Volumes::ALL {
@@ -897,9 +904,11 @@ pub async fn restore_bench(args: &RestoreBenchArgs) -> Result<String> {
                     restores,
                     copies,
                 });
+                bar.inc(1);
             }
         }
     }
+    bar.finish_and_clear();
 
     if let Some(section) = strategies {
         out.push_str(&section);

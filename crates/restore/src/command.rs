@@ -417,7 +417,11 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         fault_pause_before_rename: regroup_core::fault::faults().restore_pause,
         progress: progress.clone(),
     };
+    let bar = regroup_core::terminal::bytes(0, "planning");
+    let drawer = tokio::spawn(draw(progress.clone(), bar.clone()));
     let result = restore_subtask(&store, &request).await;
+    drawer.abort();
+    bar.finish_and_clear();
     if let (Some(reporter), Some(epoch)) = (reporter, args.epoch) {
         reporter.abort();
         if result.is_ok() {
@@ -433,6 +437,20 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
         OutputFormat::Json => println!("{}", to_json(&summary)?),
     }
     Ok(())
+}
+
+/// Shows the restore's progress on a terminal (nothing elsewhere).
+async fn draw(progress: Arc<Tracker>, bar: indicatif::ProgressBar) {
+    if bar.is_hidden() {
+        return;
+    }
+    loop {
+        let now = progress.snapshot(0);
+        bar.set_length(now.bytes_total);
+        bar.set_position(now.bytes_done);
+        bar.set_message(format!("{:?}", now.phase).to_lowercase());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Writes the restore's progress every 2 s while it changes (best effort: a store that

@@ -362,27 +362,42 @@ pub async fn collect_garbage(
 ) -> Result<GcPlan> {
     let plan = gc_plan_for_store(store, policy, Utc::now()).await?;
     if !dry_run {
-        // Metadata first: a checkpoint stops being "completed" before its files go.
-        let (meta, rest): (Vec<_>, Vec<_>) = plan
-            .deletions
-            .iter()
-            .partition(|d| d.reason == DeleteReason::SubsumedMetadata);
-        for batch in [meta, rest] {
-            let locations: Result<Vec<Path>> = batch
+        delete_planned(store, &plan, &|_| {}).await?;
+    }
+    Ok(plan)
+}
+
+/// Deletes what `plan` deletes, calling `deleted` with the count so far after each batch.
+pub async fn delete_planned(
+    store: &CheckpointStore,
+    plan: &GcPlan,
+    deleted: &(dyn Fn(usize) + Sync),
+) -> Result<()> {
+    // Metadata first: a checkpoint stops being "completed" before its files go.
+    let (meta, rest): (Vec<_>, Vec<_>) = plan
+        .deletions
+        .iter()
+        .partition(|d| d.reason == DeleteReason::SubsumedMetadata);
+    let mut done = 0;
+    for batch in [meta, rest] {
+        for chunk in batch.chunks(256) {
+            let locations: Result<Vec<Path>> = chunk
                 .iter()
                 .map(|d| store.paths().resolve(&d.path, "garbage collection"))
                 .collect();
             store.delete_all(locations?).await?;
+            done += chunk.len();
+            deleted(done);
         }
-        info!(
-            job = %store.job(),
-            deleted = plan.deletions.len(),
-            bytes = plan.bytes(),
-            retained = ?plan.retained,
-            "garbage collected"
-        );
     }
-    Ok(plan)
+    info!(
+        job = %store.job(),
+        deleted = plan.deletions.len(),
+        bytes = plan.bytes(),
+        retained = ?plan.retained,
+        "garbage collected"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
