@@ -51,6 +51,9 @@ pub enum Command {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Checks an installation: the CRDs are this version's, the operator answers and a replica
+    /// renews the leader Lease (the chart's `helm test`).
+    Check(crate::operator::install_check::CheckArgs),
     /// Runs the operator: watches StatefulJobs, coordinates checkpoints, orchestrates rescales.
     Operator(crate::operator::OperatorArgs),
     /// Runs the reference job's worker: deterministic keyed workload, checkpoint API.
@@ -172,6 +175,7 @@ pub async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Checkpoints(c) => checkpoints(c).await?,
         Command::Crd { dir } => crd(dir.as_deref())?,
+        Command::Check(args) => crate::operator::install_check::run(args).await?,
         Command::Operator(args) => crate::operator::run(args).await?,
         Command::Worker(args) => crate::worker::reference::main(*args).await?,
         Command::Verify(args) => return crate::worker::oracle::main(args).await,

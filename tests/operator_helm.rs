@@ -6,7 +6,10 @@ mod support;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::Api;
 use support::operator::{TestNamespace, kube_with_crd};
 use support::{cluster, root, run};
@@ -36,12 +39,16 @@ fn argocd_patch_embeds_the_health_check() {
 
 #[test]
 fn helm_lint_passes_and_the_schema_refuses_bad_values() {
-    if !cluster::helm("helm_lint_passes_and_the_schema_refuses_bad_values") {
-        return;
+    for helm in cluster::helms("helm_lint_passes_and_the_schema_refuses_bad_values") {
+        lint_and_template(helm);
     }
+}
+
+/// The chart's checks with one Helm major version (`helm` is Helm 4, `helm3` Helm 3).
+fn lint_and_template(helm: &str) {
     let chart = root().join("charts/regroup");
-    run(Command::new("helm").arg("lint").arg("--strict").arg(&chart));
-    run(Command::new("helm")
+    run(Command::new(helm).arg("lint").arg("--strict").arg(&chart));
+    run(Command::new(helm)
         .arg("lint")
         .arg("--strict")
         .arg(&chart)
@@ -53,7 +60,7 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
             "--set",
             "networkPolicy.enabled=true",
         ]));
-    let out = Command::new("helm")
+    let out = Command::new(helm)
         .arg("lint")
         .arg(&chart)
         .args(["--set", "replicas=0"])
@@ -65,11 +72,11 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
     assert!(text.contains("replicas"), "{text}");
 
     // The lease's renew deadline and retry period follow leaseDuration unless set.
-    let defaults = run(Command::new("helm").arg("template").arg("r").arg(&chart));
+    let defaults = run(Command::new(helm).arg("template").arg("r").arg(&chart));
     assert!(defaults.contains("--lease-duration=15s"), "{defaults}");
     assert!(!defaults.contains("--lease-renew-deadline"), "{defaults}");
     assert!(!defaults.contains("--lease-retry-period"), "{defaults}");
-    let timed = run(Command::new("helm")
+    let timed = run(Command::new(helm)
         .arg("template")
         .arg("r")
         .arg(&chart)
@@ -81,7 +88,7 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
         ]));
     assert!(timed.contains("--lease-renew-deadline=8s"), "{timed}");
     assert!(timed.contains("--lease-retry-period=1500ms"), "{timed}");
-    let out = Command::new("helm")
+    let out = Command::new(helm)
         .arg("lint")
         .arg(&chart)
         .args(["--set", "leaderElection.leaseDuration=1500ms"])
@@ -90,7 +97,7 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
     assert!(!out.status.success(), "a lease of 1500ms accepted");
 
     // Namespaced mode renders Roles and no ClusterRole.
-    let rendered = run(Command::new("helm")
+    let rendered = run(Command::new(helm)
         .arg("template")
         .arg("r")
         .arg(&chart)
@@ -100,6 +107,10 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
         "{rendered}"
     );
     assert!(rendered.contains("--namespace=team-a"));
+    assert!(
+        rendered.contains("--skip-crds"),
+        "helm test reads CRDs: {rendered}"
+    );
 
     // config/rbac (for installs without helm) grants the jobs' namespace what the chart does.
     let config = std::fs::read_to_string(root().join("config/rbac/namespaced.yaml")).unwrap();
@@ -112,6 +123,62 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
         .find(|r| r["resources"] == serde_json::json!(["persistentvolumeclaims"]))
         .expect("a rule for persistentvolumeclaims");
     assert_eq!(claims["verbs"], serde_json::json!(["list", "delete"]));
+
+    // Two replicas get a PodDisruptionBudget, one does not; users' roles aggregate; helm test
+    // checks this release's operator pods and Lease.
+    let docs = |args: &[&str]| -> Vec<serde_json::Value> {
+        run(Command::new(helm)
+            .arg("template")
+            .arg("r")
+            .arg(&chart)
+            .args(args))
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter(|v| v.is_object())
+        .collect()
+    };
+    let kinds = |docs: &[serde_json::Value], kind: &str| -> Vec<serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).cloned().collect()
+    };
+    let defaults = docs(&[]);
+    let pdb = kinds(&defaults, "PodDisruptionBudget");
+    assert_eq!(pdb.len(), 1, "{pdb:?}");
+    assert_eq!(pdb[0]["spec"]["maxUnavailable"], 1);
+    assert!(kinds(&docs(&["--set", "replicas=1"]), "PodDisruptionBudget").is_empty());
+    let aggregated: Vec<String> = kinds(&defaults, "ClusterRole")
+        .iter()
+        .filter_map(|r| r["metadata"]["labels"].as_object())
+        .flat_map(|l| {
+            l.keys()
+                .filter(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+                .cloned()
+        })
+        .collect();
+    for role in ["view", "edit", "admin"] {
+        assert!(
+            aggregated.contains(&format!("rbac.authorization.k8s.io/aggregate-to-{role}")),
+            "{aggregated:?}"
+        );
+    }
+    let test_pod = kinds(&defaults, "Pod");
+    assert_eq!(test_pod.len(), 1, "{test_pod:?}");
+    assert_eq!(
+        test_pod[0]["metadata"]["annotations"]["helm.sh/hook"],
+        "test"
+    );
+    // Not one of the operator's pods (its Service, PodDisruptionBudget and the check itself
+    // select those).
+    assert_eq!(
+        test_pod[0]["metadata"]["labels"]["app.kubernetes.io/component"],
+        "test"
+    );
+    let args = test_pod[0]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--operator-pods=default/app.kubernetes.io/name=regroup,app.kubernetes.io/instance=r,app.kubernetes.io/component=operator")
+            && args.contains("--lease=default/regroup-operator"),
+        "{args}"
+    );
+    assert!(kinds(&docs(&["--set", "test.enabled=false"]), "Pod").is_empty());
 }
 
 /// The rules of the Role for the jobs' namespace (not the leader election's) in a YAML stream.
@@ -134,16 +201,22 @@ async fn helm_install_creates_the_operator() {
     let Some(client) = kube_with_crd("helm_install_creates_the_operator").await else {
         return;
     };
-    if !cluster::helm("helm_install_creates_the_operator") {
+    if cluster::helms("helm_install_creates_the_operator").is_empty() {
         return;
     }
     let ns = TestNamespace::new(&client, "regroup-helm").await;
     // Unique per run: the ClusterRole is cluster-scoped and named after the release.
     let release = format!("op-{}", ns.name.rsplit('-').next().unwrap());
-    run(Command::new("helm")
+    // Installed with Helm 3, upgraded with Helm 4: the path of a user who moves to Helm 4.
+    run(Command::new("helm3")
         .args(["install", &release])
         .arg(root().join("charts/regroup"))
         .args(["--namespace", &ns.name, "--wait", "--timeout", "120s"]));
+    let upgraded = run(Command::new("helm")
+        .args(["upgrade", &release])
+        .arg(root().join("charts/regroup"))
+        .args(["--namespace", &ns.name, "--wait", "--timeout", "120s"]));
+    assert!(upgraded.contains("helm test"), "no NOTES: {upgraded}");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let d = deployments
         .get(&format!("{release}-regroup"))
@@ -193,7 +266,58 @@ async fn helm_install_creates_the_operator() {
         claims.resources.as_deref(),
         Some(&["persistentvolumeclaims".to_owned()][..])
     );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    let pdb = pdbs.get(&format!("{release}-regroup")).await.unwrap();
+    assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+    users_roles_aggregate(&client, &ns.name).await;
     run(Command::new("helm").args(["uninstall", &release, "--namespace", &ns.name]));
+}
+
+/// The built-in view role reads StatefulJobs but does not scale them; edit does.
+async fn users_roles_aggregate(client: &kube::Client, ns: &str) {
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    for (user, role) in [("viewer", "view"), ("editor", "edit")] {
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": user },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        }))
+        .unwrap();
+        bindings
+            .create(&Default::default(), &binding)
+            .await
+            .unwrap();
+    }
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let allowed = |user: &'static str, verb: &'static str, subresource: &'static str| {
+        let reviews = reviews.clone();
+        let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+            "spec": { "user": user, "resourceAttributes": {
+                "namespace": ns, "verb": verb, "group": "regroup.dev",
+                "resource": "statefuljobs", "subresource": subresource,
+            }},
+        }))
+        .unwrap();
+        async move {
+            let r = reviews.create(&Default::default(), &review).await.unwrap();
+            r.status.is_some_and(|s| s.allowed)
+        }
+    };
+    // The aggregation controller fills the built-in roles shortly after the install.
+    let mut aggregated = false;
+    for _ in 0..60 {
+        if allowed("viewer", "list", "").await && allowed("editor", "patch", "scale").await {
+            aggregated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        aggregated,
+        "view/edit never granted regroup's resources within 30s"
+    );
+    assert!(!allowed("viewer", "patch", "scale").await, "view may scale");
+    assert!(!allowed("viewer", "delete", "").await, "view may delete");
 }
 
 /// A JSON value as a Lua table constructor.

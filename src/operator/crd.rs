@@ -1125,7 +1125,12 @@ pub fn crd_yaml() -> Result<String> {
 /// The StatefulJobSnapshot CRD as YAML, exactly as checked in as
 /// `crds/statefuljobsnapshot.yaml`.
 pub fn snapshot_crd_yaml() -> Result<String> {
-    yaml(&crate::operator::snapshot::StatefulJobSnapshot::crd())
+    yaml(&snapshot_crd())
+}
+
+/// The StatefulJobSnapshot CRD.
+pub fn snapshot_crd() -> CustomResourceDefinition {
+    crate::operator::snapshot::StatefulJobSnapshot::crd()
 }
 
 /// Every CRD file of `crds/`, by name, as YAML.

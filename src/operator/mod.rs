@@ -8,6 +8,7 @@ pub mod crd;
 pub mod diagnose;
 pub mod events;
 pub mod initial_state;
+pub mod install_check;
 pub mod lease;
 pub mod lifecycle;
 pub mod metrics;

@@ -63,15 +63,29 @@ pub fn s3_bucket(test: &str) -> Option<String> {
     var(test, "REGROUP_TEST_S3_BUCKET")
 }
 
-/// Whether `helm` runs (it is on the PATH of `e2e/cluster env`); if not, `test` is
+/// Whether `helm` (Helm 4) runs (it is on the PATH of `e2e/cluster env`); if not, `test` is
 /// [skipped](skip).
 pub fn helm(test: &str) -> bool {
-    let found = Command::new("helm")
+    runs(test, "helm")
+}
+
+/// Helm 4 (`helm`) and Helm 3 (`helm3`), both on the PATH of `e2e/cluster env`; empty when
+/// `test` is [skipped](skip).
+pub fn helms(test: &str) -> Vec<&'static str> {
+    if runs(test, "helm") && runs(test, "helm3") {
+        vec!["helm", "helm3"]
+    } else {
+        Vec::new()
+    }
+}
+
+fn runs(test: &str, program: &str) -> bool {
+    let found = Command::new(program)
         .arg("version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        skip(test, "helm is not on PATH");
+        skip(test, &format!("{program} is not on PATH"));
     }
     found
 }

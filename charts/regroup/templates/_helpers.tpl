@@ -79,3 +79,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   resources: [events]
   verbs: [list]
 {{- end -}}
+
+{{/* Labels of helm test's resources: not the operator's selector labels. */}}
+{{- define "regroup.testLabels" -}}
+app.kubernetes.io/name: {{ include "regroup.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
