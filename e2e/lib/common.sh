@@ -131,3 +131,15 @@ ipv4_number() {
   [[ ${o[0]} =~ ^[0-9]{1,3}$ && ${o[1]} =~ ^[0-9]{1,3}$ && ${o[2]} =~ ^[0-9]{1,3}$ && ${o[3]} =~ ^[0-9]{1,3}$ ]] || return 1
   echo $(((o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]))
 }
+
+# Waits up to 60 s until regroup's CRDs are Established. `kubectl wait` alone errors out
+# (".status.conditions accessor error") on a CRD created so recently that it has no
+# conditions yet, so it is retried until the deadline.
+wait_crds_established() {
+  local deadline=$((SECONDS + 60)) out
+  until out=$(kubectl wait --for condition=Established crd/statefuljobs.regroup.dev \
+    crd/statefuljobsnapshots.regroup.dev --timeout=10s 2>&1); do
+    ((SECONDS < deadline)) || { echo "$out" >&2; die "regroup's CRDs not Established within 60 s"; }
+    sleep 0.5
+  done
+}

@@ -1,6 +1,8 @@
 # Helpers of e2e/run and e2e/demo: install the operator, create jobs, wait for them, verify.
 # Sourced; expects `eval "$(e2e/cluster env)"` done, CARGO_TARGET_DIR set and ROOT the repository.
 
+# shellcheck source=e2e/lib/common.sh
+source "$ROOT/e2e/lib/common.sh"
 REGROUP=${CARGO_TARGET_DIR:-$ROOT/target}/debug/regroup
 OPERATOR_NS=${REGROUP_E2E_OPERATOR_NS:-regroup-system}
 WAIT=${REGROUP_E2E_WAIT:-240}
@@ -28,7 +30,7 @@ install_operator() {
     --set 'metrics.bindAddress=$(POD_IP)' --set logFormat=text \
     --set-string 'logLevel=info\,regroup=debug' --set leaderElection.leaseDuration=10s \
     --set nodeSelector.type=kwok --wait --timeout 120s "$@" >/dev/null
-  kubectl wait --for condition=Established crd/statefuljobs.regroup.dev crd/statefuljobsnapshots.regroup.dev --timeout=60s >/dev/null
+  wait_crds_established
   say "operator ready: $(kubectl get pods -n "$OPERATOR_NS" -o name | tr '\n' ' ')"
 }
 
