@@ -10,6 +10,7 @@ ETCD_VERSION=v3.6.16                                      # go.etcd.io/etcd/serv
 KWOK_VERSION=v0.8.0                                       # sigs.k8s.io/kwok
 HELM_VERSION=v3.22.0                                      # helm.sh/helm/v3
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c          # github.com/minio/minio (no semver tags upstream)
+PROMETHEUS_VERSION=v0.316.0                               # github.com/prometheus/prometheus (Prometheus 3.16.0)
 
 REGROUP_CACHE=${REGROUP_CACHE:-$HOME/.cache/regroup}
 E2E_BIN_ROOT=$REGROUP_CACHE/bin
@@ -19,6 +20,7 @@ ETCD_BIN_DIR=$E2E_BIN_ROOT/etcd-$ETCD_VERSION
 KWOK_BIN_DIR=$E2E_BIN_ROOT/kwok-$KWOK_VERSION
 HELM_BIN_DIR=$E2E_BIN_ROOT/helm-$HELM_VERSION
 MINIO_BIN_DIR=$E2E_BIN_ROOT/minio-$MINIO_VERSION
+PROMETHEUS_BIN_DIR=$E2E_BIN_ROOT/prometheus-$PROMETHEUS_VERSION
 
 die() {
   echo "error: $*" >&2
