@@ -6,11 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::args::{StoreArgs, parse_duration};
-use crate::checkpoint::registry::{
-    FileReferences, collect_garbage, manual_policy, recorded_retention,
-};
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore};
+use crate::checkpoint::registry::{collect_garbage, manual_policy, recorded_retention};
 use crate::error::Result;
+use crate::inventory;
 use crate::telemetry::{self, LogFormat};
 
 /// The version `--version` prints; test builds say that they honour fault injection.
@@ -171,19 +169,16 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
     match command {
         CheckpointsCommand::List(args) => {
             let store = args.open()?;
-            print!("{}", list_text(&store).await?);
+            let rows = inventory::checkpoint_rows(&store).await?;
+            print!(
+                "{}",
+                inventory::rows_text(&rows, &store.job().to_string(), store.url())
+            );
         }
         CheckpointsCommand::Show(args) => {
             let store = args.store.open()?;
-            let ids = match args.checkpoint {
-                Some(id) => vec![id],
-                None => store.completed_ids().await?,
-            };
-            let mut metas = Vec::with_capacity(ids.len());
-            for id in ids {
-                metas.push(store.read_metadata(id).await?);
-            }
-            print!("{}", show_text(&metas, args.files));
+            let metas = inventory::metadata(&store, args.checkpoint).await?;
+            print!("{}", inventory::Shown::new(metas, args.files).text());
         }
         CheckpointsCommand::Gc(args) => {
             let store = args.store.open()?;
@@ -223,94 +218,4 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The text of `regroup checkpoints list`.
-pub async fn list_text(store: &CheckpointStore) -> Result<String> {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let ids = store.checkpoint_ids().await?;
-    if ids.is_empty() {
-        writeln!(
-            out,
-            "no checkpoints for job {} in {}",
-            store.job(),
-            store.url()
-        )
-        .ok();
-        return Ok(out);
-    }
-    writeln!(
-        out,
-        "{:>8}  {:<10}  {:>5}  {:>11}  {:>14}  {:>14}  {:>6}  {:>7}",
-        "ID", "STATUS", "EPOCH", "PARALLELISM", "BYTES", "NEW BYTES", "SHARED", "PRIVATE"
-    )
-    .ok();
-    for (id, completed) in ids {
-        if completed {
-            let m = store.read_metadata(id).await?;
-            let shared: usize = m.handles.iter().map(|h| h.shared.len()).sum();
-            let private: usize = m.handles.iter().map(|h| h.private.len()).sum();
-            writeln!(
-                out,
-                "{:>8}  {:<10}  {:>5}  {:>11}  {:>14}  {:>14}  {:>6}  {:>7}",
-                id,
-                "completed",
-                m.epoch,
-                m.parallelism,
-                m.bytes_total(),
-                m.bytes_uploaded(),
-                shared,
-                private
-            )
-            .ok();
-        } else {
-            writeln!(out, "{id:>8}  {:<10}", "incomplete").ok();
-        }
-    }
-    Ok(out)
-}
-
-/// The text of `regroup checkpoints show`.
-pub fn show_text(metas: &[CheckpointMetadata], files: bool) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for m in metas {
-        writeln!(
-            out,
-            "checkpoint {} of {}: epoch {}, parallelism {}, max parallelism {}, completed {}, {} bytes ({} new)",
-            m.checkpoint_id,
-            m.job,
-            m.epoch,
-            m.parallelism,
-            m.max_parallelism,
-            m.completed_at.to_rfc3339(),
-            m.bytes_total(),
-            m.bytes_uploaded()
-        )
-        .ok();
-        for h in &m.handles {
-            writeln!(
-                out,
-                "  subtask {:>4}  key groups {:<14}  instance {}  {} bytes ({} new)  {} shared, {} private files",
-                h.subtask,
-                h.key_group_range.to_string(),
-                h.instance_id,
-                h.bytes_total,
-                h.bytes_uploaded,
-                h.shared.len(),
-                h.private.len()
-            )
-            .ok();
-        }
-    }
-    if files {
-        let refs = FileReferences::from_checkpoints(metas);
-        writeln!(out, "\n{:<60}  {:>12}  REFERENCED BY", "FILE", "BYTES").ok();
-        for (path, (size, ids)) in &refs.files {
-            let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-            writeln!(out, "{path:<60}  {size:>12}  {}", ids.join(",")).ok();
-        }
-    }
-    out
 }
