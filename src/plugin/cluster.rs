@@ -240,4 +240,42 @@ mod tests {
         let e = with_endpoint(secret, "s3://b/p", Some("not a url")).unwrap_err();
         assert!(e.to_string().contains("http://localhost:9000"), "{e}");
     }
+
+    fn js(endpoint: Option<&str>, overridden: bool) -> JobStore {
+        JobStore {
+            store: CheckpointStore::from_url(
+                "memory://plugin-failure",
+                JobId::new("ns", "wc").unwrap(),
+            )
+            .unwrap(),
+            endpoint: endpoint.map(str::to_owned),
+            secret: Some("wc-s3".to_owned()),
+            overridden,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_store_says_what_to_do() {
+        let e = || crate::Error::Other("connection refused".into());
+        let m = js(Some("http://minio.store:9000"), false)
+            .failure(e())
+            .to_string();
+        assert!(
+            m.contains("at endpoint http://minio.store:9000 (from Secret wc-s3)"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pass --store-endpoint URL") && m.ends_with("connection refused"),
+            "{m}"
+        );
+        let m = js(Some("http://127.0.0.1:9"), true)
+            .failure(e())
+            .to_string();
+        assert!(m.contains("(endpoint from --store-endpoint)"), "{m}");
+        let m = js(None, false).failure(e()).to_string();
+        assert!(
+            m.starts_with("cannot read the checkpoints of ns/wc in memory://plugin-failure: "),
+            "{m}"
+        );
+    }
 }

@@ -131,3 +131,47 @@ pub async fn run(
         report,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(running: u32, empty_dir: bool) -> StatefulJob {
+        let volume = if empty_dir {
+            serde_json::json!({"emptyDir": {}})
+        } else {
+            serde_json::json!({})
+        };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "regroup.dev/v1alpha1", "kind": "StatefulJob",
+            "metadata": {"name": "wc", "namespace": "jobs"},
+            "spec": {"parallelism": running, "maxParallelism": 128, "storage": {"url": "s3://b/p"},
+                "stateVolume": volume, "template": {"spec": {"containers": []}}},
+            "status": {"parallelism": running, "epoch": 1}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn kept_claims_are_the_ordinals_below_both_parallelisms() {
+        assert_eq!(
+            kept_ordinals(&job(4, false), 4, 2, &[true, true]),
+            Ok(vec![0, 1])
+        );
+        assert_eq!(
+            kept_ordinals(&job(2, false), 2, 5, &[true, true]),
+            Ok(vec![0, 1])
+        );
+        // A missing claim is downloaded in full.
+        assert_eq!(
+            kept_ordinals(&job(3, false), 3, 3, &[true, false, true]),
+            Ok(vec![0, 2])
+        );
+        let why = kept_ordinals(&job(2, true), 2, 3, &[]).unwrap_err();
+        assert!(why.contains("emptyDir"), "{why}");
+        // The volumes hold the ranges of the running generation, not the checkpoint's.
+        let why = kept_ordinals(&job(3, false), 2, 4, &[true, true]).unwrap_err();
+        assert!(why.contains("2 workers, 3 run now"), "{why}");
+        assert_eq!(claim_name("wc", 3), "state-wc-3");
+    }
+}
