@@ -147,7 +147,25 @@ pub struct JobStore {
     pub overridden: bool,
 }
 
+/// How long the overviews (`status`, `report`) wait for the store: they are also read for
+/// what the cluster says, which a silent store must not hold up.
+pub const OVERVIEW_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl JobStore {
+    /// `read`, given up after [`OVERVIEW_STORE_WAIT`]; a failure explained by [`Self::failure`].
+    pub async fn within<T>(
+        &self,
+        read: impl std::future::Future<Output = crate::Result<T>>,
+    ) -> anyhow::Result<T> {
+        match tokio::time::timeout(OVERVIEW_STORE_WAIT, read).await {
+            Ok(r) => r.map_err(|e| self.failure(e)),
+            Err(_) => Err(self.failure(crate::Error::Other(format!(
+                "no answer within {}s",
+                OVERVIEW_STORE_WAIT.as_secs()
+            )))),
+        }
+    }
+
     /// `e`, a failure to read the store, with what to check.
     pub fn failure(&self, e: crate::Error) -> anyhow::Error {
         let hint = match (&self.endpoint, self.overridden) {

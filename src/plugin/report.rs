@@ -336,12 +336,12 @@ pub async fn run(
         Err(e) => c.missed("events.yaml", e),
     }
     match cluster.store(&job).await {
-        Ok(js) => match inventory::checkpoint_rows(&js.store).await {
+        Ok(js) => match js.within(inventory::checkpoint_rows(&js.store)).await {
             Ok(rows) => c.text(
                 "checkpoints.txt",
                 &inventory::rows_text(&rows, &js.store.job().to_string(), js.store.url()),
             ),
-            Err(e) => c.missed("checkpoints.txt", js.failure(e)),
+            Err(e) => c.missed("checkpoints.txt", e),
         },
         Err(e) => c.missed("checkpoints.txt", format!("{e:#}")),
     }

@@ -629,18 +629,16 @@ pub async fn recent_checkpoints(
     count: usize,
 ) -> anyhow::Result<Vec<CheckpointMetadata>> {
     let js = cluster.store(job).await?;
-    let mut ids = js.store.completed_ids().await.map_err(|e| js.failure(e))?;
-    ids.sort_unstable_by(|a, b| b.cmp(a));
-    let mut out = Vec::new();
-    for id in ids.into_iter().take(count) {
-        out.push(
-            js.store
-                .read_metadata(id)
-                .await
-                .map_err(|e| js.failure(e))?,
-        );
-    }
-    Ok(out)
+    js.within(async {
+        let mut ids = js.store.completed_ids().await?;
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = Vec::new();
+        for id in ids.into_iter().take(count) {
+            out.push(js.store.read_metadata(id).await?);
+        }
+        Ok(out)
+    })
+    .await
 }
 
 /// `status NAME`.
