@@ -18,7 +18,7 @@ pub struct ConnectionArgs {
     /// The namespace (default: the context's, else "default").
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
-    /// Every namespace (status and report without NAME, checkpoints of every job).
+    /// Every namespace (for `status` without NAME).
     #[arg(short = 'A', long, global = true)]
     pub all_namespaces: bool,
     /// The kubeconfig context to use.

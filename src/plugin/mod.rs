@@ -24,7 +24,12 @@ use crate::args::parse_duration;
 
 /// kubectl regroup: inspect and operate regroup's StatefulJobs.
 #[derive(Parser, Debug)]
-#[command(name = "kubectl regroup", bin_name = "kubectl regroup", version = env!("CARGO_PKG_VERSION"), about)]
+#[command(
+    name = "kubectl regroup",
+    bin_name = "kubectl regroup",
+    version = env!("CARGO_PKG_VERSION"),
+    about = "kubectl regroup: inspect and operate regroup's StatefulJobs (health, checkpoints, snapshots, rescale plans, bug reports)"
+)]
 pub struct PluginCli {
     /// kubectl's connection flags.
     #[command(flatten)]
