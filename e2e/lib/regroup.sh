@@ -2,6 +2,8 @@
 # Sourced; expects `eval "$(e2e/cluster env)"` done, CARGO_TARGET_DIR set and ROOT the repository.
 
 REGROUP=${CARGO_TARGET_DIR:-$ROOT/target}/debug/regroup
+# The kubectl plugin (src/bin/kubectl-regroup.rs).
+KUBECTL_REGROUP=${CARGO_TARGET_DIR:-$ROOT/target}/debug/kubectl-regroup
 OPERATOR_NS=${REGROUP_E2E_OPERATOR_NS:-regroup-system}
 WAIT=${REGROUP_E2E_WAIT:-240}
 SUMMARY_FILE=${SUMMARY_FILE:-$(mktemp)}
