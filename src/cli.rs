@@ -7,10 +7,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::args::{StoreArgs, parse_duration};
 use crate::checkpoint::registry::{
-    FileReferences, collect_garbage, delete_planned, manual_policy, recorded_retention,
+    collect_garbage, delete_planned, manual_policy, recorded_retention,
 };
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore};
 use crate::error::Result;
+use crate::inventory;
 use crate::restore::command::OutputFormat;
 use crate::telemetry::{self, LogFormat};
 
@@ -189,24 +189,22 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
     match command {
         CheckpointsCommand::List(args) => {
             let store = args.store.open()?;
+            let rows = inventory::checkpoint_rows(&store).await?;
             match args.output {
-                OutputFormat::Text => print!("{}", list_text(&store).await?),
-                OutputFormat::Json => println!("{}", json(&listed(&store).await?)?),
+                OutputFormat::Text => print!(
+                    "{}",
+                    inventory::rows_text(&rows, &store.job().to_string(), store.url())
+                ),
+                OutputFormat::Json => println!("{}", json(&rows)?),
             }
         }
         CheckpointsCommand::Show(args) => {
             let store = args.store.open()?;
-            let ids = match args.checkpoint {
-                Some(id) => vec![id],
-                None => store.completed_ids().await?,
-            };
-            let mut metas = Vec::with_capacity(ids.len());
-            for id in ids {
-                metas.push(store.read_metadata(id).await?);
-            }
+            let metas = inventory::metadata(&store, args.checkpoint).await?;
+            let shown = inventory::Shown::new(metas, args.files);
             match args.output {
-                OutputFormat::Text => print!("{}", show_text(&metas, args.files)),
-                OutputFormat::Json => println!("{}", json(&metas)?),
+                OutputFormat::Text => print!("{}", shown.text()),
+                OutputFormat::Json => println!("{}", json(&shown)?),
             }
         }
         CheckpointsCommand::Gc(args) => {
@@ -254,150 +252,7 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
     Ok(())
 }
 
-/// One checkpoint as `regroup checkpoints list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Listed {
-    /// Checkpoint id.
-    pub id: u64,
-    /// Whether `_metadata.json` is in the store.
-    pub completed: bool,
-    /// The rest, for a completed checkpoint.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<ListedSummary>,
-}
-
-/// What `regroup checkpoints list` shows of a completed checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListedSummary {
-    /// Epoch of the workers that took it.
-    pub epoch: u64,
-    /// Their number.
-    pub parallelism: u32,
-    /// Bytes of all its files.
-    pub bytes: u64,
-    /// Bytes it uploaded itself.
-    pub new_bytes: u64,
-    /// Shared (SST) files referenced.
-    pub shared_files: usize,
-    /// Private files.
-    pub private_files: usize,
-}
-
-/// Every checkpoint of the store, ascending.
-pub async fn listed(store: &CheckpointStore) -> Result<Vec<Listed>> {
-    let mut out = Vec::new();
-    for (id, completed) in store.checkpoint_ids().await? {
-        let summary = if completed {
-            let m = store.read_metadata(id).await?;
-            Some(ListedSummary {
-                epoch: m.epoch,
-                parallelism: m.parallelism,
-                bytes: m.bytes_total(),
-                new_bytes: m.bytes_uploaded(),
-                shared_files: m.handles.iter().map(|h| h.shared.len()).sum(),
-                private_files: m.handles.iter().map(|h| h.private.len()).sum(),
-            })
-        } else {
-            None
-        };
-        out.push(Listed {
-            id,
-            completed,
-            summary,
-        });
-    }
-    Ok(out)
-}
-
 fn json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value)
         .map_err(|e| crate::Error::Other(format!("cannot render JSON: {e}")))
-}
-
-/// The text of `regroup checkpoints list`.
-pub async fn list_text(store: &CheckpointStore) -> Result<String> {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let listed = listed(store).await?;
-    if listed.is_empty() {
-        writeln!(
-            out,
-            "no checkpoints for job {} in {}",
-            store.job(),
-            store.url()
-        )
-        .ok();
-        return Ok(out);
-    }
-    writeln!(
-        out,
-        "{:>8}  {:<10}  {:>5}  {:>11}  {:>14}  {:>14}  {:>6}  {:>7}",
-        "ID", "STATUS", "EPOCH", "PARALLELISM", "BYTES", "NEW BYTES", "SHARED", "PRIVATE"
-    )
-    .ok();
-    for c in listed {
-        match c.summary {
-            Some(m) => writeln!(
-                out,
-                "{:>8}  {:<10}  {:>5}  {:>11}  {:>14}  {:>14}  {:>6}  {:>7}",
-                c.id,
-                "completed",
-                m.epoch,
-                m.parallelism,
-                m.bytes,
-                m.new_bytes,
-                m.shared_files,
-                m.private_files
-            ),
-            None => writeln!(out, "{:>8}  {:<10}", c.id, "incomplete"),
-        }
-        .ok();
-    }
-    Ok(out)
-}
-
-/// The text of `regroup checkpoints show`.
-pub fn show_text(metas: &[CheckpointMetadata], files: bool) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for m in metas {
-        writeln!(
-            out,
-            "checkpoint {} of {}: epoch {}, parallelism {}, max parallelism {}, completed {}, {} bytes ({} new)",
-            m.checkpoint_id,
-            m.job,
-            m.epoch,
-            m.parallelism,
-            m.max_parallelism,
-            m.completed_at.to_rfc3339(),
-            m.bytes_total(),
-            m.bytes_uploaded()
-        )
-        .ok();
-        for h in &m.handles {
-            writeln!(
-                out,
-                "  subtask {:>4}  key groups {:<14}  instance {}  {} bytes ({} new)  {} shared, {} private files",
-                h.subtask,
-                h.key_group_range.to_string(),
-                h.instance_id,
-                h.bytes_total,
-                h.bytes_uploaded,
-                h.shared.len(),
-                h.private.len()
-            )
-            .ok();
-        }
-    }
-    if files {
-        let refs = FileReferences::from_checkpoints(metas);
-        writeln!(out, "\n{:<60}  {:>12}  REFERENCED BY", "FILE", "BYTES").ok();
-        for (path, (size, ids)) in &refs.files {
-            let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-            writeln!(out, "{path:<60}  {size:>12}  {}", ids.join(",")).ok();
-        }
-    }
-    out
 }

@@ -8,7 +8,9 @@
 
 pub mod args;
 pub mod cli;
+pub mod inventory;
 pub mod operator;
+pub mod plugin;
 pub mod telemetry;
 pub mod tls;
 pub mod worker;

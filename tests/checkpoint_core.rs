@@ -483,12 +483,12 @@ async fn cli_prints_the_reference_table() {
         .collect();
     assert_eq!(ids, vec![1, 2], "{listed}");
     assert_eq!(listed[1]["completed"], true);
-    assert!(listed[1]["bytes"].as_u64().unwrap() > 0, "{listed}");
+    assert!(listed[1]["bytesTotal"].as_u64().unwrap() > 0, "{listed}");
     let shown: serde_json::Value =
         serde_json::from_str(&run(&["show", "--checkpoint", "1", "--output", "json"])).unwrap();
-    assert_eq!(shown[0]["checkpointId"], 1, "{shown}");
+    assert_eq!(shown["checkpoints"][0]["checkpointId"], 1, "{shown}");
     assert_eq!(
-        shown[0]["handles"][0]["shared"][0]["file"]["path"],
+        shown["checkpoints"][0]["handles"][0]["shared"][0]["file"]["path"],
         c1.handles[0].shared[0].file.path.as_str()
     );
     let show = run(&["show", "--files"]);

@@ -58,6 +58,12 @@ fn lint_and_template(helm: &str) {
             "--set",
             "metrics.serviceMonitor.enabled=true",
             "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
+            "--set",
             "networkPolicy.enabled=true",
         ]));
     let out = Command::new(helm)
@@ -182,6 +188,44 @@ fn lint_and_template(helm: &str) {
 }
 
 /// The rules of the Role for the jobs' namespace (not the leader election's) in a YAML stream.
+#[test]
+fn the_dashboard_configmap_holds_the_dashboard() {
+    if !cluster::helm("the_dashboard_configmap_holds_the_dashboard") {
+        return;
+    }
+    let chart = root().join("charts/regroup");
+    let rendered = run(Command::new("helm")
+        .arg("template")
+        .arg("r")
+        .arg(&chart)
+        .args([
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
+            "--show-only",
+            "templates/grafana-dashboard.yaml",
+        ]));
+    let cm: serde_json::Value = serde_saphyr::from_str(&rendered).unwrap();
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "{cm}");
+    let embedded: serde_json::Value =
+        serde_json::from_str(cm["data"]["regroup.json"].as_str().unwrap()).unwrap();
+    let file = std::fs::read_to_string(chart.join("dashboards/regroup.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+    assert_eq!(embedded, file);
+    // Every panel but a row queries regroup's metrics (e2e/run alerts runs each query).
+    let panels = file["panels"].as_array().unwrap();
+    let queries = panels.iter().filter(|p| p["type"] != "row");
+    for p in queries {
+        let targets = p["targets"].as_array().cloned().unwrap_or_default();
+        assert!(
+            !targets.is_empty()
+                && targets
+                    .iter()
+                    .all(|t| t["expr"].as_str().is_some_and(|e| e.contains("regroup_"))),
+            "{p}"
+        );
+    }
+}
+
 fn job_role_rules(yaml: &str) -> serde_json::Value {
     yaml.split("\n---")
         .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())

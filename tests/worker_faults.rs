@@ -116,6 +116,21 @@ async fn refused_requests_change_nothing() {
             "{line} missing in:\n{metrics}"
         );
     }
+    // The worker processed events, so it was busy some of the time, and the reference job
+    // knows its backlog.
+    let value = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    assert!(
+        value("regroup_worker_busy_seconds_total").is_some_and(|v| v > 0.0),
+        "{metrics}"
+    );
+    assert!(
+        value("regroup_worker_backlog_events").is_some(),
+        "{metrics}"
+    );
     c.stop_all(workers);
 }
 

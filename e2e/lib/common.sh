@@ -11,6 +11,7 @@ KWOK_VERSION=v0.8.0                                       # sigs.k8s.io/kwok
 HELM_VERSION=v4.3.2                                       # helm.sh/helm/v4 (`helm`)
 HELM3_VERSION=v3.21.4                                     # helm.sh/helm/v3 (`helm3`, for Helm 3 users)
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c          # github.com/minio/minio (no semver tags upstream)
+PROMETHEUS_VERSION=v0.316.0                               # github.com/prometheus/prometheus (Prometheus 3.16.0)
 
 REGROUP_CACHE=${REGROUP_CACHE:-$HOME/.cache/regroup}
 E2E_BIN_ROOT=$REGROUP_CACHE/bin
@@ -21,6 +22,7 @@ KWOK_BIN_DIR=$E2E_BIN_ROOT/kwok-$KWOK_VERSION
 HELM_BIN_DIR=$E2E_BIN_ROOT/helm-$HELM_VERSION
 HELM3_BIN_DIR=$E2E_BIN_ROOT/helm-$HELM3_VERSION
 MINIO_BIN_DIR=$E2E_BIN_ROOT/minio-$MINIO_VERSION
+PROMETHEUS_BIN_DIR=$E2E_BIN_ROOT/prometheus-$PROMETHEUS_VERSION
 
 die() {
   echo "error: $*" >&2

@@ -4,6 +4,8 @@
 # shellcheck source=e2e/lib/common.sh
 source "$ROOT/e2e/lib/common.sh"
 REGROUP=${CARGO_TARGET_DIR:-$ROOT/target}/debug/regroup
+# The kubectl plugin (src/bin/kubectl-regroup.rs).
+KUBECTL_REGROUP=${CARGO_TARGET_DIR:-$ROOT/target}/debug/kubectl-regroup
 OPERATOR_NS=${REGROUP_E2E_OPERATOR_NS:-regroup-system}
 WAIT=${REGROUP_E2E_WAIT:-240}
 SUMMARY_FILE=${SUMMARY_FILE:-$(mktemp)}
@@ -290,6 +292,9 @@ restore_bytes() {
     jq -r '[.items[].metadata.annotations["regroup.dev/checkpoint"] // "none"] | unique | join(",")')
   cat "$REGROUP_E2E_DIR/pod-runner/logs/$ns"/*/regroup-restore.log 2>/dev/null |
     grep "^restored checkpoint $id of $ns/$name for subtask [0-9]*/$p " |
+    # A pod recreated after its restore (e.g. by an operator that took over mid-rescale) finds
+    # the result in place: that local recovery moved nothing and is not the rescale's restore.
+    grep -v ": local recovery, " |
     sed -n 's|^restored checkpoint [0-9]* of [^ ]* for subtask \([0-9]*\)/.* downloaded [0-9]* files \([0-9]*\) bytes .* reused locally [0-9]* files \([0-9]*\) bytes (\([0-9]*\) read back).*|\1 \2 \3 \4|p' |
     awk '{d[$1] = $2; r[$1] = $3; b[$1] = $4} END {for (s in d) {n++; dt += d[s]; rt += r[s]; bt += b[s]} print n + 0, dt + 0, rt + 0, bt + 0}'
 }

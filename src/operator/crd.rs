@@ -1050,6 +1050,18 @@ pub enum RescaleReason {
 }
 
 impl RescaleReason {
+    /// Every reason.
+    pub const ALL: [RescaleReason; 8] = [
+        RescaleReason::Start,
+        RescaleReason::Scale,
+        RescaleReason::TemplateChange,
+        RescaleReason::Suspend,
+        RescaleReason::Resume,
+        RescaleReason::Recovery,
+        RescaleReason::Reset,
+        RescaleReason::Restart,
+    ];
+
     /// The name as written in status and events.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -137,7 +137,11 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                 _ = shutdown_signal() => { server.abort(); return Ok(()); }
             }
         }
-        None => None,
+        None => {
+            // The only replica acts: as a leader would.
+            metrics.leader.set(1);
+            None
+        }
     };
     let workers = Arc::new(HttpWorkerClient::new(args.worker_timeout)?);
     let mut ctx = Context::new(client.clone(), workers, metrics.clone(), Some(identity));

@@ -159,10 +159,19 @@ impl<J: KeyedJob> Loop<J> {
                     return Ok(());
                 }
             }
+            let began = std::time::Instant::now();
             let mut batch = self.backend.batch();
             let step = self.job.step(&self.backend, &mut batch)?;
             batch.commit()?;
             self.metrics.events_processed.inc_by(step.events);
+            if step.events > 0 {
+                self.metrics
+                    .busy_seconds
+                    .inc_by(began.elapsed().as_secs_f64());
+            }
+            if let Some(b) = self.job.backlog() {
+                self.metrics.backlog.set(b as i64);
+            }
             match step.idle {
                 Some(wait) if !wait.is_zero() => match rx.recv_timeout(wait.min(MAX_IDLE)) {
                     Ok(msg) => {

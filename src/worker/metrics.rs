@@ -1,6 +1,7 @@
 //! The worker's Prometheus metrics (text exposition on `/metrics`).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,6 +14,10 @@ pub struct WorkerMetrics {
     registry: Arc<Registry>,
     /// Events the job applied to its state.
     pub events_processed: Counter,
+    /// Seconds spent in steps that applied events (its rate is the share of time busy).
+    pub busy_seconds: Counter<f64, AtomicU64>,
+    /// Events the source holds that are not applied yet, for jobs that know it.
+    pub backlog: Gauge,
     /// Time processing was held for a native checkpoint.
     pub capture_seconds: Histogram,
     /// Time from the request to the handle in the store.
@@ -52,6 +57,8 @@ impl WorkerMetrics {
         let m = Self {
             registry: Arc::new(Registry::default()),
             events_processed: Counter::default(),
+            busy_seconds: Counter::default(),
+            backlog: Gauge::default(),
             capture_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             checkpoint_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             checkpoint_uploaded_bytes: Counter::default(),
@@ -66,6 +73,16 @@ impl WorkerMetrics {
             "events_processed",
             "Events applied to keyed state",
             m.events_processed.clone(),
+        );
+        r.register(
+            "busy_seconds",
+            "Seconds spent processing events; rate() of it is the share of time busy",
+            m.busy_seconds.clone(),
+        );
+        r.register(
+            "backlog_events",
+            "Events the source holds that are not applied yet (jobs that know it)",
+            m.backlog.clone(),
         );
         r.register(
             "checkpoint_capture_seconds",

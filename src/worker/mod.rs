@@ -56,6 +56,12 @@ pub trait KeyedJob: Send + 'static {
     /// source positions into `batch`. Keep a step small (it delays snapshots) and under the
     /// batch bounds ([`crate::backend::BATCH_MAX_ENTRIES`]).
     fn step(&mut self, backend: &StateBackend, batch: &mut StateBatch<'_>) -> Result<Step>;
+
+    /// Events the source holds that no step has applied yet, when the job knows (shown as
+    /// `regroup_worker_backlog_events`, an input for autoscaling); asked after every step.
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What one step did.

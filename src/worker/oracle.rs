@@ -31,7 +31,8 @@ pub struct VerifyArgs {
 }
 
 /// What one subtask's state holds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SubtaskCounts {
     /// Subtask index.
     pub subtask: u32,
@@ -46,7 +47,8 @@ pub struct SubtaskCounts {
 }
 
 /// The oracle's finding.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Verdict {
     /// The checkpoint verified.
     pub checkpoint_id: u64,

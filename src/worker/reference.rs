@@ -189,6 +189,19 @@ impl ReferenceJob {
         }
     }
 
+    fn elapsed(&mut self) -> f64 {
+        self.started
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            .as_secs_f64()
+    }
+
+    /// Events the rate made due by `elapsed` seconds that are not applied yet.
+    fn owed(&self, elapsed: f64) -> u64 {
+        let due = (elapsed * self.args.rate as f64) as u64;
+        due.saturating_sub(self.applied)
+    }
+
     /// Events the rate allows now, at most one step's worth; `Err(wait)` until enough are due
     /// for a step of reasonable size (a step costs reads and a batch write, whatever its size).
     fn budget(&mut self) -> std::result::Result<u64, Duration> {
@@ -197,10 +210,8 @@ impl ReferenceJob {
         if rate == 0 {
             return Ok(per_step);
         }
-        let started = *self.started.get_or_insert_with(Instant::now);
-        let elapsed = started.elapsed().as_secs_f64();
-        let due = (elapsed * rate as f64) as u64;
-        let owed = due.saturating_sub(self.applied);
+        let elapsed = self.elapsed();
+        let owed = self.owed(elapsed);
         // At most 50 ms worth of events per step, so slow rates still progress smoothly.
         let min_step = per_step.min((rate / 20).max(1));
         if owed >= min_step {
@@ -311,6 +322,12 @@ impl KeyedJob for ReferenceJob {
             events: budget,
             idle: None,
         })
+    }
+
+    /// The events the rate made due that are not applied yet (none at rate 0: unbounded).
+    fn backlog(&self) -> Option<u64> {
+        let started = self.started?;
+        (self.args.rate > 0).then(|| self.owed(started.elapsed().as_secs_f64()))
     }
 }
 

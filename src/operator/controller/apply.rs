@@ -13,7 +13,7 @@ use super::super::coordinator::{self, CheckpointRequest};
 use super::super::crd::StatefulJobStatus;
 use super::super::initial_state::Source;
 use super::super::lifecycle::JobState;
-use super::super::metrics::label;
+use super::super::metrics::job_labels;
 use super::super::reasons;
 use super::super::resources::{self, FIELD_MANAGER};
 use super::super::rollout;
@@ -44,6 +44,7 @@ impl Round {
             plan.problem.as_ref(),
         )
         .await?;
+        super::record_metrics(&self.ctx, &self.job, &status);
         for update in &plan.snapshots {
             self.record_snapshot(update).await?;
         }
@@ -292,19 +293,18 @@ impl Round {
 
     fn tally(&self, tally: &Tally) {
         let metrics = &self.ctx.metrics;
+        let job = job_labels(&self.ns, &self.job.name_any());
         match tally {
-            Tally::StageEnded { stage, seconds } => metrics
-                .rescale_stage_duration
-                .get_or_create(&label("stage", stage.as_str()))
-                .observe(*seconds),
+            Tally::StageEnded { stage, seconds } => metrics.stage_ended(&job, *stage, *seconds),
             Tally::RescaleEnded(reason) => {
-                metrics
-                    .rescales
-                    .get_or_create(&label("reason", reason.as_str()))
-                    .inc();
+                let mut labels = job;
+                labels.push(("reason".to_owned(), reason.as_str().to_owned()));
+                metrics.rescales.get_or_create(&labels).inc();
             }
-            Tally::CheckpointCompleted(record) => metrics.checkpoint_completed(record),
-            Tally::CheckpointEnded(outcome) => metrics.checkpoint_ended(outcome),
+            Tally::CheckpointCompleted(record) => metrics.checkpoint_completed(&job, record),
+            Tally::CheckpointEnded { outcome, failure } => {
+                metrics.checkpoint_ended(&job, outcome, *failure)
+            }
         }
     }
 

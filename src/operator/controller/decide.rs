@@ -16,6 +16,7 @@ use super::super::crd::{
 use super::super::diagnose;
 use super::super::initial_state::{self, Initial, Source};
 use super::super::lifecycle::{self, Desired, FinalCheckpoint, JobState, Note, Observed, Work};
+use super::super::metrics::failure;
 use super::super::progress;
 use super::super::reasons;
 use super::super::resources::{self, EPOCH_LABEL, Generation};
@@ -164,8 +165,14 @@ pub enum Tally {
     RescaleEnded(RescaleReason),
     /// A checkpoint completed.
     CheckpointCompleted(CheckpointRecord),
-    /// A checkpoint ended otherwise ("failed", "aborted").
-    CheckpointEnded(&'static str),
+    /// A checkpoint ended otherwise.
+    CheckpointEnded {
+        /// "failed" or "aborted".
+        outcome: &'static str,
+        /// Why, when this counts as a failure (one of [`failure`]; none for a failed
+        /// checkpoint given up later, or one dropped on purpose).
+        failure: Option<&'static str>,
+    },
 }
 
 /// The outcome of [`decide`].
@@ -539,7 +546,17 @@ impl<'a> Decider<'a> {
                     parallelism,
                     notice: Notice::Abort,
                 });
-                self.plan.tallies.push(Tally::CheckpointEnded("aborted"));
+                // Counted as a failure when this round is the first to see it fail.
+                let counted = self
+                    .plan
+                    .status
+                    .pending_checkpoint
+                    .as_ref()
+                    .is_some_and(|p| p.id == id && p.failure.is_some());
+                self.plan.tallies.push(Tally::CheckpointEnded {
+                    outcome: "aborted",
+                    failure: (!counted).then_some(failure::FINAL),
+                });
             }
             FinalCheckpoint::InProgress => {}
         }
@@ -595,9 +612,24 @@ impl<'a> Decider<'a> {
             Completion::Impossible(why) => Some(why.clone()),
             _ => f.worker_failure.clone().filter(|_| asked),
         });
-        let (reason, message) = match (refusal, seen) {
-            (Some(e), _) => (e.clone(), format!("checkpoint {id} could not start: {e}")),
-            (None, Some(why)) => (why.clone(), format!("checkpoint {id} failed: {why}")),
+        let impossible = self
+            .in_flight(id)
+            .is_some_and(|f| matches!(f.completion, Completion::Impossible(_)));
+        let (reason, message, kind) = match (refusal, seen) {
+            (Some(e), _) => (
+                e.clone(),
+                format!("checkpoint {id} could not start: {e}"),
+                failure::REFUSED,
+            ),
+            (None, Some(why)) => (
+                why.clone(),
+                format!("checkpoint {id} failed: {why}"),
+                if impossible {
+                    failure::STORE
+                } else {
+                    failure::WORKER
+                },
+            ),
             (None, None) => return,
         };
         let Some(p) = self
@@ -610,7 +642,10 @@ impl<'a> Decider<'a> {
         };
         p.failure = Some(reason);
         let stop = p.stop;
-        self.plan.tallies.push(Tally::CheckpointEnded("failed"));
+        self.plan.tallies.push(Tally::CheckpointEnded {
+            outcome: "failed",
+            failure: Some(kind),
+        });
         // A final checkpoint's failure changes where the rescale restores from: shown at once.
         if stop || self.tolerance_exceeded() {
             let problem = Problem::new(reasons::CHECKPOINT_FAILED, self.counted(&message));
@@ -711,7 +746,12 @@ impl<'a> Decider<'a> {
             } => {
                 let recorded = self.plan.status.pending_checkpoint.as_ref();
                 if recorded.is_none_or(|p| p.id != id) {
-                    self.abort_pending("superseded by the final checkpoint of a rescale");
+                    // Not a failure: the final checkpoint takes its place.
+                    self.abort(
+                        "superseded by the final checkpoint of a rescale",
+                        false,
+                        None,
+                    );
                     self.start_checkpoint(id, epoch, parallelism, true);
                 } else if !self.asked_here(id) {
                     // Recorded by an operator that stopped before (or while) asking the workers.
@@ -775,7 +815,18 @@ impl<'a> Decider<'a> {
                 busy
             }
             Decision::Abort { reason, .. } => {
-                self.abort_pending(&reason);
+                let replaced = self
+                    .plan
+                    .status
+                    .pending_checkpoint
+                    .as_ref()
+                    .is_some_and(|p| p.epoch != epoch);
+                let cause = if replaced {
+                    failure::EPOCH_CHANGED
+                } else {
+                    failure::TIMEOUT
+                };
+                self.abort_pending(&reason, cause);
                 busy
             }
         })
@@ -828,13 +879,15 @@ impl<'a> Decider<'a> {
         });
     }
 
-    /// Drops the pending checkpoint (if any) and tells its workers; a periodic one aborted
-    /// while the job runs makes it Degraded unless `planned`.
-    fn abort_pending(&mut self, reason: &str) {
-        self.abort(reason, false);
+    /// Drops the pending checkpoint (if any), a failure for `cause`.
+    fn abort_pending(&mut self, reason: &str, cause: &'static str) {
+        self.abort(reason, false, Some(cause));
     }
 
-    fn abort(&mut self, reason: &str, planned: bool) {
+    /// Drops the pending checkpoint (if any) and tells its workers; a periodic one aborted
+    /// while the job runs makes it Degraded unless `planned`; `cause` counts it as a failure
+    /// (one of [`failure`]).
+    fn abort(&mut self, reason: &str, planned: bool, cause: Option<&'static str>) {
         let Some(p) = self.status().pending_checkpoint.take() else {
             return;
         };
@@ -845,7 +898,11 @@ impl<'a> Decider<'a> {
             parallelism,
             notice: Notice::Abort,
         });
-        self.plan.tallies.push(Tally::CheckpointEnded("aborted"));
+        self.plan.tallies.push(Tally::CheckpointEnded {
+            outcome: "aborted",
+            // A failure recorded earlier was counted then.
+            failure: cause.filter(|_| p.failure.is_none()),
+        });
         let message = format!("checkpoint {} aborted: {reason}", p.id);
         // One of an earlier generation was not the running workers' failure, nor is one the
         // operator dropped on purpose.
@@ -922,6 +979,7 @@ impl<'a> Decider<'a> {
                 self.abort(
                     "the job restores its initial state (spec.restoreNonce)",
                     true,
+                    None,
                 );
                 let what = format!(
                     "spec.restoreNonce {}: {source}",
@@ -1340,6 +1398,13 @@ mod tests {
         );
         assert_eq!(reasons_of(&plan), [reasons::CHECKPOINT_FAILED]);
         assert_eq!(
+            plan.tallies,
+            [Tally::CheckpointEnded {
+                outcome: "failed",
+                failure: Some(failure::REFUSED)
+            }]
+        );
+        assert_eq!(
             plan.actions.len(),
             1,
             "no trigger again: {:?}",
@@ -1351,6 +1416,14 @@ mod tests {
         let plan = decide(&next, &world(None, Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.status.pending_checkpoint, None);
         assert_eq!(reasons_of(&plan), [reasons::CHECKPOINT_ABORTED]);
+        // Given up now, but counted as a failure once, when it failed.
+        assert_eq!(
+            plan.tallies,
+            [Tally::CheckpointEnded {
+                outcome: "aborted",
+                failure: None
+            }]
+        );
         assert!(matches!(
             plan.actions[1],
             Act::Notify {

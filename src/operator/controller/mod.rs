@@ -186,9 +186,21 @@ pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Cont
 async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError) {
     let mut status = job.status.clone().unwrap_or_default();
     let problem = Problem::new(reasons::INVALID_SPEC, error.to_string());
-    if let Err(e) = write_status(&ctx.client, job, &mut status, Some(&problem)).await {
-        warn!(error = %e, "cannot record the Degraded condition");
+    match write_status(&ctx.client, job, &mut status, Some(&problem)).await {
+        Ok(()) => record_metrics(ctx, job, &status),
+        Err(e) => warn!(error = %e, "cannot record the Degraded condition"),
     }
+}
+
+/// Sets the job's gauges from the `status` just recorded.
+fn record_metrics(ctx: &Context, job: &StatefulJob, status: &StatefulJobStatus) {
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+        .map(|c| c.reason.as_str());
+    ctx.metrics
+        .job_recorded(job, status, degraded, &Timestamp::now());
 }
 
 /// Writes `status` with its conditions for `problem` (server-side apply, forced: the operator
@@ -323,6 +335,8 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
         "job deleted; its checkpoints stay in the store".to_owned(),
     )
     .await;
+    ctx.metrics
+        .job_deleted(&job.namespace().unwrap_or_default(), &job.name_any());
     Ok(Action::await_change())
 }
 
