@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod control_plane;
+
 use clap::{Args, Parser, Subcommand};
 use rocksdb::IteratorMode;
 
@@ -52,6 +54,9 @@ struct Cli {
 pub enum BenchCommand {
     /// Restore with and without record copying, against a raw file copy.
     Restore(RestoreBenchArgs),
+    /// One job at maxParallelism 32768 and parallelism 512: plan, metadata, checkpoint
+    /// completion, garbage collection and status size, each against its target.
+    ControlPlane(control_plane::ControlPlaneArgs),
 }
 
 /// `regroup-bench restore`
@@ -114,6 +119,10 @@ async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Restore(args) => {
             let report = restore_bench(&args).await?;
             print!("{report}");
+            Ok(())
+        }
+        BenchCommand::ControlPlane(args) => {
+            print!("{}", control_plane::control_plane_bench(&args).await?);
             Ok(())
         }
     }
