@@ -120,7 +120,10 @@ pub async fn control_plane_bench(args: &ControlPlaneArgs) -> Result<String> {
         "create temporary directory",
         std::env::temp_dir(),
     ))?;
-    let dir = args.dir.clone().unwrap_or_else(|| scratch.path().to_owned());
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| scratch.path().to_owned());
     let mut urls = vec![format!("file://{}", dir.join("store").display())];
     urls.extend(args.stores.iter().cloned());
     for url in &urls {
@@ -399,10 +402,18 @@ async fn put_files(store: &CheckpointStore, files: Vec<FileRef>) -> Result<()> {
 /// collections of the last `rounds` checkpoints (a full history behind them) and the reading of
 /// the progress.
 async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Result<Vec<Line>> {
-    let (m, p, files) = (args.max_parallelism, args.parallelism, args.files_per_handle);
+    let (m, p, files) = (
+        args.max_parallelism,
+        args.parallelism,
+        args.files_per_handle,
+    );
     let store = CheckpointStore::from_url(url, job.clone())?;
     // A run before this one left its history: start after it, and collect what it left.
-    let first = store.checkpoint_ids().await?.last().map_or(1, |(id, _)| id + 1);
+    let first = store
+        .checkpoint_ids()
+        .await?
+        .last()
+        .map_or(1, |(id, _)| id + 1);
     let policy = RetentionPolicy {
         retain: args.retain as usize,
         // Everything is young here; the operator's grace period protects uploads in flight.
@@ -612,7 +623,9 @@ fn status_size(p: u32) -> Result<Vec<Line>> {
     });
     let mut world = World {
         now: Time(k8s_openapi::jiff::Timestamp::now()),
-        pods: (0..p).map(|i| worker_pod(i, 2, i + 1 < p)).collect::<Result<_>>()?,
+        pods: (0..p)
+            .map(|i| worker_pod(i, 2, i + 1 < p))
+            .collect::<Result<_>>()?,
         token: regroup::operator::controller::decide::Token::Held("t".into()),
         store_ids: vec![(1_000_000, true)],
         in_flight: None,

@@ -20,6 +20,9 @@
 //! restores are synced (`regroup restore --sync`) and held to `cp` + `sync`. Either way each
 //! restore is followed by a timed `sync -f` (printed, not part of its time), so that no restore
 //! leaves writeback to the next.
+//!
+//! `regroup-bench control-plane` (the [`control_plane`] module) measures what one job at
+//! maxParallelism 32768 and parallelism 512 costs the control plane.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1790,11 +1790,17 @@ mod tests {
         let mut replaced = w.clone();
         replaced.pods[7].metadata.uid = Some("pod-2-7-again".into());
         let plan = decide(&job, &replaced, BUSY).unwrap();
-        assert!(reasons_of(&plan).contains(&reasons::WORKER_LOST), "{plan:?}");
+        assert!(
+            reasons_of(&plan).contains(&reasons::WORKER_LOST),
+            "{plan:?}"
+        );
         let mut deleted = w.clone();
         deleted.pods.remove(300);
         let plan = decide(&job, &deleted, BUSY).unwrap();
-        let lost = plan.events.iter().find(|e| e.reason == reasons::WORKER_LOST);
+        let lost = plan
+            .events
+            .iter()
+            .find(|e| e.reason == reasons::WORKER_LOST);
         assert!(
             lost.is_some_and(|e| e.message.contains("orders-300 is gone")),
             "{:?}",

@@ -655,7 +655,7 @@ impl CheckpointStore {
             .iter()
             .flat_map(|h| h.files())
             .map(|f| match f.path.rsplit_once('/') {
-                Some((dir, _)) if dir.starts_with("shared/") => dir.to_owned(),
+                Some((dir, _)) if dir.split('/').next() == Some("shared") => dir.to_owned(),
                 _ => private.clone(),
             })
             .collect();
