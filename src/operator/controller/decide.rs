@@ -1745,8 +1745,15 @@ mod tests {
             })
             .collect();
         st.restarts = (0..100).map(|i| at(-500 + i)).collect();
+        // UIDs as the API server writes them (36 characters).
+        let uid = |i: u32| format!("00000002-0000-4000-8000-{i:012x}");
+        let pod = |i: u32| {
+            let mut p = ready_pod(i, 2);
+            p.metadata.uid = Some(uid(i));
+            p
+        };
         let mut w = world(None, None);
-        w.pods = (0..n - 1).map(|i| ready_pod(i, 2)).collect();
+        w.pods = (0..n - 1).map(pod).collect();
         w.restore_progress = (0..n)
             .map(|subtask| RestoreProgress {
                 format_version: 1,
@@ -1756,8 +1763,8 @@ mod tests {
                 } else {
                     RestorePhase::Downloading
                 },
-                bytes_done: u64::MAX / 4,
-                bytes_total: u64::MAX / 2,
+                bytes_done: 1 << 40,
+                bytes_total: 1 << 41,
                 updated_at: chrono::Utc::now(),
             })
             .collect();
@@ -1769,10 +1776,10 @@ mod tests {
         assert!(rolling <= STATUS_BYTES_BOUND, "{rolling} bytes");
 
         // Every worker ready: the set is recorded, in a fixed size.
-        w.pods.push(ready_pod(n - 1, 2));
+        w.pods.push(pod(n - 1));
         let plan = decide(&job, &w, BUSY).unwrap();
         assert_eq!(plan.status.phase, Some(Phase::Running));
-        let uids: Vec<String> = (0..n).map(|i| format!("pod-2-{i}")).collect();
+        let uids: Vec<String> = (0..n).map(uid).collect();
         assert_eq!(plan.status.ready_workers, Some(ReadyWorkers::of(&uids)));
         let running_bytes = written_bytes(&job, &plan);
         assert!(running_bytes <= STATUS_BYTES_BOUND, "{running_bytes} bytes");
