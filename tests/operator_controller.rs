@@ -453,7 +453,12 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
     // A worker pod is lost while running: every worker restarts from the latest checkpoint at
     // a new epoch (the StatefulSet's replacement alone would hold older state than its peers).
     let before = api.get("orders").await.unwrap().status.unwrap();
-    assert_eq!(before.worker_pods.len(), 2, "{:?}", before.worker_pods);
+    assert_eq!(
+        before.ready_workers.as_ref().map(|r| r.count),
+        Some(2),
+        "{:?}",
+        before.ready_workers
+    );
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pod_api
         .delete("orders-1", &DeleteParams::default())

@@ -10,8 +10,8 @@ use kube::ResourceExt;
 
 use super::super::coordinator::{self, CheckpointInputs, Decision, Notice};
 use super::super::crd::{
-    CheckpointRecord, PendingCheckpoint, Phase, RescaleReason, RolledBack, Stage, StatefulJob,
-    StatefulJobStatus,
+    CheckpointRecord, PendingCheckpoint, Phase, ReadyWorkers, RescaleReason, RolledBack, Stage,
+    StatefulJob, StatefulJobStatus,
 };
 use super::super::diagnose;
 use super::super::initial_state::{self, Initial, Source};
@@ -207,6 +207,13 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     let progress_deadline = spec.checkpointing.progress_deadline()?;
     let state = JobState::from_status(job.status.as_ref());
     let mut status = job.status.clone().unwrap_or_default();
+    if !status.worker_pods.is_empty() {
+        // Recorded by an earlier version: the digest of the same pods takes the list's place.
+        let uids = std::mem::take(&mut status.worker_pods);
+        status
+            .ready_workers
+            .get_or_insert_with(|| ReadyWorkers::of(&uids));
+    }
     let generation = job.metadata.generation;
     let readiness_timeout = spec
         .rollout
@@ -428,7 +435,7 @@ impl<'a> Decider<'a> {
         let store_ids: Vec<u64> = self.world.store_ids.iter().map(|(id, _)| *id).collect();
         let status = &self.plan.status;
         let worker_lost = (state.phase == Phase::Running && state.rescale.is_none())
-            .then(|| diagnose::lost_worker(&status.worker_pods, &at_epoch))
+            .then(|| diagnose::lost_worker(status.ready_workers.as_ref(), &at_epoch))
             .flatten();
         let ready_pods = at_epoch
             .iter()
@@ -506,9 +513,9 @@ impl<'a> Decider<'a> {
         }
         after.write_to(self.status());
         if after.phase != Phase::Running {
-            self.status().worker_pods.clear();
+            self.status().ready_workers = None;
         } else if before.phase != Phase::Running {
-            self.status().worker_pods = ready_pods;
+            self.status().ready_workers = Some(ReadyWorkers::of(&ready_pods));
         }
         self.plan.events.extend(notes);
     }
@@ -1636,7 +1643,10 @@ mod tests {
         let plan = decide(&job, &w, BUSY).unwrap();
         assert_eq!(plan.status.phase, Some(Phase::Running));
         assert_eq!(problem_of(&plan), None);
-        assert_eq!(plan.status.worker_pods, ["pod-2-0", "pod-2-1"]);
+        assert_eq!(
+            plan.status.ready_workers,
+            Some(ReadyWorkers::of(&["pod-2-0", "pod-2-1"]))
+        );
         // Only the restarts within spec.restartPolicy.window (10m) stay in status.
         assert_eq!(plan.status.restarts, [at(-60)]);
     }
@@ -1683,5 +1693,140 @@ mod tests {
         assert_eq!(plan.actions, [abort, trigger(6, true)]);
         assert!(reasons_of(&plan).contains(&reasons::CHECKPOINT_ABORTED));
         assert_eq!(plan.requeue, BUSY);
+    }
+
+    /// The bytes of `plan`'s status as the controller writes it (with its conditions), the
+    /// job's own pod template aside.
+    fn written_bytes(job: &StatefulJob, plan: &Plan) -> usize {
+        let mut st = plan.status.clone();
+        st.conditions = status::conditions(
+            &st.conditions,
+            &JobState::from_status(Some(&st)),
+            plan.problem.as_ref(),
+            job.metadata.generation,
+            &at(0),
+        );
+        st.last_ready_template = None;
+        serde_json::to_vec(&st).unwrap().len()
+    }
+
+    #[test]
+    fn status_of_512_workers_stays_bounded_and_still_tells_a_lost_worker() {
+        use crate::checkpoint::progress::{RestorePhase, RestoreProgress};
+        use crate::operator::crd::STATUS_BYTES_BOUND;
+        let n = 512;
+        let mut job = running(n, None);
+        job.spec.max_parallelism = 32768;
+        job.spec.checkpointing.history = 20;
+        job.spec.restart_policy.limit = 100;
+        let st = job.status.as_mut().unwrap();
+        // Mid-rescale 511 -> 512, every list at the largest size its spec allows.
+        st.phase = Some(Phase::RollingForward);
+        st.epoch = 2;
+        st.parallelism = 0;
+        st.rescale = Some(super::super::super::crd::RescaleStatus {
+            from: n - 1,
+            to: n,
+            stage: Stage::RollingForward,
+            reason: RescaleReason::Scale,
+            checkpoint: Some(4),
+            final_checkpoint: Some(4),
+            started: at(-60),
+            stage_started: at(-10),
+        });
+        st.checkpoints = (0..20)
+            .map(|i| CheckpointRecord {
+                id: 4 - i.min(4),
+                time: at(-600 + i as i64),
+                epoch: 1,
+                bytes_total: u64::MAX,
+                bytes_new: u64::MAX,
+                duration_seconds: 12.345678,
+            })
+            .collect();
+        st.restarts = (0..100).map(|i| at(-500 + i)).collect();
+        // UIDs as the API server writes them (36 characters).
+        let uid = |i: u32| format!("00000002-0000-4000-8000-{i:012x}");
+        let pod = |i: u32| {
+            let mut p = ready_pod(i, 2);
+            p.metadata.uid = Some(uid(i));
+            p
+        };
+        let mut w = world(None, None);
+        w.pods = (0..n - 1).map(pod).collect();
+        w.restore_progress = (0..n)
+            .map(|subtask| RestoreProgress {
+                format_version: 1,
+                subtask,
+                phase: if subtask % 2 == 0 {
+                    RestorePhase::Done
+                } else {
+                    RestorePhase::Downloading
+                },
+                bytes_done: 1 << 40,
+                bytes_total: 1 << 41,
+                updated_at: chrono::Utc::now(),
+            })
+            .collect();
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(plan.status.phase, Some(Phase::RollingForward));
+        assert_eq!(plan.status.restarts.len(), 100);
+        assert!(plan.status.restore_progress.is_some());
+        let rolling = written_bytes(&job, &plan);
+        assert!(rolling <= STATUS_BYTES_BOUND, "{rolling} bytes");
+
+        // Every worker ready: the set is recorded, in a fixed size.
+        w.pods.push(pod(n - 1));
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(plan.status.phase, Some(Phase::Running));
+        let uids: Vec<String> = (0..n).map(uid).collect();
+        assert_eq!(plan.status.ready_workers, Some(ReadyWorkers::of(&uids)));
+        let running_bytes = written_bytes(&job, &plan);
+        assert!(running_bytes <= STATUS_BYTES_BOUND, "{running_bytes} bytes");
+        let mut listed = plan.clone();
+        listed.status.worker_pods = uids.clone();
+        assert!(
+            written_bytes(&job, &listed) > STATUS_BYTES_BOUND,
+            "the former list of UIDs alone breaks the bound at this parallelism"
+        );
+
+        // A replaced worker, a deleted one: both lost.
+        job.status = Some(plan.status.clone());
+        // Below spec.restartPolicy.limit: a lost worker restarts the workers.
+        job.status.as_mut().unwrap().restarts.clear();
+        let mut replaced = w.clone();
+        replaced.pods[7].metadata.uid = Some("pod-2-7-again".into());
+        let plan = decide(&job, &replaced, BUSY).unwrap();
+        assert!(
+            reasons_of(&plan).contains(&reasons::WORKER_LOST),
+            "{plan:?}"
+        );
+        let mut deleted = w.clone();
+        deleted.pods.remove(300);
+        let plan = decide(&job, &deleted, BUSY).unwrap();
+        let lost = plan
+            .events
+            .iter()
+            .find(|e| e.reason == reasons::WORKER_LOST);
+        assert!(
+            lost.is_some_and(|e| e.message.contains("orders-300 is gone")),
+            "{:?}",
+            plan.events
+        );
+        assert_eq!(
+            reasons_of(&decide(&job, &w, BUSY).unwrap()),
+            Vec::<&str>::new()
+        );
+
+        // Status an earlier version wrote: its list of UIDs is read as the same set.
+        let st = job.status.as_mut().unwrap();
+        st.ready_workers = None;
+        st.worker_pods = uids;
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(reasons_of(&plan), Vec::<&str>::new());
+        assert!(plan.status.worker_pods.is_empty());
+        assert_eq!(plan.status.ready_workers.as_ref().map(|r| r.count), Some(n));
+        let plan = decide(&job, &deleted, BUSY).unwrap();
+        assert!(reasons_of(&plan).contains(&reasons::WORKER_LOST));
     }
 }

@@ -37,7 +37,7 @@ use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointStore, JobId};
 
 mod apply;
-mod decide;
+pub mod decide;
 pub use self::decide::Asked;
 mod observe;
 
