@@ -12,7 +12,7 @@ use super::super::claims;
 use super::super::coordinator::{self, CheckpointRequest};
 use super::super::crd::StatefulJobStatus;
 use super::super::initial_state::Source;
-use super::super::lifecycle::JobState;
+use super::super::lifecycle::{self, JobState};
 use super::super::metrics::job_labels;
 use super::super::reasons;
 use super::super::resources::{self, FIELD_MANAGER};
@@ -300,6 +300,13 @@ impl Round {
                 let mut labels = job;
                 labels.push(("reason".to_owned(), reason.as_str().to_owned()));
                 metrics.rescales.get_or_create(&labels).inc();
+            }
+            Tally::CheckpointDue(due) => {
+                // Just before the trigger: the status is recorded, the workers are asked next.
+                let delay = lifecycle::elapsed(due, &super::now());
+                metrics
+                    .checkpoint_trigger_delay
+                    .observe(delay.as_secs_f64());
             }
             Tally::CheckpointCompleted(record) => metrics.checkpoint_completed(&job, record),
             Tally::CheckpointEnded { outcome, failure } => {

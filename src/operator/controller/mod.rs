@@ -125,10 +125,19 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// Reconciles one StatefulJob (wrapped in the finalizer).
+/// Reconciles one StatefulJob (wrapped in the finalizer), timed.
 #[instrument(skip_all, fields(job = %format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())))]
 pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_job(job, ctx.clone()).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_job(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
     if stops_before_deletion(&job) {
