@@ -94,6 +94,9 @@ pub struct Context {
     /// (job uid, epoch) whose unused state claims this process has deleted (or found none):
     /// the claims are listed once per generation, and again after a restart.
     pub claims_settled: Mutex<HashSet<(String, u64)>>,
+    /// Per job uid, the generation whose Service and PodDisruptionBudget this process last
+    /// applied, and when: they are applied again for a new generation or after a minute.
+    pub owned_applied: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 impl Context {
@@ -117,6 +120,7 @@ impl Context {
             triggered: Default::default(),
             ambient: Ambient::Forbidden,
             claims_settled: Default::default(),
+            owned_applied: Default::default(),
         }
     }
 }
