@@ -97,7 +97,12 @@ pub struct Context {
     /// Per job uid, the generation whose Service and PodDisruptionBudget this process last
     /// applied, and when: they are applied again for a new generation or after a minute.
     pub owned_applied: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+    /// Per job uid, its store and what it was opened from (URL, job, storage settings).
+    stores: Mutex<HashMap<String, (StoreKey, CheckpointStore)>>,
 }
+
+/// What a job's store is opened from: its URL, job id and storage Secret's settings.
+type StoreKey = (String, String, BTreeMap<String, String>);
 
 impl Context {
     /// A context for `client`.
@@ -121,7 +126,29 @@ impl Context {
             ambient: Ambient::Forbidden,
             claims_settled: Default::default(),
             owned_applied: Default::default(),
+            stores: Default::default(),
         }
+    }
+
+    /// The store of the job `uid`, reused while its URL and settings stay the same: a new
+    /// client every round cost a connection and its set-up each time (and memory under load).
+    fn store_for(
+        &self,
+        uid: &str,
+        url: &str,
+        job: JobId,
+        settings: &BTreeMap<String, String>,
+    ) -> crate::Result<CheckpointStore> {
+        let key = (url.to_owned(), job.to_string(), settings.clone());
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, store)) = stores.get(uid)
+            && *k == key
+        {
+            return Ok(store.clone());
+        }
+        let store = open_store(url, job, settings, self.ambient)?;
+        stores.insert(uid.to_owned(), (key, store.clone()));
+        Ok(store)
     }
 }
 
@@ -350,6 +377,10 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     .await;
     ctx.metrics
         .job_deleted(&job.namespace().unwrap_or_default(), &job.name_any());
+    ctx.stores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&job.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
@@ -402,7 +433,8 @@ impl Round {
             Some(r) => secret_settings(&ctx.client, &ns, &r.name).await?,
             None => BTreeMap::new(),
         };
-        let store = open_store(&job.spec.storage.url, job_id, &settings, ctx.ambient)?;
+        let uid = job.uid().unwrap_or_default();
+        let store = ctx.store_for(&uid, &job.spec.storage.url, job_id, &settings)?;
         Ok(Self {
             job,
             ctx,
