@@ -392,6 +392,17 @@ pub fn periodic(now: &Time, inputs: &CheckpointInputs<'_>) -> Decision {
     }
 }
 
+/// When the periodic checkpoint after one triggered at `last_attempt` is due.
+pub fn due(last_attempt: &Time, interval: Duration) -> Time {
+    // Errs only for calendar units, which a std Duration has not.
+    Time(
+        last_attempt
+            .0
+            .saturating_add(interval)
+            .unwrap_or(last_attempt.0),
+    )
+}
+
 /// The outcome of the final checkpoint `id`, from what the store said (`completed`), the
 /// recorded pending checkpoint and the time since the stage started.
 pub fn final_outcome(
@@ -533,6 +544,12 @@ mod tests {
             Decision::Wait(Duration::from_secs(40))
         );
         assert_eq!(periodic(&t(1040), &attempted), trigger(4, false));
+        // Due when the wait ends, not when a later round comes.
+        assert_eq!(due(&t980, MIN), t(1040));
+        assert_eq!(
+            periodic(&t(1039), &attempted),
+            Decision::Wait(Duration::from_secs(1))
+        );
         // A new trigger value: now, even within the interval; the same value again: not.
         let asked = CheckpointInputs {
             last_attempt: Some(&t990),

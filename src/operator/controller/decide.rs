@@ -163,6 +163,8 @@ pub enum Tally {
     },
     /// A rescale ended.
     RescaleEnded(RescaleReason),
+    /// A periodic checkpoint due at this time is being triggered.
+    CheckpointDue(Time),
     /// A checkpoint completed.
     CheckpointCompleted(CheckpointRecord),
     /// A checkpoint ended otherwise.
@@ -339,6 +341,11 @@ impl<'a> Decider<'a> {
 
     fn status(&mut self) -> &mut StatefulJobStatus {
         &mut self.plan.status
+    }
+
+    /// What the status recorded before this round asked of the world.
+    fn recorded_work(&self) -> Work {
+        JobState::from_status(self.job.status.as_ref()).work()
     }
 
     fn act(&mut self, act: Act) {
@@ -795,7 +802,21 @@ impl<'a> Decider<'a> {
             acted_trigger: status.checkpoint_trigger.as_deref(),
             next_id: coordinator::next_checkpoint_id(&store_ids, issued_ids(status))?,
         };
-        let decision = match coordinator::periodic(self.now(), &inputs) {
+        let periodic = coordinator::periodic(self.now(), &inputs);
+        // On schedule only while the recorded state already took this epoch's checkpoints:
+        // a start, resume or rescale finishing past the due time is not a late trigger.
+        let scheduled =
+            matches!(self.recorded_work(), Work::Checkpoints { epoch: e, .. } if e == epoch);
+        let due = match (&periodic, inputs.last_attempt) {
+            (
+                Decision::Trigger {
+                    on_demand: false, ..
+                },
+                Some(last),
+            ) if scheduled => Some(coordinator::due(last, interval)),
+            _ => None,
+        };
+        let decision = match periodic {
             // A snapshot waits: a checkpoint now, as if asked for.
             Decision::Wait(_) if snapshot::plan::waiting(&self.world.snapshots) => {
                 Decision::Trigger {
@@ -810,6 +831,9 @@ impl<'a> Decider<'a> {
             Decision::Trigger { id, on_demand } => {
                 if on_demand {
                     self.status().checkpoint_trigger = spec.checkpoint_trigger.clone();
+                }
+                if let Some(due) = due {
+                    self.plan.tallies.push(Tally::CheckpointDue(due));
                 }
                 self.start_checkpoint(id, epoch, parallelism, false);
                 busy
@@ -1439,6 +1463,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_periodic_trigger_says_when_it_was_due_an_asked_for_one_does_not() {
+        // Last triggered an hour ago, every 10 s: due 3590 s ago.
+        let job = running(2, None);
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        assert_eq!(plan.tallies, [Tally::CheckpointDue(at(-3590))]);
+        // spec.checkpointTrigger: not on a schedule.
+        let mut asked = job.clone();
+        asked.spec.checkpoint_trigger = Some("now".into());
+        let plan = decide(&asked, &world(None, None), BUSY).unwrap();
+        assert!(plan.actions.contains(&trigger(5, false)));
+        assert_eq!(plan.tallies, []);
+        // A snapshot's checkpoint before the due time: neither.
+        let mut early = job;
+        early.status.as_mut().unwrap().last_checkpoint_attempt = Some(at(-1));
+        let mut w = world(None, None);
+        w.snapshots = vec![snapshot::plan::Seen {
+            name: "s".into(),
+            uid: "s1".into(),
+            status: Default::default(),
+            stored: None,
+        }];
+        let plan = decide(&early, &w, BUSY).unwrap();
+        assert!(plan.actions.contains(&trigger(5, false)));
+        assert_eq!(plan.tallies, []);
     }
 
     #[test]

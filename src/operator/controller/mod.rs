@@ -94,7 +94,15 @@ pub struct Context {
     /// (job uid, epoch) whose unused state claims this process has deleted (or found none):
     /// the claims are listed once per generation, and again after a restart.
     pub claims_settled: Mutex<HashSet<(String, u64)>>,
+    /// Per job uid, the generation whose Service and PodDisruptionBudget this process last
+    /// applied, and when: they are applied again for a new generation or after a minute.
+    pub owned_applied: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+    /// Per job uid, its store and what it was opened from (URL, job, storage settings).
+    stores: Mutex<HashMap<String, (StoreKey, CheckpointStore)>>,
 }
+
+/// What a job's store is opened from: its URL, job id and storage Secret's settings.
+type StoreKey = (String, String, BTreeMap<String, String>);
 
 impl Context {
     /// A context for `client`.
@@ -117,7 +125,30 @@ impl Context {
             triggered: Default::default(),
             ambient: Ambient::Forbidden,
             claims_settled: Default::default(),
+            owned_applied: Default::default(),
+            stores: Default::default(),
         }
+    }
+
+    /// The store of the job `uid`, reused while its URL and settings stay the same: a new
+    /// client every round cost a connection and its set-up each time (and memory under load).
+    fn store_for(
+        &self,
+        uid: &str,
+        url: &str,
+        job: JobId,
+        settings: &BTreeMap<String, String>,
+    ) -> crate::Result<CheckpointStore> {
+        let key = (url.to_owned(), job.to_string(), settings.clone());
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, store)) = stores.get(uid)
+            && *k == key
+        {
+            return Ok(store.clone());
+        }
+        let store = open_store(url, job, settings, self.ambient)?;
+        stores.insert(uid.to_owned(), (key, store.clone()));
+        Ok(store)
     }
 }
 
@@ -125,10 +156,19 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// Reconciles one StatefulJob (wrapped in the finalizer).
+/// Reconciles one StatefulJob (wrapped in the finalizer), timed.
 #[instrument(skip_all, fields(job = %format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())))]
 pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_job(job, ctx.clone()).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_job(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
     if stops_before_deletion(&job) {
@@ -337,6 +377,10 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     .await;
     ctx.metrics
         .job_deleted(&job.namespace().unwrap_or_default(), &job.name_any());
+    ctx.stores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&job.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
@@ -389,7 +433,8 @@ impl Round {
             Some(r) => secret_settings(&ctx.client, &ns, &r.name).await?,
             None => BTreeMap::new(),
         };
-        let store = open_store(&job.spec.storage.url, job_id, &settings, ctx.ambient)?;
+        let uid = job.uid().unwrap_or_default();
+        let store = ctx.store_for(&uid, &job.spec.storage.url, job_id, &settings)?;
         Ok(Self {
             job,
             ctx,
