@@ -923,3 +923,62 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
             .await;
     }
 }
+
+/// A claim that gives only its size gets the documented defaults (ReadWriteOnce), and a claim the
+/// API server refuses shows as Degraded with the server's message, not only in the operator's log.
+#[tokio::test]
+async fn a_partial_claim_gets_defaults_and_a_refused_one_is_degraded() {
+    let Some((client, ns, store_dir, _workers, operator)) = setup(
+        "a_partial_claim_gets_defaults_and_a_refused_one_is_degraded",
+        "regroup-claimspec",
+    )
+    .await
+    else {
+        return;
+    };
+    let api: Api<StatefulJob> = Api::namespaced(client.clone(), &ns.name);
+    let url = format!("file://{}", store_dir.path().display());
+    let create = |name: &'static str, claim: serde_json::Value| {
+        let mut y = job_yaml(name, 1, M, &url);
+        y["spec"]["stateVolume"] = serde_json::json!({ "claim": claim });
+        let job: StatefulJob = serde_json::from_value(y).unwrap();
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &job).await.unwrap() }
+    };
+    create(
+        "sized",
+        serde_json::json!({"resources": {"requests": {"storage": "5Gi"}}}),
+    )
+    .await;
+    create(
+        "refused",
+        serde_json::json!({"accessModes": ["ReadWriteSometimes"]}),
+    )
+    .await;
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let claim = eventually("the StatefulSet of sized", LONG, || async {
+        let set = sts.get("sized").await.ok()?;
+        set.spec.volume_claim_templates?.into_iter().next()?.spec
+    })
+    .await;
+    assert_eq!(claim.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
+    assert_eq!(
+        claim.resources.unwrap().requests.unwrap()["storage"].0,
+        "5Gi"
+    );
+    let message = eventually("refused to be Degraded", LONG, || async {
+        let j = api.get("refused").await.ok()?;
+        let c = j
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")?;
+        (c.reason == "InvalidSpec").then_some(c.message)
+    })
+    .await;
+    assert!(
+        message.contains("ReadWriteSometimes") && message.contains("accessModes"),
+        "{message}"
+    );
+    operator.kill().await;
+}

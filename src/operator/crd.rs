@@ -699,7 +699,7 @@ pub struct StateVolume {
     /// Spec of each worker's persistent volume claim (from volumeClaimTemplates, kept through a
     /// rescale so that the restore reuses the files on it; the claims of ordinals a scale-in
     /// removed are deleted once it has completed; all are retained when the job is suspended
-    /// or deleted). Default: ReadWriteOnce, 1Gi, the default storage class.
+    /// or deleted). What it leaves out: ReadWriteOnce, 1Gi, the default storage class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<PersistentVolumeClaimSpec>,
 

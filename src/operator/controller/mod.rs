@@ -62,6 +62,9 @@ impl ReconcileError {
     /// A short kind, used as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
+            // The API server refused an object built from the spec (a claim it finds invalid):
+            // only the user can fix that.
+            ReconcileError::Kube(kube::Error::Api(e)) if e.code == 422 => "invalid_spec",
             ReconcileError::Kube(_) => "kube",
             ReconcileError::Regroup(crate::Error::InvalidInput { .. }) => "invalid_spec",
             ReconcileError::Regroup(e) if e.is_retryable() => "store",
