@@ -284,6 +284,11 @@ fn handle(
         bytes_total: 0,
         bytes_uploaded: 0,
         created_at: chrono::Utc::now(),
+        // As a worker writes it: its first and latest event.
+        processed: Some(regroup::checkpoint::ProcessedEvents {
+            first: chrono::Utc::now(),
+            last: chrono::Utc::now(),
+        }),
     }
 }
 
