@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::super::coordinator::{self, CheckpointInputs, Decision, Notice};
+use super::super::coordinator::{self, CheckpointInputs, Decision, Notice, WorkerFailure};
 use super::super::crd::{
     CheckpointRecord, PendingCheckpoint, Phase, ReadyWorkers, RescaleReason, RolledBack, Stage,
     StatefulJob, StatefulJobStatus,
@@ -87,7 +87,7 @@ pub struct InFlight {
     pub completion: Completion,
     /// Why a worker failed it or no longer knows it (asked only when this process triggered
     /// it and it is not complete).
-    pub worker_failure: Option<String>,
+    pub worker_failure: Option<WorkerFailure>,
 }
 
 /// How far a checkpoint got in the store.
@@ -368,6 +368,14 @@ impl<'a> Decider<'a> {
         self.world.asked.as_ref().is_some_and(|a| a.id == id)
     }
 
+    /// Why a worker no longer knows checkpoint `id`, which this process asked it for.
+    fn forgotten(&self, id: u64) -> Option<String> {
+        match &self.in_flight(id)?.worker_failure {
+            Some(WorkerFailure::Forgot(why)) if self.asked_here(id) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
     /// The outcome of the recorded state's final checkpoint, committing it when it is ready.
     fn final_checkpoint(&mut self, state: &JobState, timeout: Duration) -> FinalCheckpoint {
         let (
@@ -396,7 +404,7 @@ impl<'a> Decider<'a> {
                 parallelism,
                 notice: Notice::Complete,
             });
-        } else {
+        } else if self.forgotten(id).is_none() {
             self.record_failure(id);
         }
         coordinator::final_outcome(
@@ -624,7 +632,11 @@ impl<'a> Decider<'a> {
         let asked = self.asked_here(id);
         let seen = self.in_flight(id).and_then(|f| match &f.completion {
             Completion::Impossible(why) => Some(why.clone()),
-            _ => f.worker_failure.clone().filter(|_| asked),
+            _ => f
+                .worker_failure
+                .as_ref()
+                .filter(|_| asked)
+                .map(|w| w.message().to_owned()),
         });
         let impossible = self
             .in_flight(id)
@@ -769,6 +781,13 @@ impl<'a> Decider<'a> {
                     self.start_checkpoint(id, epoch, parallelism, true);
                 } else if !self.asked_here(id) {
                     // Recorded by an operator that stopped before (or while) asking the workers.
+                    self.trigger(id, epoch, parallelism, true);
+                } else if let Some(why) = self.forgotten(id) {
+                    // A restarted worker lost the request, not its state: asked again, the
+                    // final checkpoint still completes instead of falling back to an older one.
+                    let message =
+                        format!("{why}; asking the workers for final checkpoint {id} again");
+                    self.event(false, reasons::FINAL_CHECKPOINT_RETRIED, message);
                     self.trigger(id, epoch, parallelism, true);
                 }
                 busy
@@ -1197,7 +1216,7 @@ mod tests {
         InFlight {
             id,
             completion: Completion::Waiting,
-            worker_failure: worker_failure.map(str::to_owned),
+            worker_failure: worker_failure.map(|w| WorkerFailure::Failed(w.to_owned())),
         }
     }
 
@@ -1744,6 +1763,50 @@ mod tests {
         assert_eq!(plan.actions, [abort, trigger(6, true)]);
         assert!(reasons_of(&plan).contains(&reasons::CHECKPOINT_ABORTED));
         assert_eq!(plan.requeue, BUSY);
+    }
+
+    #[test]
+    fn a_worker_that_restarted_in_the_final_checkpoint_is_asked_again() {
+        let mut job = running(3, None);
+        let st = job.status.as_mut().unwrap();
+        st.phase = Some(Phase::Checkpointing);
+        st.pending_checkpoint = Some(PendingCheckpoint {
+            stop: true,
+            ..pending(5)
+        });
+        st.rescale = Some(
+            serde_json::from_value(serde_json::json!({
+                "from": 2, "to": 3, "stage": "Checkpointing", "reason": "Scale",
+                "checkpoint": 4, "finalCheckpoint": 5,
+                "started": at(-5), "stageStarted": at(-5)
+            }))
+            .unwrap(),
+        );
+        let forgot = |w: WorkerFailure| InFlight {
+            worker_failure: Some(w),
+            ..waiting(5, None)
+        };
+        let restarted = forgot(WorkerFailure::Forgot("worker 0 restarted".into()));
+        let plan = decide(&job, &world(Some(restarted.clone()), Some((5, None))), BUSY).unwrap();
+        assert_eq!(plan.actions, [trigger(5, true)]);
+        assert_eq!(reasons_of(&plan), [reasons::FINAL_CHECKPOINT_RETRIED]);
+        let r = plan.status.rescale.as_ref().unwrap();
+        assert_eq!(
+            (r.stage, r.final_checkpoint),
+            (Stage::Checkpointing, Some(5))
+        );
+        assert_eq!(plan.status.pending_checkpoint.unwrap().failure, None);
+        // Not asked by this process: asked without an Event, as any recorded checkpoint.
+        let plan = decide(&job, &world(Some(restarted), None), BUSY).unwrap();
+        assert_eq!(plan.actions, [trigger(5, true)]);
+        assert!(reasons_of(&plan).is_empty());
+        // A worker that failed it fails it: the rescale goes on from checkpoint 4.
+        let failed = forgot(WorkerFailure::Failed("worker 1 failed".into()));
+        let plan = decide(&job, &world(Some(failed), Some((5, None))), BUSY).unwrap();
+        let r = plan.status.rescale.as_ref().unwrap();
+        assert_ne!(r.stage, Stage::Checkpointing);
+        assert_eq!(r.checkpoint, Some(4));
+        assert!(reasons_of(&plan).contains(&reasons::FINAL_CHECKPOINT_FAILED));
     }
 
     /// The bytes of `plan`'s status as the controller writes it (with its conditions), the
