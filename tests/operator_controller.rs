@@ -980,5 +980,54 @@ async fn a_partial_claim_gets_defaults_and_a_refused_one_is_degraded() {
         message.contains("ReadWriteSometimes") && message.contains("accessModes"),
         "{message}"
     );
+    // Degraded once, not rewritten in every round: each write would start the next at once.
+    // A round still under way may write once more; a loop writes every few milliseconds.
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        versions.insert(api.get("refused").await.unwrap().resource_version());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        versions.len() <= 2,
+        "the status of a refused job was written {} times in 3 s while nothing changed",
+        versions.len() - 1
+    );
+    // A refusal of a field that can change clears once the spec is fixed.
+    let mut y = job_yaml("relabelled", 1, M, &url);
+    y["spec"]["template"]["metadata"] = serde_json::json!({"labels": {"team": "not valid!"}});
+    let job: StatefulJob = serde_json::from_value(y).unwrap();
+    api.create(&PostParams::default(), &job).await.unwrap();
+    eventually("relabelled to be Degraded", LONG, || async {
+        let j = api.get("relabelled").await.ok()?;
+        let c = j
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")?;
+        (c.status == "True" && c.reason == "InvalidSpec").then_some(())
+    })
+    .await;
+    let fix =
+        serde_json::json!({"spec": {"template": {"metadata": {"labels": {"team": "valid"}}}}});
+    api.patch("relabelled", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    eventually("the fixed job's StatefulSet", LONG, || async {
+        sts.get("relabelled").await.ok()
+    })
+    .await;
+    eventually(
+        "the fixed job to be no longer InvalidSpec",
+        LONG,
+        || async {
+            let j = api.get("relabelled").await.ok()?;
+            let invalid =
+                j.status?.conditions.into_iter().any(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "InvalidSpec"
+                });
+            (!invalid).then_some(())
+        },
+    )
+    .await;
     operator.kill().await;
 }

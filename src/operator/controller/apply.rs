@@ -59,6 +59,7 @@ impl Round {
             plan.problem.as_ref(),
         )
         .await?;
+        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
         super::record_metrics(&self.ctx, &self.job, &status);
         for update in &plan.snapshots {
             self.record_snapshot(update).await?;
@@ -83,6 +84,15 @@ impl Round {
         }
         for act in &plan.actions {
             self.act(act, &world.pods, &token, &status).await?;
+        }
+        if plan
+            .problem
+            .as_ref()
+            .is_some_and(|p| p.reason == reasons::INVALID_SPEC)
+        {
+            // Every act went through: what the API server refused before is accepted now.
+            write_status(&self.ctx.client, &self.job, &mut status, None).await?;
+            super::record_metrics(&self.ctx, &self.job, &status);
         }
         Ok(Action::requeue(plan.requeue))
     }

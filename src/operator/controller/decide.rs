@@ -301,14 +301,14 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     Ok(d.finish())
 }
 
-/// The Degraded problem the recorded status shows (an invalid spec is re-checked each round).
+/// The Degraded problem the recorded status shows. An invalid spec stays until a round's
+/// actions all went through: clearing it before would rewrite the status twice a round, and
+/// each write starts the next round at once.
 fn recorded_problem(status: &StatefulJobStatus) -> Option<Problem> {
     status
         .conditions
         .iter()
-        .find(|c| {
-            c.type_ == status::DEGRADED && c.status == "True" && c.reason != reasons::INVALID_SPEC
-        })
+        .find(|c| c.type_ == status::DEGRADED && c.status == "True")
         .map(|c| Problem::new(&c.reason, c.message.clone()))
 }
 

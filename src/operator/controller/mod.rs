@@ -186,18 +186,16 @@ async fn reconcile_job(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Actio
     }
     finalizer(&api, FINALIZER, job, |event| async {
         match event {
-            finalizer::Event::Apply(job) => {
-                let result = match Round::new(job.clone(), ctx.clone()).await {
-                    Ok(round) => round.run().await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = &result
-                    && e.kind() == "invalid_spec"
-                {
-                    report_invalid(&job, &ctx, e).await;
+            finalizer::Event::Apply(job) => match Round::new(job.clone(), ctx.clone()).await {
+                Ok(round) => round.run().await,
+                Err(e) => {
+                    if e.kind() == "invalid_spec" {
+                        let status = job.status.clone().unwrap_or_default();
+                        report_invalid(&job, &ctx, status, &e).await;
+                    }
+                    Err(e)
                 }
-                result
-            }
+            },
             finalizer::Event::Cleanup(job) => cleanup(job, ctx.clone()).await,
         }
     })
@@ -225,9 +223,14 @@ pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Cont
 }
 
 /// Shows an error that only the user can fix (a bad spec, a foreign Secret) as the Degraded
-/// condition, so that `kubectl get sj -o yaml` says what is wrong, not only the operator's log.
-async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError) {
-    let mut status = job.status.clone().unwrap_or_default();
+/// condition on `status` (the job's latest), so that `kubectl get sj -o yaml` says what is
+/// wrong, not only the operator's log.
+async fn report_invalid(
+    job: &StatefulJob,
+    ctx: &Context,
+    mut status: StatefulJobStatus,
+    error: &ReconcileError,
+) {
     let problem = Problem::new(reasons::INVALID_SPEC, error.to_string());
     match write_status(&ctx.client, job, &mut status, Some(&problem)).await {
         Ok(()) => record_metrics(ctx, job, &status),
@@ -426,6 +429,8 @@ struct Round {
     store: CheckpointStore,
     /// The storage Secret's settings (also for stores the job imports from).
     settings: BTreeMap<String, String>,
+    /// The status this round wrote, once it did.
+    recorded: std::sync::Mutex<Option<StatefulJobStatus>>,
 }
 
 impl Round {
@@ -444,13 +449,32 @@ impl Round {
             ns,
             store,
             settings,
+            recorded: std::sync::Mutex::new(None),
         })
     }
 
     async fn run(self) -> Result<Action> {
-        let world = self.observe().await?;
-        let plan = decide::decide(&self.job, &world, self.ctx.busy_requeue)?;
-        self.apply(&world, plan).await
+        let result = async {
+            let world = self.observe().await?;
+            let plan = decide::decide(&self.job, &world, self.ctx.busy_requeue)?;
+            self.apply(&world, plan).await
+        }
+        .await;
+        if let Err(e) = &result
+            && e.kind() == "invalid_spec"
+        {
+            // On top of what this round recorded: the status it started from would undo that.
+            let recorded = self
+                .recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let status = recorded
+                .or_else(|| self.job.status.clone())
+                .unwrap_or_default();
+            report_invalid(&self.job, &self.ctx, status, e).await;
+        }
+        result
     }
 
     /// The token of the job's token Secret `s` (none when it holds none), or an error when the
