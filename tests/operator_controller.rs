@@ -453,7 +453,12 @@ async fn a_job_runs_checkpoints_rescales_and_suspends() {
     // A worker pod is lost while running: every worker restarts from the latest checkpoint at
     // a new epoch (the StatefulSet's replacement alone would hold older state than its peers).
     let before = api.get("orders").await.unwrap().status.unwrap();
-    assert_eq!(before.worker_pods.len(), 2, "{:?}", before.worker_pods);
+    assert_eq!(
+        before.ready_workers.as_ref().map(|r| r.count),
+        Some(2),
+        "{:?}",
+        before.ready_workers
+    );
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pod_api
         .delete("orders-1", &DeleteParams::default())
@@ -917,4 +922,112 @@ async fn claims_of_removed_ordinals_are_deleted_after_the_scale_in() {
             )
             .await;
     }
+}
+
+/// A claim that gives only its size gets the documented defaults (ReadWriteOnce), and a claim the
+/// API server refuses shows as Degraded with the server's message, not only in the operator's log.
+#[tokio::test]
+async fn a_partial_claim_gets_defaults_and_a_refused_one_is_degraded() {
+    let Some((client, ns, store_dir, _workers, operator)) = setup(
+        "a_partial_claim_gets_defaults_and_a_refused_one_is_degraded",
+        "regroup-claimspec",
+    )
+    .await
+    else {
+        return;
+    };
+    let api: Api<StatefulJob> = Api::namespaced(client.clone(), &ns.name);
+    let url = format!("file://{}", store_dir.path().display());
+    let create = |name: &'static str, claim: serde_json::Value| {
+        let mut y = job_yaml(name, 1, M, &url);
+        y["spec"]["stateVolume"] = serde_json::json!({ "claim": claim });
+        let job: StatefulJob = serde_json::from_value(y).unwrap();
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &job).await.unwrap() }
+    };
+    create(
+        "sized",
+        serde_json::json!({"resources": {"requests": {"storage": "5Gi"}}}),
+    )
+    .await;
+    create(
+        "refused",
+        serde_json::json!({"accessModes": ["ReadWriteSometimes"]}),
+    )
+    .await;
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let claim = eventually("the StatefulSet of sized", LONG, || async {
+        let set = sts.get("sized").await.ok()?;
+        set.spec.volume_claim_templates?.into_iter().next()?.spec
+    })
+    .await;
+    assert_eq!(claim.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
+    assert_eq!(
+        claim.resources.unwrap().requests.unwrap()["storage"].0,
+        "5Gi"
+    );
+    let message = eventually("refused to be Degraded", LONG, || async {
+        let j = api.get("refused").await.ok()?;
+        let c = j
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")?;
+        (c.reason == "InvalidSpec").then_some(c.message)
+    })
+    .await;
+    assert!(
+        message.contains("ReadWriteSometimes") && message.contains("accessModes"),
+        "{message}"
+    );
+    // Degraded once, not rewritten in every round: each write would start the next at once.
+    // A round still under way may write once more; a loop writes every few milliseconds.
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        versions.insert(api.get("refused").await.unwrap().resource_version());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        versions.len() <= 2,
+        "the status of a refused job was written {} times in 3 s while nothing changed",
+        versions.len() - 1
+    );
+    // A refusal of a field that can change clears once the spec is fixed.
+    let mut y = job_yaml("relabelled", 1, M, &url);
+    y["spec"]["template"]["metadata"] = serde_json::json!({"labels": {"team": "not valid!"}});
+    let job: StatefulJob = serde_json::from_value(y).unwrap();
+    api.create(&PostParams::default(), &job).await.unwrap();
+    eventually("relabelled to be Degraded", LONG, || async {
+        let j = api.get("relabelled").await.ok()?;
+        let c = j
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")?;
+        (c.status == "True" && c.reason == "InvalidSpec").then_some(())
+    })
+    .await;
+    let fix =
+        serde_json::json!({"spec": {"template": {"metadata": {"labels": {"team": "valid"}}}}});
+    api.patch("relabelled", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    eventually("the fixed job's StatefulSet", LONG, || async {
+        sts.get("relabelled").await.ok()
+    })
+    .await;
+    eventually(
+        "the fixed job to be no longer InvalidSpec",
+        LONG,
+        || async {
+            let j = api.get("relabelled").await.ok()?;
+            let invalid =
+                j.status?.conditions.into_iter().any(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "InvalidSpec"
+                });
+            (!invalid).then_some(())
+        },
+    )
+    .await;
+    operator.kill().await;
 }

@@ -41,7 +41,7 @@ install_operator() {
 # Optional settings (environment): JOB_INTERVAL (10s), JOB_TIMEOUT (20s), JOB_RETAIN (3), and
 # lines added as they are (indented for their place): JOB_SECRET_EXTRA (the Secret's
 # stringData, 2 spaces), JOB_SPEC_EXTRA (spec, 2 spaces), JOB_POD_EXTRA (the pod spec, 6 spaces),
-# JOB_CONTAINER_EXTRA (the worker container, 10 spaces).
+# JOB_CONTAINER_EXTRA (the worker container, 10 spaces), JOB_ENV_EXTRA (its env, 12 spaces).
 job_manifest() {
   local ns=$1 name=$2 parallelism=$3 store=$4 rate=${5:-300} marker=${6:-a}
   cat <<EOF
@@ -101,6 +101,7 @@ ${JOB_POD_EXTRA:-}
               value: \$(POD_IP):8080
             - name: REGROUP_RATE
               value: "$rate"
+${JOB_ENV_EXTRA:-}
           readinessProbe:
             httpGet:
               path: /readyz

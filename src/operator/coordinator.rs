@@ -67,6 +67,25 @@ impl Notice {
     }
 }
 
+/// Why a worker can no longer take part in a checkpoint it was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerFailure {
+    /// It failed the checkpoint: the checkpoint can never complete.
+    Failed(String),
+    /// It restarted after it was asked and no longer knows the checkpoint: asking it again
+    /// can still complete it.
+    Forgot(String),
+}
+
+impl WorkerFailure {
+    /// What happened, for status and Events.
+    pub fn message(&self) -> &str {
+        match self {
+            WorkerFailure::Failed(m) | WorkerFailure::Forgot(m) => m,
+        }
+    }
+}
+
 /// The workers' checkpoint API. A trait so that tests against a real API server, whose pods are
 /// not real processes, can substitute workers that write real handles to a real store.
 #[async_trait]
@@ -81,7 +100,12 @@ pub trait WorkerClient: Send + Sync {
     /// Why checkpoint `id` can no longer complete on `worker`, if it cannot: the worker
     /// reported a failure, or does not know the id (it restarted after it was asked). Errors
     /// reaching the worker are not failures of the checkpoint: the timeout covers them.
-    async fn failure(&self, worker: &WorkerTarget, token: &str, id: u64) -> Result<Option<String>> {
+    async fn failure(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        id: u64,
+    ) -> Result<Option<WorkerFailure>> {
         let _ = (worker, token, id);
         Ok(None)
     }
@@ -155,21 +179,26 @@ impl WorkerClient for HttpWorkerClient {
         answer(worker, &format!("checkpoint {}", request.id), result)
     }
 
-    async fn failure(&self, worker: &WorkerTarget, token: &str, id: u64) -> Result<Option<String>> {
+    async fn failure(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        id: u64,
+    ) -> Result<Option<WorkerFailure>> {
         use crate::worker::checkpoints::CheckpointStatus;
         use crate::worker::client::Refused;
         let name = format!("worker {} of {}", worker.subtask, worker.job);
         Ok(
             match self.client(token)?.status(&worker.base_url, id).await? {
                 Ok(record) => match record.status {
-                    CheckpointStatus::Failed { reason } => {
-                        Some(format!("{name} failed checkpoint {id}: {reason}"))
-                    }
+                    CheckpointStatus::Failed { reason } => Some(WorkerFailure::Failed(format!(
+                        "{name} failed checkpoint {id}: {reason}"
+                    ))),
                     _ => None,
                 },
-                Err(Refused::Unknown(_)) => Some(format!(
+                Err(Refused::Unknown(_)) => Some(WorkerFailure::Forgot(format!(
                     "{name} does not know checkpoint {id}: it restarted after it was asked"
-                )),
+                ))),
                 Err(_) => None,
             },
         )
@@ -249,23 +278,29 @@ pub async fn trigger_all(
     results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
 }
 
-/// The first reason why checkpoint `id` can no longer complete on one of `workers`, asking
-/// them concurrently (see [`WorkerClient::failure`]).
+/// Why checkpoint `id` cannot complete as it stands on `workers`, asking them concurrently
+/// (see [`WorkerClient::failure`]): a worker's failure before one that forgot it, since no
+/// second request mends a failure.
 pub async fn first_failure(
     client: &dyn WorkerClient,
     workers: &[WorkerTarget],
     token: &str,
     id: u64,
-) -> Option<String> {
+) -> Option<WorkerFailure> {
     let answers =
         futures::future::join_all(workers.iter().map(|w| client.failure(w, token, id))).await;
-    answers.into_iter().find_map(|a| match a {
-        Ok(failure) => failure,
-        Err(e) => {
-            warn!(checkpoint = id, error = %e, "checkpoint status not read");
-            None
-        }
-    })
+    let mut failures: Vec<WorkerFailure> = answers
+        .into_iter()
+        .filter_map(|a| match a {
+            Ok(failure) => failure,
+            Err(e) => {
+                warn!(checkpoint = id, error = %e, "checkpoint status not read");
+                None
+            }
+        })
+        .collect();
+    failures.sort_by_key(|f| matches!(f, WorkerFailure::Forgot(_)));
+    failures.into_iter().next()
 }
 
 /// Sends a notice to every worker, concurrently; failures are logged, not returned: the store
@@ -390,6 +425,17 @@ pub fn periodic(now: &Time, inputs: &CheckpointInputs<'_>) -> Decision {
             on_demand: false,
         },
     }
+}
+
+/// When the periodic checkpoint after one triggered at `last_attempt` is due.
+pub fn due(last_attempt: &Time, interval: Duration) -> Time {
+    // Errs only for calendar units, which a std Duration has not.
+    Time(
+        last_attempt
+            .0
+            .saturating_add(interval)
+            .unwrap_or(last_attempt.0),
+    )
 }
 
 /// The outcome of the final checkpoint `id`, from what the store said (`completed`), the
@@ -533,6 +579,12 @@ mod tests {
             Decision::Wait(Duration::from_secs(40))
         );
         assert_eq!(periodic(&t(1040), &attempted), trigger(4, false));
+        // Due when the wait ends, not when a later round comes.
+        assert_eq!(due(&t980, MIN), t(1040));
+        assert_eq!(
+            periodic(&t(1039), &attempted),
+            Decision::Wait(Duration::from_secs(1))
+        );
         // A new trigger value: now, even within the interval; the same value again: not.
         let asked = CheckpointInputs {
             last_attempt: Some(&t990),

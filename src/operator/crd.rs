@@ -699,7 +699,7 @@ pub struct StateVolume {
     /// Spec of each worker's persistent volume claim (from volumeClaimTemplates, kept through a
     /// rescale so that the restore reuses the files on it; the claims of ordinals a scale-in
     /// removed are deleted once it has completed; all are retained when the job is suspended
-    /// or deleted). Default: ReadWriteOnce, 1Gi, the default storage class.
+    /// or deleted). What it leaves out: ReadWriteOnce, 1Gi, the default storage class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<PersistentVolumeClaimSpec>,
 
@@ -766,8 +766,14 @@ pub struct StatefulJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescale: Option<RescaleStatus>,
 
-    /// UIDs of the worker pods of the running generation, recorded when it became ready; a
-    /// worker pod not among them (or one of them gone) means a worker was lost.
+    /// The worker pods of the running generation, recorded when it became ready (their number
+    /// and a digest of their UIDs: the same size at any parallelism); a worker pod not among
+    /// them (or one of them gone) means a worker was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_workers: Option<ReadyWorkers>,
+
+    /// What earlier versions recorded instead of readyWorkers: the UIDs themselves, a list
+    /// that grew with parallelism. Read once after an upgrade (as readyWorkers), never written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub worker_pods: Vec<String>,
 
@@ -815,6 +821,39 @@ pub struct StatefulJobStatus {
     /// Ready, Progressing and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The most bytes status takes as JSON at any parallelism, lastReadyTemplate (the job's own pod
+/// template) aside, with every list at its spec's largest bound (history 20, restart limit 100,
+/// 32 restore progress entries): every watch event and cached copy of a job carries it, so 200
+/// jobs cost the operator about 3 MiB.
+pub const STATUS_BYTES_BOUND: usize = 16 << 10;
+
+/// A set of worker pods in a size that does not grow with parallelism.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyWorkers {
+    /// How many pods.
+    pub count: u32,
+    /// XXH3-128 of their UIDs, sorted, each followed by a newline (32 hex digits).
+    pub digest: String,
+}
+
+impl ReadyWorkers {
+    /// The set of the pods with `uids` (in any order).
+    pub fn of<S: AsRef<str>>(uids: &[S]) -> Self {
+        let mut sorted: Vec<&str> = uids.iter().map(AsRef::as_ref).collect();
+        sorted.sort_unstable();
+        let mut text = String::with_capacity(sorted.iter().map(|u| u.len() + 1).sum());
+        for uid in sorted {
+            text.push_str(uid);
+            text.push('\n');
+        }
+        ReadyWorkers {
+            count: uids.len() as u32,
+            digest: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes())),
+        }
+    }
 }
 
 /// A rollout that was rolled back.

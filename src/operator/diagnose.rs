@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::crd::ReadyWorkers;
 use super::resources::RESTORE_CONTAINER;
 
 /// Waiting reasons that mean a container cannot run until something changes.
@@ -118,23 +119,30 @@ pub fn node_not_ready(node: &Node) -> bool {
 
 /// Why a worker of the running generation counts as lost, if one does: a recorded pod is gone
 /// or terminating, a pod not recorded took a worker's place, or a worker container restarted.
-/// `recorded` are the pod UIDs of the generation when it became ready (none: nothing to check);
-/// `live` are the generation's pods that are not terminating.
-pub fn lost_worker(recorded: &[String], live: &[&Pod]) -> Option<String> {
-    if recorded.is_empty() {
-        return None;
+/// `recorded` are the generation's pods when it became ready (none: nothing to check); `live`
+/// are the generation's pods that are not terminating.
+pub fn lost_worker(recorded: Option<&ReadyWorkers>, live: &[&Pod]) -> Option<String> {
+    let recorded = recorded?;
+    if (live.len() as u32) < recorded.count {
+        return Some(gone(recorded.count, live));
     }
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-    if let Some(gone) = recorded
+    let uids: Vec<String> = live
         .iter()
-        .find(|r| !live.iter().any(|p| &uid(p) == *r))
-    {
-        return Some(format!("worker pod {gone} is gone"));
+        .map(|p| p.metadata.uid.clone().unwrap_or_default())
+        .collect();
+    if ReadyWorkers::of(&uids) != *recorded {
+        // The replacement is the pod created last: the others became ready together before it.
+        let newest = live
+            .iter()
+            .max_by_key(|p| p.metadata.creation_timestamp.clone())
+            .map(|p| p.name_any())
+            .unwrap_or_default();
+        return Some(format!(
+            "worker pod {newest} was replaced (the generation's pods are not the {} that became ready)",
+            recorded.count
+        ));
     }
     for p in live {
-        if !recorded.contains(&uid(p)) {
-            return Some(format!("worker pod {} was replaced", p.name_any()));
-        }
         let restarts: i32 = p
             .status
             .as_ref()
@@ -149,6 +157,28 @@ pub fn lost_worker(recorded: &[String], live: &[&Pod]) -> Option<String> {
         }
     }
     None
+}
+
+/// Which of the `count` worker pods that became ready is gone, named after the live ones
+/// (StatefulSet pods are `<name>-<ordinal>`).
+fn gone(count: u32, live: &[&Pod]) -> String {
+    let ordinal = |p: &&Pod| {
+        let name = p.name_any();
+        let (prefix, n) = name.rsplit_once('-')?;
+        Some((prefix.to_owned(), n.parse::<u32>().ok()?))
+    };
+    let named: Vec<(String, u32)> = live.iter().filter_map(ordinal).collect();
+    let missing = (0..count).find(|k| !named.iter().any(|(_, n)| n == k));
+    match (named.first(), missing) {
+        (Some((prefix, _)), Some(k)) => format!(
+            "worker pod {prefix}-{k} is gone ({} of {count} left)",
+            live.len()
+        ),
+        _ => format!(
+            "{} of the {count} worker pods that became ready are gone",
+            count - live.len() as u32
+        ),
+    }
 }
 
 /// The first of `pods` still there a minute after its grace period ended (the API server sets
@@ -261,21 +291,33 @@ mod tests {
 
     #[test]
     fn lost_workers() {
-        let recorded = vec!["u0".to_owned(), "u1".to_owned()];
+        let recorded = ReadyWorkers::of(&["u0", "u1"]);
         let (a, b) = (worker_pod("j-0", "u0", 0), worker_pod("j-1", "u1", 0));
-        assert_eq!(lost_worker(&recorded, &[&a, &b]), None);
+        assert_eq!(lost_worker(Some(&recorded), &[&a, &b]), None);
         assert_eq!(
-            lost_worker(&[], &[&a]),
+            lost_worker(Some(&recorded), &[&b, &a]),
+            None,
+            "in any order"
+        );
+        assert_eq!(
+            lost_worker(None, &[&a]),
             None,
             "nothing recorded, nothing to compare"
         );
-        let gone = lost_worker(&recorded, &[&a]).unwrap();
-        assert!(gone.contains("u1") && gone.contains("gone"), "{gone}");
-        let replacement = worker_pod("j-1", "u9", 0);
-        let replaced = lost_worker(&recorded, &[&a, &replacement]).unwrap();
-        assert!(replaced.contains("u1 is gone"), "{replaced}");
+        let gone = lost_worker(Some(&recorded), &[&a]).unwrap();
+        assert!(gone.contains("j-1 is gone"), "{gone}");
+        let gone = lost_worker(Some(&recorded), &[&b]).unwrap();
+        assert!(gone.contains("j-0 is gone"), "{gone}");
+        let mut replacement = worker_pod("j-1", "u9", 0);
+        replacement.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        ));
+        let replaced = lost_worker(Some(&recorded), &[&a, &replacement]).unwrap();
+        assert!(replaced.contains("j-1 was replaced"), "{replaced}");
+        let extra = worker_pod("j-2", "u2", 0);
+        assert!(lost_worker(Some(&recorded), &[&a, &b, &extra]).is_some());
         let restarted = worker_pod("j-1", "u1", 2);
-        let msg = lost_worker(&recorded, &[&a, &restarted]).unwrap();
+        let msg = lost_worker(Some(&recorded), &[&a, &restarted]).unwrap();
         assert!(
             msg.contains("j-1 restarted its containers 2 times"),
             "{msg}"

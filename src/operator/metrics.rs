@@ -22,6 +22,14 @@ fn histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 2.0, 17))
 }
 
+/// Buckets for the control plane's own latencies: fine below a second, with 1 s a bound (the
+/// trigger delay's target).
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
 /// Every phase, for the one-hot `job_phase` series.
 const PHASES: [Phase; 8] = [
     Phase::Pending,
@@ -62,6 +70,10 @@ pub struct OperatorMetrics {
     pub reconciles: Counter,
     /// Failed reconciliations, by error kind.
     pub reconcile_errors: Family<Labels, Counter>,
+    /// Seconds one reconciliation took (reads, writes and worker calls included).
+    pub reconcile_duration: Histogram,
+    /// Seconds from when a periodic checkpoint was due to when the workers were asked for it.
+    pub checkpoint_trigger_delay: Histogram,
     /// Checkpoints that completed, were aborted or failed, by job and outcome.
     pub checkpoints: Family<Labels, Counter>,
     /// Checkpoints that failed or were given up, by job and reason (see [`failure`]).
@@ -108,6 +120,8 @@ impl Default for OperatorMetrics {
         let m = Self {
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
+            reconcile_duration: latency_histogram(),
+            checkpoint_trigger_delay: latency_histogram(),
             checkpoints: Family::default(),
             checkpoint_failures: Family::default(),
             checkpoint_duration: Family::new_with_constructor(histogram as fn() -> Histogram),
@@ -134,6 +148,16 @@ impl Default for OperatorMetrics {
             "reconcile_errors",
             "Failed reconciliations by error kind",
             m.reconcile_errors.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Seconds one reconciliation took",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "checkpoint_trigger_delay_seconds",
+            "Seconds from when a periodic checkpoint was due (last trigger + interval) to its trigger",
+            m.checkpoint_trigger_delay.clone(),
         );
         r.register(
             "checkpoints",

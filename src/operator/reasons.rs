@@ -15,6 +15,8 @@ pub const CHECKPOINT_ABORTED: &str = "CheckpointAborted";
 pub const FINAL_CHECKPOINT_COMPLETED: &str = "FinalCheckpointCompleted";
 /// The stop-with-checkpoint of a rescale failed; the rescale goes on from the latest one.
 pub const FINAL_CHECKPOINT_FAILED: &str = "FinalCheckpointFailed";
+/// A worker restarted during the stop-with-checkpoint of a rescale and was asked again.
+pub const FINAL_CHECKPOINT_RETRIED: &str = "FinalCheckpointRetried";
 
 // Events about rescales.
 /// A rescale started over (a worker or pod was lost mid-way).

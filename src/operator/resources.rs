@@ -11,9 +11,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec,
-    SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ObjectFieldSelector, PersistentVolumeClaim, PodTemplateSpec, SeccompProfile, Secret,
+    SecretEnvSource, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -404,22 +404,17 @@ pub fn state_claim(job: &StatefulJob) -> Option<PersistentVolumeClaim> {
     if job.spec.state_volume.empty_dir.is_some() {
         return None;
     }
-    let spec = job
-        .spec
-        .state_volume
-        .claim
-        .clone()
-        .unwrap_or_else(|| PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity("1Gi".to_owned()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+    // What the claim leaves out gets the documented default, as a StatefulSet needs both.
+    let mut spec = job.spec.state_volume.claim.clone().unwrap_or_default();
+    if spec.access_modes.as_ref().is_none_or(|m| m.is_empty()) {
+        spec.access_modes = Some(vec!["ReadWriteOnce".to_owned()]);
+    }
+    let resources = spec.resources.get_or_insert_with(Default::default);
+    resources
+        .requests
+        .get_or_insert_with(Default::default)
+        .entry("storage".to_owned())
+        .or_insert_with(|| Quantity("1Gi".to_owned()));
     Some(PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(STATE_VOLUME.to_owned()),
@@ -858,6 +853,28 @@ mod tests {
             "resources": {"requests": {"storage": "50Gi"}}}}}));
         let claim = state_claim(&j).unwrap().spec.unwrap();
         assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    }
+
+    #[test]
+    fn a_partial_claim_gets_the_defaults_it_leaves_out() {
+        let j = job(serde_json::json!({"stateVolume": {"claim": {"storageClassName": "fast"}}}));
+        let claim = state_claim(&j).unwrap().spec.unwrap();
+        assert_eq!(claim.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
+        assert_eq!(
+            claim.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("1Gi".into())
+        );
+        let j = job(serde_json::json!({"stateVolume": {"claim": {
+            "accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "5Gi"}}}}}));
+        let claim = state_claim(&j).unwrap().spec.unwrap();
+        assert_eq!(
+            claim.access_modes,
+            Some(vec!["ReadWriteOncePod".to_owned()])
+        );
+        assert_eq!(
+            claim.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("5Gi".into())
+        );
     }
 
     #[test]

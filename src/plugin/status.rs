@@ -390,33 +390,31 @@ impl JobStatus {
             let _ = writeln!(out, "restore progress: {p}");
         }
         out.push_str("\nWorkers:\n");
-        if self.pods.is_empty() {
-            out.push_str("  (no worker pods)\n");
-        } else {
-            let rows: Vec<Vec<String>> = self
-                .pods
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.subtask.map_or("-".to_owned(), |s| s.to_string()),
-                        p.name.clone(),
-                        p.epoch.map_or("-".to_owned(), |e| e.to_string()),
-                        p.phase.clone(),
-                        if p.ready { "yes" } else { "no" }.to_owned(),
-                        p.restarts.to_string(),
-                        p.node.clone().unwrap_or_else(|| "-".to_owned()),
-                        p.ip.clone().unwrap_or_else(|| "-".to_owned()),
-                        age(p.age_seconds),
-                    ]
-                })
-                .collect();
-            out.push_str(&indent(&table(
-                &[
-                    "SUBTASK", "POD", "EPOCH", "PHASE", "READY", "RESTARTS", "NODE", "IP", "AGE",
-                ],
-                &rows,
-            )));
-        }
+        let rows: Vec<Vec<String>> = self
+            .pods
+            .iter()
+            .map(|p| {
+                vec![
+                    p.subtask.map_or("-".to_owned(), |s| s.to_string()),
+                    p.name.clone(),
+                    p.epoch.map_or("-".to_owned(), |e| e.to_string()),
+                    p.phase.clone(),
+                    if p.ready { "yes" } else { "no" }.to_owned(),
+                    p.restarts.to_string(),
+                    p.node.clone().unwrap_or_else(|| "-".to_owned()),
+                    p.ip.clone().unwrap_or_else(|| "-".to_owned()),
+                    age(p.age_seconds),
+                ]
+            })
+            .collect();
+        section(
+            &mut out,
+            "(no worker pods)",
+            &[
+                "SUBTASK", "POD", "EPOCH", "PHASE", "READY", "RESTARTS", "NODE", "IP", "AGE",
+            ],
+            &rows,
+        );
         out.push_str("\nCheckpoints:\n");
         if let Some(p) = &self.pending_checkpoint {
             let _ = writeln!(
@@ -440,74 +438,79 @@ impl JobStatus {
         if let Some(e) = &self.store_error {
             let _ = writeln!(out, "  store not read ({e}); from status only:");
         }
-        if self.checkpoints.is_empty() {
-            out.push_str("  (none completed yet)\n");
-        } else {
-            let rows: Vec<Vec<String>> = self
-                .checkpoints
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.id.to_string(),
-                        age(c.age_seconds),
-                        bytes(c.bytes_total),
-                        bytes(c.bytes_new),
-                        c.parallelism.map_or("-".to_owned(), |p| p.to_string()),
-                        c.duration_seconds
-                            .map_or("-".to_owned(), |d| format!("{d:.1}s")),
-                    ]
-                })
-                .collect();
-            out.push_str(&indent(&table(
-                &["ID", "AGE", "BYTES", "NEW", "PARALLELISM", "DURATION"],
-                &rows,
-            )));
-        }
+        let rows: Vec<Vec<String>> = self
+            .checkpoints
+            .iter()
+            .map(|c| {
+                vec![
+                    c.id.to_string(),
+                    age(c.age_seconds),
+                    bytes(c.bytes_total),
+                    bytes(c.bytes_new),
+                    c.parallelism.map_or("-".to_owned(), |p| p.to_string()),
+                    c.duration_seconds
+                        .map_or("-".to_owned(), |d| format!("{d:.1}s")),
+                ]
+            })
+            .collect();
+        section(
+            &mut out,
+            "(none completed yet)",
+            &["ID", "AGE", "BYTES", "NEW", "PARALLELISM", "DURATION"],
+            &rows,
+        );
         out.push_str("\nConditions:\n");
-        if self.conditions.is_empty() {
-            out.push_str("  (none)\n");
-        } else {
-            let rows: Vec<Vec<String>> = self
-                .conditions
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.type_.clone(),
-                        c.status.clone(),
-                        c.reason.clone(),
-                        age(c.age_seconds),
-                        c.message.clone(),
-                    ]
-                })
-                .collect();
-            out.push_str(&indent(&table(
-                &["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"],
-                &rows,
-            )));
-        }
+        let rows: Vec<Vec<String>> = self
+            .conditions
+            .iter()
+            .map(|c| {
+                vec![
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    age(c.age_seconds),
+                    c.message.clone(),
+                ]
+            })
+            .collect();
+        section(
+            &mut out,
+            "(none)",
+            &["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"],
+            &rows,
+        );
         out.push_str("\nEvents:\n");
-        if self.events.is_empty() {
-            out.push_str("  (none)\n");
-        } else {
-            let rows: Vec<Vec<String>> = self
-                .events
-                .iter()
-                .map(|e| {
-                    vec![
-                        age(e.age_seconds),
-                        e.type_.clone(),
-                        e.reason.clone(),
-                        e.count.to_string(),
-                        e.message.clone(),
-                    ]
-                })
-                .collect();
-            out.push_str(&indent(&table(
-                &["AGE", "TYPE", "REASON", "COUNT", "MESSAGE"],
-                &rows,
-            )));
-        }
+        let rows: Vec<Vec<String>> = self
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    age(e.age_seconds),
+                    e.type_.clone(),
+                    e.reason.clone(),
+                    e.count.to_string(),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        section(
+            &mut out,
+            "(none)",
+            &["AGE", "TYPE", "REASON", "COUNT", "MESSAGE"],
+            &rows,
+        );
         out
+    }
+}
+
+/// One indented section of `status NAME`: its table, or `empty` when it has no rows.
+fn section(out: &mut String, empty: &str, headers: &[&str], rows: &[Vec<String>]) {
+    if rows.is_empty() {
+        out.push_str("  ");
+        out.push_str(empty);
+        out.push('\n');
+    } else {
+        out.push_str(&indent(&table(headers, rows)));
     }
 }
 

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use super::KeyedJob;
 use super::metrics::WorkerMetrics;
 use crate::backend::{IncrementalSnapshotter, LocalSnapshot, StateBackend};
+use crate::checkpoint::ProcessedEvents;
 use crate::error::{Error, Result};
 
 /// The background compaction of what a restore clipped outside the range, while it runs; the
@@ -77,6 +78,7 @@ impl Engine {
                     metrics,
                     cleanup,
                     paused: false,
+                    processed: None,
                 }
                 .run(rx);
                 if let Err(e) = &r {
@@ -130,6 +132,8 @@ struct Loop<J> {
     scratch: PathBuf,
     metrics: WorkerMetrics,
     paused: bool,
+    /// This process's first and latest event, recorded in every handle.
+    processed: Option<ProcessedEvents>,
 }
 
 /// What the loop does after handling a control message.
@@ -165,6 +169,9 @@ impl<J: KeyedJob> Loop<J> {
             batch.commit()?;
             self.metrics.events_processed.inc_by(step.events);
             if step.events > 0 {
+                let now = chrono::Utc::now();
+                let first = self.processed.map_or(now, |p| p.first);
+                self.processed = Some(ProcessedEvents { first, last: now });
                 self.metrics
                     .busy_seconds
                     .inc_by(began.elapsed().as_secs_f64());
@@ -210,7 +217,13 @@ impl<J: KeyedJob> Loop<J> {
                     }
                 }
                 let started = Instant::now();
-                let r = self.snapshotter.capture(&self.backend, id, &self.scratch);
+                let r = self
+                    .snapshotter
+                    .capture(&self.backend, id, &self.scratch)
+                    .map(|mut s| {
+                        s.processed = self.processed;
+                        s
+                    });
                 self.metrics
                     .capture_seconds
                     .observe(started.elapsed().as_secs_f64());

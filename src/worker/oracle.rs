@@ -343,6 +343,7 @@ mod tests {
                 rate: 0,
                 keys_per_group: 3,
                 events_per_step: 7,
+                preload: false,
             };
             let mut job = ReferenceJob::new(args, M, range);
             job.open(&backend).unwrap();

@@ -52,6 +52,10 @@ pub struct ReferenceJobArgs {
     #[arg(long, env = "REGROUP_EVENTS_PER_STEP", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub events_per_step: u32,
+    /// Apply events as fast as possible until every key of this worker's key groups exists
+    /// (the first --keys-per-group events of each group), then at --rate: a large state quickly.
+    #[arg(long, env = "REGROUP_PRELOAD")]
+    pub preload: bool,
 }
 
 /// One event of a key group's source.
@@ -63,14 +67,21 @@ pub struct Event {
     pub delta: u64,
 }
 
-/// Event `n` of key group `g` when each group has `keys_per_group` keys: a pure function.
+/// Event `n` of key group `g` when each group has `keys_per_group` keys: a pure function. The
+/// first `keys_per_group` events of a group visit its keys in order, so that a preloaded state
+/// holds every key; the rest pick keys by hash.
 pub fn event(g: u32, n: u64, keys_per_group: u32) -> Event {
     let mut bytes = [0u8; 12];
     bytes[..4].copy_from_slice(&g.to_be_bytes());
     bytes[4..].copy_from_slice(&n.to_be_bytes());
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, EVENT_SEED);
+    let key_index = if n < u64::from(keys_per_group) {
+        n as u32
+    } else {
+        (h % u64::from(keys_per_group)) as u32
+    };
     Event {
-        key_index: (h % u64::from(keys_per_group)) as u32,
+        key_index,
         delta: (h >> 40) % 1000 + 1,
     }
 }
@@ -80,28 +91,49 @@ pub fn event(g: u32, n: u64, keys_per_group: u32) -> Event {
 #[derive(Debug)]
 pub struct KeySpace {
     keys_per_group: u32,
+    /// The first key group held.
+    start: u32,
     groups: Vec<Vec<String>>,
 }
 
 impl KeySpace {
     /// The key space of `max_parallelism` key groups with `keys_per_group` keys each.
     pub fn new(max_parallelism: u32, keys_per_group: u32) -> Self {
-        let m = max_parallelism as usize;
+        Self::of_range(
+            max_parallelism,
+            keys_per_group,
+            KeyGroupRange {
+                start: 0,
+                end: max_parallelism - 1,
+            },
+        )
+    }
+
+    /// The keys of the key groups of `range` only: what one worker needs (a worker of a large
+    /// state keeps only its own keys in memory).
+    pub fn of_range(max_parallelism: u32, keys_per_group: u32, range: KeyGroupRange) -> Self {
+        use std::fmt::Write;
         let k = keys_per_group as usize;
-        let mut groups: Vec<Vec<String>> = vec![Vec::with_capacity(k); m];
-        let mut missing = m * k;
+        let mut groups: Vec<Vec<String>> = vec![Vec::with_capacity(k); range.len() as usize];
+        let mut missing = groups.len() * k;
+        let mut name = String::new();
         let mut c: u64 = 0;
         while missing > 0 {
-            let key = format!("key-{c}");
-            let g = key_group_for_key(key.as_bytes(), max_parallelism) as usize;
-            if groups[g].len() < k {
-                groups[g].push(key);
-                missing -= 1;
+            name.clear();
+            let _ = write!(name, "key-{c}");
+            let g = key_group_for_key(name.as_bytes(), max_parallelism);
+            if range.contains(g) {
+                let keys = &mut groups[(g - range.start) as usize];
+                if keys.len() < k {
+                    keys.push(name.clone());
+                    missing -= 1;
+                }
             }
             c += 1;
         }
         Self {
             keys_per_group,
+            start: range.start,
             groups,
         }
     }
@@ -111,9 +143,9 @@ impl KeySpace {
         self.keys_per_group
     }
 
-    /// The keys of key group `g`.
+    /// The keys of key group `g` (one of those held).
     pub fn keys(&self, g: u32) -> &[String] {
-        &self.groups[g as usize]
+        &self.groups[(g - self.start) as usize]
     }
 }
 
@@ -172,12 +204,21 @@ pub struct ReferenceJob {
     cursor: u32,
     started: Option<Instant>,
     applied: u64,
+    /// Owned key groups still preloading (some of their keys do not exist yet).
+    preloading: u32,
 }
+
+/// Events of one key group per preload step: two puts each, within one batch's bounds.
+const PRELOAD_STEP: u64 = 200;
 
 impl ReferenceJob {
     /// The job for the key groups of `range` out of `max_parallelism`.
     pub fn new(args: ReferenceJobArgs, max_parallelism: u32, range: KeyGroupRange) -> Self {
-        let keys = Arc::new(KeySpace::new(max_parallelism, args.keys_per_group));
+        let keys = Arc::new(KeySpace::of_range(
+            max_parallelism,
+            args.keys_per_group,
+            range,
+        ));
         Self {
             args,
             keys,
@@ -186,6 +227,7 @@ impl ReferenceJob {
             cursor: 0,
             started: None,
             applied: 0,
+            preloading: 0,
         }
     }
 
@@ -278,17 +320,25 @@ impl KeyedJob for ReferenceJob {
                 ),
             });
         }
+        if self.args.preload {
+            let k = u64::from(self.args.keys_per_group);
+            self.preloading = self.positions.iter().filter(|&&p| p < k).count() as u32;
+        }
         Ok(())
     }
 
     fn step(&mut self, backend: &StateBackend, batch: &mut StateBatch<'_>) -> Result<Step> {
-        let budget = match self.budget() {
-            Ok(b) => b,
-            Err(wait) => {
-                return Ok(Step {
-                    events: 0,
-                    idle: Some(wait),
-                });
+        let budget = if self.preloading > 0 {
+            PRELOAD_STEP
+        } else {
+            match self.budget() {
+                Ok(b) => b,
+                Err(wait) => {
+                    return Ok(Step {
+                        events: 0,
+                        idle: Some(wait),
+                    });
+                }
             }
         };
         let g = self.range.start + self.cursor;
@@ -317,7 +367,20 @@ impl KeyedJob for ReferenceJob {
         };
         batch.put_in_group(DEFAULT_STATE, g, POSITION_KEY, &position.encode())?;
         self.positions[i] = next;
-        self.applied += budget;
+        let k = u64::from(self.args.keys_per_group);
+        if self.preloading == 0 {
+            self.applied += budget;
+        } else if first < k && next >= k {
+            self.preloading -= 1;
+            if self.preloading == 0 {
+                tracing::info!(
+                    keys = k * u64::from(self.range.len()),
+                    "preloaded: every key exists, now at --rate"
+                );
+                // The rate starts now: the preload owes it nothing.
+                self.started = None;
+            }
+        }
         Ok(Step {
             events: budget,
             idle: None,
@@ -400,6 +463,55 @@ mod tests {
             rate,
             keys_per_group: 4,
             events_per_step: 16,
+            preload: false,
+        }
+    }
+
+    #[test]
+    fn preload_creates_every_key_then_keeps_to_the_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = KeyGroupRange::for_subtask(16, 2, 0).unwrap();
+        let k = 450;
+        let args = ReferenceJobArgs {
+            keys_per_group: k,
+            preload: true,
+            ..args(1)
+        };
+        let mut job = ReferenceJob::new(args, 16, range);
+        let backend = StateBackend::open(dir.path(), 16, range, &[COUNTS, SUMS]).unwrap();
+        job.open(&backend).unwrap();
+        assert_eq!(job.preloading, range.len());
+        // At 1 event/s the preload alone makes progress: whole steps, no waits.
+        while job.preloading > 0 {
+            let mut batch = backend.batch();
+            let s = job.step(&backend, &mut batch).unwrap();
+            assert!(s.idle.is_none() && s.events > 0);
+            batch.commit().unwrap();
+        }
+        let keys = KeySpace::of_range(16, k, range);
+        for g in range.iter() {
+            for key in keys.keys(g) {
+                assert!(
+                    backend
+                        .get_in_group(COUNTS, g, key.as_bytes())
+                        .unwrap()
+                        .is_some(),
+                    "{key} of key group {g} missing after the preload"
+                );
+            }
+        }
+        // Then the rate applies again: nothing is owed right after the preload.
+        let mut batch = backend.batch();
+        assert!(job.step(&backend, &mut batch).unwrap().events <= 1);
+    }
+
+    #[test]
+    fn a_range_key_space_holds_the_same_keys() {
+        let all = KeySpace::new(16, 5);
+        let range = KeyGroupRange::new(5, 9).unwrap();
+        let part = KeySpace::of_range(16, 5, range);
+        for g in range.iter() {
+            assert_eq!(part.keys(g), all.keys(g));
         }
     }
 

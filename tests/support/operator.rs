@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use regroup::checkpoint::metadata::SubtaskHandle;
 use regroup::checkpoint::{CheckpointStore, JobId};
@@ -89,7 +89,6 @@ pub async fn install_crd(client: &Client) {
 /// A fresh namespace, deleted when dropped.
 pub struct TestNamespace {
     pub name: String,
-    client: Client,
 }
 
 impl TestNamespace {
@@ -102,23 +101,26 @@ impl TestNamespace {
         let ns: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         api.create(&PostParams::default(), &ns).await.unwrap();
-        Self {
-            name,
-            client: client.clone(),
-        }
+        Self { name }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let name = self.name.clone();
-        // Best effort: a leftover namespace only costs space in the test cluster.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            });
+        // kubectl, synchronously: a task spawned here would die with the test's runtime, and a
+        // namespace left behind keeps its jobs running under the e2e operator that comes next.
+        // The finalizers go once the jobs are being deleted, when no operator can add them back.
+        let kubectl = |args: &[&str]| Command::new("kubectl").args(args).output();
+        let ns = self.name.as_str();
+        let kinds = "statefuljobs.regroup.dev,statefuljobsnapshots.regroup.dev";
+        let _ = kubectl(&["delete", kinds, "--all", "-n", ns, "--wait=false"]);
+        if let Ok(out) = kubectl(&["get", kinds, "-n", ns, "-o", "name"]) {
+            for object in String::from_utf8_lossy(&out.stdout).lines() {
+                let patch = r#"{"metadata":{"finalizers":null}}"#;
+                let _ = kubectl(&["patch", object, "-n", ns, "--type=merge", "-p", patch]);
+            }
         }
+        let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
     }
 }
 

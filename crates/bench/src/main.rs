@@ -20,10 +20,15 @@
 //! restores are synced (`regroup restore --sync`) and held to `cp` + `sync`. Either way each
 //! restore is followed by a timed `sync -f` (printed, not part of its time), so that no restore
 //! leaves writeback to the next.
+//!
+//! `regroup-bench control-plane` (the [`control_plane`] module) measures what one job at
+//! maxParallelism 32768 and parallelism 512 costs the control plane.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+mod control_plane;
 
 use clap::{Args, Parser, Subcommand};
 use rocksdb::IteratorMode;
@@ -52,6 +57,9 @@ struct Cli {
 pub enum BenchCommand {
     /// Restore with and without record copying, against a raw file copy.
     Restore(RestoreBenchArgs),
+    /// One job at maxParallelism 32768 and parallelism 512: plan, metadata, checkpoint
+    /// completion, garbage collection and status size, each against its target.
+    ControlPlane(control_plane::ControlPlaneArgs),
 }
 
 /// `regroup-bench restore`
@@ -114,6 +122,10 @@ async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Restore(args) => {
             let report = restore_bench(&args).await?;
             print!("{report}");
+            Ok(())
+        }
+        BenchCommand::ControlPlane(args) => {
+            print!("{}", control_plane::control_plane_bench(&args).await?);
             Ok(())
         }
     }

@@ -1,6 +1,8 @@
 //! The round's writes, in the order that keeps every decision safe to repeat: a completed
 //! checkpoint's metadata, the owned objects, the status (once), then the plan's actions.
 
+use std::time::{Duration, Instant};
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -12,7 +14,7 @@ use super::super::claims;
 use super::super::coordinator::{self, CheckpointRequest};
 use super::super::crd::StatefulJobStatus;
 use super::super::initial_state::Source;
-use super::super::lifecycle::JobState;
+use super::super::lifecycle::{self, JobState};
 use super::super::metrics::job_labels;
 use super::super::reasons;
 use super::super::resources::{self, FIELD_MANAGER};
@@ -26,6 +28,21 @@ use crate::checkpoint::pins::{pin, unpin};
 use crate::checkpoint::progress;
 use crate::checkpoint::{CheckpointMetadata, JobId};
 
+/// How often the Service and PodDisruptionBudget of an unchanged job are applied again (one
+/// deleted by hand comes back within this), instead of twice in every round.
+const REAPPLY_OWNED: Duration = Duration::from_secs(60);
+
+/// Whether the job's Service and PodDisruptionBudget are to be applied, given when this process
+/// last applied them for which generation (`last`): for a new generation, or once they are
+/// [`REAPPLY_OWNED`] old.
+pub(super) fn owned_objects_due(
+    last: Option<(Option<i64>, Instant)>,
+    generation: Option<i64>,
+    now: Instant,
+) -> bool {
+    last.is_none_or(|(g, at)| g != generation || now.duration_since(at) >= REAPPLY_OWNED)
+}
+
 impl Round {
     /// Carries out `plan`, decided from `world`.
     pub(super) async fn apply(&self, world: &World, plan: Plan) -> Result<Action> {
@@ -33,9 +50,7 @@ impl Round {
             self.commit(meta).await?;
         }
         let token = self.ensure_token(&world.token).await?;
-        self.apply_object(&resources::service(&self.job)?).await?;
-        self.apply_object(&resources::pod_disruption_budget(&self.job)?)
-            .await?;
+        self.apply_owned_objects().await?;
         let mut status = plan.status;
         write_status(
             &self.ctx.client,
@@ -44,6 +59,7 @@ impl Round {
             plan.problem.as_ref(),
         )
         .await?;
+        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
         super::record_metrics(&self.ctx, &self.job, &status);
         for update in &plan.snapshots {
             self.record_snapshot(update).await?;
@@ -69,7 +85,44 @@ impl Round {
         for act in &plan.actions {
             self.act(act, &world.pods, &token, &status).await?;
         }
+        if plan
+            .problem
+            .as_ref()
+            .is_some_and(|p| p.reason == reasons::INVALID_SPEC)
+        {
+            // Every act went through: what the API server refused before is accepted now.
+            write_status(&self.ctx.client, &self.job, &mut status, None).await?;
+            super::record_metrics(&self.ctx, &self.job, &status);
+        }
         Ok(Action::requeue(plan.requeue))
+    }
+
+    /// Applies the job's Service and PodDisruptionBudget when [`owned_objects_due`].
+    async fn apply_owned_objects(&self) -> Result<()> {
+        let uid = self.job.uid().unwrap_or_default();
+        let generation = self.job.metadata.generation;
+        let now = Instant::now();
+        let last = self
+            .ctx
+            .owned_applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .copied();
+        if !owned_objects_due(last, generation, now) {
+            return Ok(());
+        }
+        let (service, budget) = (
+            resources::service(&self.job)?,
+            resources::pod_disruption_budget(&self.job)?,
+        );
+        futures::try_join!(self.apply_object(&service), self.apply_object(&budget))?;
+        self.ctx
+            .owned_applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, (generation, now));
+        Ok(())
     }
 
     /// Writes `_metadata.json`: from here on the checkpoint is complete.
@@ -301,6 +354,13 @@ impl Round {
                 labels.push(("reason".to_owned(), reason.as_str().to_owned()));
                 metrics.rescales.get_or_create(&labels).inc();
             }
+            Tally::CheckpointDue(due) => {
+                // Just before the trigger: the status is recorded, the workers are asked next.
+                let delay = lifecycle::elapsed(due, &super::now());
+                metrics
+                    .checkpoint_trigger_delay
+                    .observe(delay.as_secs_f64());
+            }
             Tally::CheckpointCompleted(record) => metrics.checkpoint_completed(&job, record),
             Tally::CheckpointEnded { outcome, failure } => {
                 metrics.checkpoint_ended(&job, outcome, *failure)
@@ -469,5 +529,28 @@ impl Round {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_objects_are_applied_for_a_new_generation_or_once_a_minute() {
+        let t0 = Instant::now();
+        assert!(owned_objects_due(None, Some(1), t0), "never applied here");
+        let last = Some((Some(1), t0));
+        assert!(!owned_objects_due(
+            last,
+            Some(1),
+            t0 + Duration::from_secs(59)
+        ));
+        assert!(owned_objects_due(
+            last,
+            Some(2),
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(owned_objects_due(last, Some(1), t0 + REAPPLY_OWNED));
     }
 }

@@ -8,10 +8,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::super::coordinator::{self, CheckpointInputs, Decision, Notice};
+use super::super::coordinator::{self, CheckpointInputs, Decision, Notice, WorkerFailure};
 use super::super::crd::{
-    CheckpointRecord, PendingCheckpoint, Phase, RescaleReason, RolledBack, Stage, StatefulJob,
-    StatefulJobStatus,
+    CheckpointRecord, PendingCheckpoint, Phase, ReadyWorkers, RescaleReason, RolledBack, Stage,
+    StatefulJob, StatefulJobStatus,
 };
 use super::super::diagnose;
 use super::super::initial_state::{self, Initial, Source};
@@ -87,7 +87,7 @@ pub struct InFlight {
     pub completion: Completion,
     /// Why a worker failed it or no longer knows it (asked only when this process triggered
     /// it and it is not complete).
-    pub worker_failure: Option<String>,
+    pub worker_failure: Option<WorkerFailure>,
 }
 
 /// How far a checkpoint got in the store.
@@ -163,6 +163,8 @@ pub enum Tally {
     },
     /// A rescale ended.
     RescaleEnded(RescaleReason),
+    /// A periodic checkpoint due at this time is being triggered.
+    CheckpointDue(Time),
     /// A checkpoint completed.
     CheckpointCompleted(CheckpointRecord),
     /// A checkpoint ended otherwise.
@@ -207,6 +209,13 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     let progress_deadline = spec.checkpointing.progress_deadline()?;
     let state = JobState::from_status(job.status.as_ref());
     let mut status = job.status.clone().unwrap_or_default();
+    if !status.worker_pods.is_empty() {
+        // Recorded by an earlier version: the digest of the same pods takes the list's place.
+        let uids = std::mem::take(&mut status.worker_pods);
+        status
+            .ready_workers
+            .get_or_insert_with(|| ReadyWorkers::of(&uids));
+    }
     let generation = job.metadata.generation;
     let readiness_timeout = spec
         .rollout
@@ -292,14 +301,14 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     Ok(d.finish())
 }
 
-/// The Degraded problem the recorded status shows (an invalid spec is re-checked each round).
+/// The Degraded problem the recorded status shows. An invalid spec stays until a round's
+/// actions all went through: clearing it before would rewrite the status twice a round, and
+/// each write starts the next round at once.
 fn recorded_problem(status: &StatefulJobStatus) -> Option<Problem> {
     status
         .conditions
         .iter()
-        .find(|c| {
-            c.type_ == status::DEGRADED && c.status == "True" && c.reason != reasons::INVALID_SPEC
-        })
+        .find(|c| c.type_ == status::DEGRADED && c.status == "True")
         .map(|c| Problem::new(&c.reason, c.message.clone()))
 }
 
@@ -334,6 +343,11 @@ impl<'a> Decider<'a> {
         &mut self.plan.status
     }
 
+    /// What the status recorded before this round asked of the world.
+    fn recorded_work(&self) -> Work {
+        JobState::from_status(self.job.status.as_ref()).work()
+    }
+
     fn act(&mut self, act: Act) {
         self.plan.actions.push(act);
     }
@@ -352,6 +366,14 @@ impl<'a> Decider<'a> {
 
     fn asked_here(&self, id: u64) -> bool {
         self.world.asked.as_ref().is_some_and(|a| a.id == id)
+    }
+
+    /// Why a worker no longer knows checkpoint `id`, which this process asked it for.
+    fn forgotten(&self, id: u64) -> Option<String> {
+        match &self.in_flight(id)?.worker_failure {
+            Some(WorkerFailure::Forgot(why)) if self.asked_here(id) => Some(why.clone()),
+            _ => None,
+        }
     }
 
     /// The outcome of the recorded state's final checkpoint, committing it when it is ready.
@@ -382,7 +404,7 @@ impl<'a> Decider<'a> {
                 parallelism,
                 notice: Notice::Complete,
             });
-        } else {
+        } else if self.forgotten(id).is_none() {
             self.record_failure(id);
         }
         coordinator::final_outcome(
@@ -428,7 +450,7 @@ impl<'a> Decider<'a> {
         let store_ids: Vec<u64> = self.world.store_ids.iter().map(|(id, _)| *id).collect();
         let status = &self.plan.status;
         let worker_lost = (state.phase == Phase::Running && state.rescale.is_none())
-            .then(|| diagnose::lost_worker(&status.worker_pods, &at_epoch))
+            .then(|| diagnose::lost_worker(status.ready_workers.as_ref(), &at_epoch))
             .flatten();
         let ready_pods = at_epoch
             .iter()
@@ -506,9 +528,9 @@ impl<'a> Decider<'a> {
         }
         after.write_to(self.status());
         if after.phase != Phase::Running {
-            self.status().worker_pods.clear();
+            self.status().ready_workers = None;
         } else if before.phase != Phase::Running {
-            self.status().worker_pods = ready_pods;
+            self.status().ready_workers = Some(ReadyWorkers::of(&ready_pods));
         }
         self.plan.events.extend(notes);
     }
@@ -610,7 +632,11 @@ impl<'a> Decider<'a> {
         let asked = self.asked_here(id);
         let seen = self.in_flight(id).and_then(|f| match &f.completion {
             Completion::Impossible(why) => Some(why.clone()),
-            _ => f.worker_failure.clone().filter(|_| asked),
+            _ => f
+                .worker_failure
+                .as_ref()
+                .filter(|_| asked)
+                .map(|w| w.message().to_owned()),
         });
         let impossible = self
             .in_flight(id)
@@ -756,6 +782,13 @@ impl<'a> Decider<'a> {
                 } else if !self.asked_here(id) {
                     // Recorded by an operator that stopped before (or while) asking the workers.
                     self.trigger(id, epoch, parallelism, true);
+                } else if let Some(why) = self.forgotten(id) {
+                    // A restarted worker lost the request, not its state: asked again, the
+                    // final checkpoint still completes instead of falling back to an older one.
+                    let message =
+                        format!("{why}; asking the workers for final checkpoint {id} again");
+                    self.event(false, reasons::FINAL_CHECKPOINT_RETRIED, message);
+                    self.trigger(id, epoch, parallelism, true);
                 }
                 busy
             }
@@ -788,7 +821,21 @@ impl<'a> Decider<'a> {
             acted_trigger: status.checkpoint_trigger.as_deref(),
             next_id: coordinator::next_checkpoint_id(&store_ids, issued_ids(status))?,
         };
-        let decision = match coordinator::periodic(self.now(), &inputs) {
+        let periodic = coordinator::periodic(self.now(), &inputs);
+        // On schedule only while the recorded state already took this epoch's checkpoints:
+        // a start, resume or rescale finishing past the due time is not a late trigger.
+        let scheduled =
+            matches!(self.recorded_work(), Work::Checkpoints { epoch: e, .. } if e == epoch);
+        let due = match (&periodic, inputs.last_attempt) {
+            (
+                Decision::Trigger {
+                    on_demand: false, ..
+                },
+                Some(last),
+            ) if scheduled => Some(coordinator::due(last, interval)),
+            _ => None,
+        };
+        let decision = match periodic {
             // A snapshot waits: a checkpoint now, as if asked for.
             Decision::Wait(_) if snapshot::plan::waiting(&self.world.snapshots) => {
                 Decision::Trigger {
@@ -803,6 +850,9 @@ impl<'a> Decider<'a> {
             Decision::Trigger { id, on_demand } => {
                 if on_demand {
                     self.status().checkpoint_trigger = spec.checkpoint_trigger.clone();
+                }
+                if let Some(due) = due {
+                    self.plan.tallies.push(Tally::CheckpointDue(due));
                 }
                 self.start_checkpoint(id, epoch, parallelism, false);
                 busy
@@ -1166,7 +1216,7 @@ mod tests {
         InFlight {
             id,
             completion: Completion::Waiting,
-            worker_failure: worker_failure.map(str::to_owned),
+            worker_failure: worker_failure.map(|w| WorkerFailure::Failed(w.to_owned())),
         }
     }
 
@@ -1435,6 +1485,33 @@ mod tests {
     }
 
     #[test]
+    fn a_periodic_trigger_says_when_it_was_due_an_asked_for_one_does_not() {
+        // Last triggered an hour ago, every 10 s: due 3590 s ago.
+        let job = running(2, None);
+        let plan = decide(&job, &world(None, None), BUSY).unwrap();
+        assert_eq!(plan.tallies, [Tally::CheckpointDue(at(-3590))]);
+        // spec.checkpointTrigger: not on a schedule.
+        let mut asked = job.clone();
+        asked.spec.checkpoint_trigger = Some("now".into());
+        let plan = decide(&asked, &world(None, None), BUSY).unwrap();
+        assert!(plan.actions.contains(&trigger(5, false)));
+        assert_eq!(plan.tallies, []);
+        // A snapshot's checkpoint before the due time: neither.
+        let mut early = job;
+        early.status.as_mut().unwrap().last_checkpoint_attempt = Some(at(-1));
+        let mut w = world(None, None);
+        w.snapshots = vec![snapshot::plan::Seen {
+            name: "s".into(),
+            uid: "s1".into(),
+            status: Default::default(),
+            stored: None,
+        }];
+        let plan = decide(&early, &w, BUSY).unwrap();
+        assert!(plan.actions.contains(&trigger(5, false)));
+        assert_eq!(plan.tallies, []);
+    }
+
+    #[test]
     fn a_checkpoint_recorded_by_an_earlier_process_is_asked_for_again() {
         let job = running(2, Some(pending(5)));
         let waiting = waiting(5, Some("ignored: not asked here"));
@@ -1636,7 +1713,10 @@ mod tests {
         let plan = decide(&job, &w, BUSY).unwrap();
         assert_eq!(plan.status.phase, Some(Phase::Running));
         assert_eq!(problem_of(&plan), None);
-        assert_eq!(plan.status.worker_pods, ["pod-2-0", "pod-2-1"]);
+        assert_eq!(
+            plan.status.ready_workers,
+            Some(ReadyWorkers::of(&["pod-2-0", "pod-2-1"]))
+        );
         // Only the restarts within spec.restartPolicy.window (10m) stay in status.
         assert_eq!(plan.status.restarts, [at(-60)]);
     }
@@ -1683,5 +1763,184 @@ mod tests {
         assert_eq!(plan.actions, [abort, trigger(6, true)]);
         assert!(reasons_of(&plan).contains(&reasons::CHECKPOINT_ABORTED));
         assert_eq!(plan.requeue, BUSY);
+    }
+
+    #[test]
+    fn a_worker_that_restarted_in_the_final_checkpoint_is_asked_again() {
+        let mut job = running(3, None);
+        let st = job.status.as_mut().unwrap();
+        st.phase = Some(Phase::Checkpointing);
+        st.pending_checkpoint = Some(PendingCheckpoint {
+            stop: true,
+            ..pending(5)
+        });
+        st.rescale = Some(
+            serde_json::from_value(serde_json::json!({
+                "from": 2, "to": 3, "stage": "Checkpointing", "reason": "Scale",
+                "checkpoint": 4, "finalCheckpoint": 5,
+                "started": at(-5), "stageStarted": at(-5)
+            }))
+            .unwrap(),
+        );
+        let forgot = |w: WorkerFailure| InFlight {
+            worker_failure: Some(w),
+            ..waiting(5, None)
+        };
+        let restarted = forgot(WorkerFailure::Forgot("worker 0 restarted".into()));
+        let plan = decide(&job, &world(Some(restarted.clone()), Some((5, None))), BUSY).unwrap();
+        assert_eq!(plan.actions, [trigger(5, true)]);
+        assert_eq!(reasons_of(&plan), [reasons::FINAL_CHECKPOINT_RETRIED]);
+        let r = plan.status.rescale.as_ref().unwrap();
+        assert_eq!(
+            (r.stage, r.final_checkpoint),
+            (Stage::Checkpointing, Some(5))
+        );
+        assert_eq!(plan.status.pending_checkpoint.unwrap().failure, None);
+        // Not asked by this process: asked without an Event, as any recorded checkpoint.
+        let plan = decide(&job, &world(Some(restarted), None), BUSY).unwrap();
+        assert_eq!(plan.actions, [trigger(5, true)]);
+        assert!(reasons_of(&plan).is_empty());
+        // A worker that failed it fails it: the rescale goes on from checkpoint 4.
+        let failed = forgot(WorkerFailure::Failed("worker 1 failed".into()));
+        let plan = decide(&job, &world(Some(failed), Some((5, None))), BUSY).unwrap();
+        let r = plan.status.rescale.as_ref().unwrap();
+        assert_ne!(r.stage, Stage::Checkpointing);
+        assert_eq!(r.checkpoint, Some(4));
+        assert!(reasons_of(&plan).contains(&reasons::FINAL_CHECKPOINT_FAILED));
+    }
+
+    /// The bytes of `plan`'s status as the controller writes it (with its conditions), the
+    /// job's own pod template aside.
+    fn written_bytes(job: &StatefulJob, plan: &Plan) -> usize {
+        let mut st = plan.status.clone();
+        st.conditions = status::conditions(
+            &st.conditions,
+            &JobState::from_status(Some(&st)),
+            plan.problem.as_ref(),
+            job.metadata.generation,
+            &at(0),
+        );
+        st.last_ready_template = None;
+        serde_json::to_vec(&st).unwrap().len()
+    }
+
+    #[test]
+    fn status_of_512_workers_stays_bounded_and_still_tells_a_lost_worker() {
+        use crate::checkpoint::progress::{RestorePhase, RestoreProgress};
+        use crate::operator::crd::STATUS_BYTES_BOUND;
+        let n = 512;
+        let mut job = running(n, None);
+        job.spec.max_parallelism = 32768;
+        job.spec.checkpointing.history = 20;
+        job.spec.restart_policy.limit = 100;
+        let st = job.status.as_mut().unwrap();
+        // Mid-rescale 511 -> 512, every list at the largest size its spec allows.
+        st.phase = Some(Phase::RollingForward);
+        st.epoch = 2;
+        st.parallelism = 0;
+        st.rescale = Some(super::super::super::crd::RescaleStatus {
+            from: n - 1,
+            to: n,
+            stage: Stage::RollingForward,
+            reason: RescaleReason::Scale,
+            checkpoint: Some(4),
+            final_checkpoint: Some(4),
+            started: at(-60),
+            stage_started: at(-10),
+        });
+        st.checkpoints = (0..20)
+            .map(|i| CheckpointRecord {
+                id: 4 - i.min(4),
+                time: at(-600 + i as i64),
+                epoch: 1,
+                bytes_total: u64::MAX,
+                bytes_new: u64::MAX,
+                duration_seconds: 12.345678,
+            })
+            .collect();
+        st.restarts = (0..100).map(|i| at(-500 + i)).collect();
+        // UIDs as the API server writes them (36 characters).
+        let uid = |i: u32| format!("00000002-0000-4000-8000-{i:012x}");
+        let pod = |i: u32| {
+            let mut p = ready_pod(i, 2);
+            p.metadata.uid = Some(uid(i));
+            p
+        };
+        let mut w = world(None, None);
+        w.pods = (0..n - 1).map(pod).collect();
+        w.restore_progress = (0..n)
+            .map(|subtask| RestoreProgress {
+                format_version: 1,
+                subtask,
+                phase: if subtask % 2 == 0 {
+                    RestorePhase::Done
+                } else {
+                    RestorePhase::Downloading
+                },
+                bytes_done: 1 << 40,
+                bytes_total: 1 << 41,
+                updated_at: chrono::Utc::now(),
+            })
+            .collect();
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(plan.status.phase, Some(Phase::RollingForward));
+        assert_eq!(plan.status.restarts.len(), 100);
+        assert!(plan.status.restore_progress.is_some());
+        let rolling = written_bytes(&job, &plan);
+        assert!(rolling <= STATUS_BYTES_BOUND, "{rolling} bytes");
+
+        // Every worker ready: the set is recorded, in a fixed size.
+        w.pods.push(pod(n - 1));
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(plan.status.phase, Some(Phase::Running));
+        let uids: Vec<String> = (0..n).map(uid).collect();
+        assert_eq!(plan.status.ready_workers, Some(ReadyWorkers::of(&uids)));
+        let running_bytes = written_bytes(&job, &plan);
+        assert!(running_bytes <= STATUS_BYTES_BOUND, "{running_bytes} bytes");
+        let mut listed = plan.clone();
+        listed.status.worker_pods = uids.clone();
+        assert!(
+            written_bytes(&job, &listed) > STATUS_BYTES_BOUND,
+            "the former list of UIDs alone breaks the bound at this parallelism"
+        );
+
+        // A replaced worker, a deleted one: both lost.
+        job.status = Some(plan.status.clone());
+        // Below spec.restartPolicy.limit: a lost worker restarts the workers.
+        job.status.as_mut().unwrap().restarts.clear();
+        let mut replaced = w.clone();
+        replaced.pods[7].metadata.uid = Some("pod-2-7-again".into());
+        let plan = decide(&job, &replaced, BUSY).unwrap();
+        assert!(
+            reasons_of(&plan).contains(&reasons::WORKER_LOST),
+            "{plan:?}"
+        );
+        let mut deleted = w.clone();
+        deleted.pods.remove(300);
+        let plan = decide(&job, &deleted, BUSY).unwrap();
+        let lost = plan
+            .events
+            .iter()
+            .find(|e| e.reason == reasons::WORKER_LOST);
+        assert!(
+            lost.is_some_and(|e| e.message.contains("orders-300 is gone")),
+            "{:?}",
+            plan.events
+        );
+        assert_eq!(
+            reasons_of(&decide(&job, &w, BUSY).unwrap()),
+            Vec::<&str>::new()
+        );
+
+        // Status an earlier version wrote: its list of UIDs is read as the same set.
+        let st = job.status.as_mut().unwrap();
+        st.ready_workers = None;
+        st.worker_pods = uids;
+        let plan = decide(&job, &w, BUSY).unwrap();
+        assert_eq!(reasons_of(&plan), Vec::<&str>::new());
+        assert!(plan.status.worker_pods.is_empty());
+        assert_eq!(plan.status.ready_workers.as_ref().map(|r| r.count), Some(n));
+        let plan = decide(&job, &deleted, BUSY).unwrap();
+        assert!(reasons_of(&plan).contains(&reasons::WORKER_LOST));
     }
 }

@@ -37,7 +37,7 @@ use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointStore, JobId};
 
 mod apply;
-mod decide;
+pub mod decide;
 pub use self::decide::Asked;
 mod observe;
 
@@ -62,6 +62,9 @@ impl ReconcileError {
     /// A short kind, used as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
+            // The API server refused an object built from the spec (a claim it finds invalid):
+            // only the user can fix that.
+            ReconcileError::Kube(kube::Error::Api(e)) if e.code == 422 => "invalid_spec",
             ReconcileError::Kube(_) => "kube",
             ReconcileError::Regroup(crate::Error::InvalidInput { .. }) => "invalid_spec",
             ReconcileError::Regroup(e) if e.is_retryable() => "store",
@@ -94,7 +97,15 @@ pub struct Context {
     /// (job uid, epoch) whose unused state claims this process has deleted (or found none):
     /// the claims are listed once per generation, and again after a restart.
     pub claims_settled: Mutex<HashSet<(String, u64)>>,
+    /// Per job uid, the generation whose Service and PodDisruptionBudget this process last
+    /// applied, and when: they are applied again for a new generation or after a minute.
+    pub owned_applied: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+    /// Per job uid, its store and what it was opened from (URL, job, storage settings).
+    stores: Mutex<HashMap<String, (StoreKey, CheckpointStore)>>,
 }
+
+/// What a job's store is opened from: its URL, job id and storage Secret's settings.
+type StoreKey = (String, String, BTreeMap<String, String>);
 
 impl Context {
     /// A context for `client`.
@@ -117,7 +128,30 @@ impl Context {
             triggered: Default::default(),
             ambient: Ambient::Forbidden,
             claims_settled: Default::default(),
+            owned_applied: Default::default(),
+            stores: Default::default(),
         }
+    }
+
+    /// The store of the job `uid`, reused while its URL and settings stay the same: a new
+    /// client every round cost a connection and its set-up each time (and memory under load).
+    fn store_for(
+        &self,
+        uid: &str,
+        url: &str,
+        job: JobId,
+        settings: &BTreeMap<String, String>,
+    ) -> crate::Result<CheckpointStore> {
+        let key = (url.to_owned(), job.to_string(), settings.clone());
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, store)) = stores.get(uid)
+            && *k == key
+        {
+            return Ok(store.clone());
+        }
+        let store = open_store(url, job, settings, self.ambient)?;
+        stores.insert(uid.to_owned(), (key, store.clone()));
+        Ok(store)
     }
 }
 
@@ -125,10 +159,19 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// Reconciles one StatefulJob (wrapped in the finalizer).
+/// Reconciles one StatefulJob (wrapped in the finalizer), timed.
 #[instrument(skip_all, fields(job = %format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())))]
 pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_job(job, ctx.clone()).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_job(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
     if stops_before_deletion(&job) {
@@ -143,18 +186,16 @@ pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Actio
     }
     finalizer(&api, FINALIZER, job, |event| async {
         match event {
-            finalizer::Event::Apply(job) => {
-                let result = match Round::new(job.clone(), ctx.clone()).await {
-                    Ok(round) => round.run().await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = &result
-                    && e.kind() == "invalid_spec"
-                {
-                    report_invalid(&job, &ctx, e).await;
+            finalizer::Event::Apply(job) => match Round::new(job.clone(), ctx.clone()).await {
+                Ok(round) => round.run().await,
+                Err(e) => {
+                    if e.kind() == "invalid_spec" {
+                        let status = job.status.clone().unwrap_or_default();
+                        report_invalid(&job, &ctx, status, &e).await;
+                    }
+                    Err(e)
                 }
-                result
-            }
+            },
             finalizer::Event::Cleanup(job) => cleanup(job, ctx.clone()).await,
         }
     })
@@ -182,9 +223,14 @@ pub fn error_policy(job: Arc<StatefulJob>, error: &ReconcileError, ctx: Arc<Cont
 }
 
 /// Shows an error that only the user can fix (a bad spec, a foreign Secret) as the Degraded
-/// condition, so that `kubectl get sj -o yaml` says what is wrong, not only the operator's log.
-async fn report_invalid(job: &StatefulJob, ctx: &Context, error: &ReconcileError) {
-    let mut status = job.status.clone().unwrap_or_default();
+/// condition on `status` (the job's latest), so that `kubectl get sj -o yaml` says what is
+/// wrong, not only the operator's log.
+async fn report_invalid(
+    job: &StatefulJob,
+    ctx: &Context,
+    mut status: StatefulJobStatus,
+    error: &ReconcileError,
+) {
     let problem = Problem::new(reasons::INVALID_SPEC, error.to_string());
     match write_status(&ctx.client, job, &mut status, Some(&problem)).await {
         Ok(()) => record_metrics(ctx, job, &status),
@@ -337,6 +383,10 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     .await;
     ctx.metrics
         .job_deleted(&job.namespace().unwrap_or_default(), &job.name_any());
+    ctx.stores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&job.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
@@ -379,6 +429,8 @@ struct Round {
     store: CheckpointStore,
     /// The storage Secret's settings (also for stores the job imports from).
     settings: BTreeMap<String, String>,
+    /// The status this round wrote, once it did.
+    recorded: std::sync::Mutex<Option<StatefulJobStatus>>,
 }
 
 impl Round {
@@ -389,20 +441,40 @@ impl Round {
             Some(r) => secret_settings(&ctx.client, &ns, &r.name).await?,
             None => BTreeMap::new(),
         };
-        let store = open_store(&job.spec.storage.url, job_id, &settings, ctx.ambient)?;
+        let uid = job.uid().unwrap_or_default();
+        let store = ctx.store_for(&uid, &job.spec.storage.url, job_id, &settings)?;
         Ok(Self {
             job,
             ctx,
             ns,
             store,
             settings,
+            recorded: std::sync::Mutex::new(None),
         })
     }
 
     async fn run(self) -> Result<Action> {
-        let world = self.observe().await?;
-        let plan = decide::decide(&self.job, &world, self.ctx.busy_requeue)?;
-        self.apply(&world, plan).await
+        let result = async {
+            let world = self.observe().await?;
+            let plan = decide::decide(&self.job, &world, self.ctx.busy_requeue)?;
+            self.apply(&world, plan).await
+        }
+        .await;
+        if let Err(e) = &result
+            && e.kind() == "invalid_spec"
+        {
+            // On top of what this round recorded: the status it started from would undo that.
+            let recorded = self
+                .recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let status = recorded
+                .or_else(|| self.job.status.clone())
+                .unwrap_or_default();
+            report_invalid(&self.job, &self.ctx, status, e).await;
+        }
+        result
     }
 
     /// The token of the job's token Secret `s` (none when it holds none), or an error when the

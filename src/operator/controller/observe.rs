@@ -26,9 +26,10 @@ impl Round {
     /// Everything [`super::decide::decide`] needs.
     pub(super) async fn observe(&self) -> Result<World> {
         let state = JobState::from_status(self.job.status.as_ref());
-        let token = self.token().await?;
-        let pods = self.pods().await?;
-        let store_ids = self.store.checkpoint_ids().await?;
+        // Independent reads, side by side: a round's latency is the slowest, not their sum.
+        let (token, pods, store_ids) = futures::try_join!(self.token(), self.pods(), async {
+            Result::Ok(self.store.checkpoint_ids().await?)
+        })?;
         let asked = self.asked();
         let pending = self
             .job
@@ -46,23 +47,26 @@ impl Round {
                 .map(|p| (p.id, epoch, parallelism)),
             _ => None,
         };
-        let in_flight = match in_flight {
-            Some((id, epoch, parallelism)) => {
-                let asked_here = asked.as_ref().is_some_and(|a| a.id == id);
-                let held = match &token {
-                    Token::Held(t) => Some(t.as_str()),
-                    _ => None,
-                };
-                let target = (id, epoch, parallelism);
-                Some(
-                    self.in_flight(target, &store_ids, &pods, held.filter(|_| asked_here))
-                        .await?,
-                )
-            }
-            None => None,
+        let in_flight = async {
+            Result::Ok(match in_flight {
+                Some((id, epoch, parallelism)) => {
+                    let asked_here = asked.as_ref().is_some_and(|a| a.id == id);
+                    let held = match &token {
+                        Token::Held(t) => Some(t.as_str()),
+                        _ => None,
+                    };
+                    let target = (id, epoch, parallelism);
+                    Some(
+                        self.in_flight(target, &store_ids, &pods, held.filter(|_| asked_here))
+                            .await?,
+                    )
+                }
+                None => None,
+            })
         };
-        let pod_problem = self.pod_problem(&state, &pods).await;
-        let (snapshots, scheduled) = self.snapshots(&store_ids).await?;
+        let pod_problem = async { Result::Ok(self.pod_problem(&state, &pods).await) };
+        let (in_flight, pod_problem, (snapshots, scheduled)) =
+            futures::try_join!(in_flight, pod_problem, self.snapshots(&store_ids))?;
         let restoring = state
             .rescale
             .as_ref()

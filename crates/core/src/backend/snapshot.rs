@@ -18,7 +18,7 @@ use tracing::{debug, info};
 use super::native::live_sst_order;
 use super::{StateBackend, db_options};
 use crate::checkpoint::metadata::{
-    FORMAT_VERSION, PrivateFile, SharedFile, SstOrder, SubtaskHandle,
+    FORMAT_VERSION, PrivateFile, ProcessedEvents, SharedFile, SstOrder, SubtaskHandle,
 };
 use crate::checkpoint::paths::JobPaths;
 use crate::checkpoint::store::CheckpointStore;
@@ -67,6 +67,9 @@ pub struct LocalSnapshot {
     pub range: KeyGroupRange,
     /// Key groups of the job.
     pub max_parallelism: u32,
+    /// When the worker applied its first event and its last before the capture (set by the
+    /// caller, which knows its events).
+    pub processed: Option<ProcessedEvents>,
 }
 
 impl Drop for LocalSnapshot {
@@ -150,6 +153,7 @@ impl IncrementalSnapshotter {
             column_families: Vec::new(),
             range: backend.range(),
             max_parallelism: backend.max_parallelism(),
+            processed: None,
         };
         let (column_families, ssts) = describe_ssts(&snapshot.dir, backend.max_parallelism())?;
         snapshot.column_families = column_families;
@@ -266,6 +270,7 @@ impl IncrementalSnapshotter {
             bytes_total,
             bytes_uploaded,
             created_at: chrono::Utc::now(),
+            processed: snapshot.processed,
         };
         let handle = match store.write_handle(&handle).await {
             Ok(()) => handle,

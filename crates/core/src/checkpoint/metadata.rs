@@ -176,6 +176,20 @@ pub struct SubtaskHandle {
     pub bytes_uploaded: u64,
     /// When the worker finished the handle.
     pub created_at: DateTime<Utc>,
+    /// When the worker process that wrote it applied its first event and its last before this
+    /// checkpoint (none if it applied none): a rescale's downtime, from the workers' own clocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed: Option<ProcessedEvents>,
+}
+
+/// The wall-clock times of a worker process's first event and of its last before a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessedEvents {
+    /// The first event this process applied.
+    pub first: DateTime<Utc>,
+    /// The last event it applied before the checkpoint was captured.
+    pub last: DateTime<Utc>,
 }
 
 /// The job-level record of a completed checkpoint. Its existence in the store means

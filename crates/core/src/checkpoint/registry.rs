@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,9 @@ use super::paths::parse_checkpoint_dir_name;
 use super::pins::{pinned_ids, pins};
 use super::store::CheckpointStore;
 use crate::error::{Error, Result};
+
+/// Metadata and handles read at once.
+const READS_IN_FLIGHT: usize = 16;
 
 /// For every stored file (job-relative path), the checkpoints that reference it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -323,26 +327,35 @@ pub async fn gc_plan_for_store(
         .map(|m: &ObjectMeta| (store.paths().relative(&m.location), m.size, m.last_modified))
         .collect();
     let ids = store.checkpoint_ids().await?;
-    let mut completed = Vec::new();
-    for &(id, done) in &ids {
-        if done {
-            completed.push(store.read_metadata(id).await?);
-        }
-    }
+    let completed_ids: Vec<u64> = ids
+        .iter()
+        .filter_map(|&(id, done)| done.then_some(id))
+        .collect();
+    let completed: Vec<CheckpointMetadata> = futures::stream::iter(completed_ids)
+        .map(|id| store.read_metadata(id))
+        .buffered(READS_IN_FLIGHT)
+        .try_collect()
+        .await?;
     let newest = completed.iter().map(|c| c.checkpoint_id).max();
-    let mut in_flight_handles = Vec::new();
-    for &(id, done) in &ids {
-        if !done && newest.is_none_or(|n| id > n) {
-            for (path, _, _) in &objects {
-                if let Some(rest) = path.strip_prefix(&format!("chk-{id}/handles/"))
-                    && let Some(subtask) = rest.strip_suffix(".json").and_then(|s| s.parse().ok())
-                    && let Some(h) = store.read_handle(id, subtask).await?
-                {
-                    in_flight_handles.push(h);
-                }
-            }
-        }
-    }
+    let in_flight: BTreeSet<u64> = ids
+        .iter()
+        .filter(|&&(id, done)| !done && newest.is_none_or(|n| id > n))
+        .map(|&(id, _)| id)
+        .collect();
+    let written: Vec<(u64, u32)> = objects
+        .iter()
+        .filter_map(|(path, _, _)| {
+            let (dir, rest) = path.split_once("/handles/")?;
+            let id = parse_checkpoint_dir_name(dir).filter(|id| in_flight.contains(id))?;
+            Some((id, rest.strip_suffix(".json")?.parse().ok()?))
+        })
+        .collect();
+    let in_flight_handles: Vec<SubtaskHandle> = futures::stream::iter(written)
+        .map(|(id, subtask)| store.read_handle(id, subtask))
+        .buffered(READS_IN_FLIGHT)
+        .try_filter_map(|h| async move { Ok(h) })
+        .try_collect()
+        .await?;
     let pinned = pinned_ids(&pins(store).await?);
     Ok(plan_gc(
         &objects,
@@ -378,17 +391,16 @@ pub async fn delete_planned(
         .deletions
         .iter()
         .partition(|d| d.reason == DeleteReason::SubsumedMetadata);
-    let mut done = 0;
+    let mut before = 0;
     for batch in [meta, rest] {
-        for chunk in batch.chunks(256) {
-            let locations: Result<Vec<Path>> = chunk
-                .iter()
-                .map(|d| store.paths().resolve(&d.path, "garbage collection"))
-                .collect();
-            store.delete_all(locations?).await?;
-            done += chunk.len();
-            deleted(done);
-        }
+        let locations: Result<Vec<Path>> = batch
+            .iter()
+            .map(|d| store.paths().resolve(&d.path, "garbage collection"))
+            .collect();
+        store
+            .delete_counted(locations?, &|n| deleted(before + n))
+            .await?;
+        before += batch.len();
     }
     info!(
         job = %store.job(),

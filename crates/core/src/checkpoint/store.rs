@@ -1,7 +1,7 @@
 //! The checkpoint store: checksummed, streaming transfers and create-if-absent metadata over any
 //! [`ObjectStore`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::Path as LocalPath;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,7 +19,7 @@ use super::local_file::{CopyHelpers, LocalFile, LocalWrite};
 use super::metadata::{
     CheckpointMetadata, Checksum, FORMAT_VERSION, FileRef, SubtaskHandle, decode,
 };
-use super::paths::{JobId, JobPaths, parse_checkpoint_dir_name};
+use super::paths::{JobId, JobPaths, checkpoint_dir_name, parse_checkpoint_dir_name};
 use crate::error::{Error, Result};
 
 /// Files up to this size are uploaded in one request; larger ones as multipart uploads.
@@ -32,7 +32,10 @@ const CHECKSUM_READ: usize = 256 << 10;
 /// Parts of one multipart upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 /// Handles read at once when completing a checkpoint.
-const HANDLE_READS_IN_FLIGHT: usize = 16;
+const HANDLE_READS_IN_FLIGHT: usize = 64;
+/// Listings (of a directory each) and small reads in flight at once: a store lists one page
+/// after another, so a large directory is listed faster as its subdirectories side by side.
+const LISTS_IN_FLIGHT: usize = 64;
 /// Largest metadata object read: a bound on what a damaged or hostile store can make us load.
 pub const METADATA_MAX_BYTES: u64 = 256 << 20;
 
@@ -508,16 +511,17 @@ impl CheckpointStore {
             .filter_map(|p| p.filename().and_then(parse_checkpoint_dir_name))
             .collect();
         ids.sort_unstable();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let completed = match self.store.head(&self.paths.metadata(id)).await {
-                Ok(_) => true,
-                Err(object_store::Error::NotFound { .. }) => false,
-                Err(e) => return Err(store_err("head", &self.paths.metadata(id))(e)),
-            };
-            out.push((id, completed));
-        }
-        Ok(out)
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                match self.store.head(&self.paths.metadata(id)).await {
+                    Ok(_) => Ok((id, true)),
+                    Err(object_store::Error::NotFound { .. }) => Ok((id, false)),
+                    Err(e) => Err(store_err("head", &self.paths.metadata(id))(e)),
+                }
+            })
+            .buffered(LISTS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     /// Ids of completed checkpoints, ascending.
@@ -644,17 +648,30 @@ impl CheckpointStore {
     /// its size: a checkpoint never completes referencing a file that garbage collection
     /// already took.
     async fn check_files_exist(&self, id: u64, handles: &[SubtaskHandle]) -> Result<()> {
-        let mut stored: HashMap<String, u64> = HashMap::new();
-        for prefix in [self.paths.shared_root(), self.paths.checkpoint_dir(id)] {
-            let mut listing = self.store.list(Some(&prefix));
-            while let Some(meta) = listing
-                .try_next()
-                .await
-                .map_err(store_err("list", &prefix))?
-            {
-                stored.insert(self.paths.relative(&meta.location), meta.size);
-            }
-        }
+        // The directories the files lie in (a DB instance's shared files, the checkpoint's
+        // private files), side by side: not every stored file, page after page.
+        let private = format!("{}/private", checkpoint_dir_name(id));
+        let dirs: BTreeSet<String> = handles
+            .iter()
+            .flat_map(|h| h.files())
+            .map(|f| match f.path.rsplit_once('/') {
+                Some((dir, _)) if dir.split('/').next() == Some("shared") => dir.to_owned(),
+                _ => private.clone(),
+            })
+            .collect();
+        let listed: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
+            .map(|dir| async move {
+                let prefix = self.paths.resolve(&dir, "checkpoint completion")?;
+                self.list_under(&prefix).await
+            })
+            .buffer_unordered(LISTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let stored: HashMap<String, u64> = listed
+            .into_iter()
+            .flatten()
+            .map(|meta| (self.paths.relative(&meta.location), meta.size))
+            .collect();
         for h in handles {
             let referenced_by = self.paths.relative(&self.paths.handle(id, h.subtask));
             for f in h.files() {
@@ -681,9 +698,34 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Every object below the job root with its size and last-modified time.
+    /// Every object below the job root with its size and last-modified time. The directories
+    /// below the root and below `shared/` (one per DB instance) are listed side by side.
     pub async fn list_all(&self) -> Result<Vec<object_store::ObjectMeta>> {
-        self.list_under(self.paths.root()).await
+        let list_dirs = |prefix: Path| async move {
+            self.store
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .map_err(store_err("list", &prefix))
+        };
+        let top = list_dirs(self.paths.root().clone()).await?;
+        let mut objects = top.objects;
+        let mut dirs = Vec::new();
+        for dir in top.common_prefixes {
+            if dir == self.paths.shared_root() {
+                let shared = list_dirs(dir).await?;
+                objects.extend(shared.objects);
+                dirs.extend(shared.common_prefixes);
+            } else {
+                dirs.push(dir);
+            }
+        }
+        let listed: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
+            .map(|dir| async move { self.list_under(&dir).await })
+            .buffer_unordered(LISTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        objects.extend(listed.into_iter().flatten());
+        Ok(objects)
     }
 
     /// Every object below `prefix` with its size and last-modified time.
@@ -695,32 +737,47 @@ impl CheckpointStore {
             .map_err(store_err("list", prefix))
     }
 
-    /// The JSON documents below `prefix` (one vanished meanwhile is left out).
+    /// The JSON documents below `prefix`, several read at once (one vanished meanwhile is left
+    /// out).
     pub async fn read_json_under<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &Path,
     ) -> Result<Vec<T>> {
-        let mut out = Vec::new();
-        for meta in self.list_under(prefix).await? {
-            if let Some(doc) = self.get_json(&meta.location).await? {
-                out.push(doc);
-            }
-        }
-        Ok(out)
+        futures::stream::iter(self.list_under(prefix).await?)
+            .map(|meta| async move { self.get_json(&meta.location).await })
+            .buffered(LISTS_IN_FLIGHT)
+            .try_filter_map(|doc| async move { Ok(doc) })
+            .try_collect()
+            .await
     }
 
-    /// Deletes the objects at `locations`, with bounded parallelism; absent ones are fine.
+    /// Deletes the objects at `locations`; absent ones are fine.
     pub async fn delete_all(&self, locations: Vec<Path>) -> Result<()> {
-        futures::stream::iter(locations)
-            .map(|location| async move {
-                match self.store.delete(&location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(store_err("delete", &location)(e)),
-                }
-            })
-            .buffer_unordered(8)
-            .try_collect::<Vec<()>>()
-            .await?;
+        self.delete_counted(locations, &|_| {}).await
+    }
+
+    /// Deletes the objects at `locations` as the store deletes many (S3: a thousand a request,
+    /// several requests at once; others: several objects at once), calling `deleted` with the
+    /// count so far every 256 objects and at the end; absent ones are fine.
+    pub async fn delete_counted(
+        &self,
+        locations: Vec<Path>,
+        deleted: &(dyn Fn(usize) + Sync),
+    ) -> Result<()> {
+        let total = locations.len();
+        let locations = futures::stream::iter(locations.into_iter().map(Ok)).boxed();
+        let mut outcomes = self.store.delete_stream(locations);
+        let mut done = 0;
+        while let Some(outcome) = outcomes.next().await {
+            match outcome {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err("delete", self.paths.root())(e)),
+            }
+            done += 1;
+            if done % 256 == 0 || done == total {
+                deleted(done);
+            }
+        }
         Ok(())
     }
 }

@@ -32,6 +32,7 @@ pub fn handle(
         bytes_total: 0,
         bytes_uploaded: 0,
         created_at: chrono::Utc::now(),
+        processed: None,
     }
 }
 

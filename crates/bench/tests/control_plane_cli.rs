@@ -1,0 +1,71 @@
+//! `regroup-bench control-plane` at a small size: it runs, and prints every measurement with
+//! its target and whether it is met (not the times: no test asserts on them).
+
+use std::process::Command;
+
+#[test]
+fn bench_control_plane_prints_every_measurement_with_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_regroup-bench"))
+        .args([
+            "control-plane",
+            "--max-parallelism",
+            "256",
+            "--parallelism",
+            "16",
+            "--files-per-handle",
+            "8",
+            "--retain",
+            "2",
+            "--rounds",
+            "2",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    let measured: Vec<&str> = stdout.lines().filter(|l| l.contains("target ≤")).collect();
+    for line in &measured {
+        assert!(
+            line.ends_with(": met") || line.ends_with(": NOT met"),
+            "{line}"
+        );
+    }
+    for (start, count) in [
+        ("metadata: _metadata.json of 16 handles", 1),
+        ("plan 16→15 ", 1),
+        ("plan 16→17 ", 1),
+        ("plan 16→8 ", 1),
+        ("plan 8→16 ", 1),
+        (
+            "file store: checkpoint completion (try_complete: 16 handles",
+            1,
+        ),
+        ("file store: garbage collection (retain 2", 1),
+        ("file store: restore progress (16 reports", 1),
+        ("status: RollingForward 15→16", 1),
+        ("status: Running (16 ready workers", 1),
+    ] {
+        let found = measured.iter().filter(|l| l.starts_with(start)).count();
+        assert_eq!(found, count, "{start}: {stdout}");
+    }
+    assert_eq!(measured.len(), 10, "{stdout}");
+    let met = measured.iter().filter(|l| l.ends_with(": met")).count();
+    assert!(
+        stdout.contains(&format!("targets: {met} of 10 met")),
+        "{stdout}"
+    );
+    // Garbage collection kept the newest two checkpoints and deleted the rest.
+    let gc = measured
+        .iter()
+        .find(|l| l.contains("garbage collection"))
+        .unwrap();
+    assert!(!gc.contains(" 0 deleted a round"), "{gc}");
+}
