@@ -442,10 +442,15 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     .await;
     ctx.metrics
         .job_deleted(&job.namespace().unwrap_or_default(), &job.name_any());
+    let uid = job.uid().unwrap_or_default();
     ctx.stores
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&job.uid().unwrap_or_default());
+        .remove(&uid);
+    ctx.written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&uid);
     Ok(Action::await_change())
 }
 
