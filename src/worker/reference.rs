@@ -93,7 +93,9 @@ pub struct KeySpace {
     keys_per_group: u32,
     /// The first key group held.
     start: u32,
-    groups: Vec<Vec<String>>,
+    /// The `c` of each key, group after group: one allocation however many keys, where millions
+    /// of small strings were slow to allocate at start and to free at exit.
+    numbers: Vec<u64>,
 }
 
 impl KeySpace {
@@ -114,8 +116,10 @@ impl KeySpace {
     pub fn of_range(max_parallelism: u32, keys_per_group: u32, range: KeyGroupRange) -> Self {
         use std::fmt::Write;
         let k = keys_per_group as usize;
-        let mut groups: Vec<Vec<String>> = vec![Vec::with_capacity(k); range.len() as usize];
-        let mut missing = groups.len() * k;
+        let groups = range.len() as usize;
+        let mut numbers = vec![0; groups * k];
+        let mut found = vec![0usize; groups];
+        let mut missing = groups * k;
         let mut name = String::new();
         let mut c: u64 = 0;
         while missing > 0 {
@@ -123,9 +127,10 @@ impl KeySpace {
             let _ = write!(name, "key-{c}");
             let g = key_group_for_key(name.as_bytes(), max_parallelism);
             if range.contains(g) {
-                let keys = &mut groups[(g - range.start) as usize];
-                if keys.len() < k {
-                    keys.push(name.clone());
+                let i = (g - range.start) as usize;
+                if found[i] < k {
+                    numbers[i * k + found[i]] = c;
+                    found[i] += 1;
                     missing -= 1;
                 }
             }
@@ -134,7 +139,7 @@ impl KeySpace {
         Self {
             keys_per_group,
             start: range.start,
-            groups,
+            numbers,
         }
     }
 
@@ -144,8 +149,36 @@ impl KeySpace {
     }
 
     /// The keys of key group `g` (one of those held).
-    pub fn keys(&self, g: u32) -> &[String] {
-        &self.groups[(g - self.start) as usize]
+    pub fn keys(&self, g: u32) -> GroupKeys<'_> {
+        let k = self.keys_per_group as usize;
+        let i = (g - self.start) as usize;
+        GroupKeys(&self.numbers[i * k..(i + 1) * k])
+    }
+}
+
+/// The keys of one key group, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupKeys<'a>(&'a [u64]);
+
+impl GroupKeys<'_> {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The name of key `i`.
+    pub fn name(&self, i: usize) -> String {
+        format!("key-{}", self.0[i])
+    }
+
+    /// Every name, in order.
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.len()).map(|i| self.name(i))
     }
 }
 
@@ -188,7 +221,7 @@ pub fn expected_state(keys: &KeySpace, g: u32, next: u64) -> BTreeMap<String, (u
     let names = keys.keys(g);
     for n in 0..next {
         let e = event(g, n, keys.keys_per_group());
-        let v = out.entry(names[e.key_index as usize].clone()).or_default();
+        let v = out.entry(names.name(e.key_index as usize)).or_default();
         v.0 += 1;
         v.1 += e.delta;
     }
@@ -354,7 +387,8 @@ impl KeyedJob for ReferenceJob {
             d.1 += e.delta;
         }
         for (key_index, (count, sum)) in deltas {
-            let key = names[key_index as usize].as_bytes();
+            let key = names.name(key_index as usize);
+            let key = key.as_bytes();
             let old_count = read_u64(backend, COUNTS, g, key)?;
             let old_sum = read_u64(backend, SUMS, g, key)?;
             batch.put_in_group(COUNTS, g, key, &(old_count + count).to_be_bytes())?;
@@ -441,7 +475,7 @@ mod tests {
             let ks = KeySpace::new(m, k);
             for g in 0..m {
                 assert_eq!(ks.keys(g).len(), k as usize);
-                for key in ks.keys(g) {
+                for key in ks.keys(g).names() {
                     assert_eq!(key_group_for_key(key.as_bytes(), m), g);
                 }
             }
@@ -490,7 +524,7 @@ mod tests {
         }
         let keys = KeySpace::of_range(16, k, range);
         for g in range.iter() {
-            for key in keys.keys(g) {
+            for key in keys.keys(g).names() {
                 assert!(
                     backend
                         .get_in_group(COUNTS, g, key.as_bytes())

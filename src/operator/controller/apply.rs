@@ -52,13 +52,7 @@ impl Round {
         let token = self.ensure_token(&world.token).await?;
         self.apply_owned_objects().await?;
         let mut status = plan.status;
-        write_status(
-            &self.ctx.client,
-            &self.job,
-            &mut status,
-            plan.problem.as_ref(),
-        )
-        .await?;
+        write_status(&self.ctx, &self.job, &mut status, plan.problem.as_ref()).await?;
         *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
         super::record_metrics(&self.ctx, &self.job, &status);
         for update in &plan.snapshots {
@@ -91,7 +85,7 @@ impl Round {
             .is_some_and(|p| p.reason == reasons::INVALID_SPEC)
         {
             // Every act went through: what the API server refused before is accepted now.
-            write_status(&self.ctx.client, &self.job, &mut status, None).await?;
+            write_status(&self.ctx, &self.job, &mut status, None).await?;
             super::record_metrics(&self.ctx, &self.job, &status);
         }
         Ok(Action::requeue(plan.requeue))

@@ -301,6 +301,10 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     Ok(d.finish())
 }
 
+/// How often a round looks for the final checkpoint's completion: the workers stay paused
+/// until it is seen, and no event announces it (the other stages end on pod events).
+pub const FINAL_CHECKPOINT_POLL: Duration = Duration::from_millis(250);
+
 /// The Degraded problem the recorded status shows. An invalid spec stays until a round's
 /// actions all went through: clearing it before would rewrite the status twice a round, and
 /// each write starts the next round at once.
@@ -790,7 +794,7 @@ impl<'a> Decider<'a> {
                     self.event(false, reasons::FINAL_CHECKPOINT_RETRIED, message);
                     self.trigger(id, epoch, parallelism, true);
                 }
-                busy
+                busy.min(FINAL_CHECKPOINT_POLL)
             }
             Work::Checkpoints { epoch, parallelism } => {
                 self.act(Act::DeleteUnusedClaims(state.clone()));
@@ -1762,7 +1766,7 @@ mod tests {
         };
         assert_eq!(plan.actions, [abort, trigger(6, true)]);
         assert!(reasons_of(&plan).contains(&reasons::CHECKPOINT_ABORTED));
-        assert_eq!(plan.requeue, BUSY);
+        assert_eq!(plan.requeue, FINAL_CHECKPOINT_POLL);
     }
 
     #[test]

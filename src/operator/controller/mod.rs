@@ -41,6 +41,17 @@ pub mod decide;
 pub use self::decide::Asked;
 mod observe;
 
+/// How long a round waits for the watch to deliver this process's own status write.
+const WATCH_LAG_LIMIT: Duration = Duration::from_secs(10);
+
+/// Whether `job` is older than what a status write left (`written`), within
+/// [`WATCH_LAG_LIMIT`] of that write: neither that version nor a later one with that status.
+fn predates(job: &StatefulJob, (version, status, at): &Written) -> bool {
+    at.elapsed() < WATCH_LAG_LIMIT
+        && job.metadata.resource_version != *version
+        && job.status != *status
+}
+
 /// Finalizer the operator puts on every StatefulJob.
 pub const FINALIZER: &str = "regroup.dev/cleanup";
 
@@ -102,7 +113,17 @@ pub struct Context {
     pub owned_applied: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
     /// Per job uid, its store and what it was opened from (URL, job, storage settings).
     stores: Mutex<HashMap<String, (StoreKey, CheckpointStore)>>,
+    /// Per job uid, the resourceVersion and status this process's last status write left, and
+    /// when it wrote them.
+    written: Mutex<HashMap<String, Written>>,
 }
+
+/// A job's resourceVersion and status as a status write left them, and when.
+type Written = (
+    Option<String>,
+    Option<StatefulJobStatus>,
+    std::time::Instant,
+);
 
 /// What a job's store is opened from: its URL, job id and storage Secret's settings.
 type StoreKey = (String, String, BTreeMap<String, String>);
@@ -130,7 +151,39 @@ impl Context {
             claims_settled: Default::default(),
             owned_applied: Default::default(),
             stores: Default::default(),
+            written: Default::default(),
         }
+    }
+
+    /// Whether `job` predates a status write of this process: the watch has not delivered the
+    /// write yet, and a round on it would decide the same transition again (its Events and
+    /// metrics twice). A write not seen within [`WATCH_LAG_LIMIT`] is forgotten (someone else
+    /// may have written the status since).
+    fn behind(&self, job: &StatefulJob) -> bool {
+        let uid = job.uid().unwrap_or_default();
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(ours) = written.get(&uid) else {
+            return false;
+        };
+        let stale = predates(job, ours);
+        if !stale {
+            written.remove(&uid);
+        }
+        stale
+    }
+
+    /// Records the job as a status write of this process left it.
+    fn wrote(&self, written: StatefulJob) {
+        let uid = written.uid().unwrap_or_default();
+        let entry = (
+            written.metadata.resource_version,
+            written.status,
+            std::time::Instant::now(),
+        );
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, entry);
     }
 
     /// The store of the job `uid`, reused while its URL and settings stay the same: a new
@@ -172,6 +225,10 @@ pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn reconcile_job(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
+    if ctx.behind(&job) {
+        // The watch delivers the newer version within moments and starts a round on it.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let ns = job.namespace().unwrap_or_default();
     let api: Api<StatefulJob> = Api::namespaced(ctx.client.clone(), &ns);
     if stops_before_deletion(&job) {
@@ -232,7 +289,7 @@ async fn report_invalid(
     error: &ReconcileError,
 ) {
     let problem = Problem::new(reasons::INVALID_SPEC, error.to_string());
-    match write_status(&ctx.client, job, &mut status, Some(&problem)).await {
+    match write_status(ctx, job, &mut status, Some(&problem)).await {
         Ok(()) => record_metrics(ctx, job, &status),
         Err(e) => warn!(error = %e, "cannot record the Degraded condition"),
     }
@@ -252,7 +309,7 @@ fn record_metrics(ctx: &Context, job: &StatefulJob, status: &StatefulJobStatus) 
 /// Writes `status` with its conditions for `problem` (server-side apply, forced: the operator
 /// owns status); nothing when that is what the job's status already says.
 async fn write_status(
-    client: &Client,
+    ctx: &Context,
     job: &StatefulJob,
     status: &mut StatefulJobStatus,
     problem: Option<&Problem>,
@@ -269,18 +326,20 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<StatefulJob> =
-        Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "regroup.dev/v1alpha1",
         "kind": "StatefulJob",
         "status": status,
     });
-    api.patch_status(
-        &job.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &job.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.wrote(written);
     Ok(())
 }
 
@@ -383,10 +442,15 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     .await;
     ctx.metrics
         .job_deleted(&job.namespace().unwrap_or_default(), &job.name_any());
+    let uid = job.uid().unwrap_or_default();
     ctx.stores
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&job.uid().unwrap_or_default());
+        .remove(&uid);
+    ctx.written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&uid);
     Ok(Action::await_change())
 }
 
@@ -533,4 +597,53 @@ pub fn pod_to_job(pod: Pod) -> Option<kube::runtime::reflector::ObjectRef<Statef
     let name = pod.labels().get(JOB_LABEL)?.clone();
     let ns = pod.namespace()?;
     Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn job(version: &str, epoch: u64) -> StatefulJob {
+        let spec = serde_json::json!({
+            "parallelism": 1,
+            "template": {"spec": {"containers": [{"name": "worker", "image": "regroup:0.1.0"}]}},
+            "storage": {"url": "s3://bucket/jobs"}
+        });
+        let mut job = StatefulJob::new("orders", serde_json::from_value(spec).unwrap());
+        job.metadata.resource_version = Some(version.into());
+        job.status = Some(StatefulJobStatus {
+            epoch,
+            ..Default::default()
+        });
+        job
+    }
+
+    #[test]
+    fn a_round_waits_for_the_watch_to_deliver_its_own_status_write() {
+        let ours = job("12", 2);
+        let written: Written = (
+            ours.metadata.resource_version.clone(),
+            ours.status.clone(),
+            Instant::now(),
+        );
+        assert!(
+            predates(&job("11", 1), &written),
+            "the version the write replaced"
+        );
+        assert!(!predates(&ours, &written), "the written version");
+        assert!(
+            !predates(&job("13", 2), &written),
+            "a later edit of the spec"
+        );
+        let long_ago = (
+            written.0.clone(),
+            written.1.clone(),
+            Instant::now() - WATCH_LAG_LIMIT,
+        );
+        assert!(
+            !predates(&job("11", 1), &long_ago),
+            "a write never seen is forgotten"
+        );
+    }
 }
