@@ -4,7 +4,7 @@
 //! is read back; with one of another boot whose files were not, every one is. `copy` against
 //! `ingest` is measured in rounds too.
 
-use std::process::Command;
+mod support;
 
 /// The bytes after `label` in `line` (e.g. "reused locally" → 1234), when there.
 fn bytes_after(line: &str, label: &str) -> Option<u64> {
@@ -12,25 +12,10 @@ fn bytes_after(line: &str, label: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// Runs `regroup-bench restore --keys 5000` with `args` in a temporary directory; returns its
-/// report, after checking that it succeeded.
+/// Runs `regroup-bench restore --keys 5000` with `args`; returns its report, after checking
+/// that it succeeded.
 fn bench(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup-bench"))
-        .args(["restore", "--keys", "5000"])
-        .args(args)
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{stdout}");
-    stdout
+    support::run_bench(&[&["restore", "--keys", "5000"], args].concat())
 }
 
 #[test]

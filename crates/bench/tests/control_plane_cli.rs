@@ -1,36 +1,23 @@
 //! `regroup-bench control-plane` at a small size: it runs, and prints every measurement with
 //! its target and whether it is met (not the times: no test asserts on them).
 
-use std::process::Command;
+mod support;
 
 #[test]
 fn bench_control_plane_prints_every_measurement_with_its_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_regroup-bench"))
-        .args([
-            "control-plane",
-            "--max-parallelism",
-            "256",
-            "--parallelism",
-            "16",
-            "--files-per-handle",
-            "8",
-            "--retain",
-            "2",
-            "--rounds",
-            "2",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{stdout}");
+    let stdout = support::run_bench(&[
+        "control-plane",
+        "--max-parallelism",
+        "256",
+        "--parallelism",
+        "16",
+        "--files-per-handle",
+        "8",
+        "--retain",
+        "2",
+        "--rounds",
+        "2",
+    ]);
     let measured: Vec<&str> = stdout.lines().filter(|l| l.contains("target ≤")).collect();
     for line in &measured {
         assert!(
