@@ -327,6 +327,16 @@ async fn abort_scenario(store: CheckpointStore) {
     write(&backend, &mut model, "cold", 0..500, "c");
     let snapshot = snapshotter.capture(&backend, 1, &scratch).unwrap();
     let h1 = snapshotter.upload(snapshot, &store).await.unwrap();
+    assert_eq!(store.written_handles(1, 2).await.unwrap(), 1);
+    assert_eq!(
+        store.written_handles(1, 0).await.unwrap(),
+        0,
+        "only subtasks below the parallelism count"
+    );
+    assert!(
+        store.try_complete(1, 1, 2, M).await.unwrap().is_none(),
+        "subtask 1 has not written its handle"
+    );
     snapshotter.notify_aborted(1);
     let c2 = checkpoint(&backend, &snapshotter, &store, 2, &scratch).await;
     assert_eq!(

@@ -114,27 +114,38 @@ impl KeySpace {
     /// The keys of the key groups of `range` only: what one worker needs (a worker of a large
     /// state keeps only its own keys in memory).
     pub fn of_range(max_parallelism: u32, keys_per_group: u32, range: KeyGroupRange) -> Self {
-        use std::fmt::Write;
         let k = keys_per_group as usize;
         let groups = range.len() as usize;
         let mut numbers = vec![0; groups * k];
         let mut found = vec![0usize; groups];
         let mut missing = groups * k;
-        let mut name = String::new();
-        let mut c: u64 = 0;
+        // Every worker scans about M·K names whatever its range, before its first event: the
+        // names are scanned in chunks side by side, and their hits taken in order.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) as u64;
+        let names = u64::from(max_parallelism) * u64::from(keys_per_group);
+        let chunk = (names / threads).clamp(1 << 10, 1 << 17);
+        let mut next = 0;
         while missing > 0 {
-            name.clear();
-            let _ = write!(name, "key-{c}");
-            let g = key_group_for_key(name.as_bytes(), max_parallelism);
-            if range.contains(g) {
-                let i = (g - range.start) as usize;
+            let hits: Vec<Vec<(usize, u64)>> = std::thread::scope(|s| {
+                let scans: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let first = next + t * chunk;
+                        s.spawn(move || scan(first..first + chunk, max_parallelism, range))
+                    })
+                    .collect();
+                scans
+                    .into_iter()
+                    .map(|scan| scan.join().expect("a key scan panicked"))
+                    .collect()
+            });
+            for (i, c) in hits.into_iter().flatten() {
                 if found[i] < k {
                     numbers[i * k + found[i]] = c;
                     found[i] += 1;
                     missing -= 1;
                 }
             }
-            c += 1;
+            next += threads * chunk;
         }
         Self {
             keys_per_group,
@@ -153,6 +164,61 @@ impl KeySpace {
         let k = self.keys_per_group as usize;
         let i = (g - self.start) as usize;
         GroupKeys(&self.numbers[i * k..(i + 1) * k])
+    }
+}
+
+/// The names `key-<c>` for `c` in `numbers` whose key group lies in `range`: (the group's
+/// index in `range`, `c`), in order.
+fn scan(
+    numbers: std::ops::Range<u64>,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+) -> Vec<(usize, u64)> {
+    let mut hits = Vec::new();
+    let mut name = KeyName::at(numbers.start);
+    for _ in numbers {
+        let g = key_group_for_key(name.as_bytes(), max_parallelism);
+        if range.contains(g) {
+            hits.push(((g - range.start) as usize, name.number));
+        }
+        name.advance();
+    }
+    hits
+}
+
+/// The name `key-<c>`, counted up in place: formatting each of millions of names anew was
+/// most of a worker's start.
+struct KeyName {
+    number: u64,
+    text: Vec<u8>,
+}
+
+impl KeyName {
+    const PREFIX: usize = "key-".len();
+
+    fn at(number: u64) -> Self {
+        Self {
+            number,
+            text: format!("key-{number}").into_bytes(),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// The next name: `c + 1` in decimal.
+    fn advance(&mut self) {
+        self.number += 1;
+        for i in (Self::PREFIX..self.text.len()).rev() {
+            if self.text[i] == b'9' {
+                self.text[i] = b'0';
+            } else {
+                self.text[i] += 1;
+                return;
+            }
+        }
+        self.text.insert(Self::PREFIX, b'1');
     }
 }
 
@@ -537,6 +603,39 @@ mod tests {
         // Then the rate applies again: nothing is owed right after the preload.
         let mut batch = backend.batch();
         assert!(job.step(&backend, &mut batch).unwrap().events <= 1);
+    }
+
+    #[test]
+    fn key_names_count_up_in_decimal() {
+        let mut name = KeyName::at(0);
+        for c in 0..120_000u64 {
+            assert_eq!(name.as_bytes(), format!("key-{c}").as_bytes());
+            assert_eq!(name.number, c);
+            name.advance();
+        }
+    }
+
+    #[test]
+    fn a_key_space_holds_the_first_names_of_each_group() {
+        // The definition, written out: the first K names key-<c> hashing into each group. M·K
+        // spans several rounds of chunks on up to 8 threads.
+        let (m, k) = (64, 20_000);
+        let range = KeyGroupRange { start: 9, end: 12 };
+        let mut expected: Vec<Vec<String>> = vec![Vec::new(); range.len() as usize];
+        let mut c = 0u64;
+        while expected.iter().any(|keys| keys.len() < k as usize) {
+            let name = format!("key-{c}");
+            let g = key_group_for_key(name.as_bytes(), m);
+            if range.contains(g) && expected[(g - range.start) as usize].len() < k as usize {
+                expected[(g - range.start) as usize].push(name);
+            }
+            c += 1;
+        }
+        let keys = KeySpace::of_range(m, k, range);
+        for g in range.start..=range.end {
+            let names: Vec<String> = keys.keys(g).names().collect();
+            assert_eq!(names, expected[(g - range.start) as usize], "group {g}");
+        }
     }
 
     #[test]

@@ -35,6 +35,10 @@ fn bench_control_plane_prints_every_measurement_with_its_target() {
             "file store: checkpoint completion (try_complete: 16 handles",
             1,
         ),
+        (
+            "file store: completion poll while a handle is missing (15 of 16",
+            1,
+        ),
         ("file store: garbage collection (retain 2", 1),
         ("file store: restore progress (16 reports", 1),
         ("status: RollingForward 15→16", 1),
@@ -43,10 +47,10 @@ fn bench_control_plane_prints_every_measurement_with_its_target() {
         let found = measured.iter().filter(|l| l.starts_with(start)).count();
         assert_eq!(found, count, "{start}: {stdout}");
     }
-    assert_eq!(measured.len(), 10, "{stdout}");
+    assert_eq!(measured.len(), 11, "{stdout}");
     let met = measured.iter().filter(|l| l.ends_with(": met")).count();
     assert!(
-        stdout.contains(&format!("targets: {met} of 10 met")),
+        stdout.contains(&format!("targets: {met} of 11 met")),
         "{stdout}"
     );
     // Garbage collection kept the newest two checkpoints and deleted the rest.

@@ -53,7 +53,6 @@ impl Round {
         self.apply_owned_objects().await?;
         let mut status = plan.status;
         write_status(&self.ctx, &self.job, &mut status, plan.problem.as_ref()).await?;
-        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
         super::record_metrics(&self.ctx, &self.job, &status);
         for update in &plan.snapshots {
             self.record_snapshot(update).await?;
@@ -96,13 +95,7 @@ impl Round {
         let uid = self.job.uid().unwrap_or_default();
         let generation = self.job.metadata.generation;
         let now = Instant::now();
-        let last = self
-            .ctx
-            .owned_applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&uid)
-            .copied();
+        let last = self.ctx.remember(&uid, |m| m.owned_applied);
         if !owned_objects_due(last, generation, now) {
             return Ok(());
         }
@@ -112,10 +105,7 @@ impl Round {
         );
         futures::try_join!(self.apply_object(&service), self.apply_object(&budget))?;
         self.ctx
-            .owned_applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid, (generation, now));
+            .remember(&uid, |m| m.owned_applied = Some((generation, now)));
         Ok(())
     }
 
@@ -313,11 +303,9 @@ impl Round {
             Err(e) => Err(e),
         };
         let refusal = result.as_ref().err().map(ToString::to_string);
-        self.ctx
-            .triggered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(self.job.uid().unwrap_or_default(), Asked { id, refusal });
+        self.ctx.remember(&self.job.uid().unwrap_or_default(), |m| {
+            m.asked = Some(Asked { id, refusal })
+        });
         match result {
             Ok(()) => {
                 info!(checkpoint = id, epoch, stop, "checkpoint triggered");
@@ -425,23 +413,17 @@ impl Round {
         if resources::state_claim(&self.job).is_none() {
             return;
         }
-        let key = (self.job.uid().unwrap_or_default(), state.epoch);
+        let uid = self.job.uid().unwrap_or_default();
         let settled = self
             .ctx
-            .claims_settled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key);
+            .remember(&uid, |m| m.claims_settled.contains(&state.epoch));
         if settled {
             return;
         }
         match self.try_delete_unused_claims(state).await {
             Ok(()) => {
                 self.ctx
-                    .claims_settled
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key);
+                    .remember(&uid, |m| m.claims_settled.insert(state.epoch));
             }
             Err(e) => warn!(error = %e, "unused state claims not deleted; retried later"),
         }

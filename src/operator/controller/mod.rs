@@ -99,23 +99,30 @@ pub struct Context {
     pub recorder: Events,
     /// Requeue interval while something is in progress.
     pub busy_requeue: Duration,
-    /// Per job uid, the last checkpoint this process asked the workers for, with their refusal
-    /// if any (one at a time is in flight); a pending checkpoint not here was recorded by an
-    /// earlier process, which may have stopped before asking.
-    pub triggered: Mutex<HashMap<String, Asked>>,
     /// Whether job stores may use the operator's own credentials (`--ambient-credentials`).
     pub ambient: Ambient,
-    /// (job uid, epoch) whose unused state claims this process has deleted (or found none):
-    /// the claims are listed once per generation, and again after a restart.
-    pub claims_settled: Mutex<HashSet<(String, u64)>>,
-    /// Per job uid, the generation whose Service and PodDisruptionBudget this process last
-    /// applied, and when: they are applied again for a new generation or after a minute.
-    pub owned_applied: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
-    /// Per job uid, its store and what it was opened from (URL, job, storage settings).
-    stores: Mutex<HashMap<String, (StoreKey, CheckpointStore)>>,
-    /// Per job uid, the resourceVersion and status this process's last status write left, and
-    /// when it wrote them.
-    written: Mutex<HashMap<String, Written>>,
+    /// Per job uid, what this process remembers of it between rounds; dropped with the job.
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+/// What this process remembers of one job between rounds. Only a shortcut or a record of its
+/// own acts: a new process starts without it and finds the same from the cluster and store.
+#[derive(Default)]
+struct Memory {
+    /// The last checkpoint this process asked the workers for, with their refusal if any (one
+    /// at a time is in flight); a pending checkpoint not here was recorded by an earlier
+    /// process, which may have stopped before asking.
+    asked: Option<Asked>,
+    /// The epochs whose unused state claims this process has deleted (or found none): the
+    /// claims are listed once per generation, and again after a restart.
+    claims_settled: HashSet<u64>,
+    /// The generation whose Service and PodDisruptionBudget this process last applied, and
+    /// when: they are applied again for a new generation or after a minute.
+    owned_applied: Option<(Option<i64>, std::time::Instant)>,
+    /// The job's store and what it was opened from (URL, job, storage settings).
+    store: Option<(StoreKey, CheckpointStore)>,
+    /// The resourceVersion and status this process's last status write left, and when.
+    written: Option<Written>,
 }
 
 /// A job's resourceVersion and status as a status write left them, and when.
@@ -146,12 +153,8 @@ impl Context {
             workers,
             metrics,
             busy_requeue: Duration::from_secs(2),
-            triggered: Default::default(),
             ambient: Ambient::Forbidden,
-            claims_settled: Default::default(),
-            owned_applied: Default::default(),
-            stores: Default::default(),
-            written: Default::default(),
+            memory: Default::default(),
         }
     }
 
@@ -161,13 +164,14 @@ impl Context {
     /// may have written the status since).
     fn behind(&self, job: &StatefulJob) -> bool {
         let uid = job.uid().unwrap_or_default();
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ours) = written.get(&uid) else {
+        // Looked up, not remembered: a deleted job's last rounds leave nothing behind.
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = memory.get_mut(&uid) else {
             return false;
         };
-        let stale = predates(job, ours);
+        let stale = m.written.as_ref().is_some_and(|ours| predates(job, ours));
         if !stale {
-            written.remove(&uid);
+            m.written = None;
         }
         stale
     }
@@ -180,10 +184,7 @@ impl Context {
             written.status,
             std::time::Instant::now(),
         );
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid, entry);
+        self.remember(&uid, |m| m.written = Some(entry));
     }
 
     /// The store of the job `uid`, reused while its URL and settings stay the same: a new
@@ -196,15 +197,30 @@ impl Context {
         settings: &BTreeMap<String, String>,
     ) -> crate::Result<CheckpointStore> {
         let key = (url.to_owned(), job.to_string(), settings.clone());
-        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, store)) = stores.get(uid)
-            && *k == key
-        {
-            return Ok(store.clone());
-        }
-        let store = open_store(url, job, settings, self.ambient)?;
-        stores.insert(uid.to_owned(), (key, store.clone()));
-        Ok(store)
+        self.remember(uid, |m| {
+            if let Some((k, store)) = &m.store
+                && *k == key
+            {
+                return Ok(store.clone());
+            }
+            let store = open_store(url, job, settings, self.ambient)?;
+            m.store = Some((key, store.clone()));
+            Ok(store)
+        })
+    }
+
+    /// Runs `f` on what this process remembers of the job `uid` (a fresh record if nothing).
+    fn remember<R>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> R) -> R {
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        f(memory.entry(uid.to_owned()).or_default())
+    }
+
+    /// Forgets the job `uid`: it was deleted.
+    fn forget(&self, uid: &str) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
     }
 }
 
@@ -442,15 +458,7 @@ async fn cleanup(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
     .await;
     ctx.metrics
         .job_deleted(&job.namespace().unwrap_or_default(), &job.name_any());
-    let uid = job.uid().unwrap_or_default();
-    ctx.stores
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&uid);
-    ctx.written
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&uid);
+    ctx.forget(&job.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
@@ -493,8 +501,6 @@ struct Round {
     store: CheckpointStore,
     /// The storage Secret's settings (also for stores the job imports from).
     settings: BTreeMap<String, String>,
-    /// The status this round wrote, once it did.
-    recorded: std::sync::Mutex<Option<StatefulJobStatus>>,
 }
 
 impl Round {
@@ -513,7 +519,6 @@ impl Round {
             ns,
             store,
             settings,
-            recorded: std::sync::Mutex::new(None),
         })
     }
 
@@ -527,14 +532,12 @@ impl Round {
         if let Err(e) = &result
             && e.kind() == "invalid_spec"
         {
-            // On top of what this round recorded: the status it started from would undo that.
-            let recorded = self
-                .recorded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            let status = recorded
-                .or_else(|| self.job.status.clone())
+            // On top of what this round wrote: the status it started from would undo that. (A
+            // round starts only once the job shows the previous write, see `behind`.)
+            let uid = self.job.uid().unwrap_or_default();
+            let written = self.ctx.remember(&uid, |m| m.written.clone());
+            let status = written
+                .map_or_else(|| self.job.status.clone(), |(_, status, _)| status)
                 .unwrap_or_default();
             report_invalid(&self.job, &self.ctx, status, e).await;
         }
@@ -645,5 +648,47 @@ mod tests {
             !predates(&job("11", 1), &long_ago),
             "a write never seen is forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_job_leaves_nothing_remembered() {
+        crate::tls::install_crypto_provider();
+        // No server: the deletion's Event fails and is only logged.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let workers = super::super::coordinator::HttpWorkerClient::new(Duration::from_secs(1));
+        let ctx = Arc::new(Context::new(
+            client,
+            Arc::new(workers.unwrap()),
+            Arc::new(OperatorMetrics::default()),
+            None,
+        ));
+        let mut deleted = job("12", 2);
+        deleted.metadata.uid = Some("u-1".into());
+        deleted.metadata.namespace = Some("shop".into());
+        let mut kept = deleted.clone();
+        kept.metadata.uid = Some("u-2".into());
+        for j in [&deleted, &kept] {
+            let uid = j.uid().unwrap();
+            ctx.remember(&uid, |m| {
+                m.asked = Some(Asked {
+                    id: 3,
+                    refusal: None,
+                });
+                m.claims_settled.insert(2);
+                m.owned_applied = Some((Some(1), Instant::now()));
+            });
+            ctx.wrote(j.clone());
+        }
+        cleanup(Arc::new(deleted), ctx.clone()).await.unwrap();
+        let memory = ctx.memory.lock().unwrap();
+        assert!(!memory.contains_key("u-1"), "the deleted job is forgotten");
+        assert!(memory["u-2"].asked.is_some(), "another job is not");
+        drop(memory);
+        assert!(
+            !ctx.behind(&job("11", 1)),
+            "a round after the deletion finds nothing"
+        );
+        assert!(!ctx.memory.lock().unwrap().contains_key(""));
     }
 }

@@ -175,12 +175,8 @@ impl Round {
 
     /// The checkpoint this process last asked the job's workers for (see [`World::asked`]).
     fn asked(&self) -> Option<Asked> {
-        let uid = self.job.uid().unwrap_or_default();
-        let triggered = self.ctx.triggered.lock();
-        triggered
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&uid)
-            .cloned()
+        self.ctx
+            .remember(&self.job.uid().unwrap_or_default(), |m| m.asked.clone())
     }
 
     /// How far checkpoint `id` of `epoch` got; its workers are asked why it cannot complete

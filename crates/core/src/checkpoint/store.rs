@@ -593,6 +593,11 @@ impl CheckpointStore {
         parallelism: u32,
         max_parallelism: u32,
     ) -> Result<Option<CheckpointMetadata>> {
+        // One listing while handles are missing (the final checkpoint's poll), not a read of
+        // every handle written so far.
+        if self.written_handles(id, parallelism).await? < parallelism as usize {
+            return Ok(None);
+        }
         let read = futures::stream::iter(0..parallelism)
             .map(|subtask| self.read_handle(id, subtask))
             .buffered(HANDLE_READS_IN_FLIGHT)
@@ -624,6 +629,23 @@ impl CheckpointStore {
         self.check_files_exist(id, &meta.handles).await?;
         meta.validate(&self.paths.relative(&self.paths.metadata(id)))?;
         Ok(Some(meta))
+    }
+
+    /// How many of subtasks `0..parallelism` have written a handle of checkpoint `id`, of any
+    /// epoch.
+    pub async fn written_handles(&self, id: u64, parallelism: u32) -> Result<usize> {
+        let listed = self.list_under(&self.paths.handles_dir(id)).await?;
+        Ok(listed
+            .iter()
+            .filter_map(|meta| {
+                meta.location
+                    .filename()?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .filter(|&subtask: &u32| subtask < parallelism)
+            .count())
     }
 
     /// Writes `_metadata.json` of `meta` (create-if-absent), the point at which its checkpoint
