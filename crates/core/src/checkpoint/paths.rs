@@ -93,6 +93,11 @@ pub fn parse_checkpoint_dir_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The subtask of a handle's file name `<subtask>.json` (see [`JobPaths::handle`]), if it is one.
+pub fn parse_handle_name(name: &str) -> Option<u32> {
+    name.strip_suffix(".json")?.parse().ok()
+}
+
 /// Object paths of one job, relative to the store's root.
 #[derive(Clone, Debug)]
 pub struct JobPaths {

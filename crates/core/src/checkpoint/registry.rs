@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::metadata::{CheckpointMetadata, FORMAT_VERSION, SubtaskHandle};
-use super::paths::parse_checkpoint_dir_name;
+use super::paths::{parse_checkpoint_dir_name, parse_handle_name};
 use super::pins::{pinned_ids, pins};
 use super::store::CheckpointStore;
 use crate::error::{Error, Result};
@@ -347,7 +347,7 @@ pub async fn gc_plan_for_store(
         .filter_map(|(path, _, _)| {
             let (dir, rest) = path.split_once("/handles/")?;
             let id = parse_checkpoint_dir_name(dir).filter(|id| in_flight.contains(id))?;
-            Some((id, rest.strip_suffix(".json")?.parse().ok()?))
+            Some((id, parse_handle_name(rest)?))
         })
         .collect();
     let in_flight_handles: Vec<SubtaskHandle> = futures::stream::iter(written)

@@ -19,7 +19,9 @@ use super::local_file::{CopyHelpers, LocalFile, LocalWrite};
 use super::metadata::{
     CheckpointMetadata, Checksum, FORMAT_VERSION, FileRef, SubtaskHandle, decode,
 };
-use super::paths::{JobId, JobPaths, checkpoint_dir_name, parse_checkpoint_dir_name};
+use super::paths::{
+    JobId, JobPaths, checkpoint_dir_name, parse_checkpoint_dir_name, parse_handle_name,
+};
 use crate::error::{Error, Result};
 
 /// Files up to this size are uploaded in one request; larger ones as multipart uploads.
@@ -637,14 +639,8 @@ impl CheckpointStore {
         let listed = self.list_under(&self.paths.handles_dir(id)).await?;
         Ok(listed
             .iter()
-            .filter_map(|meta| {
-                meta.location
-                    .filename()?
-                    .strip_suffix(".json")?
-                    .parse()
-                    .ok()
-            })
-            .filter(|&subtask: &u32| subtask < parallelism)
+            .filter_map(|meta| parse_handle_name(meta.location.filename()?))
+            .filter(|&subtask| subtask < parallelism)
             .count())
     }
 
