@@ -1144,6 +1144,9 @@ impl<'a> Decider<'a> {
         status
             .restarts
             .retain(|t| lifecycle::elapsed(t, &now) < window);
+        // Garbage collection can take seconds; no worker waits for it (stable: the rest keep
+        // their order).
+        self.plan.actions.sort_by_key(|a| *a == Act::Retain);
         self.plan
     }
 }
@@ -1432,7 +1435,7 @@ mod tests {
             parallelism: 2,
             notice: Notice::Complete,
         };
-        assert_eq!(plan.actions[1..], [Act::Retain, notify]);
+        assert_eq!(plan.actions[1..], [notify, Act::Retain]);
     }
 
     #[test]
@@ -1811,6 +1814,46 @@ mod tests {
         assert_ne!(r.stage, Stage::Checkpointing);
         assert_eq!(r.checkpoint, Some(4));
         assert!(reasons_of(&plan).contains(&reasons::FINAL_CHECKPOINT_FAILED));
+    }
+
+    #[test]
+    fn a_completed_final_checkpoint_starts_the_workers_before_retention() {
+        let mut job = running(3, None);
+        let st = job.status.as_mut().unwrap();
+        st.phase = Some(Phase::Checkpointing);
+        st.pending_checkpoint = Some(PendingCheckpoint {
+            stop: true,
+            ..pending(5)
+        });
+        st.rescale = Some(
+            serde_json::from_value(serde_json::json!({
+                "from": 2, "to": 3, "stage": "Checkpointing", "reason": "Scale",
+                "checkpoint": 4, "finalCheckpoint": 5,
+                "started": at(-5), "stageStarted": at(-5)
+            }))
+            .unwrap(),
+        );
+        let ready = InFlight {
+            id: 5,
+            completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
+            worker_failure: None,
+        };
+        let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
+        // No worker of epoch 1 is left (the world has no pods): the new ones start at once.
+        assert_eq!(plan.status.rescale.unwrap().stage, Stage::Restoring);
+        let run = Act::RunWorkers(Generation {
+            epoch: 2,
+            parallelism: 3,
+            checkpoint: Some(5),
+        });
+        let notify = Act::Notify {
+            id: 5,
+            epoch: 1,
+            parallelism: 2,
+            notice: Notice::Complete,
+        };
+        // Garbage collection takes seconds in a large store; the new workers do not wait.
+        assert_eq!(plan.actions, [notify, run, Act::Retain]);
     }
 
     /// The bytes of `plan`'s status as the controller writes it (with its conditions), the
