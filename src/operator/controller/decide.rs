@@ -88,6 +88,8 @@ pub struct InFlight {
     /// Why a worker failed it or no longer knows it (asked only when this process triggered
     /// it and it is not complete).
     pub worker_failure: Option<WorkerFailure>,
+    /// How long the round waited for the workers' uploads to end (a final checkpoint's).
+    pub waited: Duration,
 }
 
 /// How far a checkpoint got in the store.
@@ -301,8 +303,9 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     Ok(d.finish())
 }
 
-/// How often a round looks for the final checkpoint's completion: the workers stay paused
-/// until it is seen, and no event announces it (the other stages end on pod events).
+/// How long a round waits for the workers' final checkpoint uploads, and how often rounds look
+/// for its completion: the workers stay paused until it is seen, and no Kubernetes event
+/// announces it (the other stages end on pod events).
 pub const FINAL_CHECKPOINT_POLL: Duration = Duration::from_millis(250);
 
 /// The Degraded problem the recorded status shows. An invalid spec stays until a round's
@@ -794,7 +797,9 @@ impl<'a> Decider<'a> {
                     self.event(false, reasons::FINAL_CHECKPOINT_RETRIED, message);
                     self.trigger(id, epoch, parallelism, true);
                 }
-                busy.min(FINAL_CHECKPOINT_POLL)
+                // A round that waited for the workers looks again at once.
+                let waited = self.in_flight(id).map_or(Duration::ZERO, |f| f.waited);
+                busy.min(FINAL_CHECKPOINT_POLL.saturating_sub(waited))
             }
             Work::Checkpoints { epoch, parallelism } => {
                 self.act(Act::DeleteUnusedClaims(state.clone()));
@@ -1224,6 +1229,7 @@ mod tests {
             id,
             completion: Completion::Waiting,
             worker_failure: worker_failure.map(|w| WorkerFailure::Failed(w.to_owned())),
+            waited: Duration::ZERO,
         }
     }
 
@@ -1418,6 +1424,7 @@ mod tests {
             id: 5,
             completion: Completion::Ready(meta.clone()),
             worker_failure: None,
+            waited: Duration::ZERO,
         };
         let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.commit, Some(meta));
@@ -1611,6 +1618,7 @@ mod tests {
             id: 5,
             completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
             worker_failure: None,
+            waited: Duration::ZERO,
         };
         let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.status.consecutive_checkpoint_failures, 0);
@@ -1772,8 +1780,8 @@ mod tests {
         assert_eq!(plan.requeue, FINAL_CHECKPOINT_POLL);
     }
 
-    #[test]
-    fn a_worker_that_restarted_in_the_final_checkpoint_is_asked_again() {
+    /// Job `prod/orders` rescaling from 2 to 3 workers, its final checkpoint 5 asked for.
+    fn rescaling_2_to_3() -> StatefulJob {
         let mut job = running(3, None);
         let st = job.status.as_mut().unwrap();
         st.phase = Some(Phase::Checkpointing);
@@ -1789,6 +1797,29 @@ mod tests {
             }))
             .unwrap(),
         );
+        job
+    }
+
+    #[test]
+    fn a_round_that_waited_for_the_final_uploads_looks_again_at_once() {
+        let job = rescaling_2_to_3();
+        for (waited, requeue) in [
+            (Duration::ZERO, FINAL_CHECKPOINT_POLL),
+            (Duration::from_millis(100), Duration::from_millis(150)),
+            (FINAL_CHECKPOINT_POLL, Duration::ZERO),
+        ] {
+            let in_flight = InFlight {
+                waited,
+                ..waiting(5, None)
+            };
+            let plan = decide(&job, &world(Some(in_flight), Some((5, None))), BUSY).unwrap();
+            assert_eq!(plan.requeue, requeue, "waited {waited:?}");
+        }
+    }
+
+    #[test]
+    fn a_worker_that_restarted_in_the_final_checkpoint_is_asked_again() {
+        let job = rescaling_2_to_3();
         let forgot = |w: WorkerFailure| InFlight {
             worker_failure: Some(w),
             ..waiting(5, None)
@@ -1818,25 +1849,12 @@ mod tests {
 
     #[test]
     fn a_completed_final_checkpoint_starts_the_workers_before_retention() {
-        let mut job = running(3, None);
-        let st = job.status.as_mut().unwrap();
-        st.phase = Some(Phase::Checkpointing);
-        st.pending_checkpoint = Some(PendingCheckpoint {
-            stop: true,
-            ..pending(5)
-        });
-        st.rescale = Some(
-            serde_json::from_value(serde_json::json!({
-                "from": 2, "to": 3, "stage": "Checkpointing", "reason": "Scale",
-                "checkpoint": 4, "finalCheckpoint": 5,
-                "started": at(-5), "stageStarted": at(-5)
-            }))
-            .unwrap(),
-        );
+        let job = rescaling_2_to_3();
         let ready = InFlight {
             id: 5,
             completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
             worker_failure: None,
+            waited: Duration::ZERO,
         };
         let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
         // No worker of epoch 1 is left (the world has no pods): the new ones start at once.
