@@ -138,6 +138,15 @@ pub enum Act {
     RunWorkers(Generation),
     /// Delete the state claims no worker of the settled generation uses (best effort).
     DeleteUnusedClaims(JobState),
+    /// Create the state claims of the ordinals `from..to` a scale-out adds, while the final
+    /// checkpoint runs, so their volumes are ready when the pods come (best effort: else the
+    /// StatefulSet creates them with the pods).
+    PrepareClaims {
+        /// First new ordinal (the old parallelism).
+        from: u32,
+        /// End of the new ordinals (the new parallelism).
+        to: u32,
+    },
     /// Delete the restores' progress reports of every epoch up to `epoch` (best effort).
     ClearProgress(u64),
     /// Create the scheduled StatefulJobSnapshot `name`, owned by the job.
@@ -786,6 +795,12 @@ impl<'a> Decider<'a> {
                         None,
                     );
                     self.start_checkpoint(id, epoch, parallelism, true);
+                    if let Some(r) = state.rescale.as_ref().filter(|r| r.to > r.from) {
+                        self.act(Act::PrepareClaims {
+                            from: r.from,
+                            to: r.to,
+                        });
+                    }
                 } else if !self.asked_here(id) {
                     // Recorded by an operator that stopped before (or while) asking the workers.
                     self.trigger(id, epoch, parallelism, true);
@@ -1775,7 +1790,8 @@ mod tests {
             parallelism: 2,
             notice: Notice::Abort,
         };
-        assert_eq!(plan.actions, [abort, trigger(6, true)]);
+        let claims = Act::PrepareClaims { from: 2, to: 3 };
+        assert_eq!(plan.actions, [abort, trigger(6, true), claims]);
         assert!(reasons_of(&plan).contains(&reasons::CHECKPOINT_ABORTED));
         assert_eq!(plan.requeue, FINAL_CHECKPOINT_POLL);
     }
