@@ -1248,6 +1248,16 @@ mod tests {
         }
     }
 
+    /// Checkpoint `id` with every handle in, ready to commit.
+    fn ready(id: u64) -> InFlight {
+        InFlight {
+            id,
+            completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
+            worker_failure: None,
+            waited: Duration::ZERO,
+        }
+    }
+
     fn trigger(id: u64, stop: bool) -> Act {
         Act::Trigger {
             id,
@@ -1434,12 +1444,9 @@ mod tests {
             "reason": reasons::CHECKPOINT_FAILED, "message": "checkpoint 4 failed",
             "lastTransitionTime": "2027-01-15T08:00:00Z"});
         job.status.as_mut().unwrap().conditions = vec![serde_json::from_value(failed).unwrap()];
-        let meta = testing::checkpoint(16, 2, 1);
-        let ready = InFlight {
-            id: 5,
-            completion: Completion::Ready(meta.clone()),
-            worker_failure: None,
-            waited: Duration::ZERO,
+        let ready = ready(5);
+        let Completion::Ready(meta) = ready.completion.clone() else {
+            unreachable!("ready(5) is ready")
         };
         let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.commit, Some(meta));
@@ -1629,13 +1636,7 @@ mod tests {
         let st = job.status.as_mut().unwrap();
         st.consecutive_checkpoint_failures = 7;
         st.conditions = vec![degraded(reasons::CHECKPOINT_FAILED, -30)];
-        let ready = InFlight {
-            id: 5,
-            completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
-            worker_failure: None,
-            waited: Duration::ZERO,
-        };
-        let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
+        let plan = decide(&job, &world(Some(ready(5)), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.status.consecutive_checkpoint_failures, 0);
         assert_eq!(problem_of(&plan), None);
     }
@@ -1866,13 +1867,7 @@ mod tests {
     #[test]
     fn a_completed_final_checkpoint_starts_the_workers_before_retention() {
         let job = rescaling_2_to_3();
-        let ready = InFlight {
-            id: 5,
-            completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
-            worker_failure: None,
-            waited: Duration::ZERO,
-        };
-        let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
+        let plan = decide(&job, &world(Some(ready(5)), Some((5, None))), BUSY).unwrap();
         // No worker of epoch 1 is left (the world has no pods): the new ones start at once.
         assert_eq!(plan.status.rescale.unwrap().stage, Stage::Restoring);
         let run = Act::RunWorkers(Generation {
