@@ -128,7 +128,10 @@ fn lint_and_template(helm: &str) {
         .iter()
         .find(|r| r["resources"] == serde_json::json!(["persistentvolumeclaims"]))
         .expect("a rule for persistentvolumeclaims");
-    assert_eq!(claims["verbs"], serde_json::json!(["list", "delete"]));
+    assert_eq!(
+        claims["verbs"],
+        serde_json::json!(["list", "create", "delete"])
+    );
 
     // Two replicas get a PodDisruptionBudget, one does not; users' roles aggregate; helm test
     // checks this release's operator pods and Lease.
@@ -305,7 +308,7 @@ async fn helm_install_creates_the_operator() {
                 .contains(&"persistentvolumeclaims".to_owned())
         })
         .expect("a rule for persistentvolumeclaims");
-    assert_eq!(claims.verbs, vec!["list", "delete"]);
+    assert_eq!(claims.verbs, vec!["list", "create", "delete"]);
     assert_eq!(
         claims.resources.as_deref(),
         Some(&["persistentvolumeclaims".to_owned()][..])

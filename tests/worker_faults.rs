@@ -1,11 +1,14 @@
 //! Refused requests change nothing; a worker killed in the middle of a checkpoint leaves it
-//! incomplete, the next one completes, and restoring from it verifies.
+//! incomplete, the next one completes, and restoring from it verifies. A status asked to wait
+//! answers when the handle is written.
 
 mod support;
 
+use std::time::Duration;
+
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::statedir::db_dir;
-use regroup::worker::checkpoints::CheckpointStatus;
+use regroup::worker::checkpoints::{CheckpointRecord, CheckpointStatus};
 use regroup::worker::oracle::verify;
 use regroup::worker::reference::{COUNTS, decode_u64};
 use serde_json::json;
@@ -131,6 +134,51 @@ async fn refused_requests_change_nothing() {
         value("regroup_worker_backlog_events").is_some(),
         "{metrics}"
     );
+    c.stop_all(workers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_asked_to_wait_answers_once_the_handle_is_written() {
+    let c = Cluster::new("tests/status-wait", 80);
+    let dirs = c.state_dirs(1, 2);
+    let slow = |d| WorkerOptions {
+        upload_delay: Some(d),
+    };
+    let workers = c.start_all(2, 1, &dirs, &[slow("5s"), slow("10m")]).await;
+    c.wait_processing(&workers, 100).await;
+    c.trigger(&workers, 1, 1, true).await;
+    let status = |w: usize, wait| c.api.status_after(&workers[w].url, 1, wait);
+    let running = |r: &CheckpointRecord| matches!(r.status, CheckpointStatus::InProgress);
+    // Asked without waiting, both answer while their uploads are held back.
+    for w in 0..2 {
+        let r = status(w, Duration::ZERO).await.unwrap().unwrap();
+        assert!(running(&r), "{r:?}");
+    }
+    // Asked to wait, the first answers when its handle is written, the second when the wait
+    // is over.
+    let written = status(0, Duration::from_secs(9)).await.unwrap().unwrap();
+    let CheckpointStatus::Completed { handle } = written.status else {
+        panic!("{written:?}")
+    };
+    assert_eq!(
+        c.store.read_handle(1, 0).await.unwrap().as_ref(),
+        Some(&*handle)
+    );
+    let r = status(1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(running(&r), "{r:?}");
+    // A malformed wait is refused, naming it.
+    let r = c
+        .client
+        .get(format!("{}/v1/checkpoints/1?waitMs=soon", workers[1].url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("waitMs"));
     c.stop_all(workers);
 }
 

@@ -109,6 +109,18 @@ pub trait WorkerClient: Send + Sync {
         let _ = (worker, token, id);
         Ok(None)
     }
+    /// [`Self::failure`], asked once `worker`'s capture or upload of checkpoint `id` has ended
+    /// or `wait` has passed: a round hears of a final checkpoint's handle when it is written.
+    async fn failure_after(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        id: u64,
+        wait: Duration,
+    ) -> Result<Option<WorkerFailure>> {
+        let _ = wait;
+        self.failure(worker, token, id).await
+    }
     /// Tells `worker` that checkpoint `id` completed or was aborted.
     async fn notify(
         &self,
@@ -185,11 +197,22 @@ impl WorkerClient for HttpWorkerClient {
         token: &str,
         id: u64,
     ) -> Result<Option<WorkerFailure>> {
+        self.failure_after(worker, token, id, Duration::ZERO).await
+    }
+
+    async fn failure_after(
+        &self,
+        worker: &WorkerTarget,
+        token: &str,
+        id: u64,
+        wait: Duration,
+    ) -> Result<Option<WorkerFailure>> {
         use crate::worker::checkpoints::CheckpointStatus;
         use crate::worker::client::Refused;
         let name = format!("worker {} of {}", worker.subtask, worker.job);
+        let client = self.client(token)?;
         Ok(
-            match self.client(token)?.status(&worker.base_url, id).await? {
+            match client.status_after(&worker.base_url, id, wait).await? {
                 Ok(record) => match record.status {
                     CheckpointStatus::Failed { reason } => Some(WorkerFailure::Failed(format!(
                         "{name} failed checkpoint {id}: {reason}"
@@ -279,16 +302,21 @@ pub async fn trigger_all(
 }
 
 /// Why checkpoint `id` cannot complete as it stands on `workers`, asking them concurrently
-/// (see [`WorkerClient::failure`]): a worker's failure before one that forgot it, since no
-/// second request mends a failure.
+/// once each has ended its part or `wait` has passed (see [`WorkerClient::failure_after`]): a
+/// worker's failure before one that forgot it, since no second request mends a failure.
 pub async fn first_failure(
     client: &dyn WorkerClient,
     workers: &[WorkerTarget],
     token: &str,
     id: u64,
+    wait: Duration,
 ) -> Option<WorkerFailure> {
-    let answers =
-        futures::future::join_all(workers.iter().map(|w| client.failure(w, token, id))).await;
+    let answers = futures::future::join_all(
+        workers
+            .iter()
+            .map(|w| client.failure_after(w, token, id, wait)),
+    )
+    .await;
     let mut failures: Vec<WorkerFailure> = answers
         .into_iter()
         .filter_map(|a| match a {

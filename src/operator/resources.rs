@@ -426,6 +426,18 @@ pub fn state_claim(job: &StatefulJob) -> Option<PersistentVolumeClaim> {
     })
 }
 
+/// The state claim of worker `ordinal` as the StatefulSet creates it from [`state_claim`]:
+/// `state-<statefulset>-<ordinal>`, labelled with the selector, not owned (retention `Retain`).
+pub fn worker_state_claim(job: &StatefulJob, ordinal: u32) -> Option<PersistentVolumeClaim> {
+    let mut claim = state_claim(job)?;
+    claim.metadata.name = Some(format!(
+        "{STATE_VOLUME}-{}-{ordinal}",
+        statefulset_name(job)
+    ));
+    claim.metadata.namespace = job.namespace();
+    Some(claim)
+}
+
 /// The workers' StatefulSet for `generation`.
 pub fn statefulset(job: &StatefulJob, generation: &Generation) -> Result<StatefulSet> {
     let claim = state_claim(job);
@@ -534,6 +546,7 @@ pub fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::claims;
     use crate::operator::crd::StatefulJobSpec;
     use k8s_openapi::api::core::v1::PodSecurityContext;
 
@@ -853,6 +866,25 @@ mod tests {
             "resources": {"requests": {"storage": "50Gi"}}}}}));
         let claim = state_claim(&j).unwrap().spec.unwrap();
         assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    }
+
+    #[test]
+    fn a_worker_claim_is_the_one_the_statefulset_would_create() {
+        let j = job(serde_json::json!({"stateVolume": {"claim": {"storageClassName": "fast"}}}));
+        let claim = worker_state_claim(&j, 7).unwrap();
+        // The StatefulSet's name for ordinal 7, the template's spec, the selector's labels.
+        assert_eq!(claim.metadata.name.as_deref(), Some("state-orders-7"));
+        assert_eq!(
+            claims::claim_ordinal("state-orders-7", STATE_VOLUME, "orders"),
+            Some(7)
+        );
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("prod"));
+        assert_eq!(claim.metadata.labels, Some(selector_labels(&j)));
+        assert_eq!(claim.spec, state_claim(&j).unwrap().spec);
+        // Not owned: the claims outlive the job as the StatefulSet's retention says.
+        assert_eq!(claim.metadata.owner_references, None);
+        let empty = job(serde_json::json!({"stateVolume": {"emptyDir": {}}}));
+        assert_eq!(worker_state_claim(&empty, 0), None);
     }
 
     #[test]

@@ -48,6 +48,7 @@ impl Refused {
 pub struct WorkerClient {
     http: reqwest::Client,
     token: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for WorkerClient {
@@ -66,6 +67,7 @@ impl WorkerClient {
         Ok(Self {
             http,
             token: token.to_owned(),
+            timeout,
         })
     }
 
@@ -115,7 +117,23 @@ impl WorkerClient {
 
     /// `GET /v1/checkpoints/{id}`.
     pub async fn status(&self, base: &str, id: u64) -> Result<Result<CheckpointRecord, Refused>> {
-        let req = self.http.get(format!("{base}/v1/checkpoints/{id}"));
+        self.status_after(base, id, Duration::ZERO).await
+    }
+
+    /// `GET /v1/checkpoints/{id}?waitMs=`: the status once the checkpoint's capture or upload
+    /// has ended on the worker, or after `wait` (at most `MAX_STATUS_WAIT`).
+    pub async fn status_after(
+        &self,
+        base: &str,
+        id: u64,
+        wait: Duration,
+    ) -> Result<Result<CheckpointRecord, Refused>> {
+        let req = if wait.is_zero() {
+            self.http.get(format!("{base}/v1/checkpoints/{id}"))
+        } else {
+            let url = format!("{base}/v1/checkpoints/{id}?waitMs={}", wait.as_millis());
+            self.http.get(url).timeout(wait + self.timeout)
+        };
         let (status, body) = self.send(base, "checkpoint status", req).await?;
         if status != 200 {
             return Ok(Err(Self::refused(status, &body)));

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::Shared;
 use super::auth::{Refusal, admit};
-use super::checkpoints::{Begin, Notice};
+use super::checkpoints::{Begin, CheckpointStatus, Notice};
 use crate::statedir::{self, marker::LocalCheckpointMarker};
 
 /// Body of `POST /v1/checkpoints`.
@@ -148,7 +148,7 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         Err(e) => {
             let reason = format!("native checkpoint failed: {e}");
             shared.metrics.checkpoints_failed.inc();
-            shared.table().finish(req.id, Err(reason.clone()));
+            shared.finish(req.id, Err(reason.clone()));
             return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
         }
     };
@@ -207,7 +207,7 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                 Err(e.to_string())
             }
         };
-        let effect = shared.table().finish(id, outcome);
+        let effect = shared.finish(id, outcome);
         shared.apply(effect);
     });
     (
@@ -217,18 +217,43 @@ async fn trigger(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .into_response()
 }
 
+/// Query of `GET /v1/checkpoints/{id}`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusQuery {
+    /// Answer once the checkpoint's capture or upload has ended, or after this many
+    /// milliseconds (at most [`MAX_STATUS_WAIT`]): the operator learns of a final checkpoint's
+    /// handle when it is written, not at its next poll.
+    pub wait_ms: Option<u64>,
+}
+
+/// The longest `GET /v1/checkpoints/{id}?waitMs=` holds its answer.
+pub const MAX_STATUS_WAIT: Duration = Duration::from_secs(10);
+
 async fn status(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(id): Path<u64>,
+    Query(query): Query<StatusQuery>,
 ) -> Response {
     if let Err(r) = shared.token.check(authorization(&headers)) {
         return refused(r, "checkpoint status");
     }
-    let table = shared.table();
-    match table.get(id) {
-        Ok(record) => (StatusCode::OK, axum::Json(record.clone())).into_response(),
-        Err(e) => error(e.status(), e.message()),
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_STATUS_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before the table is read: an upload ending in between still wakes it.
+        let settled = shared.settled.notified();
+        tokio::pin!(settled);
+        settled.as_mut().enable();
+        let record = match shared.table().get(id) {
+            Ok(record) => record.clone(),
+            Err(e) => return error(e.status(), e.message()),
+        };
+        let running = matches!(record.status, CheckpointStatus::InProgress);
+        if !running || tokio::time::timeout_at(deadline, settled).await.is_err() {
+            return (StatusCode::OK, axum::Json(record)).into_response();
+        }
     }
 }
 

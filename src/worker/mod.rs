@@ -33,7 +33,7 @@ use self::engine::Engine;
 use self::metrics::WorkerMetrics;
 use crate::args::StoreArgs;
 use crate::backend::{IncrementalSnapshotter, StateBackend, StateBatch};
-use crate::checkpoint::{CheckpointStore, JobId};
+use crate::checkpoint::{CheckpointStore, JobId, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
 use crate::statedir::{self, marker::LocalCheckpointMarker};
@@ -199,6 +199,8 @@ pub struct Shared {
     /// Set when the worker is stopping.
     pub shutting_down: AtomicBool,
     table: Mutex<CheckpointTable>,
+    /// Woken when a checkpoint's capture or upload ends (`GET /v1/checkpoints/{id}?waitMs=`).
+    settled: tokio::sync::Notify,
     uploads: Mutex<JoinSet<()>>,
 }
 
@@ -206,6 +208,13 @@ impl Shared {
     /// The checkpoint table, locked.
     pub fn table(&self) -> MutexGuard<'_, CheckpointTable> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the end of checkpoint `id`'s capture or upload and wakes who waits for it.
+    fn finish(&self, id: u64, outcome: std::result::Result<SubtaskHandle, String>) -> Effect {
+        let effect = self.table().finish(id, outcome);
+        self.settled.notify_waiters();
+        effect
     }
 
     fn spawn_upload(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -264,6 +273,7 @@ pub async fn run<J: KeyedJob>(
         running: OnceLock::new(),
         shutting_down: AtomicBool::new(false),
         table: Mutex::new(CheckpointTable::new()),
+        settled: tokio::sync::Notify::new(),
         uploads: Mutex::new(JoinSet::new()),
     });
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -57,11 +57,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# The workers' state claims of ordinals a completed scale-in no longer uses (deleted by name
-# after a labelled list; never watched, never created: the StatefulSet creates them).
+# The workers' state claims: those of the ordinals a scale-out adds are created while its final
+# checkpoint runs (as the StatefulSet would, ready when the pods come); those a completed
+# scale-in no longer uses are deleted by name after a labelled list. Never watched.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [list, delete]
+  verbs: [list, create, delete]
 # The per-job token Secret (created, refilled if emptied) and the storage Secret named by a job
 # (read).
 - apiGroups: [""]

@@ -110,6 +110,17 @@ impl StopWatch {
         }
     }
 
+    /// Waits for the next update of the pod, for at most `d`, unless a stop comes first.
+    async fn change(&mut self, d: Duration) -> Option<Stop> {
+        let closed = tokio::select! {
+            _ = tokio::time::sleep(d) => None,
+            r = self.pod.changed() => r.is_err().then_some(Stop::Gone),
+            r = self.shutdown.changed() => r.is_err().then_some(Stop::Shutdown),
+            r = self.lost.changed() => r.is_err().then_some(Stop::Shutdown),
+        };
+        closed.or_else(|| self.now())
+    }
+
     fn pod(&self) -> Option<Pod> {
         self.pod.borrow().clone()
     }
@@ -845,6 +856,34 @@ pub(crate) async fn supervise(
 /// How often a running pod's Secret and ConfigMap volumes are brought up to date.
 const VOLUME_REFRESH: Duration = Duration::from_secs(5);
 
+/// Waits for the pod's IP, which kwok's address stage assigns: the update that brings it starts
+/// the pod at once (its init containers are on a rescale's critical path).
+async fn wait_for_address(stops: &mut StopWatch) -> Result<Pod, Stop> {
+    let waited = Instant::now();
+    let mut warned = false;
+    loop {
+        if let Some(stop) = stops.now() {
+            return Err(stop);
+        }
+        let pod = stops.pod().expect("checked by now()");
+        if pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_ref())
+            .is_some()
+        {
+            return Ok(pod);
+        }
+        if !warned && waited.elapsed() > Duration::from_secs(15) {
+            warn!(pod = %pod_key(&pod), "no pod IP after 15 s: is kwok's regroup-pod-address stage installed? (see e2e/kwok/stages.yaml)");
+            warned = true;
+        }
+        if let Some(stop) = stops.change(Duration::from_secs(1)).await {
+            return Err(stop);
+        }
+    }
+}
+
 async fn run_pod(
     shared: &Arc<Shared>,
     stops: &mut StopWatch,
@@ -854,28 +893,9 @@ async fn run_pod(
 ) -> Stop {
     let cfg = &shared.config;
     // 1. The pod IP, assigned by kwok's address stage.
-    let waited = Instant::now();
-    let mut warned = false;
-    let pod = loop {
-        if let Some(stop) = stops.now() {
-            return stop;
-        }
-        let pod = stops.pod().expect("checked by now()");
-        if pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_ref())
-            .is_some()
-        {
-            break pod;
-        }
-        if !warned && waited.elapsed() > Duration::from_secs(15) {
-            warn!(pod = %pod_key(&pod), "no pod IP after 15 s: is kwok's regroup-pod-address stage installed? (see e2e/kwok/stages.yaml)");
-            warned = true;
-        }
-        if let Some(stop) = stops.sleep(Duration::from_millis(500)).await {
-            return stop;
-        }
+    let pod = match wait_for_address(stops).await {
+        Ok(pod) => pod,
+        Err(stop) => return stop,
     };
     record.has_ip = true;
     let key = pod_key(&pod);
@@ -1011,9 +1031,9 @@ async fn run_pod(
     for c in &mut record.main {
         c.state = RunState::waiting("ContainerCreating");
     }
-    reporter.report(record, stops.pod().as_ref()).await;
 
-    // 4. The containers, side by side, until the pod stops.
+    // 4. The containers, side by side, until the pod stops; started before the report of the
+    // init containers' end, as a kubelet does (status writes are not on a restore's path).
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();
@@ -1028,6 +1048,7 @@ async fn run_pod(
         ));
     }
     drop(events_tx);
+    reporter.report(record, stops.pod().as_ref()).await;
     let mut objects = objects;
     let mut refresh = tokio::time::interval(VOLUME_REFRESH);
     refresh.tick().await;
@@ -1149,6 +1170,40 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_update_bringing_the_pod_ip_starts_the_pod_at_once() {
+        let scheduled = Pod::default();
+        let (pod, pod_rx) = watch::channel(Some(scheduled.clone()));
+        let (_shutdown, shutdown_rx) = watch::channel(false);
+        let (_lost, lost_rx) = watch::channel(false);
+        let mut stops = StopWatch::new(pod_rx, shutdown_rx, lost_rx);
+        let started = Instant::now();
+        let addressed = Pod {
+            status: Some(PodStatus {
+                pod_ip: Some("127.117.0.9".into()),
+                ..Default::default()
+            }),
+            ..scheduled
+        };
+        let (got, ()) = tokio::join!(wait_for_address(&mut stops), async {
+            tokio::task::yield_now().await;
+            pod.send_replace(Some(addressed.clone()));
+        });
+        assert_eq!(got.ok(), Some(addressed));
+        // The clock is paused: time passes only when a timer is what wakes the wait.
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // A deletion while waiting stops the wait.
+        pod.send_replace(Some(Pod::default()));
+        let (got, ()) = tokio::join!(wait_for_address(&mut stops), async {
+            tokio::task::yield_now().await;
+            pod.send_modify(|p| {
+                p.as_mut().unwrap().metadata.deletion_timestamp = Some(Time(Timestamp::now()))
+            });
+        });
+        assert_eq!(got.err(), Some(Stop::Deleted));
+    }
 
     #[test]
     fn lost_connections_and_server_errors_are_retried_refusals_are_not() {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -31,6 +32,9 @@ use crate::checkpoint::{CheckpointMetadata, JobId};
 /// How often the Service and PodDisruptionBudget of an unchanged job are applied again (one
 /// deleted by hand comes back within this), instead of twice in every round.
 const REAPPLY_OWNED: Duration = Duration::from_secs(60);
+
+/// State claims created at once ahead of a scale-out's workers.
+const CLAIMS_IN_FLIGHT: usize = 16;
 
 /// Whether the job's Service and PodDisruptionBudget are to be applied, given when this process
 /// last applied them for which generation (`last`): for a new generation, or once they are
@@ -183,6 +187,7 @@ impl Round {
                 self.apply_object(&set).await?;
             }
             Act::DeleteUnusedClaims(state) => self.delete_unused_claims(state).await,
+            &Act::PrepareClaims { from, to } => self.prepare_claims(from, to).await,
             Act::Import { from, into } => self.import(from, *into).await?,
             Act::ClearProgress(epoch) => {
                 if let Err(e) = progress::clear_before(&self.store, epoch + 1).await {
@@ -409,6 +414,28 @@ impl Round {
     /// Deletes the state claims of ordinals the job no longer runs, once its rescale is
     /// recorded complete (see [`claims::unused_claims`]), with a `StateClaimDeleted` Event per
     /// claim. Best effort: a failure is logged and retried in a later round; checkpoints go on.
+    /// Creates the state claims of ordinals `from..to` as the StatefulSet would; one that
+    /// exists is left as it is.
+    async fn prepare_claims(&self, from: u32, to: u32) {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        futures::stream::iter(from..to)
+            .filter_map(|ordinal| async move { resources::worker_state_claim(&self.job, ordinal) })
+            .for_each_concurrent(CLAIMS_IN_FLIGHT, |claim| {
+                let api = &api;
+                async move {
+                    let name = claim.name_any();
+                    match api.create(&PostParams::default(), &claim).await {
+                        Ok(_) => info!(claim = %name, "state claim created ahead of its worker"),
+                        Err(kube::Error::Api(e)) if e.code == 409 => {}
+                        Err(e) => {
+                            warn!(claim = %name, error = %e, "state claim not created ahead: the StatefulSet creates it with its worker")
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+
     async fn delete_unused_claims(&self, state: &JobState) {
         if resources::state_claim(&self.job).is_none() {
             return;

@@ -88,6 +88,8 @@ pub struct InFlight {
     /// Why a worker failed it or no longer knows it (asked only when this process triggered
     /// it and it is not complete).
     pub worker_failure: Option<WorkerFailure>,
+    /// How long the round waited for the workers' uploads to end (a final checkpoint's).
+    pub waited: Duration,
 }
 
 /// How far a checkpoint got in the store.
@@ -136,6 +138,15 @@ pub enum Act {
     RunWorkers(Generation),
     /// Delete the state claims no worker of the settled generation uses (best effort).
     DeleteUnusedClaims(JobState),
+    /// Create the state claims of the ordinals `from..to` a scale-out adds, while the final
+    /// checkpoint runs, so their volumes are ready when the pods come (best effort: else the
+    /// StatefulSet creates them with the pods).
+    PrepareClaims {
+        /// First new ordinal (the old parallelism).
+        from: u32,
+        /// End of the new ordinals (the new parallelism).
+        to: u32,
+    },
     /// Delete the restores' progress reports of every epoch up to `epoch` (best effort).
     ClearProgress(u64),
     /// Create the scheduled StatefulJobSnapshot `name`, owned by the job.
@@ -301,8 +312,9 @@ pub fn decide(job: &StatefulJob, world: &World, busy: Duration) -> crate::Result
     Ok(d.finish())
 }
 
-/// How often a round looks for the final checkpoint's completion: the workers stay paused
-/// until it is seen, and no event announces it (the other stages end on pod events).
+/// How long a round waits for the workers' final checkpoint uploads, and how often rounds look
+/// for its completion: the workers stay paused until it is seen, and no Kubernetes event
+/// announces it (the other stages end on pod events).
 pub const FINAL_CHECKPOINT_POLL: Duration = Duration::from_millis(250);
 
 /// The Degraded problem the recorded status shows. An invalid spec stays until a round's
@@ -783,6 +795,12 @@ impl<'a> Decider<'a> {
                         None,
                     );
                     self.start_checkpoint(id, epoch, parallelism, true);
+                    if let Some(r) = state.rescale.as_ref().filter(|r| r.to > r.from) {
+                        self.act(Act::PrepareClaims {
+                            from: r.from,
+                            to: r.to,
+                        });
+                    }
                 } else if !self.asked_here(id) {
                     // Recorded by an operator that stopped before (or while) asking the workers.
                     self.trigger(id, epoch, parallelism, true);
@@ -794,7 +812,9 @@ impl<'a> Decider<'a> {
                     self.event(false, reasons::FINAL_CHECKPOINT_RETRIED, message);
                     self.trigger(id, epoch, parallelism, true);
                 }
-                busy.min(FINAL_CHECKPOINT_POLL)
+                // A round that waited for the workers looks again at once.
+                let waited = self.in_flight(id).map_or(Duration::ZERO, |f| f.waited);
+                busy.min(FINAL_CHECKPOINT_POLL.saturating_sub(waited))
             }
             Work::Checkpoints { epoch, parallelism } => {
                 self.act(Act::DeleteUnusedClaims(state.clone()));
@@ -1144,6 +1164,9 @@ impl<'a> Decider<'a> {
         status
             .restarts
             .retain(|t| lifecycle::elapsed(t, &now) < window);
+        // Garbage collection can take seconds; no worker waits for it (stable: the rest keep
+        // their order).
+        self.plan.actions.sort_by_key(|a| *a == Act::Retain);
         self.plan
     }
 }
@@ -1221,6 +1244,17 @@ mod tests {
             id,
             completion: Completion::Waiting,
             worker_failure: worker_failure.map(|w| WorkerFailure::Failed(w.to_owned())),
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Checkpoint `id` with every handle in, ready to commit.
+    fn ready(id: u64) -> InFlight {
+        InFlight {
+            id,
+            completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
+            worker_failure: None,
+            waited: Duration::ZERO,
         }
     }
 
@@ -1410,11 +1444,9 @@ mod tests {
             "reason": reasons::CHECKPOINT_FAILED, "message": "checkpoint 4 failed",
             "lastTransitionTime": "2027-01-15T08:00:00Z"});
         job.status.as_mut().unwrap().conditions = vec![serde_json::from_value(failed).unwrap()];
-        let meta = testing::checkpoint(16, 2, 1);
-        let ready = InFlight {
-            id: 5,
-            completion: Completion::Ready(meta.clone()),
-            worker_failure: None,
+        let ready = ready(5);
+        let Completion::Ready(meta) = ready.completion.clone() else {
+            unreachable!("ready(5) is ready")
         };
         let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.commit, Some(meta));
@@ -1432,7 +1464,7 @@ mod tests {
             parallelism: 2,
             notice: Notice::Complete,
         };
-        assert_eq!(plan.actions[1..], [Act::Retain, notify]);
+        assert_eq!(plan.actions[1..], [notify, Act::Retain]);
     }
 
     #[test]
@@ -1604,12 +1636,7 @@ mod tests {
         let st = job.status.as_mut().unwrap();
         st.consecutive_checkpoint_failures = 7;
         st.conditions = vec![degraded(reasons::CHECKPOINT_FAILED, -30)];
-        let ready = InFlight {
-            id: 5,
-            completion: Completion::Ready(testing::checkpoint(16, 2, 1)),
-            worker_failure: None,
-        };
-        let plan = decide(&job, &world(Some(ready), Some((5, None))), BUSY).unwrap();
+        let plan = decide(&job, &world(Some(ready(5)), Some((5, None))), BUSY).unwrap();
         assert_eq!(plan.status.consecutive_checkpoint_failures, 0);
         assert_eq!(problem_of(&plan), None);
     }
@@ -1764,13 +1791,14 @@ mod tests {
             parallelism: 2,
             notice: Notice::Abort,
         };
-        assert_eq!(plan.actions, [abort, trigger(6, true)]);
+        let claims = Act::PrepareClaims { from: 2, to: 3 };
+        assert_eq!(plan.actions, [abort, trigger(6, true), claims]);
         assert!(reasons_of(&plan).contains(&reasons::CHECKPOINT_ABORTED));
         assert_eq!(plan.requeue, FINAL_CHECKPOINT_POLL);
     }
 
-    #[test]
-    fn a_worker_that_restarted_in_the_final_checkpoint_is_asked_again() {
+    /// Job `prod/orders` rescaling from 2 to 3 workers, its final checkpoint 5 asked for.
+    fn rescaling_2_to_3() -> StatefulJob {
         let mut job = running(3, None);
         let st = job.status.as_mut().unwrap();
         st.phase = Some(Phase::Checkpointing);
@@ -1786,6 +1814,29 @@ mod tests {
             }))
             .unwrap(),
         );
+        job
+    }
+
+    #[test]
+    fn a_round_that_waited_for_the_final_uploads_looks_again_at_once() {
+        let job = rescaling_2_to_3();
+        for (waited, requeue) in [
+            (Duration::ZERO, FINAL_CHECKPOINT_POLL),
+            (Duration::from_millis(100), Duration::from_millis(150)),
+            (FINAL_CHECKPOINT_POLL, Duration::ZERO),
+        ] {
+            let in_flight = InFlight {
+                waited,
+                ..waiting(5, None)
+            };
+            let plan = decide(&job, &world(Some(in_flight), Some((5, None))), BUSY).unwrap();
+            assert_eq!(plan.requeue, requeue, "waited {waited:?}");
+        }
+    }
+
+    #[test]
+    fn a_worker_that_restarted_in_the_final_checkpoint_is_asked_again() {
+        let job = rescaling_2_to_3();
         let forgot = |w: WorkerFailure| InFlight {
             worker_failure: Some(w),
             ..waiting(5, None)
@@ -1811,6 +1862,27 @@ mod tests {
         assert_ne!(r.stage, Stage::Checkpointing);
         assert_eq!(r.checkpoint, Some(4));
         assert!(reasons_of(&plan).contains(&reasons::FINAL_CHECKPOINT_FAILED));
+    }
+
+    #[test]
+    fn a_completed_final_checkpoint_starts_the_workers_before_retention() {
+        let job = rescaling_2_to_3();
+        let plan = decide(&job, &world(Some(ready(5)), Some((5, None))), BUSY).unwrap();
+        // No worker of epoch 1 is left (the world has no pods): the new ones start at once.
+        assert_eq!(plan.status.rescale.unwrap().stage, Stage::Restoring);
+        let run = Act::RunWorkers(Generation {
+            epoch: 2,
+            parallelism: 3,
+            checkpoint: Some(5),
+        });
+        let notify = Act::Notify {
+            id: 5,
+            epoch: 1,
+            parallelism: 2,
+            notice: Notice::Complete,
+        };
+        // Garbage collection takes seconds in a large store; the new workers do not wait.
+        assert_eq!(plan.actions, [notify, run, Act::Retain]);
     }
 
     /// The bytes of `plan`'s status as the controller writes it (with its conditions), the

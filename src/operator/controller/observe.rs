@@ -1,6 +1,8 @@
 //! What a round reads: the job's token, pods, store and, for a checkpoint in flight, its
 //! workers. Nothing here writes; [`super::decide`] turns what it saw into a plan.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -17,7 +19,7 @@ use super::super::snapshot::plan::{Seen, Summary};
 use super::super::snapshot::schedule::{SCHEDULED_LABEL, Scheduled};
 use super::super::snapshot::{SnapshotPhase, StatefulJobSnapshot};
 use super::super::status::Problem;
-use super::decide::{Asked, Completion, InFlight, Token, World};
+use super::decide::{Asked, Completion, FINAL_CHECKPOINT_POLL, InFlight, Token, World};
 use super::{Result, Round, now};
 use crate::checkpoint::CheckpointMetadata;
 use crate::checkpoint::progress;
@@ -36,20 +38,22 @@ impl Round {
             .status
             .as_ref()
             .and_then(|s| s.pending_checkpoint.as_ref());
+        // The workers stay paused until a round sees the final checkpoint complete: that round
+        // waits for their handles rather than the next one.
         let in_flight = match state.work() {
             Work::FinalCheckpoint {
                 id,
                 epoch,
                 parallelism,
-            } => Some((id, epoch, parallelism)),
+            } => Some((id, epoch, parallelism, FINAL_CHECKPOINT_POLL)),
             Work::Checkpoints { epoch, parallelism } => pending
                 .filter(|p| p.epoch == epoch && p.failure.is_none())
-                .map(|p| (p.id, epoch, parallelism)),
+                .map(|p| (p.id, epoch, parallelism, Duration::ZERO)),
             _ => None,
         };
         let in_flight = async {
             Result::Ok(match in_flight {
-                Some((id, epoch, parallelism)) => {
+                Some((id, epoch, parallelism, wait)) => {
                     let asked_here = asked.as_ref().is_some_and(|a| a.id == id);
                     let held = match &token {
                         Token::Held(t) => Some(t.as_str()),
@@ -57,8 +61,14 @@ impl Round {
                     };
                     let target = (id, epoch, parallelism);
                     Some(
-                        self.in_flight(target, &store_ids, &pods, held.filter(|_| asked_here))
-                            .await?,
+                        self.in_flight(
+                            target,
+                            &store_ids,
+                            &pods,
+                            held.filter(|_| asked_here),
+                            wait,
+                        )
+                        .await?,
                     )
                 }
                 None => None,
@@ -188,11 +198,49 @@ impl Round {
         store_ids: &[(u64, bool)],
         pods: &[Pod],
         token: Option<&str>,
+        wait: Duration,
     ) -> Result<InFlight> {
-        let completion = if store_ids.contains(&(id, true)) {
-            Completion::Stored(self.store.read_metadata(id).await?)
-        } else {
-            let max_parallelism = self.job.spec.max_parallelism;
+        let mut completion = self.completion((id, epoch, parallelism), store_ids).await?;
+        let mut waited = Duration::ZERO;
+        let worker_failure = match (&completion, token) {
+            (Completion::Waiting, Some(token)) => {
+                match coordinator::worker_targets(self.store.job(), pods, epoch, parallelism) {
+                    Ok(w) => {
+                        let client = self.ctx.workers.as_ref();
+                        let started = std::time::Instant::now();
+                        let failure = coordinator::first_failure(client, &w, token, id, wait).await;
+                        waited = started.elapsed();
+                        // Handles written while the round waited complete it in this round.
+                        if failure.is_none() && !wait.is_zero() {
+                            completion =
+                                self.completion((id, epoch, parallelism), store_ids).await?;
+                        }
+                        failure
+                    }
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(InFlight {
+            id,
+            completion,
+            worker_failure,
+            waited,
+        })
+    }
+
+    /// How far checkpoint `id` got in the store.
+    async fn completion(
+        &self,
+        (id, epoch, parallelism): (u64, u64, u32),
+        store_ids: &[(u64, bool)],
+    ) -> Result<Completion> {
+        if store_ids.contains(&(id, true)) {
+            return Ok(Completion::Stored(self.store.read_metadata(id).await?));
+        }
+        let max_parallelism = self.job.spec.max_parallelism;
+        Ok(
             match self
                 .store
                 .completion(id, epoch, parallelism, max_parallelism)
@@ -204,24 +252,8 @@ impl Round {
                     Completion::Impossible(format!("cannot complete: {e}"))
                 }
                 Err(e) => return Err(e.into()),
-            }
-        };
-        let worker_failure = match (&completion, token) {
-            (Completion::Waiting, Some(token)) => {
-                match coordinator::worker_targets(self.store.job(), pods, epoch, parallelism) {
-                    Ok(w) => {
-                        coordinator::first_failure(self.ctx.workers.as_ref(), &w, token, id).await
-                    }
-                    Err(_) => None,
-                }
-            }
-            _ => None,
-        };
-        Ok(InFlight {
-            id,
-            completion,
-            worker_failure,
-        })
+            },
+        )
     }
 
     /// The job's pods, of every epoch.
