@@ -98,28 +98,19 @@ pub trait WorkerClient: Send + Sync {
         request: &CheckpointRequest,
     ) -> Result<()>;
     /// Why checkpoint `id` can no longer complete on `worker`, if it cannot: the worker
-    /// reported a failure, or does not know the id (it restarted after it was asked). Errors
-    /// reaching the worker are not failures of the checkpoint: the timeout covers them.
+    /// reported a failure, or does not know the id (it restarted after it was asked). Asked
+    /// once the worker's capture or upload has ended or `wait` has passed, so a round hears of
+    /// a final checkpoint's handle when it is written. Errors reaching the worker are not
+    /// failures of the checkpoint: the timeout covers them.
     async fn failure(
-        &self,
-        worker: &WorkerTarget,
-        token: &str,
-        id: u64,
-    ) -> Result<Option<WorkerFailure>> {
-        let _ = (worker, token, id);
-        Ok(None)
-    }
-    /// [`Self::failure`], asked once `worker`'s capture or upload of checkpoint `id` has ended
-    /// or `wait` has passed: a round hears of a final checkpoint's handle when it is written.
-    async fn failure_after(
         &self,
         worker: &WorkerTarget,
         token: &str,
         id: u64,
         wait: Duration,
     ) -> Result<Option<WorkerFailure>> {
-        let _ = wait;
-        self.failure(worker, token, id).await
+        let _ = (worker, token, id, wait);
+        Ok(None)
     }
     /// Tells `worker` that checkpoint `id` completed or was aborted.
     async fn notify(
@@ -192,15 +183,6 @@ impl WorkerClient for HttpWorkerClient {
     }
 
     async fn failure(
-        &self,
-        worker: &WorkerTarget,
-        token: &str,
-        id: u64,
-    ) -> Result<Option<WorkerFailure>> {
-        self.failure_after(worker, token, id, Duration::ZERO).await
-    }
-
-    async fn failure_after(
         &self,
         worker: &WorkerTarget,
         token: &str,
@@ -302,7 +284,7 @@ pub async fn trigger_all(
 }
 
 /// Why checkpoint `id` cannot complete as it stands on `workers`, asking them concurrently
-/// once each has ended its part or `wait` has passed (see [`WorkerClient::failure_after`]): a
+/// once each has ended its part or `wait` has passed (see [`WorkerClient::failure`]): a
 /// worker's failure before one that forgot it, since no second request mends a failure.
 pub async fn first_failure(
     client: &dyn WorkerClient,
@@ -311,12 +293,8 @@ pub async fn first_failure(
     id: u64,
     wait: Duration,
 ) -> Option<WorkerFailure> {
-    let answers = futures::future::join_all(
-        workers
-            .iter()
-            .map(|w| client.failure_after(w, token, id, wait)),
-    )
-    .await;
+    let answers =
+        futures::future::join_all(workers.iter().map(|w| client.failure(w, token, id, wait))).await;
     let mut failures: Vec<WorkerFailure> = answers
         .into_iter()
         .filter_map(|a| match a {

@@ -411,9 +411,6 @@ impl Round {
             .await?)
     }
 
-    /// Deletes the state claims of ordinals the job no longer runs, once its rescale is
-    /// recorded complete (see [`claims::unused_claims`]), with a `StateClaimDeleted` Event per
-    /// claim. Best effort: a failure is logged and retried in a later round; checkpoints go on.
     /// Creates the state claims of ordinals `from..to` as the StatefulSet would; one that
     /// exists is left as it is.
     async fn prepare_claims(&self, from: u32, to: u32) {
@@ -436,6 +433,9 @@ impl Round {
             .await;
     }
 
+    /// Deletes the state claims of ordinals the job no longer runs, once its rescale is
+    /// recorded complete (see [`claims::unused_claims`]), with a `StateClaimDeleted` Event per
+    /// claim. Best effort: a failure is logged and retried in a later round; checkpoints go on.
     async fn delete_unused_claims(&self, state: &JobState) {
         if resources::state_claim(&self.job).is_none() {
             return;
