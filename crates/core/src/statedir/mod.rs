@@ -7,6 +7,7 @@
 //!                             ([`restored::RestoreMarker`])
 //!   snapshots/                native checkpoints before their upload
 //!   checkpoint-marker.json    which checkpoint the DB equals after a stop ([`marker`])
+//!   ...                       the job's own files (the reference job caches its key table)
 //! ```
 //!
 //! Both markers record the node's boot: unsynced files are trusted only within it.
