@@ -6,8 +6,10 @@ mod support;
 
 use regroup::backend::StateBackend;
 use regroup::checkpoint::CheckpointStore;
+use regroup::checkpoint::store::checksum_file;
 use regroup::keygroup::KeyGroupRange;
 use regroup::restore::{InputMethod, RestoreMode, RestoreRequest, Strategy, restore_subtask};
+use regroup::statedir::restored::RestoreMarker;
 use support::restore::*;
 
 /// Runs a chain of rescales: workers at `parallelisms[0]` hold the data set; each step
@@ -80,6 +82,15 @@ async fn rescale_chain(
                         "{summary:?}"
                     );
                 }
+                // The files the marker names as stored are those, byte for byte.
+                let restored_marker = RestoreMarker::read(&target).expect("a restore marker");
+                for (name, f) in &restored_marker.stored {
+                    let got = checksum_file(&target.join(name)).unwrap();
+                    assert_eq!(got, (f.file.size, f.file.checksum), "{name} of {target:?}");
+                }
+                if strategy == Strategy::Ingest && !expected.is_empty() {
+                    assert!(!restored_marker.stored.is_empty(), "{target:?}");
+                }
                 let backend = StateBackend::open(&target, m, range, &STATES).unwrap();
                 // What the worker does once running: compact what the restore clipped.
                 backend.compact_outside_range().unwrap();
@@ -149,7 +160,13 @@ async fn local_recovery_downloads_nothing() {
     let first = restore(&store, 1, 1, 2, &target, Strategy::Ingest).await;
     assert_eq!(first.mode, RestoreMode::Unchanged);
     assert_eq!(first.downloaded_bytes, meta.handles[1].bytes_total);
-    assert_eq!(first.reusable_files, meta.handles[1].shared);
+    // Every file is the stored one, under its own name: the worker need not upload it again.
+    let stored: Vec<_> = RestoreMarker::read(&target)
+        .unwrap()
+        .stored
+        .into_values()
+        .collect();
+    assert_eq!(stored, meta.handles[1].shared);
     println!("{}", first.line());
 
     let second = restore(&store, 1, 1, 2, &target, Strategy::Ingest).await;

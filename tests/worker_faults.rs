@@ -1,6 +1,7 @@
 //! Refused requests change nothing; a worker killed in the middle of a checkpoint leaves it
 //! incomplete, the next one completes, and restoring from it verifies. A status asked to wait
-//! answers when the handle is written.
+//! answers when the handle is written. A worker restarted after its restore keeps referencing
+//! the restored files.
 
 mod support;
 
@@ -12,7 +13,9 @@ use regroup::worker::checkpoints::{CheckpointRecord, CheckpointStatus};
 use regroup::worker::oracle::verify;
 use regroup::worker::reference::{COUNTS, decode_u64};
 use serde_json::json;
-use support::worker::{Cluster, M, TOKEN, WorkerOptions, restore_into};
+use support::worker::{
+    Cluster, M, TOKEN, WorkerOptions, files_of_earlier_instances, gc_keeping_latest, restore_into,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_change_nothing() {
@@ -253,6 +256,57 @@ async fn worker_killed_mid_checkpoint_leaves_it_incomplete() {
     assert_eq!(v.checkpoint_id, 4);
     assert!(v.ok(), "{v}");
     assert!(v.events() > verify(&c.store, Some(3)).await.unwrap().events());
+    c.stop_all(workers);
+}
+
+/// A worker killed after its restore and started again on the same DB (a container restart: no
+/// new restore) still references the files the restore took from the store; they outlive the
+/// restored checkpoint, and a restore from the new checkpoint verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_files_stay_referenced_across_a_restart() {
+    let c = Cluster::new("tests/restart-after-restore", 90);
+    let (_, workers) = c.start_fresh(2, 1, 200).await;
+    let first = c.checkpoint(&workers, 1, 1, false).await;
+    c.stop_all(workers);
+
+    // Scale-in 2→1: the DB is the two handles' files, nothing clipped.
+    let dirs = c.state_dirs(2, 1);
+    restore_into(&c, &first, 0, 1, &dirs[0], "ingest");
+    let workers = c.start_all(1, 2, &dirs, &[]).await;
+    c.wait_processing(&workers, 100).await;
+    let mut workers = workers;
+    workers.pop().unwrap().kill();
+    let workers = c.start_all(1, 2, &dirs, &[]).await;
+    c.wait_processing(&workers, 100).await;
+    let second = c.checkpoint(&workers, 2, 2, false).await;
+    let restored = files_of_earlier_instances(&second.handles[0]);
+    assert!(!restored.is_empty(), "{:#?}", second.handles[0].shared);
+    // Each is a file of checkpoint 1, as stored.
+    for f in &restored {
+        assert!(
+            first
+                .handles
+                .iter()
+                .flat_map(|old| &old.shared)
+                .any(|old| old.file == f.file),
+            "{f:?}"
+        );
+    }
+    c.stop_all(workers);
+
+    // Retention 1 drops checkpoint 1; what checkpoint 2 references of it stays.
+    gc_keeping_latest(&c);
+    let v = verify(&c.store, Some(2)).await.unwrap();
+    assert!(v.ok(), "{v}");
+    let dirs = c.state_dirs(3, 2);
+    for s in 0..2 {
+        restore_into(&c, &second, s, 2, &dirs[s as usize], "ingest");
+    }
+    let workers = c.start_all(2, 3, &dirs, &[]).await;
+    c.wait_processing(&workers, 100).await;
+    c.checkpoint(&workers, 3, 3, false).await;
+    let v = verify(&c.store, Some(3)).await.unwrap();
+    assert!(v.ok(), "{v}");
     c.stop_all(workers);
 }
 

@@ -6,8 +6,9 @@ mod support;
 
 use regroup::checkpoint::CheckpointMetadata;
 use regroup::statedir::marker::{FileIdentity, LocalCheckpointMarker};
+use regroup::statedir::restored::RestoreMarker;
 use regroup::worker::oracle::verify;
-use support::worker::{Cluster, restore_into};
+use support::worker::{Cluster, files_of_earlier_instances, gc_keeping_latest, restore_into};
 use support::{regroup_cmd, run};
 
 /// Runs generations of workers at the given parallelisms, each restored from the previous
@@ -17,6 +18,8 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
     let mut id = 0;
     let mut last: Option<CheckpointMetadata> = None;
     let mut restored_events = 0;
+    // Bytes the first checkpoints after restores referenced from earlier DB instances.
+    let mut referenced_from_restores = 0;
     for (generation, &p) in parallelisms.iter().enumerate() {
         let epoch = generation as u64 + 1;
         let dirs = c.state_dirs(epoch, p);
@@ -43,6 +46,28 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
             v.events() >= restored_events + 200 * u64::from(p),
             "the restored state was not continued: {v}"
         );
+        if last.is_some() {
+            // The restored files still in the DB are referenced where the store holds them,
+            // not uploaded again.
+            for h in &meta.handles {
+                let db = regroup::statedir::db_dir(&dirs[h.subtask as usize]);
+                let restored = RestoreMarker::read(&db).expect("the restore's marker");
+                for f in &h.shared {
+                    if let Some(stored) = restored.stored.get(&f.local_name) {
+                        assert_eq!(f.file, stored.file, "{}", f.local_name);
+                    }
+                }
+                referenced_from_restores += files_of_earlier_instances(h)
+                    .iter()
+                    .map(|f| f.file.size)
+                    .sum::<u64>();
+            }
+            // Retention 1 deletes the restored checkpoint: what this one references of it
+            // must stay (the oracle reads every file).
+            gc_keeping_latest(&c);
+            let v = verify(&c.store, Some(id)).await.unwrap();
+            assert!(v.ok(), "{v}");
+        }
 
         // Stop-with-checkpoint: final, processing stays paused.
         c.wait_processing(&workers, 400).await;
@@ -98,6 +123,10 @@ async fn run_sequence(name: &str, ip_base: u8, parallelisms: &[u32], strategy: &
         }
         last = Some(stop);
     }
+    assert!(
+        referenced_from_restores > 0,
+        "every first checkpoint after a restore uploaded the whole state again"
+    );
 
     let stdout = run(regroup_cmd().args([
         "verify",

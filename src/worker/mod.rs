@@ -36,7 +36,7 @@ use crate::backend::{IncrementalSnapshotter, StateBackend, StateBatch};
 use crate::checkpoint::{CheckpointStore, JobId, SubtaskHandle};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
-use crate::statedir::{self, marker::LocalCheckpointMarker};
+use crate::statedir::{self, marker::LocalCheckpointMarker, restored::RestoreMarker};
 
 /// How long open HTTP connections may take to finish when the worker stops.
 pub const SERVER_GRACE: Duration = Duration::from_secs(5);
@@ -382,6 +382,14 @@ fn open_and_start<J: KeyedJob>(
         identity.parallelism,
         identity.epoch,
     ));
+    // The files a restore took from the store unchanged are there already: a new generation's
+    // first checkpoint uploads what changed, not the whole state again.
+    if let Some(restored) = RestoreMarker::read(&statedir::db_dir(dir))
+        && restored.job == identity.job
+        && restored.max_parallelism == identity.max_parallelism
+    {
+        snapshotter.seed_confirmed(restored.stored.into_values().collect());
+    }
     // A restore leaves the records and range tombstones it clipped for the worker to compact
     // (the job is back sooner); until that ends, checkpoints of this DB hold files reaching
     // outside its range, which a later rescale copies instead of ingesting.

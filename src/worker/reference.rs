@@ -8,6 +8,7 @@
 //! batch as the state it produced, so state and position always agree.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -154,6 +155,17 @@ impl KeySpace {
         }
     }
 
+    /// The keys of the key groups of `range` (all held).
+    pub fn of(&self, range: KeyGroupRange) -> Self {
+        let k = self.keys_per_group as usize;
+        let first = (range.start - self.start) as usize;
+        Self {
+            keys_per_group: self.keys_per_group,
+            start: range.start,
+            numbers: self.numbers[first * k..(first + range.len() as usize) * k].to_vec(),
+        }
+    }
+
     /// Keys per key group.
     pub fn keys_per_group(&self) -> u32 {
         self.keys_per_group
@@ -164,6 +176,107 @@ impl KeySpace {
         let k = self.keys_per_group as usize;
         let i = (g - self.start) as usize;
         GroupKeys(&self.numbers[i * k..(i + 1) * k])
+    }
+}
+
+/// The whole key table of `(M, K)` on the state volume: deriving it hashes about M·K names
+/// whatever the worker's range, which dominated a large job's start; a worker that finds it reads
+/// its own key groups. Body: each group's `c`s as little-endian u32, group after group; header:
+/// magic, M, K, the xxh3 of each group's part of the body.
+#[derive(Clone, Debug)]
+pub struct KeyTableFile {
+    path: PathBuf,
+    max_parallelism: u32,
+    keys_per_group: u32,
+}
+
+impl KeyTableFile {
+    const MAGIC: &'static [u8; 8] = b"RGKEYS02";
+    /// Larger tables are not cached: M·K names, 4 bytes each (256 MiB).
+    const MAX_NAMES: u64 = 1 << 26;
+
+    /// The table of `(max_parallelism, keys_per_group)` in `state_dir`; `None` when too large.
+    pub fn new(state_dir: &Path, max_parallelism: u32, keys_per_group: u32) -> Option<Self> {
+        (u64::from(max_parallelism) * u64::from(keys_per_group) <= Self::MAX_NAMES).then(|| Self {
+            path: state_dir.join(format!(
+                "reference-keys-m{max_parallelism}-k{keys_per_group}.bin"
+            )),
+            max_parallelism,
+            keys_per_group,
+        })
+    }
+
+    /// Bytes before the body: magic, M, K and one xxh3 per key group.
+    fn header_len(&self) -> usize {
+        16 + 8 * self.max_parallelism as usize
+    }
+
+    /// The keys of `range` from the file, if it is there and they are intact: only the range's
+    /// groups are read.
+    pub fn load(&self, range: KeyGroupRange) -> Option<KeySpace> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&self.path).ok()?;
+        let group_bytes = 4 * self.keys_per_group as usize;
+        let header_len = self.header_len();
+        let len = header_len + group_bytes * self.max_parallelism as usize;
+        if file.metadata().ok()?.len() != len as u64 {
+            return None;
+        }
+        let mut header = vec![0u8; header_len];
+        file.read_exact_at(&mut header, 0).ok()?;
+        let ours = [
+            &Self::MAGIC[..],
+            &self.max_parallelism.to_le_bytes(),
+            &self.keys_per_group.to_le_bytes(),
+        ]
+        .concat();
+        if header[..16] != ours[..] {
+            return None;
+        }
+        let mut own = vec![0u8; group_bytes * range.len() as usize];
+        let offset = header_len + group_bytes * range.start as usize;
+        file.read_exact_at(&mut own, offset as u64).ok()?;
+        for (i, group) in own.chunks_exact(group_bytes).enumerate() {
+            let at = 16 + 8 * (range.start as usize + i);
+            if header[at..at + 8] != xxhash_rust::xxh3::xxh3_64(group).to_le_bytes() {
+                return None;
+            }
+        }
+        let numbers = own
+            .chunks_exact(4)
+            .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        Some(KeySpace {
+            keys_per_group: self.keys_per_group,
+            start: range.start,
+            numbers,
+        })
+    }
+
+    /// Writes `all`, the key space of every key group (a new file renamed into place).
+    pub fn write(&self, all: &KeySpace) -> std::io::Result<()> {
+        let m = self.max_parallelism;
+        debug_assert_eq!(all.numbers.len(), m as usize * self.keys_per_group as usize);
+        // `c` < 2^32: the table holds at most MAX_NAMES names.
+        let body: Vec<u8> = all
+            .numbers
+            .iter()
+            .flat_map(|&c| (c as u32).to_le_bytes())
+            .collect();
+        let mut bytes = Vec::with_capacity(self.header_len() + body.len());
+        bytes.extend_from_slice(Self::MAGIC);
+        bytes.extend_from_slice(&m.to_le_bytes());
+        bytes.extend_from_slice(&self.keys_per_group.to_le_bytes());
+        for group in body.chunks_exact(4 * self.keys_per_group as usize) {
+            bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(group).to_le_bytes());
+        }
+        bytes.extend_from_slice(&body);
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let partial = self.path.with_extension("partial");
+        std::fs::write(&partial, bytes)?;
+        std::fs::rename(&partial, &self.path)
     }
 }
 
@@ -313,11 +426,13 @@ const PRELOAD_STEP: u64 = 200;
 impl ReferenceJob {
     /// The job for the key groups of `range` out of `max_parallelism`.
     pub fn new(args: ReferenceJobArgs, max_parallelism: u32, range: KeyGroupRange) -> Self {
-        let keys = Arc::new(KeySpace::of_range(
-            max_parallelism,
-            args.keys_per_group,
-            range,
-        ));
+        let keys = KeySpace::of_range(max_parallelism, args.keys_per_group, range);
+        Self::with_keys(args, range, keys)
+    }
+
+    /// The job for the key groups of `range`, whose keys are `keys`.
+    pub fn with_keys(args: ReferenceJobArgs, range: KeyGroupRange, keys: KeySpace) -> Self {
+        let keys = Arc::new(keys);
         Self {
             args,
             keys,
@@ -510,13 +625,75 @@ fn read_u64(backend: &StateBackend, state: &str, g: u32, key: &[u8]) -> Result<u
 /// Body of `regroup worker`.
 pub async fn main(args: ReferenceWorkerArgs) -> Result<()> {
     let identity = args.runtime.identity()?;
-    let job = ReferenceJob::new(args.job, identity.max_parallelism, identity.range);
+    let (m, k, range) = (
+        identity.max_parallelism,
+        args.job.keys_per_group,
+        identity.range,
+    );
+    let file = KeyTableFile::new(&identity.state_dir, m, k);
+    let keys = match (file.as_ref().and_then(|f| f.load(range)), file) {
+        (Some(keys), _) => keys,
+        // Every group's keys cost the same names hashed as this range's alone.
+        (None, Some(file)) => {
+            let all = Arc::new(KeySpace::new(m, k));
+            let own = all.of(range);
+            // Off the start's path: the next start on this volume reads it.
+            std::thread::spawn(move || {
+                if let Err(e) = file.write(&all) {
+                    tracing::warn!(error = %e, "cannot cache the key table");
+                }
+            });
+            own
+        }
+        (None, None) => KeySpace::of_range(m, k, range),
+    };
+    let job = ReferenceJob::with_keys(args.job, range, keys);
     super::run(args.runtime, job, super::termination_signal()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_key_table_holds_the_derived_keys_and_nothing_damaged_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, k) = (16, 5);
+        let file = KeyTableFile::new(dir.path(), m, k).unwrap();
+        let range = KeyGroupRange { start: 3, end: 9 };
+        assert!(file.load(range).is_none(), "nothing written yet");
+        file.write(&KeySpace::new(m, k)).unwrap();
+        let derived = KeySpace::of_range(m, k, range);
+        let part = KeySpace::new(m, k).of(range);
+        let cached = file.load(range).expect("the written table");
+        for g in range.start..=range.end {
+            assert_eq!(cached.keys(g), derived.keys(g), "key group {g}");
+            assert_eq!(part.keys(g), derived.keys(g), "key group {g}");
+        }
+        // Another K is another table; a changed byte or a short file is not read.
+        assert!(
+            KeyTableFile::new(dir.path(), m, k + 1)
+                .unwrap()
+                .load(range)
+                .is_none()
+        );
+        let path = dir.path().join("reference-keys-m16-k5.bin");
+        let good = std::fs::read(&path).unwrap();
+        // A byte of key group 5's keys (header: 16 bytes and 8 per group; 20 bytes per group).
+        let mut bad = good.clone();
+        bad[16 + 8 * 16 + 20 * 5 + 3] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(file.load(range).is_none(), "a damaged key group");
+        let other = KeyGroupRange { start: 6, end: 15 };
+        assert!(
+            file.load(other).is_some(),
+            "only the range's key groups are read"
+        );
+        std::fs::write(&path, &good[..good.len() - 4]).unwrap();
+        assert!(file.load(range).is_none(), "a short table");
+        // Too large to cache: not attempted.
+        assert!(KeyTableFile::new(dir.path(), 32768, 1_000_000).is_none());
+    }
 
     #[test]
     fn events_are_a_pure_function_of_group_and_index() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId, SharedFile, SubtaskHandle};
 use regroup::statedir::db_dir;
 use regroup::worker::checkpoints::{CheckpointRecord, CheckpointStatus, Notice};
 use regroup::worker::client::WorkerClient;
@@ -397,4 +397,21 @@ pub fn restore_into(
         .args(["--strategy", strategy])
         .arg("--target")
         .arg(db_dir(dir)))
+}
+
+/// `regroup checkpoints gc` keeping only the latest completed checkpoint, at once.
+pub fn gc_keeping_latest(c: &Cluster) -> String {
+    run(regroup_cmd()
+        .args(["checkpoints", "gc", "--store", &c.store_url])
+        .args(["--job", &c.job.to_string()])
+        .args(["--retain", "1", "--grace", "0s"]))
+}
+
+/// The SST files of `h` that an earlier DB instance uploaded (referenced, not uploaded again).
+pub fn files_of_earlier_instances(h: &SubtaskHandle) -> Vec<&SharedFile> {
+    let own = format!("shared/{}/", h.instance_id);
+    h.shared
+        .iter()
+        .filter(|f| !f.file.path.starts_with(&own))
+        .collect()
 }

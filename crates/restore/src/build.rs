@@ -1,5 +1,7 @@
 //! The I/O of a restore: downloads, then the DB built from them (open, copy, ingest, clip).
 
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +59,9 @@ pub struct BuildStats {
     pub download_seconds: f64,
     /// Seconds spent building the DB from the downloads.
     pub build_seconds: f64,
+    /// SST files of the built DB that are stored files of the checkpoint, byte for byte, by
+    /// their name in the DB ([`stored_files`]).
+    pub stored: BTreeMap<String, SharedFile>,
 }
 
 /// Where an input's files go: the DB directory itself for `Whole` and `Base`, else its own.
@@ -245,6 +250,7 @@ pub async fn build(
     let merged = merged?;
     stats.ingested_files = merged.ingested_files;
     stats.copied_keys = merged.copied_keys;
+    stats.stored = merged.stored;
     stats.build_seconds = fetched.elapsed().as_secs_f64();
     Ok(stats)
 }
@@ -480,6 +486,60 @@ fn open_db(dir: &Path, column_families: &[String], max_parallelism: u32, sync: b
 struct Merged {
     ingested_files: usize,
     copied_keys: u64,
+    stored: BTreeMap<String, SharedFile>,
+}
+
+/// A file's device and inode: what a hard link keeps.
+type Inode = (u64, u64);
+
+/// The stored files `input` placed in the work directory, by inode. Opening a DB in place and
+/// ingesting with `move_files` (a hard link) keep the inode; RocksDB never rewrites an SST file.
+fn placed_files(
+    meta: &CheckpointMetadata,
+    input: &PlannedInput,
+    work: &Path,
+) -> Result<Vec<(Inode, SharedFile)>> {
+    if input.method == InputMethod::Copy {
+        return Ok(Vec::new());
+    }
+    let h = &meta.handles[input.old_subtask as usize];
+    let dir = input_dir(work, input);
+    input
+        .shared_files
+        .iter()
+        .map(|&i| {
+            let f = &h.shared[i];
+            let path = dir.join(&f.local_name);
+            let m = std::fs::metadata(&path).map_err(Error::io("stat", &path))?;
+            Ok(((m.dev(), m.ino()), f.clone()))
+        })
+        .collect()
+}
+
+/// The SST files of the DB in `db_dir` that are one of `placed`, under their name in the DB:
+/// the worker's first checkpoint references them where the store holds them instead of
+/// uploading the state again. A file RocksDB copied instead of linking is not among them.
+fn stored_files(
+    db_dir: &Path,
+    placed: &HashMap<Inode, SharedFile>,
+) -> Result<BTreeMap<String, SharedFile>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(db_dir).map_err(Error::io("list", db_dir))? {
+        let entry = entry.map_err(Error::io("list", db_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".sst") {
+            continue;
+        }
+        let m = entry.metadata().map_err(Error::io("stat", entry.path()))?;
+        if let Some(f) = placed.get(&(m.dev(), m.ino()))
+            && f.file.size == m.len()
+        {
+            let mut f = f.clone();
+            f.local_name = name.clone();
+            out.insert(name, f);
+        }
+    }
+    Ok(out)
 }
 
 /// Builds `work/db` from the inputs, each merged as soon as its index arrives on `ready` (all
@@ -512,11 +572,13 @@ fn merge(
     };
     let mut waiting = Vec::new();
     let mut merged = Merged::default();
+    let mut placed = HashMap::new();
     let phase = Instant::now();
     for _ in 0..plan.inputs.len() {
         let index = ready
             .recv()
             .map_err(|_| Error::Other("restore inputs incomplete".to_owned()))?;
+        placed.extend(placed_files(meta, &plan.inputs[index], work)?);
         if Some(index) == base {
             db = Some(open_db(
                 &db_dir,
@@ -536,6 +598,8 @@ fn merge(
     let db = db.ok_or_else(|| Error::Other("restore base input missing".to_owned()))?;
     if plan.kind == RestoreKind::Unchanged {
         // The handle's files are the DB; opening it proves they form one.
+        drop(db);
+        merged.stored = stored_files(&db_dir, &placed)?;
         return Ok(merged);
     }
     for name in column_families {
@@ -556,6 +620,7 @@ fn merge(
     let clipped = phase.elapsed().as_secs_f64();
     let phase = Instant::now();
     drop(db);
+    merged.stored = stored_files(&db_dir, &placed)?;
     info!(
         merge_seconds = merged_seconds,
         clip_seconds = clipped,

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use regroup_core::checkpoint::progress::{RestorePhase, Tracker};
-use regroup_core::checkpoint::{CheckpointMetadata, CheckpointStore, JobId, SharedFile};
+use regroup_core::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup_core::error::{Error, Result};
 use regroup_core::keygroup::KeyGroupRange;
 use regroup_core::statedir::restored::{RESTORE_MARKER_FILE, RestoreMarker};
@@ -201,11 +201,6 @@ pub struct RestoreSummary {
     pub total_seconds: f64,
     /// Target directory.
     pub target: PathBuf,
-    /// SST files that the DB holds under their stored names (unchanged restores), which the next
-    /// incremental snapshot may reference instead of uploading
-    /// ([`regroup_core::backend::IncrementalSnapshotter::seed_confirmed`]).
-    #[serde(skip)]
-    pub reusable_files: Vec<SharedFile>,
 }
 
 impl RestoreSummary {
@@ -362,13 +357,7 @@ pub async fn restore_subtask(
         build_seconds: 0.0,
         total_seconds: 0.0,
         target: target.clone(),
-        reusable_files: Vec::new(),
     };
-    if plan.kind == RestoreKind::Unchanged {
-        summary.reusable_files = meta.handles[plan.inputs[0].old_subtask as usize]
-            .shared
-            .clone();
-    }
 
     if local_copy {
         summary.mode = RestoreMode::LocalRecovery;
@@ -418,7 +407,16 @@ pub async fn restore_subtask(
                 warn!(?pause, dir = %work.display(), "fault injection: pausing before the rename");
                 tokio::time::sleep(pause).await;
             }
-            finish(&work, &target, &meta, &plan, local.as_ref(), request.sync).map(|()| stats)
+            finish(
+                &work,
+                &target,
+                &meta,
+                &plan,
+                &stats,
+                local.as_ref(),
+                request.sync,
+            )
+            .map(|()| stats)
         }
         Err(e) => Err(e),
     };
@@ -484,6 +482,7 @@ fn finish(
     target: &Path,
     meta: &CheckpointMetadata,
     plan: &SubtaskPlan,
+    stats: &build::BuildStats,
     local: Option<&LocalSource>,
     sync: bool,
 ) -> Result<()> {
@@ -496,6 +495,7 @@ fn finish(
         files: list_files(&db)?,
         synced: sync,
         boot_id: if sync { None } else { statedir::boot_id() },
+        stored: stats.stored.clone(),
     };
     marker.write(&db)?;
     if sync {

@@ -113,8 +113,9 @@ impl IncrementalSnapshotter {
         self.uploads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Declares SST files of a completed checkpoint that the DB holds unchanged (after a restore
-    /// that placed them under their old names), so the next snapshot references them.
+    /// Declares SST files of a completed checkpoint that the DB holds unchanged, by their names
+    /// in the DB (after a restore: [`crate::statedir::restored::RestoreMarker::stored`]), so the
+    /// next snapshot references them.
     pub fn seed_confirmed(&self, files: Vec<SharedFile>) {
         let mut u = self.uploads();
         for f in files {

@@ -3,9 +3,11 @@
 //! ```text
 //! <state dir>/
 //!   db/                       the subtask's RocksDB (built by a restore, opened by the worker)
-//!     REGROUP-RESTORE.json    which restore built it ([`restored::RestoreMarker`])
+//!     REGROUP-RESTORE.json    which restore built it and which of its files are stored ones
+//!                             ([`restored::RestoreMarker`])
 //!   snapshots/                native checkpoints before their upload
 //!   checkpoint-marker.json    which checkpoint the DB equals after a stop ([`marker`])
+//!   ...                       the job's own files (the reference job caches its key table)
 //! ```
 //!
 //! Both markers record the node's boot: unsynced files are trusted only within it.

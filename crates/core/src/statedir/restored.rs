@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::JobId;
+use crate::checkpoint::{JobId, SharedFile};
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
 
@@ -34,6 +34,10 @@ pub struct RestoreMarker {
     /// an unsynced restore are only sure to be what it wrote until the node restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The SST files that are, byte for byte, stored files of the checkpoint, by their name in
+    /// the DB: the worker's snapshots reference them instead of uploading them again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stored: BTreeMap<String, SharedFile>,
 }
 
 impl RestoreMarker {
