@@ -69,6 +69,8 @@ impl Operator {
             Some("test".into()),
         );
         ctx.busy_requeue = Duration::from_millis(300);
+        // One reconcile at a time: nothing may depend on reconciles running side by side.
+        ctx.limit_reconciles(1);
         let task = tokio::spawn(run_controller(
             client.clone(),
             Some(ns.to_owned()),

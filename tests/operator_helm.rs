@@ -80,6 +80,17 @@ fn lint_and_template(helm: &str) {
     // The lease's renew deadline and retry period follow leaseDuration unless set.
     let defaults = run(Command::new(helm).arg("template").arg("r").arg(&chart));
     assert!(defaults.contains("--lease-duration=15s"), "{defaults}");
+    assert!(
+        defaults.contains("--max-concurrent-reconciles=0"),
+        "{defaults}"
+    );
+    let out = Command::new(helm)
+        .arg("lint")
+        .arg(&chart)
+        .args(["--set", "maxConcurrentReconciles=-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "maxConcurrentReconciles=-1 accepted");
     assert!(!defaults.contains("--lease-renew-deadline"), "{defaults}");
     assert!(!defaults.contains("--lease-retry-period"), "{defaults}");
     let timed = run(Command::new(helm)

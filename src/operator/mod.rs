@@ -81,6 +81,11 @@ pub struct OperatorArgs {
     /// Timeout of one call to a worker's checkpoint API, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
     pub worker_timeout: Duration,
+    /// Most StatefulJob reconciles running at once; the others wait their turn in the order
+    /// they came. 0 for no bound. Caps the operator's memory and API load when many jobs need
+    /// it together.
+    #[arg(long, env = "REGROUP_MAX_CONCURRENT_RECONCILES", default_value_t = 0)]
+    pub max_concurrent_reconciles: usize,
 }
 
 fn kube_err(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
@@ -148,6 +153,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     if args.ambient_credentials {
         ctx.ambient = crate::checkpoint::store::Ambient::Allowed;
     }
+    ctx.limit_reconciles(args.max_concurrent_reconciles);
     let ctx = Arc::new(ctx);
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]

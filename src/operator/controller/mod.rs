@@ -101,6 +101,10 @@ pub struct Context {
     pub busy_requeue: Duration,
     /// Whether job stores may use the operator's own credentials (`--ambient-credentials`).
     pub ambient: Ambient,
+    /// Turns of the job reconciles allowed at once (`--max-concurrent-reconciles`); none: no
+    /// bound. A semaphore, not kube-runtime's own bound: that one takes the held jobs in hash
+    /// order and left some unreconciled for minutes under load.
+    turns: Option<tokio::sync::Semaphore>,
     /// Per job uid, what this process remembers of it between rounds; dropped with the job.
     memory: Mutex<HashMap<String, Memory>>,
 }
@@ -154,8 +158,15 @@ impl Context {
             metrics,
             busy_requeue: Duration::from_secs(2),
             ambient: Ambient::Forbidden,
+            turns: None,
             memory: Default::default(),
         }
+    }
+
+    /// Lets at most `n` job reconciles run at once, the others in the order they came; 0: no
+    /// bound.
+    pub fn limit_reconciles(&mut self, n: usize) {
+        self.turns = (n > 0).then(|| tokio::sync::Semaphore::new(n));
     }
 
     /// Whether `job` predates a status write of this process: the watch has not delivered the
@@ -231,6 +242,11 @@ fn now() -> Time {
 /// Reconciles one StatefulJob (wrapped in the finalizer), timed.
 #[instrument(skip_all, fields(job = %format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())))]
 pub async fn reconcile(job: Arc<StatefulJob>, ctx: Arc<Context>) -> Result<Action> {
+    // Never closed: an error cannot come.
+    let _turn = match &ctx.turns {
+        Some(turns) => turns.acquire().await.ok(),
+        None => None,
+    };
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
     let result = reconcile_job(job, ctx.clone()).await;
