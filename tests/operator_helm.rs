@@ -81,7 +81,7 @@ fn lint_and_template(helm: &str) {
     let defaults = run(Command::new(helm).arg("template").arg("r").arg(&chart));
     assert!(defaults.contains("--lease-duration=15s"), "{defaults}");
     assert!(
-        defaults.contains("--max-concurrent-reconciles=0"),
+        defaults.contains("--max-concurrent-reconciles=32"),
         "{defaults}"
     );
     let out = Command::new(helm)

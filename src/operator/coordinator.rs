@@ -123,11 +123,12 @@ pub trait WorkerClient: Send + Sync {
     ) -> Result<()>;
 }
 
-/// [`WorkerClient`] over HTTP: the worker's own typed client (`worker::client`), one per token.
+/// [`WorkerClient`] over HTTP: the worker's own typed client (`worker::client`), every job's
+/// over one HTTP client (a client per job kept its own pool and root certificates).
 #[derive(Debug)]
 pub struct HttpWorkerClient {
     timeout: Duration,
-    clients: std::sync::Mutex<BTreeMap<String, crate::worker::client::WorkerClient>>,
+    http: reqwest::Client,
 }
 
 impl HttpWorkerClient {
@@ -135,18 +136,12 @@ impl HttpWorkerClient {
     pub fn new(timeout: Duration) -> Result<Self> {
         Ok(Self {
             timeout,
-            clients: Default::default(),
+            http: crate::worker::client::WorkerClient::http(timeout)?,
         })
     }
 
-    fn client(&self, token: &str) -> Result<crate::worker::client::WorkerClient> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(token) {
-            return Ok(c.clone());
-        }
-        let c = crate::worker::client::WorkerClient::new(token, self.timeout)?;
-        clients.insert(token.to_owned(), c.clone());
-        Ok(c)
+    fn client(&self, token: &str) -> crate::worker::client::WorkerClient {
+        crate::worker::client::WorkerClient::sharing(self.http.clone(), token, self.timeout)
     }
 }
 
@@ -176,7 +171,7 @@ impl WorkerClient for HttpWorkerClient {
         request: &CheckpointRequest,
     ) -> Result<()> {
         let result = self
-            .client(token)?
+            .client(token)
             .trigger(&worker.base_url, request.id, request.epoch, request.stop)
             .await;
         answer(worker, &format!("checkpoint {}", request.id), result)
@@ -192,7 +187,7 @@ impl WorkerClient for HttpWorkerClient {
         use crate::worker::checkpoints::CheckpointStatus;
         use crate::worker::client::Refused;
         let name = format!("worker {} of {}", worker.subtask, worker.job);
-        let client = self.client(token)?;
+        let client = self.client(token);
         Ok(
             match client.status_after(&worker.base_url, id, wait).await? {
                 Ok(record) => match record.status {
@@ -222,7 +217,7 @@ impl WorkerClient for HttpWorkerClient {
             Notice::Abort => crate::worker::checkpoints::Notice::Abort,
         };
         let result = self
-            .client(token)?
+            .client(token)
             .notify(&worker.base_url, id, their, epoch)
             .await;
         answer(
@@ -757,7 +752,7 @@ mod http_tests {
             "{refused}"
         );
         assert!(refused.contains("another epoch"), "{refused}");
-        let seen = seen.lock().unwrap().clone();
+        let recorded = seen.lock().unwrap().clone();
         let bearer = Some("Bearer tok".to_owned());
         let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
         let expected = [
@@ -765,10 +760,14 @@ mod http_tests {
             ("/v1/checkpoints/7/complete", r#"{"epoch":4}"#),
             ("/v1/checkpoints/7/abort", r#"{"epoch":4}"#),
         ];
-        for ((path, auth, body), (want_path, want_body)) in seen.iter().zip(expected) {
+        for ((path, auth, body), (want_path, want_body)) in recorded.iter().zip(expected) {
             assert_eq!((path.as_str(), auth), (want_path, &bearer));
             assert_eq!(json(body), json(want_body), "{path}");
         }
+        // Every job's requests go over one HTTP client, each with its own job's token.
+        client.trigger(&worker, "other", &request).await.unwrap();
+        let last = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last.1, Some("Bearer other".to_owned()));
 
         // Nobody listening: the error names the worker.
         let gone = WorkerTarget {

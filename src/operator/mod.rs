@@ -82,9 +82,9 @@ pub struct OperatorArgs {
     #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
     pub worker_timeout: Duration,
     /// Most StatefulJob reconciles running at once; the others wait their turn in the order
-    /// they came. 0 for no bound. Caps the operator's memory and API load when many jobs need
-    /// it together.
-    #[arg(long, env = "REGROUP_MAX_CONCURRENT_RECONCILES", default_value_t = 0)]
+    /// they came. 0 for no bound. Caps the operator's API load when many jobs need it together:
+    /// unbounded, 200 jobs kept it from renewing its Lease.
+    #[arg(long, env = "REGROUP_MAX_CONCURRENT_RECONCILES", default_value_t = 32)]
     pub max_concurrent_reconciles: usize,
 }
 

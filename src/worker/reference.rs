@@ -127,23 +127,28 @@ impl KeySpace {
         let chunk = (names / threads).clamp(1 << 10, 1 << 17);
         let mut next = 0;
         while missing > 0 {
-            let hits: Vec<Vec<(usize, u64)>> = std::thread::scope(|s| {
+            let scans: Vec<(u64, Vec<u16>)> = std::thread::scope(|s| {
                 let scans: Vec<_> = (0..threads)
                     .map(|t| {
                         let first = next + t * chunk;
-                        s.spawn(move || scan(first..first + chunk, max_parallelism, range))
+                        let scan =
+                            s.spawn(move || scan(first..first + chunk, max_parallelism, range));
+                        (first, scan)
                     })
                     .collect();
                 scans
                     .into_iter()
-                    .map(|scan| scan.join().expect("a key scan panicked"))
+                    .map(|(first, scan)| (first, scan.join().expect("a key scan panicked")))
                     .collect()
             });
-            for (i, c) in hits.into_iter().flatten() {
-                if found[i] < k {
-                    numbers[i * k + found[i]] = c;
-                    found[i] += 1;
-                    missing -= 1;
+            for (first, groups) in scans {
+                for (c, i) in (first..).zip(groups) {
+                    let i = usize::from(i);
+                    if i != OUTSIDE && found[i] < k {
+                        numbers[i * k + found[i]] = c;
+                        found[i] += 1;
+                        missing -= 1;
+                    }
                 }
             }
             next += threads * chunk;
@@ -280,23 +285,25 @@ impl KeyTableFile {
     }
 }
 
-/// The names `key-<c>` for `c` in `numbers` whose key group lies in `range`: (the group's
-/// index in `range`, `c`), in order.
-fn scan(
-    numbers: std::ops::Range<u64>,
-    max_parallelism: u32,
-    range: KeyGroupRange,
-) -> Vec<(usize, u64)> {
-    let mut hits = Vec::new();
+/// A name's key group outside the range being scanned for.
+const OUTSIDE: usize = u16::MAX as usize;
+
+/// For each name `key-<c>`, `c` in `numbers`, in order: its key group's index in `range`, or
+/// [`OUTSIDE`]. Two bytes a name: collecting (group, c) pairs cost more than the hashing.
+fn scan(numbers: std::ops::Range<u64>, max_parallelism: u32, range: KeyGroupRange) -> Vec<u16> {
     let mut name = KeyName::at(numbers.start);
-    for _ in numbers {
-        let g = key_group_for_key(name.as_bytes(), max_parallelism);
-        if range.contains(g) {
-            hits.push(((g - range.start) as usize, name.number));
-        }
-        name.advance();
-    }
-    hits
+    numbers
+        .map(|_| {
+            let g = key_group_for_key(name.as_bytes(), max_parallelism);
+            name.advance();
+            if range.contains(g) {
+                // Below OUTSIDE: a range holds at most UPPER_BOUND_MAX_PARALLELISM (2^15) groups.
+                (g - range.start) as u16
+            } else {
+                OUTSIDE as u16
+            }
+        })
+        .collect()
 }
 
 /// The name `key-<c>`, counted up in place: formatting each of millions of names anew was

@@ -7,6 +7,7 @@ use std::path::Path as LocalPath;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::client::{ClientOptions, HttpClient, HttpConnector, ReqwestConnector};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
@@ -64,6 +65,43 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
         .entry(name.to_owned())
         .or_insert_with(|| Arc::new(InMemory::new()))
         .clone()
+}
+
+/// Hands every cloud store of one runtime the same HTTP client for the same client options: an
+/// operator keeps a store per job, and each store's own client kept its own pool of idle
+/// connections.
+#[derive(Debug)]
+struct SharedClients;
+
+impl SharedClients {
+    /// The clients made so far, by runtime and client options.
+    fn clients() -> std::sync::MutexGuard<'static, HashMap<(tokio::runtime::Id, String), HttpClient>>
+    {
+        static CLIENTS: OnceLock<Mutex<HashMap<(tokio::runtime::Id, String), HttpClient>>> =
+            OnceLock::new();
+        CLIENTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl HttpConnector for SharedClients {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        // A connection lives on the runtime that opened it: clients are shared within one.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return ReqwestConnector::default().connect(options);
+        };
+        // The options in their Debug form, all of them: ClientOptions has no Eq.
+        let key = (runtime.id(), format!("{options:?}"));
+        let mut clients = Self::clients();
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = ReqwestConnector::default().connect(options)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
 }
 
 /// An object store and the path prefix inside it for a storage URL.
@@ -132,6 +170,7 @@ pub fn object_store_from_url_with(
                 }
             });
             let store = configured
+                .with_http_connector(SharedClients)
                 .with_skip_signature(anonymous)
                 .build()
                 .map_err(build_error)?;
@@ -955,5 +994,60 @@ impl CheckpointStore {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(settings: &[(&str, &str)]) {
+        let settings = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        object_store_from_url_with("s3://bucket/prefix", &settings, Ambient::Forbidden).unwrap();
+    }
+
+    /// Clients made for the stores of `runtime` (other tests may add their own meanwhile).
+    fn clients_of(runtime: &tokio::runtime::Runtime) -> usize {
+        let id = runtime.handle().id();
+        SharedClients::clients()
+            .keys()
+            .filter(|(of, _)| *of == id)
+            .count()
+    }
+
+    #[test]
+    fn stores_share_a_client_per_runtime_and_client_options() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        };
+        // With credentials: a store without builds a second client for instance metadata.
+        let endpoint = [
+            ("aws_endpoint", "http://127.0.0.1:9"),
+            ("aws_secret_access_key", "x"),
+        ];
+        let (first, second) = (runtime(), runtime());
+        first.block_on(async {
+            s3(&[endpoint[0], endpoint[1], ("aws_access_key_id", "a")]);
+            s3(&[endpoint[0], endpoint[1], ("aws_access_key_id", "b")]);
+        });
+        // Credentials are the store's, not the client's.
+        assert_eq!(clients_of(&first), 1);
+        first.block_on(async {
+            s3(&[
+                endpoint[0],
+                endpoint[1],
+                ("aws_access_key_id", "a"),
+                ("aws_allow_http", "true"),
+            ])
+        });
+        assert_eq!(clients_of(&first), 2);
+        second.block_on(async { s3(&[endpoint[0], endpoint[1], ("aws_access_key_id", "a")]) });
+        assert_eq!(clients_of(&second), 1);
+        assert_eq!(clients_of(&first), 2);
     }
 }
