@@ -45,6 +45,16 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
 }
 
 /// The chart's checks with one Helm major version (`helm` is Helm 4, `helm3` Helm 3).
+/// `helm lint` of `chart` with one `--set VALUE`, for values the schema must refuse.
+fn lint_with(helm: &str, chart: &std::path::Path, value: &str) -> std::process::Output {
+    Command::new(helm)
+        .arg("lint")
+        .arg(chart)
+        .args(["--set", value])
+        .output()
+        .unwrap()
+}
+
 fn lint_and_template(helm: &str) {
     let chart = root().join("charts/regroup");
     run(Command::new(helm).arg("lint").arg("--strict").arg(&chart));
@@ -66,12 +76,7 @@ fn lint_and_template(helm: &str) {
             "--set",
             "networkPolicy.enabled=true",
         ]));
-    let out = Command::new(helm)
-        .arg("lint")
-        .arg(&chart)
-        .args(["--set", "replicas=0"])
-        .output()
-        .unwrap();
+    let out = lint_with(helm, &chart, "replicas=0");
     assert!(!out.status.success(), "replicas=0 accepted");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -84,12 +89,7 @@ fn lint_and_template(helm: &str) {
         defaults.contains("--max-concurrent-reconciles=32"),
         "{defaults}"
     );
-    let out = Command::new(helm)
-        .arg("lint")
-        .arg(&chart)
-        .args(["--set", "maxConcurrentReconciles=-1"])
-        .output()
-        .unwrap();
+    let out = lint_with(helm, &chart, "maxConcurrentReconciles=-1");
     assert!(!out.status.success(), "maxConcurrentReconciles=-1 accepted");
     assert!(!defaults.contains("--lease-renew-deadline"), "{defaults}");
     assert!(!defaults.contains("--lease-retry-period"), "{defaults}");
@@ -105,12 +105,7 @@ fn lint_and_template(helm: &str) {
         ]));
     assert!(timed.contains("--lease-renew-deadline=8s"), "{timed}");
     assert!(timed.contains("--lease-retry-period=1500ms"), "{timed}");
-    let out = Command::new(helm)
-        .arg("lint")
-        .arg(&chart)
-        .args(["--set", "leaderElection.leaseDuration=1500ms"])
-        .output()
-        .unwrap();
+    let out = lint_with(helm, &chart, "leaderElection.leaseDuration=1500ms");
     assert!(!out.status.success(), "a lease of 1500ms accepted");
 
     // Namespaced mode renders Roles and no ClusterRole.

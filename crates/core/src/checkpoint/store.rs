@@ -73,12 +73,13 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 #[derive(Debug)]
 struct SharedClients;
 
+/// HTTP clients by runtime and the Debug form of their client options.
+type ClientsByOptions = HashMap<(tokio::runtime::Id, String), HttpClient>;
+
 impl SharedClients {
-    /// The clients made so far, by runtime and client options.
-    fn clients() -> std::sync::MutexGuard<'static, HashMap<(tokio::runtime::Id, String), HttpClient>>
-    {
-        static CLIENTS: OnceLock<Mutex<HashMap<(tokio::runtime::Id, String), HttpClient>>> =
-            OnceLock::new();
+    /// The clients made so far.
+    fn clients() -> std::sync::MutexGuard<'static, ClientsByOptions> {
+        static CLIENTS: OnceLock<Mutex<ClientsByOptions>> = OnceLock::new();
         CLIENTS
             .get_or_init(Default::default)
             .lock()
