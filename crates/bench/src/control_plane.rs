@@ -323,6 +323,7 @@ struct Collections {
     total: Vec<f64>,
     planning: Vec<f64>,
     deleted: usize,
+    left: usize,
 }
 
 impl Collections {
@@ -505,6 +506,11 @@ async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Resul
         let planned = started.elapsed().as_secs_f64();
         delete_planned(&store, &gc, &|_| {}).await?;
         let collected = started.elapsed().as_secs_f64();
+        if scope == GcScope::Subsumed {
+            // What a listing would still find to delete (none, if the metadata named it all).
+            let listed = gc_plan_for_store(&store, GcScope::Everything, policy, chrono::Utc::now());
+            collections[kind].left += listed.await?.deletions.len();
+        }
         if scope != GcScope::AfterCompletion {
             completions.push(completed);
             polls.push(polled);
@@ -573,8 +579,8 @@ async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Resul
         },
         collections[0].line(
             &format!(
-                "{store_name} store: garbage collection after a checkpoint (retain {}: from the dropped checkpoint's metadata, no listing",
-                args.retain
+                "{store_name} store: garbage collection after a checkpoint (retain {}: from the dropped checkpoint's metadata, no listing, {} left for a listing",
+                args.retain, collections[0].left
             ),
             args.rounds,
         ),
