@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::args::{StoreArgs, parse_duration};
 use crate::checkpoint::registry::{
-    collect_garbage, delete_planned, manual_policy, recorded_retention,
+    GcScope, collect_garbage, delete_planned, manual_policy, recorded_retention,
 };
 use crate::error::Result;
 use crate::inventory;
@@ -221,7 +221,7 @@ async fn checkpoints(command: CheckpointsCommand) -> Result<()> {
                     "no retention recorded by the operator"
                 }
             );
-            let plan = collect_garbage(&store, policy, true).await?;
+            let plan = collect_garbage(&store, GcScope::Everything, policy, true).await?;
             if !args.dry_run {
                 let bar = crate::terminal::items(plan.deletions.len() as u64, "deleting");
                 delete_planned(&store, &plan, &|n| bar.set_position(n as u64)).await?;

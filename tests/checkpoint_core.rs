@@ -14,7 +14,9 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use regroup::Error;
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
-use regroup::checkpoint::registry::{DeleteReason, RetentionPolicy, collect_garbage};
+use regroup::checkpoint::registry::{
+    DeleteReason, GcPlan, GcScope, RetentionPolicy, collect_garbage,
+};
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup::keygroup::KeyGroupRange;
 use support::restore::corrupt_stored_file;
@@ -205,10 +207,20 @@ async fn incremental_scenario(store: CheckpointStore) {
         grace: Duration::ZERO,
     };
     let before = store.list_all().await.unwrap().len();
-    collect_garbage(&store, policy, true).await.unwrap();
+    let everything = collect_garbage(&store, GcScope::Everything, policy, true)
+        .await
+        .unwrap();
     assert_eq!(store.list_all().await.unwrap().len(), before);
 
-    let plan = collect_garbage(&store, policy, false).await.unwrap();
+    // After checkpoint 2, with nothing left over, the operator's collection plans from the
+    // dropped checkpoint's metadata: the same deletions a listing of every object gives.
+    let plan = collect_garbage(&store, GcScope::AfterCompletion, policy, false)
+        .await
+        .unwrap();
+    assert_eq!(plan.scope, GcScope::Subsumed);
+    let paths =
+        |p: &GcPlan| -> BTreeSet<String> { p.deletions.iter().map(|d| d.path.clone()).collect() };
+    assert_eq!(paths(&plan), paths(&everything));
     assert_eq!(plan.retained, vec![2]);
     assert_eq!(plan.subsumed, vec![1]);
     let deleted_shared: BTreeSet<String> = plan

@@ -105,6 +105,15 @@ alert_fired() {
   [[ $(prom_query "max_over_time(ALERTS{$sel}[${window}s])") != '[]' ]]
 }
 
+# After an alert did not fire for NS/JOB: what Prometheus had of it, to tell a scrape gap from
+# a series that did not move: the targets' health, its alerts' states, SERIES over 2 minutes.
+prom_explain() {
+  local sel="namespace=\"$1\",job=\"$2\""
+  say "prometheus targets: $(curl -fsS "$PROM_URL/api/v1/targets" | jq -c '[.data.activeTargets[] | {scrapeUrl, health, lastError}]')"
+  say "alerts of $1/$2 over 2m: $(prom_query "ALERTS{$sel}[2m]")"
+  say "$3 of $1/$2 over 2m: $(prom_query "$3{$sel}[2m]")"
+}
+
 # Succeeds while ALERT is firing (for NS/JOB).
 alert_firing() {
   alert_fired "$1" "${2:-}" "${3:-}" 3

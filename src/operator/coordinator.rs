@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use super::crd::{CheckpointRecord, PendingCheckpoint};
 use super::lifecycle::{FinalCheckpoint, elapsed};
 use super::resources::{self, EPOCH_LABEL, POD_INDEX_LABEL};
-use crate::checkpoint::registry::{GcPlan, collect_garbage, record_retention};
+use crate::checkpoint::registry::{GcPlan, GcScope, collect_garbage, record_retention};
 use crate::checkpoint::store::Ambient;
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use crate::error::{Error, Result};
@@ -502,17 +502,19 @@ pub fn record(meta: &CheckpointMetadata, started: Option<&Time>, now: &Time) -> 
 }
 
 /// Applies retention after a completed checkpoint: keeps `retain` completed checkpoints and
-/// deletes what nothing retained references. Unreferenced files younger than the longest
-/// checkpoint timeout the job has had are kept: they may be uploads of a checkpoint in flight.
-/// The policy is recorded in the store first, for `regroup checkpoints gc` run by hand.
+/// deletes what nothing retained references, looking at the dropped checkpoints' objects and
+/// now and then at every object ([`GcScope::AfterCompletion`]). Files no handle names that are
+/// younger than the longest checkpoint timeout the job has had are kept: they may be uploads
+/// of a checkpoint in flight. The policy is recorded in the store first, for
+/// `regroup checkpoints gc` run by hand.
 pub async fn retain_and_collect(
     store: &CheckpointStore,
     retain: u32,
     timeout: Duration,
 ) -> Result<GcPlan> {
     let policy = record_retention(store, retain, timeout).await?;
-    let plan = collect_garbage(store, policy, false).await?;
-    info!(job = %store.job(), deleted = plan.deletions.len(), bytes = plan.bytes(), "retention applied");
+    let plan = collect_garbage(store, GcScope::AfterCompletion, policy, false).await?;
+    info!(job = %store.job(), scope = ?plan.scope, deleted = plan.deletions.len(), bytes = plan.bytes(), "retention applied");
     Ok(plan)
 }
 

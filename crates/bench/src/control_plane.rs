@@ -31,7 +31,9 @@ use object_store::{ObjectStoreExt, PutPayload};
 
 use regroup::checkpoint::metadata::{FORMAT_VERSION, decode};
 use regroup::checkpoint::progress::{self, RestorePhase, RestoreProgress};
-use regroup::checkpoint::registry::{RetentionPolicy, delete_planned, gc_plan_for_store};
+use regroup::checkpoint::registry::{
+    GcScope, LIST_EVERY, RetentionPolicy, delete_planned, gc_plan_for_store,
+};
 use regroup::checkpoint::store::METADATA_MAX_BYTES;
 use regroup::checkpoint::{
     CheckpointMetadata, CheckpointStore, Checksum, FileRef, JobId, PrivateFile, SharedFile,
@@ -315,6 +317,33 @@ fn seconds(sorted: &[f64]) -> (String, bool) {
     (text, median <= TARGET.as_secs_f64())
 }
 
+/// The timed garbage collections of one kind.
+#[derive(Default)]
+struct Collections {
+    total: Vec<f64>,
+    planning: Vec<f64>,
+    deleted: usize,
+    left: usize,
+}
+
+impl Collections {
+    /// The result line: `what` goes on with the deletions a round and the planning's median.
+    fn line(&mut self, what: &str, rounds: u32) -> Line {
+        self.total.sort_by(f64::total_cmp);
+        self.planning.sort_by(f64::total_cmp);
+        let (text, met) = seconds(&self.total);
+        Line {
+            text: format!(
+                "{what}, {} deleted a round; planning {:.4} s) {text}, {}",
+                self.deleted / rounds as usize,
+                self.planning[self.planning.len() / 2],
+                target()
+            ),
+            met,
+        }
+    }
+}
+
 fn target() -> String {
     format!("target ≤ {} s", TARGET.as_secs())
 }
@@ -401,11 +430,12 @@ async fn put_files(store: &CheckpointStore, files: Vec<FileRef>) -> Result<()> {
     Ok(())
 }
 
-/// Checkpoints `1..=retain + rounds` of the job in the store at `url`, each written as the
+/// Checkpoints `1..=retain + 2 × rounds` of the job in the store at `url`, each written as the
 /// workers write it (new files, then handles), then completed and garbage collected as the
-/// operator does; then the restore progress of a rescale. Times the completions and
-/// collections of the last `rounds` checkpoints (a full history behind them) and the reading of
-/// the progress.
+/// operator does; then the restore progress of a rescale. Times the completions of the last
+/// `2 × rounds` checkpoints (a full history behind them), their collections (from the dropped
+/// checkpoint's metadata and listing every object, taking turns) and the reading of the
+/// progress.
 async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Result<Vec<Line>> {
     let (m, p, files) = (
         args.max_parallelism,
@@ -424,11 +454,11 @@ async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Resul
         // Everything is young here; the operator's grace period protects uploads in flight.
         grace: Duration::ZERO,
     };
-    let (mut completions, mut collections, mut gc_plans) = (Vec::new(), Vec::new(), Vec::new());
-    let mut polls = Vec::new();
-    let (mut deleted, mut objects) = (0, 0);
+    let (mut completions, mut polls) = (Vec::new(), Vec::new());
+    let mut collections = [Collections::default(), Collections::default()];
+    let mut objects = 0;
     let mut previous: Option<CheckpointMetadata> = None;
-    let last = first + u64::from(args.retain + args.rounds) - 1;
+    let last = first + u64::from(args.retain + 2 * args.rounds) - 1;
     for id in first..=last {
         let meta = checkpoint(job, m, p, files, id, Sizes::Stored)?;
         let known: std::collections::HashSet<&str> = previous
@@ -465,29 +495,37 @@ async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Resul
             .await?
             .ok_or_else(|| Error::Other(format!("checkpoint {id} did not complete")))?;
         let completed = started.elapsed().as_secs_f64();
+        // The warm-up takes the operator's turns; then each kind in turn, timed.
+        let kind = (id % 2) as usize;
+        let scope = match id + u64::from(2 * args.rounds) > last {
+            true => [GcScope::Subsumed, GcScope::Everything][kind],
+            false => GcScope::AfterCompletion,
+        };
         let started = Instant::now();
-        let gc = gc_plan_for_store(&store, policy, chrono::Utc::now()).await?;
+        let gc = gc_plan_for_store(&store, scope, policy, chrono::Utc::now()).await?;
         let planned = started.elapsed().as_secs_f64();
         delete_planned(&store, &gc, &|_| {}).await?;
         let collected = started.elapsed().as_secs_f64();
-        if id + u64::from(args.rounds) > last {
+        if scope == GcScope::Subsumed {
+            // What a listing would still find to delete (none, if the metadata named it all).
+            let listed = gc_plan_for_store(&store, GcScope::Everything, policy, chrono::Utc::now());
+            collections[kind].left += listed.await?.deletions.len();
+        }
+        if scope != GcScope::AfterCompletion {
             completions.push(completed);
             polls.push(polled);
-            collections.push(collected);
-            gc_plans.push(planned);
-            deleted += gc.deletions.len();
+            let c = &mut collections[kind];
+            c.total.push(collected);
+            c.planning.push(planned);
+            c.deleted += gc.deletions.len();
             objects = store.list_all().await?.len();
         }
         previous = Some(meta);
     }
     completions.sort_by(f64::total_cmp);
-    collections.sort_by(f64::total_cmp);
     polls.sort_by(f64::total_cmp);
     let (poll, poll_met) = seconds(&polls);
     let (completion, completion_met) = seconds(&completions);
-    let (collection, collection_met) = seconds(&collections);
-    gc_plans.sort_by(f64::total_cmp);
-    let gc_plan = gc_plans[gc_plans.len() / 2];
 
     // A rescale to `p` restores: every restore reports, the operator reads them every round.
     let epoch = last + 1;
@@ -539,15 +577,19 @@ async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Resul
             ),
             met: poll_met,
         },
-        Line {
-            text: format!(
-                "{store_name} store: garbage collection (retain {}: {objects} objects listed, metadata read, {} deleted a round; planning {gc_plan:.4} s) {collection}, {}",
-                args.retain,
-                deleted / args.rounds as usize,
-                target()
+        collections[0].line(
+            &format!(
+                "{store_name} store: garbage collection after a checkpoint (retain {}: from the dropped checkpoint's metadata, no listing, {} left for a listing",
+                args.retain, collections[0].left
             ),
-            met: collection_met,
-        },
+            args.rounds,
+        ),
+        collections[1].line(
+            &format!(
+                "{store_name} store: garbage collection listing every object (after each {LIST_EVERY}th checkpoint and after aborted ones; {objects} objects"
+            ),
+            args.rounds,
+        ),
         Line {
             text: format!(
                 "{store_name} store: restore progress ({p} reports the operator reads every round) {read}, {}",

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::plan::{failed, ready_condition};
 use super::{FINALIZER, SnapshotPhase, StatefulJobSnapshot, StatefulJobSnapshotStatus};
 use crate::checkpoint::pins::unpin;
-use crate::checkpoint::registry::{collect_garbage, recorded_retention};
+use crate::checkpoint::registry::{GcScope, collect_garbage, recorded_retention};
 use crate::checkpoint::{CheckpointStore, JobId};
 use crate::operator::controller::{Context, ReconcileError, secret_settings};
 use crate::operator::coordinator::open_store;
@@ -152,7 +152,7 @@ async fn dispose(snap: Arc<StatefulJobSnapshot>, ctx: &Context) -> Result<Action
         let store: CheckpointStore = open_store(&location.url, job, &settings, ctx.ambient)?;
         unpin(&store, &snap.uid().unwrap_or_default()).await?;
         if let Some(recorded) = recorded_retention(&store).await? {
-            collect_garbage(&store, recorded.policy(), false).await?;
+            collect_garbage(&store, GcScope::Everything, recorded.policy(), false).await?;
         }
         Ok::<_, ReconcileError>(())
     }

@@ -93,6 +93,15 @@ pub fn parse_checkpoint_dir_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A checkpoint directory's directory of handles.
+const HANDLES: &str = "handles";
+/// A checkpoint's metadata file.
+const METADATA: &str = "_metadata.json";
+
+fn handle_name(subtask: u32) -> String {
+    format!("{subtask}.json")
+}
+
 /// The subtask of a handle's file name `<subtask>.json` (see [`JobPaths::handle`]), if it is one.
 pub fn parse_handle_name(name: &str) -> Option<u32> {
     name.strip_suffix(".json")?.parse().ok()
@@ -196,19 +205,31 @@ impl JobPaths {
 
     /// Where `subtask` writes its handle for checkpoint `id`.
     pub fn handle(&self, id: u64, subtask: u32) -> Path {
-        self.checkpoint_dir(id)
-            .join("handles")
-            .join(format!("{subtask}.json"))
+        self.handles_dir(id).join(handle_name(subtask))
+    }
+
+    /// [`JobPaths::handle`] relative to the job root.
+    pub fn handle_file(id: u64, subtask: u32) -> String {
+        format!(
+            "{}/{HANDLES}/{}",
+            checkpoint_dir_name(id),
+            handle_name(subtask)
+        )
     }
 
     /// The directory of all handles of checkpoint `id`.
     pub fn handles_dir(&self, id: u64) -> Path {
-        self.checkpoint_dir(id).join("handles")
+        self.checkpoint_dir(id).join(HANDLES)
     }
 
     /// The job-level metadata of checkpoint `id`; its existence means the checkpoint completed.
     pub fn metadata(&self, id: u64) -> Path {
-        self.checkpoint_dir(id).join("_metadata.json")
+        self.checkpoint_dir(id).join(METADATA)
+    }
+
+    /// [`JobPaths::metadata`] relative to the job root.
+    pub fn metadata_file(id: u64) -> String {
+        format!("{}/{METADATA}", checkpoint_dir_name(id))
     }
 }
 

@@ -3,8 +3,12 @@
 //! The store is the record: which checkpoints completed is what `_metadata.json` objects say, and
 //! which files a checkpoint uses is what its handles say. From that, [`plan_gc`] (pure) decides
 //! what may go: files no retained or in-flight checkpoint references, the directories of
-//! subsumed and aborted checkpoints — never anything younger than the grace period, so uploads
-//! in flight are safe.
+//! subsumed and aborted checkpoints — never a file no handle names that is younger than the
+//! grace period, so uploads in flight are safe.
+//!
+//! Which objects it looks at is the [`GcScope`]: every object (a listing), or only what the
+//! metadata of the checkpoints retention drops names, which is all a collection after a
+//! completed checkpoint usually finds, without listing the job's every file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::metadata::{CheckpointMetadata, FORMAT_VERSION, SubtaskHandle};
-use super::paths::{parse_checkpoint_dir_name, parse_handle_name};
+use super::paths::{JobPaths, parse_checkpoint_dir_name, parse_handle_name};
 use super::pins::{pinned_ids, pins};
 use super::store::CheckpointStore;
 use crate::error::{Error, Result};
@@ -195,9 +199,55 @@ pub struct Deletion {
     pub reason: DeleteReason,
 }
 
+/// Which objects a garbage collection looks at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum GcScope {
+    /// Every object of the job, from a listing.
+    #[default]
+    Everything,
+    /// The objects of the checkpoints retention drops, as their metadata names them: no
+    /// listing. Leftovers no completed checkpoint names (aborted checkpoints, uploads that never
+    /// made it into a handle) wait for a collection of everything.
+    Subsumed,
+    /// What the operator runs after each completed checkpoint: `Subsumed`, but `Everything`
+    /// every [`LIST_EVERY`]th checkpoint and whenever an incomplete checkpoint older than the
+    /// newest completed one shows leftovers (see [`GcScope::resolve`]).
+    AfterCompletion,
+}
+
+/// A collection after a completed checkpoint lists every object when that checkpoint's id is a
+/// multiple of this.
+pub const LIST_EVERY: u64 = 10;
+
+impl GcScope {
+    /// `Everything` or `Subsumed`, given the store's checkpoint ids and whether each completed
+    /// (as [`CheckpointStore::checkpoint_ids`] returns them). Pure.
+    pub fn resolve(self, ids: &[(u64, bool)]) -> GcScope {
+        if self != GcScope::AfterCompletion {
+            return self;
+        }
+        let newest = ids
+            .iter()
+            .filter(|(_, done)| *done)
+            .map(|(id, _)| *id)
+            .max();
+        let Some(newest) = newest else {
+            return GcScope::Everything;
+        };
+        let leftovers = ids.iter().any(|&(id, done)| !done && id < newest);
+        if leftovers || newest % LIST_EVERY == 0 {
+            GcScope::Everything
+        } else {
+            GcScope::Subsumed
+        }
+    }
+}
+
 /// What garbage collection keeps and deletes.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcPlan {
+    /// The objects it looked at.
+    pub scope: GcScope,
     /// Completed checkpoints kept.
     pub retained: Vec<u64>,
     /// Completed checkpoints dropped by retention.
@@ -232,16 +282,8 @@ pub fn plan_gc(
     now: DateTime<Utc>,
     policy: RetentionPolicy,
 ) -> GcPlan {
-    let retain = policy.retain.max(1);
-    let mut ids: Vec<u64> = completed.iter().map(|c| c.checkpoint_id).collect();
-    ids.sort_unstable();
-    let split = ids.len().saturating_sub(retain);
-    let (subsumed, retained) = ids.split_at(split);
-    let (held, subsumed): (Vec<u64>, Vec<u64>) =
-        subsumed.iter().partition(|id| pinned.contains(id));
-    let mut retained: Vec<u64> = held.into_iter().chain(retained.iter().copied()).collect();
-    retained.sort_unstable();
-    let newest_completed = ids.last().copied();
+    let (retained, subsumed) = split_by_retention(completed, pinned, policy);
+    let newest_completed = completed.iter().map(|c| c.checkpoint_id).max();
     let mut refs = FileReferences::from_checkpoints(
         completed
             .iter()
@@ -250,6 +292,12 @@ pub fn plan_gc(
     for h in in_flight_handles {
         refs.add_handle(h);
     }
+    // A file a completed checkpoint's handle names is no upload in flight: no grace for it.
+    let dropped = FileReferences::from_checkpoints(
+        completed
+            .iter()
+            .filter(|c| subsumed.contains(&c.checkpoint_id)),
+    );
     let grace = chrono::Duration::from_std(policy.grace).unwrap_or(chrono::Duration::MAX);
     let young = |t: &DateTime<Utc>| now.signed_duration_since(*t) < grace;
 
@@ -258,7 +306,7 @@ pub fn plan_gc(
     let mut incomplete: BTreeMap<u64, bool> = BTreeMap::new(); // id -> any young object
     for (path, _, modified) in objects {
         if let Some(id) = path.split('/').next().and_then(parse_checkpoint_dir_name)
-            && !ids.contains(&id)
+            && !completed.iter().any(|c| c.checkpoint_id == id)
         {
             *incomplete.entry(id).or_default() |= young(modified);
         }
@@ -291,7 +339,7 @@ pub fn plan_gc(
             if refs.contains(path) {
                 continue;
             }
-            if young(modified) {
+            if young(modified) && !dropped.contains(path) {
                 plan.kept_young.push(path.clone());
             } else {
                 other_deletions.push(deletion(DeleteReason::Unreferenced));
@@ -313,19 +361,59 @@ pub fn plan_gc(
     plan
 }
 
-/// Lists the job's objects, reads every completed checkpoint and the handles of in-flight
-/// ones, and returns the plan (see [`plan_gc`]). Any unreadable metadata fails the whole
-/// collection: nothing is deleted on uncertainty.
-pub async fn gc_plan_for_store(
-    store: &CheckpointStore,
+/// Which completed checkpoints `policy` keeps (the `retain` newest and every pinned one) and
+/// which it drops, each ascending.
+fn split_by_retention(
+    completed: &[CheckpointMetadata],
+    pinned: &[u64],
     policy: RetentionPolicy,
-    now: DateTime<Utc>,
-) -> Result<GcPlan> {
-    let listing = store.list_all().await?;
-    let objects: Vec<(String, u64, DateTime<Utc>)> = listing
+) -> (Vec<u64>, Vec<u64>) {
+    let mut ids: Vec<u64> = completed.iter().map(|c| c.checkpoint_id).collect();
+    ids.sort_unstable();
+    let split = ids.len().saturating_sub(policy.retain.max(1));
+    let (subsumed, retained) = ids.split_at(split);
+    let (held, subsumed): (Vec<u64>, Vec<u64>) =
+        subsumed.iter().partition(|id| pinned.contains(id));
+    let mut retained: Vec<u64> = held.into_iter().chain(retained.iter().copied()).collect();
+    retained.sort_unstable();
+    (retained, subsumed)
+}
+
+/// The objects of the completed checkpoints `policy` drops, as their metadata names them: the
+/// metadata, every handle and every file of the handles, as [`plan_gc`] takes objects (at
+/// their checkpoint's completion; metadata and handles with size 0, their size unknown
+/// without a listing). Pure.
+pub fn subsumed_objects(
+    completed: &[CheckpointMetadata],
+    pinned: &[u64],
+    policy: RetentionPolicy,
+) -> Vec<(String, u64, DateTime<Utc>)> {
+    let (_, subsumed) = split_by_retention(completed, pinned, policy);
+    let mut objects = Vec::new();
+    for c in completed
         .iter()
-        .map(|m: &ObjectMeta| (store.paths().relative(&m.location), m.size, m.last_modified))
-        .collect();
+        .filter(|c| subsumed.contains(&c.checkpoint_id))
+    {
+        let at = c.completed_at;
+        objects.push((JobPaths::metadata_file(c.checkpoint_id), 0, at));
+        for h in &c.handles {
+            objects.push((JobPaths::handle_file(c.checkpoint_id, h.subtask), 0, at));
+            objects.extend(h.files().map(|f| (f.path.clone(), f.size, at)));
+        }
+    }
+    objects
+}
+
+/// What a plan needs besides the objects: the store's checkpoint ids, the metadata of every
+/// completed checkpoint, the handles written so far of in-flight ones, the pinned ids.
+struct GcInputs {
+    ids: Vec<(u64, bool)>,
+    completed: Vec<CheckpointMetadata>,
+    in_flight_handles: Vec<SubtaskHandle>,
+    pinned: Vec<u64>,
+}
+
+async fn read_inputs(store: &CheckpointStore) -> Result<GcInputs> {
     let ids = store.checkpoint_ids().await?;
     let completed_ids: Vec<u64> = ids
         .iter()
@@ -337,43 +425,79 @@ pub async fn gc_plan_for_store(
         .try_collect()
         .await?;
     let newest = completed.iter().map(|c| c.checkpoint_id).max();
-    let in_flight: BTreeSet<u64> = ids
+    let in_flight: Vec<u64> = ids
         .iter()
         .filter(|&&(id, done)| !done && newest.is_none_or(|n| id > n))
         .map(|&(id, _)| id)
         .collect();
-    let written: Vec<(u64, u32)> = objects
-        .iter()
-        .filter_map(|(path, _, _)| {
-            let (dir, rest) = path.split_once("/handles/")?;
-            let id = parse_checkpoint_dir_name(dir).filter(|id| in_flight.contains(id))?;
-            Some((id, parse_handle_name(rest)?))
+    let written: Vec<Vec<(u64, u32)>> = futures::stream::iter(in_flight)
+        .map(|id| async move {
+            let listed = store.list_under(&store.paths().handles_dir(id)).await?;
+            Ok::<_, Error>(
+                listed
+                    .iter()
+                    .filter_map(|m| m.location.filename().and_then(parse_handle_name))
+                    .map(|subtask| (id, subtask))
+                    .collect(),
+            )
         })
-        .collect();
-    let in_flight_handles: Vec<SubtaskHandle> = futures::stream::iter(written)
+        .buffered(READS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let in_flight_handles: Vec<SubtaskHandle> = futures::stream::iter(written.concat())
         .map(|(id, subtask)| store.read_handle(id, subtask))
         .buffered(READS_IN_FLIGHT)
         .try_filter_map(|h| async move { Ok(h) })
         .try_collect()
         .await?;
     let pinned = pinned_ids(&pins(store).await?);
-    Ok(plan_gc(
-        &objects,
-        &completed,
-        &in_flight_handles,
-        &pinned,
-        now,
-        policy,
-    ))
+    Ok(GcInputs {
+        ids,
+        completed,
+        in_flight_handles,
+        pinned,
+    })
 }
 
-/// Plans and, unless `dry_run`, performs garbage collection. Returns the plan.
+/// Reads every completed checkpoint, the handles of in-flight ones and, for
+/// [`GcScope::Everything`], lists the job's objects; returns the plan (see [`plan_gc`]). Any
+/// unreadable metadata fails the whole collection: nothing is deleted on uncertainty.
+pub async fn gc_plan_for_store(
+    store: &CheckpointStore,
+    scope: GcScope,
+    policy: RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Result<GcPlan> {
+    let inputs = read_inputs(store).await?;
+    let scope = scope.resolve(&inputs.ids);
+    let objects: Vec<(String, u64, DateTime<Utc>)> = match scope {
+        GcScope::Subsumed => subsumed_objects(&inputs.completed, &inputs.pinned, policy),
+        _ => store
+            .list_all()
+            .await?
+            .iter()
+            .map(|m: &ObjectMeta| (store.paths().relative(&m.location), m.size, m.last_modified))
+            .collect(),
+    };
+    let plan = plan_gc(
+        &objects,
+        &inputs.completed,
+        &inputs.in_flight_handles,
+        &inputs.pinned,
+        now,
+        policy,
+    );
+    Ok(GcPlan { scope, ..plan })
+}
+
+/// Plans a collection of `scope` and, unless `dry_run`, performs it. Returns the plan.
 pub async fn collect_garbage(
     store: &CheckpointStore,
+    scope: GcScope,
     policy: RetentionPolicy,
     dry_run: bool,
 ) -> Result<GcPlan> {
-    let plan = gc_plan_for_store(store, policy, Utc::now()).await?;
+    let plan = gc_plan_for_store(store, scope, policy, Utc::now()).await?;
     if !dry_run {
         delete_planned(store, &plan, &|_| {}).await?;
     }
@@ -415,7 +539,7 @@ pub async fn delete_planned(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::metadata::{Checksum, FORMAT_VERSION, FileRef, SharedFile};
+    use crate::checkpoint::metadata::{Checksum, FORMAT_VERSION, FileRef, PrivateFile, SharedFile};
 
     fn meta(id: u64, shared: &[&str]) -> CheckpointMetadata {
         let handle = SubtaskHandle {
@@ -453,7 +577,7 @@ mod tests {
         let now = Utc::now();
         let old = now - chrono::Duration::hours(1);
         let objects: Vec<(String, u64, DateTime<Utc>)> = [
-            ("shared/i/1.sst", old),
+            ("shared/i/1.sst", now), // young, but a subsumed checkpoint's: no upload
             ("shared/i/2.sst", old),
             ("shared/i/3.sst", old),
             ("shared/i/4.sst", now), // young, unreferenced: an upload in flight
@@ -498,6 +622,83 @@ mod tests {
             ]
         );
         assert_eq!(plan.kept_young, vec!["shared/i/4.sst"]);
+    }
+
+    #[test]
+    fn a_collection_after_completion_lists_every_tenth_time_and_after_leftovers() {
+        let after = |ids: &[(u64, bool)]| GcScope::AfterCompletion.resolve(ids);
+        assert_eq!(
+            after(&[(7, true), (8, true), (9, false)]),
+            GcScope::Subsumed
+        );
+        assert_eq!(after(&[(9, true), (10, true)]), GcScope::Everything);
+        assert_eq!(
+            after(&[(6, false), (7, true), (8, true)]),
+            GcScope::Everything,
+            "an aborted checkpoint left a directory"
+        );
+        assert_eq!(
+            after(&[(3, false)]),
+            GcScope::Everything,
+            "nothing completed"
+        );
+        assert_eq!(GcScope::Subsumed.resolve(&[]), GcScope::Subsumed);
+        assert_eq!(
+            GcScope::Everything.resolve(&[(7, true)]),
+            GcScope::Everything
+        );
+    }
+
+    #[test]
+    fn subsumed_objects_are_what_their_metadata_names() {
+        let mut one = meta(1, &["1.sst", "2.sst"]);
+        one.handles[0].private.push(PrivateFile {
+            local_name: "MANIFEST-000005".into(),
+            file: FileRef {
+                path: "chk-1/private/0/i/MANIFEST-000005".into(),
+                size: 7,
+                checksum: Checksum(0),
+            },
+        });
+        let completed = vec![one, meta(2, &["2.sst"]), meta(3, &["3.sst"])];
+        let policy = RetentionPolicy {
+            retain: 1,
+            grace: Duration::from_secs(60),
+        };
+        let paths = |pinned: &[u64]| -> Vec<String> {
+            let mut p: Vec<String> = subsumed_objects(&completed, pinned, policy)
+                .into_iter()
+                .map(|(path, _, _)| path)
+                .collect();
+            p.sort();
+            p
+        };
+        assert_eq!(
+            paths(&[2]),
+            vec![
+                "chk-1/_metadata.json",
+                "chk-1/handles/0.json",
+                "chk-1/private/0/i/MANIFEST-000005",
+                "shared/i/1.sst",
+                "shared/i/2.sst",
+            ],
+            "checkpoint 2 is pinned"
+        );
+        assert_eq!(paths(&[]).len(), 8);
+        // Planned from them, a file a retained checkpoint still uses stays.
+        let objects = subsumed_objects(&completed, &[2], policy);
+        let plan = plan_gc(&objects, &completed, &[], &[2], Utc::now(), policy);
+        let mut deleted: Vec<&str> = plan.deletions.iter().map(|d| d.path.as_str()).collect();
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            vec![
+                "chk-1/_metadata.json",
+                "chk-1/handles/0.json",
+                "chk-1/private/0/i/MANIFEST-000005",
+                "shared/i/1.sst",
+            ]
+        );
     }
 
     #[test]
