@@ -244,6 +244,38 @@ async fn incremental_scenario(store: CheckpointStore) {
             .all(|m| !store.paths().relative(&m.location).starts_with("chk-1/"))
     );
     assert_eq!(restored_contents(&store, 2).await, model2);
+
+    // Checkpoint 3 aborts, leaving a handle, and an upload no handle names is left behind.
+    // Once checkpoint 4 completes, the collection lists everything: it deletes checkpoint 2
+    // (retention, while listing), the aborted directory and the orphan; checkpoint 4 remains.
+    write(&backend, &mut model, "hot", 5000..6000, "h3");
+    let model4 = model.clone();
+    store
+        .put_json(&store.paths().handle(3, 0), h2)
+        .await
+        .unwrap();
+    let orphan = store
+        .paths()
+        .resolve("shared/gone/000009.sst", "test")
+        .unwrap();
+    store.put_json(&orphan, &0).await.unwrap();
+    let c4 = checkpoint(&backend, &snapshotter, &store, 4, &scratch).await;
+    let plan = collect_garbage(&store, GcScope::AfterCompletion, policy, false)
+        .await
+        .unwrap();
+    assert_eq!(plan.scope, GcScope::Everything);
+    assert_eq!((&plan.subsumed, &plan.aborted), (&vec![2], &vec![3]));
+    let left: BTreeSet<String> = store
+        .list_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| store.paths().relative(&m.location))
+        .collect();
+    let mut kept: BTreeSet<String> = c4.handles[0].files().map(|f| f.path.clone()).collect();
+    kept.extend(["chk-4/_metadata.json".into(), "chk-4/handles/0.json".into()]);
+    assert_eq!(left, kept);
+    assert_eq!(restored_contents(&store, 4).await, model4);
 }
 
 /// A flipped byte in an SST, a missing file and a `../` path are each refused with an error
