@@ -127,21 +127,19 @@ pub trait WorkerClient: Send + Sync {
 /// over one HTTP client (a client per job kept its own pool and root certificates).
 #[derive(Debug)]
 pub struct HttpWorkerClient {
-    timeout: Duration,
-    http: reqwest::Client,
+    base: crate::worker::client::WorkerClient,
 }
 
 impl HttpWorkerClient {
     /// A client whose requests time out after `timeout`.
     pub fn new(timeout: Duration) -> Result<Self> {
         Ok(Self {
-            timeout,
-            http: crate::worker::client::WorkerClient::http(timeout)?,
+            base: crate::worker::client::WorkerClient::new("", timeout)?,
         })
     }
 
     fn client(&self, token: &str) -> crate::worker::client::WorkerClient {
-        crate::worker::client::WorkerClient::sharing(self.http.clone(), token, self.timeout)
+        self.base.with_token(token)
     }
 }
 

@@ -60,26 +60,25 @@ impl std::fmt::Debug for WorkerClient {
 impl WorkerClient {
     /// A client sending `token`, with `timeout` per request.
     pub fn new(token: &str, timeout: Duration) -> Result<Self> {
-        Ok(Self::sharing(Self::http(timeout)?, token, timeout))
-    }
-
-    /// An HTTP client for [`WorkerClient::sharing`], with `timeout` per request.
-    pub fn http(timeout: Duration) -> Result<reqwest::Client> {
-        reqwest::Client::builder()
+        let http = reqwest::Client::builder()
             .timeout(timeout)
             // A job's rounds call a worker one request after another: one connection to keep.
             .pool_max_idle_per_host(1)
             .build()
-            .map_err(|e| Error::Other(format!("cannot build an HTTP client: {e}")))
-    }
-
-    /// A client sending `token` over `http` (from [`WorkerClient::http`] with the same
-    /// `timeout`): the clients of many jobs share one connection pool and TLS set-up.
-    pub fn sharing(http: reqwest::Client, token: &str, timeout: Duration) -> Self {
-        Self {
+            .map_err(|e| Error::Other(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Self {
             http,
             token: token.to_owned(),
             timeout,
+        })
+    }
+
+    /// This client's connections and timeout, sending `token`: the clients of many jobs share
+    /// one connection pool and TLS set-up.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: token.to_owned(),
+            ..self.clone()
         }
     }
 

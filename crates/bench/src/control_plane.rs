@@ -66,7 +66,8 @@ pub struct ControlPlaneArgs {
     /// Completed checkpoints kept (spec.checkpointing.retain).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub retain: u32,
-    /// Rounds of each measurement; the stores get `retain` + `rounds` checkpoints.
+    /// Rounds of each measurement; the stores get `retain` + 2 × `rounds` checkpoints (a round
+    /// of each kind of garbage collection).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub rounds: u32,
     /// Another store to measure completion and GC in besides a `file://` one in a temporary
@@ -497,9 +498,10 @@ async fn store_history(url: &str, job: &JobId, args: &ControlPlaneArgs) -> Resul
         let completed = started.elapsed().as_secs_f64();
         // The warm-up takes the operator's turns; then each kind in turn, timed.
         let kind = (id % 2) as usize;
-        let scope = match id + u64::from(2 * args.rounds) > last {
-            true => [GcScope::Subsumed, GcScope::Everything][kind],
-            false => GcScope::AfterCompletion,
+        let scope = if id + u64::from(2 * args.rounds) > last {
+            [GcScope::Subsumed, GcScope::Everything][kind]
+        } else {
+            GcScope::AfterCompletion
         };
         let started = Instant::now();
         let gc = gc_plan_for_store(&store, scope, policy, chrono::Utc::now()).await?;
