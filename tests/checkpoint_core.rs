@@ -107,13 +107,21 @@ fn shared_paths(meta: &CheckpointMetadata) -> BTreeSet<String> {
         .collect()
 }
 
-async fn stored_shared(store: &CheckpointStore) -> BTreeSet<String> {
+/// Every stored object's job-relative path.
+async fn stored(store: &CheckpointStore) -> BTreeSet<String> {
     store
         .list_all()
         .await
         .unwrap()
         .iter()
         .map(|m| store.paths().relative(&m.location))
+        .collect()
+}
+
+async fn stored_shared(store: &CheckpointStore) -> BTreeSet<String> {
+    stored(store)
+        .await
+        .into_iter()
         .filter(|p| p.starts_with("shared/"))
         .collect()
 }
@@ -265,13 +273,7 @@ async fn incremental_scenario(store: CheckpointStore) {
         .unwrap();
     assert_eq!(plan.scope, GcScope::Everything);
     assert_eq!((&plan.subsumed, &plan.aborted), (&vec![2], &vec![3]));
-    let left: BTreeSet<String> = store
-        .list_all()
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| store.paths().relative(&m.location))
-        .collect();
+    let left = stored(&store).await;
     let mut kept: BTreeSet<String> = c4.handles[0].files().map(|f| f.path.clone()).collect();
     kept.extend(["chk-4/_metadata.json".into(), "chk-4/handles/0.json".into()]);
     assert_eq!(left, kept);
