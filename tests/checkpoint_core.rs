@@ -15,7 +15,7 @@ use object_store::path::Path as ObjectPath;
 use regroup::Error;
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::checkpoint::registry::{
-    DeleteReason, GcPlan, GcScope, RetentionPolicy, collect_garbage,
+    DeleteReason, GcPlan, GcScope, RetentionPolicy, Sweep, collect_garbage,
 };
 use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
 use regroup::keygroup::KeyGroupRange;
@@ -225,7 +225,7 @@ async fn incremental_scenario(store: CheckpointStore) {
     let plan = collect_garbage(&store, GcScope::AfterCompletion, policy, false)
         .await
         .unwrap();
-    assert_eq!(plan.scope, GcScope::Subsumed);
+    assert_eq!(plan.scope, GcScope::AfterCompletion);
     let paths =
         |p: &GcPlan| -> BTreeSet<String> { p.deletions.iter().map(|d| d.path.clone()).collect() };
     assert_eq!(paths(&plan), paths(&everything));
@@ -253,30 +253,50 @@ async fn incremental_scenario(store: CheckpointStore) {
     );
     assert_eq!(restored_contents(&store, 2).await, model2);
 
-    // Checkpoint 3 aborts, leaving a handle, and an upload no handle names is left behind.
-    // Once checkpoint 4 completes, the collection lists everything: it deletes checkpoint 2
-    // (retention, while listing), the aborted directory and the orphan; checkpoint 4 remains.
+    // Checkpoint 3 aborts, leaving a handle, and two uploads no handle names are left behind,
+    // one in the slice of `shared/` the collection after checkpoint 4 lists, one in another.
     write(&backend, &mut model, "hot", 5000..6000, "h3");
     let model4 = model.clone();
     store
         .put_json(&store.paths().handle(3, 0), h2)
         .await
         .unwrap();
-    let orphan = store
-        .paths()
-        .resolve("shared/gone/000009.sst", "test")
-        .unwrap();
-    store.put_json(&orphan, &0).await.unwrap();
+    let sweep = Sweep::after(&[(3, false), (4, true)]).unwrap();
+    let orphan = |swept: bool| {
+        let name = (0..)
+            .map(|i| format!("gone-{i}"))
+            .find(|name| sweep.lists_shared(name) == swept)
+            .unwrap();
+        format!("shared/{name}/000009.sst")
+    };
+    let (swept, unswept) = (orphan(true), orphan(false));
+    for path in [&swept, &unswept] {
+        let location = store.paths().resolve(path, "test").unwrap();
+        store.put_json(&location, &0).await.unwrap();
+    }
     let c4 = checkpoint(&backend, &snapshotter, &store, 4, &scratch).await;
+    let mut kept: BTreeSet<String> = c4.handles[0].files().map(|f| f.path.clone()).collect();
+    kept.extend(["chk-4/_metadata.json".into(), "chk-4/handles/0.json".into()]);
+
+    // Once checkpoint 4 completes, the operator's collection deletes checkpoint 2 (retention),
+    // the aborted directory and the orphan of its slice; the other waits for its own turn.
     let plan = collect_garbage(&store, GcScope::AfterCompletion, policy, false)
         .await
         .unwrap();
-    assert_eq!(plan.scope, GcScope::Everything);
     assert_eq!((&plan.subsumed, &plan.aborted), (&vec![2], &vec![3]));
-    let left = stored(&store).await;
-    let mut kept: BTreeSet<String> = c4.handles[0].files().map(|f| f.path.clone()).collect();
-    kept.extend(["chk-4/_metadata.json".into(), "chk-4/handles/0.json".into()]);
-    assert_eq!(left, kept);
+    assert!(plan.deletions.iter().any(|d| d.path == swept));
+    let mut left = kept.clone();
+    left.insert(unswept.clone());
+    assert_eq!(stored(&store).await, left);
+    assert_eq!(restored_contents(&store, 4).await, model4);
+
+    // A listing of every object finds the other; checkpoint 4 remains and restores exactly.
+    let plan = collect_garbage(&store, GcScope::Everything, policy, false)
+        .await
+        .unwrap();
+    let deleted: Vec<&str> = plan.deletions.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(deleted, vec![unswept.as_str()]);
+    assert_eq!(stored(&store).await, kept);
     assert_eq!(restored_contents(&store, 4).await, model4);
 }
 

@@ -500,8 +500,8 @@ pub fn record(meta: &CheckpointMetadata, started: Option<&Time>, now: &Time) -> 
 }
 
 /// Applies retention after a completed checkpoint: keeps `retain` completed checkpoints and
-/// deletes what nothing retained references, looking at the dropped checkpoints' objects and
-/// now and then at every object ([`GcScope::AfterCompletion`]). Files no handle names that are
+/// deletes what nothing retained references, looking at the dropped checkpoints' objects, the
+/// aborted checkpoints' and a slice of the shared files ([`GcScope::AfterCompletion`]). Files no handle names that are
 /// younger than the longest checkpoint timeout the job has had are kept: they may be uploads
 /// of a checkpoint in flight. The policy is recorded in the store first, for
 /// `regroup checkpoints gc` run by hand.
@@ -512,7 +512,7 @@ pub async fn retain_and_collect(
 ) -> Result<GcPlan> {
     let policy = record_retention(store, retain, timeout).await?;
     let plan = collect_garbage(store, GcScope::AfterCompletion, policy, false).await?;
-    info!(job = %store.job(), scope = ?plan.scope, deleted = plan.deletions.len(), bytes = plan.bytes(), "retention applied");
+    info!(job = %store.job(), scope = ?plan.scope, listed = plan.listed, aborted = ?plan.aborted, deleted = plan.deletions.len(), bytes = plan.bytes(), "retention applied");
     Ok(plan)
 }
 

@@ -6,9 +6,9 @@
 //! subsumed and aborted checkpoints — never a file no handle names that is younger than the
 //! grace period, so uploads in flight are safe.
 //!
-//! Which objects it looks at is the [`GcScope`]: every object (a listing), or only what the
-//! metadata of the checkpoints retention drops names, which is all a collection after a
-//! completed checkpoint usually finds, without listing the job's every file.
+//! Which objects it looks at is the [`GcScope`]: every object (a listing), or, after a completed
+//! checkpoint, what the metadata of the checkpoints retention drops names and a [`Sweep`] of the
+//! places leftovers can be, without listing the job's every file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -205,41 +205,52 @@ pub enum GcScope {
     /// Every object of the job, from a listing.
     #[default]
     Everything,
-    /// The objects of the checkpoints retention drops, as their metadata names them: no
-    /// listing. Leftovers no completed checkpoint names (aborted checkpoints, uploads that never
-    /// made it into a handle) wait for a collection of everything.
-    Subsumed,
-    /// What the operator runs after each completed checkpoint: `Subsumed`, but `Everything`
-    /// every [`LIST_EVERY`]th checkpoint and whenever an incomplete checkpoint older than the
-    /// newest completed one shows leftovers (see [`GcScope::resolve`]).
+    /// What the operator runs after each completed checkpoint, without listing the job's every
+    /// object (see [`Sweep`]): the objects of the checkpoints retention drops, as their metadata
+    /// names them, and a listing of where leftovers can be.
     AfterCompletion,
 }
 
-/// A collection after a completed checkpoint lists every object when that checkpoint's id is a
-/// multiple of this.
+/// A collection after a completed checkpoint lists one in this many of `shared/`'s directories:
+/// every shared file is looked at within this many checkpoints.
 pub const LIST_EVERY: u64 = 10;
 
-impl GcScope {
-    /// `Everything` or `Subsumed`, given the store's checkpoint ids and whether each completed
-    /// (as [`CheckpointStore::checkpoint_ids`] returns them). Pure.
-    pub fn resolve(self, ids: &[(u64, bool)]) -> GcScope {
-        if self != GcScope::AfterCompletion {
-            return self;
-        }
+/// What a collection of [`GcScope::AfterCompletion`] lists besides reading metadata, to find
+/// what no completed checkpoint names: the directories of aborted checkpoints (a failed attempt's
+/// handles and private files), and uploads that never made it into a handle, one slice of
+/// `shared/` at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    /// Incomplete checkpoints older than the newest completed one, listed whole.
+    pub incomplete: Vec<u64>,
+    /// The directories of `shared/` listed are those of this slice (of [`LIST_EVERY`]).
+    pub shared_slice: u64,
+}
+
+impl Sweep {
+    /// The sweep after the newest completed of the store's checkpoint ids (each with whether it
+    /// completed, as [`CheckpointStore::checkpoint_ids`] returns them); `None` when none
+    /// completed. Pure.
+    pub fn after(ids: &[(u64, bool)]) -> Option<Sweep> {
         let newest = ids
             .iter()
             .filter(|(_, done)| *done)
             .map(|(id, _)| *id)
-            .max();
-        let Some(newest) = newest else {
-            return GcScope::Everything;
-        };
-        let leftovers = ids.iter().any(|&(id, done)| !done && id < newest);
-        if leftovers || newest % LIST_EVERY == 0 {
-            GcScope::Everything
-        } else {
-            GcScope::Subsumed
-        }
+            .max()?;
+        Some(Sweep {
+            incomplete: ids
+                .iter()
+                .filter(|&&(id, done)| !done && id < newest)
+                .map(|&(id, _)| id)
+                .collect(),
+            shared_slice: newest % LIST_EVERY,
+        })
+    }
+
+    /// Whether the `shared/` directory `name` (a DB instance's) is in this sweep's slice: the
+    /// slices are fixed by the name, so consecutive checkpoints list all of them in turn.
+    pub fn lists_shared(&self, name: &str) -> bool {
+        u64::from(crc32c::crc32c(name.as_bytes())) % LIST_EVERY == self.shared_slice
     }
 }
 
@@ -248,6 +259,8 @@ impl GcScope {
 pub struct GcPlan {
     /// The objects it looked at.
     pub scope: GcScope,
+    /// Objects listed (the rest it looked at were named by metadata).
+    pub listed: usize,
     /// Completed checkpoints kept.
     pub retained: Vec<u64>,
     /// Completed checkpoints dropped by retention.
@@ -459,9 +472,9 @@ async fn read_inputs(store: &CheckpointStore) -> Result<GcInputs> {
     })
 }
 
-/// Reads every completed checkpoint, the handles of in-flight ones and, for
-/// [`GcScope::Everything`], lists the job's objects; returns the plan (see [`plan_gc`]). Any
-/// unreadable metadata fails the whole collection: nothing is deleted on uncertainty.
+/// Reads every completed checkpoint, the handles of in-flight ones and lists what `scope`
+/// looks at; returns the plan (see [`plan_gc`]). Any unreadable metadata fails the whole
+/// collection: nothing is deleted on uncertainty.
 pub async fn gc_plan_for_store(
     store: &CheckpointStore,
     scope: GcScope,
@@ -469,16 +482,31 @@ pub async fn gc_plan_for_store(
     now: DateTime<Utc>,
 ) -> Result<GcPlan> {
     let inputs = read_inputs(store).await?;
-    let scope = scope.resolve(&inputs.ids);
-    let objects: Vec<(String, u64, DateTime<Utc>)> = match scope {
-        GcScope::Subsumed => subsumed_objects(&inputs.completed, &inputs.pinned, policy),
-        _ => store
-            .list_all()
-            .await?
-            .iter()
-            .map(|m: &ObjectMeta| (store.paths().relative(&m.location), m.size, m.last_modified))
-            .collect(),
+    let sweep = match scope {
+        GcScope::AfterCompletion => Sweep::after(&inputs.ids),
+        GcScope::Everything => None,
     };
+    let listed = match &sweep {
+        Some(sweep) => swept(store, sweep).await?,
+        None => store.list_all().await?,
+    };
+    let mut objects: BTreeMap<String, (u64, DateTime<Utc>)> = BTreeMap::new();
+    if sweep.is_some() {
+        for (path, size, at) in subsumed_objects(&inputs.completed, &inputs.pinned, policy) {
+            objects.insert(path, (size, at));
+        }
+    }
+    // A listed object's own size and time over the metadata's.
+    for m in &listed {
+        objects.insert(
+            store.paths().relative(&m.location),
+            (m.size, m.last_modified),
+        );
+    }
+    let objects: Vec<(String, u64, DateTime<Utc>)> = objects
+        .into_iter()
+        .map(|(path, (size, at))| (path, size, at))
+        .collect();
     let plan = plan_gc(
         &objects,
         &inputs.completed,
@@ -487,7 +515,35 @@ pub async fn gc_plan_for_store(
         now,
         policy,
     );
-    Ok(GcPlan { scope, ..plan })
+    Ok(GcPlan {
+        scope: if sweep.is_some() {
+            GcScope::AfterCompletion
+        } else {
+            GcScope::Everything
+        },
+        listed: listed.len(),
+        ..plan
+    })
+}
+
+/// The objects `sweep` lists: its incomplete checkpoints' directories and its slice of
+/// `shared/`'s directories (and any object right in `shared/`).
+async fn swept(store: &CheckpointStore, sweep: &Sweep) -> Result<Vec<ObjectMeta>> {
+    let shared = store.list_level(&store.paths().shared_root()).await?;
+    let mut dirs: Vec<Path> = shared
+        .common_prefixes
+        .into_iter()
+        .filter(|dir| dir.filename().is_some_and(|name| sweep.lists_shared(name)))
+        .collect();
+    dirs.extend(
+        sweep
+            .incomplete
+            .iter()
+            .map(|&id| store.paths().checkpoint_dir(id)),
+    );
+    let mut listed = shared.objects;
+    listed.extend(store.list_each(dirs).await?);
+    Ok(listed)
 }
 
 /// Plans a collection of `scope` and, unless `dry_run`, performs it. Returns the plan.
@@ -625,28 +681,34 @@ mod tests {
     }
 
     #[test]
-    fn a_collection_after_completion_lists_every_tenth_time_and_after_leftovers() {
-        let after = |ids: &[(u64, bool)]| GcScope::AfterCompletion.resolve(ids);
+    fn a_sweep_lists_older_incomplete_checkpoints_and_a_slice_of_shared() {
+        let sweep = Sweep::after(&[(6, false), (7, true), (8, false), (12, true), (13, false)]);
         assert_eq!(
-            after(&[(7, true), (8, true), (9, false)]),
-            GcScope::Subsumed
+            sweep,
+            Some(Sweep {
+                incomplete: vec![6, 8],
+                shared_slice: 2,
+            }),
+            "13 may still complete"
         );
-        assert_eq!(after(&[(9, true), (10, true)]), GcScope::Everything);
-        assert_eq!(
-            after(&[(6, false), (7, true), (8, true)]),
-            GcScope::Everything,
-            "an aborted checkpoint left a directory"
-        );
-        assert_eq!(
-            after(&[(3, false)]),
-            GcScope::Everything,
-            "nothing completed"
-        );
-        assert_eq!(GcScope::Subsumed.resolve(&[]), GcScope::Subsumed);
-        assert_eq!(
-            GcScope::Everything.resolve(&[(7, true)]),
-            GcScope::Everything
-        );
+        assert_eq!(Sweep::after(&[(3, false)]), None, "nothing completed");
+        // Every shared directory falls in exactly one slice, and the slices share them out.
+        let names: Vec<String> = (0..200).map(|i| format!("{i:032x}")).collect();
+        let mut counts = vec![0; LIST_EVERY as usize];
+        for name in &names {
+            let slices: Vec<u64> = (0..LIST_EVERY)
+                .filter(|&s| {
+                    Sweep {
+                        incomplete: vec![],
+                        shared_slice: s,
+                    }
+                    .lists_shared(name)
+                })
+                .collect();
+            assert_eq!(slices.len(), 1, "{name}");
+            counts[slices[0] as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
     }
 
     #[test]

@@ -542,11 +542,7 @@ impl CheckpointStore {
 
     /// Ids of every checkpoint directory in the store, ascending, with whether it completed.
     pub async fn checkpoint_ids(&self) -> Result<Vec<(u64, bool)>> {
-        let listing = self
-            .store
-            .list_with_delimiter(Some(self.paths.root()))
-            .await
-            .map_err(store_err("list", self.paths.root()))?;
+        let listing = self.list_level(self.paths.root()).await?;
         let mut ids: Vec<u64> = listing
             .common_prefixes
             .iter()
@@ -759,31 +755,38 @@ impl CheckpointStore {
     /// Every object below the job root with its size and last-modified time. The directories
     /// below the root and below `shared/` (one per DB instance) are listed side by side.
     pub async fn list_all(&self) -> Result<Vec<object_store::ObjectMeta>> {
-        let list_dirs = |prefix: Path| async move {
-            self.store
-                .list_with_delimiter(Some(&prefix))
-                .await
-                .map_err(store_err("list", &prefix))
-        };
-        let top = list_dirs(self.paths.root().clone()).await?;
+        let top = self.list_level(self.paths.root()).await?;
         let mut objects = top.objects;
         let mut dirs = Vec::new();
         for dir in top.common_prefixes {
             if dir == self.paths.shared_root() {
-                let shared = list_dirs(dir).await?;
+                let shared = self.list_level(&dir).await?;
                 objects.extend(shared.objects);
                 dirs.extend(shared.common_prefixes);
             } else {
                 dirs.push(dir);
             }
         }
+        objects.extend(self.list_each(dirs).await?);
+        Ok(objects)
+    }
+
+    /// The objects and the directories right below `prefix` (one level, not recursive).
+    pub async fn list_level(&self, prefix: &Path) -> Result<object_store::ListResult> {
+        self.store
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(store_err("list", prefix))
+    }
+
+    /// Every object below each of `dirs`, the directories listed side by side.
+    pub async fn list_each(&self, dirs: Vec<Path>) -> Result<Vec<object_store::ObjectMeta>> {
         let listed: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(dirs)
             .map(|dir| async move { self.list_under(&dir).await })
             .buffer_unordered(LISTS_IN_FLIGHT)
             .try_collect()
             .await?;
-        objects.extend(listed.into_iter().flatten());
-        Ok(objects)
+        Ok(listed.into_iter().flatten().collect())
     }
 
     /// Every object below `prefix` with its size and last-modified time.
