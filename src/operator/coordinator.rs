@@ -501,9 +501,9 @@ pub fn record(meta: &CheckpointMetadata, started: Option<&Time>, now: &Time) -> 
 
 /// Applies retention after a completed checkpoint: keeps `retain` completed checkpoints and
 /// deletes what nothing retained references, looking at the dropped checkpoints' objects, the
-/// aborted checkpoints' and a slice of the shared files ([`GcScope::AfterCompletion`]). Files no handle names that are
-/// younger than the longest checkpoint timeout the job has had are kept: they may be uploads
-/// of a checkpoint in flight. The policy is recorded in the store first, for
+/// aborted checkpoints' and a slice of the shared files ([`GcScope::AfterCompletion`]). Files
+/// no handle names that are younger than the longest checkpoint timeout the job has had are
+/// kept: they may be uploads of a checkpoint in flight. The policy is recorded in the store first, for
 /// `regroup checkpoints gc` run by hand.
 pub async fn retain_and_collect(
     store: &CheckpointStore,

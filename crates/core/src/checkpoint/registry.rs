@@ -486,23 +486,24 @@ pub async fn gc_plan_for_store(
         GcScope::AfterCompletion => Sweep::after(&inputs.ids),
         GcScope::Everything => None,
     };
-    let listed = match &sweep {
-        Some(sweep) => swept(store, sweep).await?,
-        None => store.list_all().await?,
+    // With nothing completed there is nothing to sweep after: every object is listed.
+    let (scope, named, listed) = match &sweep {
+        Some(sweep) => (
+            GcScope::AfterCompletion,
+            subsumed_objects(&inputs.completed, &inputs.pinned, policy),
+            swept(store, sweep).await?,
+        ),
+        None => (GcScope::Everything, Vec::new(), store.list_all().await?),
     };
-    let mut objects: BTreeMap<String, (u64, DateTime<Utc>)> = BTreeMap::new();
-    if sweep.is_some() {
-        for (path, size, at) in subsumed_objects(&inputs.completed, &inputs.pinned, policy) {
-            objects.insert(path, (size, at));
-        }
-    }
-    // A listed object's own size and time over the metadata's.
-    for m in &listed {
-        objects.insert(
-            store.paths().relative(&m.location),
-            (m.size, m.last_modified),
-        );
-    }
+    // A listed object's own size and time over the metadata's (the later entry wins).
+    let objects: BTreeMap<String, (u64, DateTime<Utc>)> = named
+        .into_iter()
+        .map(|(path, size, at)| (path, (size, at)))
+        .chain(listed.iter().map(|m| {
+            let path = store.paths().relative(&m.location);
+            (path, (m.size, m.last_modified))
+        }))
+        .collect();
     let objects: Vec<(String, u64, DateTime<Utc>)> = objects
         .into_iter()
         .map(|(path, (size, at))| (path, size, at))
@@ -516,11 +517,7 @@ pub async fn gc_plan_for_store(
         policy,
     );
     Ok(GcPlan {
-        scope: if sweep.is_some() {
-            GcScope::AfterCompletion
-        } else {
-            GcScope::Everything
-        },
+        scope,
         listed: listed.len(),
         ..plan
     })
