@@ -17,7 +17,7 @@ use regroup::backend::{IncrementalSnapshotter, StateBackend};
 use regroup::checkpoint::registry::{
     DeleteReason, GcPlan, GcScope, RetentionPolicy, Sweep, collect_garbage,
 };
-use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, INLINE_MAX_BYTES, JobId};
 use regroup::keygroup::KeyGroupRange;
 use support::restore::corrupt_stored_file;
 use support::{cluster, regroup_cmd};
@@ -188,8 +188,27 @@ async fn incremental_scenario(store: CheckpointStore) {
         .filter(|s| new.contains(&s.file.path))
         .map(|s| s.file.size)
         .sum();
-    let private_bytes: u64 = h2.private.iter().map(|p| p.file.size).sum();
+    let private_bytes: u64 = h2.private.iter().map(|p| p.file.size).sum::<u64>()
+        + h2.inline.iter().map(|i| i.size).sum::<u64>();
     assert_eq!(h2.bytes_uploaded, new_bytes + private_bytes);
+    // CURRENT travels in the handle; only the larger private files are objects.
+    assert!(
+        h2.inline.iter().any(|i| i.local_name == "CURRENT"),
+        "{h2:?}"
+    );
+    assert!(h2.inline.iter().all(|i| i.size <= INLINE_MAX_BYTES));
+    assert!(h2.private.iter().all(|p| p.file.size > INLINE_MAX_BYTES));
+    let private_dir = format!("chk-2/private/0/{}/", h2.instance_id);
+    let stored_private: BTreeSet<String> = stored(&store)
+        .await
+        .into_iter()
+        .filter(|p| p.starts_with(&private_dir))
+        .collect();
+    let referenced: BTreeSet<String> = h2.private.iter().map(|p| p.file.path.clone()).collect();
+    assert_eq!(
+        stored_private, referenced,
+        "no object for what the handle carries"
+    );
     assert_eq!(
         stored_shared(&store).await,
         &after1 | &new,
@@ -362,6 +381,28 @@ async fn fault_scenario(store: CheckpointStore) {
         "a checkpoint with a rogue handle never completes"
     );
 
+    // A carried file whose bytes are not the ones the handle's checksum was taken of.
+    let mut altered = handle.clone();
+    altered.checkpoint_id = 9;
+    altered.private.clear();
+    altered.inline[0].content.push(b'x');
+    altered.inline[0].size += 1;
+    store
+        .put_json_if_absent(&store.paths().handle(9, 0), &altered)
+        .await
+        .unwrap();
+    let e = store.read_handle(9, 0).await.unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    let named = format!(
+        "chk-9/handles/0.json: inline file {}",
+        altered.inline[0].local_name
+    );
+    assert!(e.to_string().contains(&named), "{e}");
+    let target = dir.path().join("restore-altered");
+    let e = store.download_handle(&altered, &target).await.unwrap_err();
+    assert!(e.to_string().contains(&named), "{e}");
+    assert!(!target.exists(), "nothing is written");
+
     // Unknown format version.
     let mut v = serde_json::to_value(&handle).unwrap();
     v["formatVersion"] = 9.into();
@@ -411,7 +452,12 @@ async fn abort_scenario(store: CheckpointStore) {
     );
     assert_eq!(h1.shared.len(), c2.handles[0].shared.len());
     let c3 = checkpoint(&backend, &snapshotter, &store, 3, &scratch).await;
-    let private: u64 = c3.handles[0].private.iter().map(|p| p.file.size).sum();
+    let private: u64 = c3.handles[0]
+        .private
+        .iter()
+        .map(|p| p.file.size)
+        .sum::<u64>()
+        + c3.handles[0].inline.iter().map(|i| i.size).sum::<u64>();
     assert_eq!(
         c3.handles[0].bytes_uploaded, private,
         "an unchanged DB uploads only private files"

@@ -18,7 +18,8 @@ use tracing::{debug, info};
 use super::native::live_sst_order;
 use super::{StateBackend, db_options};
 use crate::checkpoint::metadata::{
-    FORMAT_VERSION, PrivateFile, ProcessedEvents, SharedFile, SstOrder, SubtaskHandle,
+    FORMAT_VERSION, INLINE_MAX_BYTES, InlineFile, PrivateFile, ProcessedEvents, SharedFile,
+    SstOrder, SubtaskHandle,
 };
 use crate::checkpoint::paths::JobPaths;
 use crate::checkpoint::store::CheckpointStore;
@@ -191,6 +192,7 @@ impl IncrementalSnapshotter {
         let mut reused = Vec::new();
         let mut to_upload = Vec::new();
         let mut private_files = Vec::new();
+        let mut inline = Vec::new();
         for f in &snapshot.files {
             match &f.sst {
                 Some(info) => match confirmed.get(&f.name) {
@@ -204,6 +206,13 @@ impl IncrementalSnapshotter {
                     }
                     _ => to_upload.push(f.clone()),
                 },
+                None if f.size <= INLINE_MAX_BYTES => {
+                    let path = snapshot.dir.join(&f.name);
+                    let content = tokio::fs::read(&path)
+                        .await
+                        .map_err(Error::io("read", &path))?;
+                    inline.push(InlineFile::new(f.name.clone(), content));
+                }
                 None => private_files.push(f.clone()),
             }
         }
@@ -246,15 +255,19 @@ impl IncrementalSnapshotter {
             .buffer_unordered(UPLOAD_PARALLELISM)
             .try_collect()
             .await?;
+        // What the handle carries is uploaded with it.
+        let inline_bytes = inline.iter().map(|i| i.size).sum::<u64>();
         let bytes_uploaded = uploaded.iter().map(|s| s.file.size).sum::<u64>()
-            + private.iter().map(|p| p.file.size).sum::<u64>();
+            + private.iter().map(|p| p.file.size).sum::<u64>()
+            + inline_bytes;
         let mut shared = reused;
         shared.extend(uploaded);
         shared.sort_by(|a, b| a.local_name.cmp(&b.local_name));
         let mut private = private;
         private.sort_by(|a, b| a.local_name.cmp(&b.local_name));
         let bytes_total = shared.iter().map(|s| s.file.size).sum::<u64>()
-            + private.iter().map(|p| p.file.size).sum::<u64>();
+            + private.iter().map(|p| p.file.size).sum::<u64>()
+            + inline_bytes;
         let handle = SubtaskHandle {
             format_version: FORMAT_VERSION,
             job: store.job().clone(),
@@ -268,6 +281,7 @@ impl IncrementalSnapshotter {
             column_families: snapshot.column_families.clone(),
             shared,
             private,
+            inline,
             bytes_total,
             bytes_uploaded,
             created_at: chrono::Utc::now(),
@@ -286,7 +300,7 @@ impl IncrementalSnapshotter {
             subtask = self.subtask,
             bytes_total,
             bytes_uploaded,
-            files = handle.shared.len() + handle.private.len(),
+            files = handle.shared.len() + handle.private.len() + handle.inline.len(),
             "snapshot uploaded"
         );
         Ok(handle)

@@ -11,12 +11,18 @@ use super::paths::{JobId, check_local_name, check_relative_path, checkpoint_dir_
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 
-/// The metadata format this build writes. Version 2 added each SST file's [`SstOrder`].
-pub const FORMAT_VERSION: u32 = 2;
+/// The metadata format this build writes. Version 2 added each SST file's [`SstOrder`], version
+/// 3 the [`InlineFile`]s a handle carries (a build that ignored them would restore no MANIFEST).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The metadata formats this build reads; any other version is refused. Handles of format 1
 /// lack [`SstOrder`]: a restore ingests their files only where the order cannot matter.
-pub const READABLE_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+pub const READABLE_FORMAT_VERSIONS: [u32; 3] = [1, 2, 3];
+
+/// Private files up to this size travel inside their handle as [`InlineFile`]s: CURRENT, an
+/// empty WAL and a young MANIFEST are each an object less to write, check and delete per
+/// checkpoint and subtask, while the OPTIONS file (about 15 KiB) stays an object of its own.
+pub const INLINE_MAX_BYTES: u64 = 4096;
 
 /// Refuses a format version this build cannot read; `file` names the metadata.
 fn check_version(found: u32, file: &str) -> Result<()> {
@@ -141,6 +147,48 @@ pub struct PrivateFile {
     pub file: FileRef,
 }
 
+/// A private file small enough ([`INLINE_MAX_BYTES`]) to be carried by its handle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InlineFile {
+    /// File name inside the DB directory.
+    pub local_name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Checksum of the content: checked like a download's before a restore writes it.
+    pub checksum: Checksum,
+    /// The bytes, base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+}
+
+impl InlineFile {
+    /// The file named `local_name` holding `content`.
+    pub fn new(local_name: String, content: Vec<u8>) -> Self {
+        InlineFile {
+            local_name,
+            size: content.len() as u64,
+            checksum: Checksum::of(&content),
+            content,
+        }
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// What one subtask contributed to one checkpoint: everything needed to rebuild its DB.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -168,8 +216,11 @@ pub struct SubtaskHandle {
     pub column_families: Vec<String>,
     /// SST files, shared between checkpoints.
     pub shared: Vec<SharedFile>,
-    /// Files private to this checkpoint.
+    /// Files private to this checkpoint, stored as objects.
     pub private: Vec<PrivateFile>,
+    /// Files private to this checkpoint, small enough to be carried here (format 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline: Vec<InlineFile>,
     /// Bytes of all referenced files.
     pub bytes_total: u64,
     /// Bytes uploaded by this checkpoint (the rest was referenced from earlier ones).
@@ -314,6 +365,26 @@ impl SubtaskHandle {
                 });
             }
         }
+        for i in &self.inline {
+            check_local_name(&i.local_name, file)?;
+            if !names.insert(i.local_name.as_str()) {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!("local file {} listed twice", i.local_name),
+                });
+            }
+            let (size, checksum) = (i.content.len() as u64, Checksum::of(&i.content));
+            if (size, checksum) != (i.size, i.checksum) {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!(
+                        "inline file {}: {size} bytes with {checksum}, the handle says {} bytes \
+                         with {}",
+                        i.local_name, i.size, i.checksum
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -399,8 +470,12 @@ mod tests {
                     checksum: Checksum(1),
                 },
             }],
-            bytes_total: 26,
-            bytes_uploaded: 26,
+            inline: vec![InlineFile::new(
+                "MANIFEST-000005".into(),
+                vec![0, 0xff, 0x10, 0x80],
+            )],
+            bytes_total: 30,
+            bytes_uploaded: 30,
             ..crate::checkpoint::testing::handle("ns/job".parse().unwrap(), 3, 128, 1, 0)
         }
     }
@@ -419,10 +494,37 @@ mod tests {
         let e = decode::<SubtaskHandle>(&serde_json::to_vec(&v).unwrap(), "h.json").unwrap_err();
         assert!(
             e.to_string().contains(
-                "unsupported format version 99 in h.json: this build of regroup reads versions 1, 2"
+                "unsupported format version 99 in h.json: this build of regroup reads versions 1, 2, 3"
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn carried_files_read_back_byte_for_byte_or_not_at_all() {
+        let h = sample_handle();
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.contains("\"content\":\"AP8QgA==\""), "base64: {json}");
+        let back: SubtaskHandle = decode(json.as_bytes(), "h.json").unwrap();
+        assert_eq!(back.inline[0].content, vec![0, 0xff, 0x10, 0x80]);
+
+        let mut altered = h.clone();
+        altered.inline[0].content[1] = 0xfe;
+        let e = altered
+            .validate("chk-3/handles/0.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("chk-3/handles/0.json: inline file MANIFEST-000005: 4 bytes with crc32c:"),
+            "{e}"
+        );
+        let mut twice = h.clone();
+        twice.inline[0].local_name = "CURRENT".into();
+        let e = twice.validate("x").unwrap_err().to_string();
+        assert!(e.contains("local file CURRENT listed twice"), "{e}");
+        let mut escaping = h.clone();
+        escaping.inline[0].local_name = "../CURRENT".into();
+        assert!(escaping.validate("x").is_err());
     }
 
     #[test]
