@@ -266,19 +266,31 @@ fn handle(
             }
         })
         .collect();
-    // A worker's four: the MANIFEST of 24 files with their key bounds and the OPTIONS are
-    // over `INLINE_MAX_BYTES` and stored; CURRENT and the empty WAL travel in the handle.
-    let private = [("MANIFEST-000005", 6_300), ("OPTIONS-000007", 14_751)]
-        .into_iter()
-        .map(|(name, size)| PrivateFile {
-            local_name: name.to_owned(),
-            file: FileRef {
-                path: format!("chk-{id}/private/{subtask}/{instance}/{name}"),
-                size,
-                checksum: Checksum(7),
-            },
-        })
-        .collect();
+    // A worker's four: the MANIFEST of 24 files with their key bounds is over
+    // `INLINE_MAX_BYTES`, stored with the checkpoint; the OPTIONS file is stored once for the
+    // DB instance; CURRENT and the empty WAL travel in the handle.
+    let private = [
+        (
+            "MANIFEST-000005",
+            6_300,
+            format!("chk-{id}/private/{subtask}/{instance}/MANIFEST-000005"),
+        ),
+        (
+            "OPTIONS-000007",
+            14_751,
+            format!("shared/{instance}/OPTIONS-000007"),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, size, path)| PrivateFile {
+        local_name: name.to_owned(),
+        file: FileRef {
+            path,
+            size,
+            checksum: Checksum(7),
+        },
+    })
+    .collect();
     let inline = vec![
         InlineFile::new("000004.log".into(), Vec::new()),
         InlineFile::new("CURRENT".into(), b"MANIFEST-000005\n".to_vec()),

@@ -7,12 +7,13 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::paths::{JobId, check_local_name, check_relative_path, checkpoint_dir_name};
+use super::paths::{JobId, JobPaths, check_local_name, check_relative_path, checkpoint_dir_name};
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 
 /// The metadata format this build writes. Version 2 added each SST file's [`SstOrder`], version
-/// 3 the [`InlineFile`]s a handle carries (a build that ignored them would restore no MANIFEST).
+/// 3 the [`InlineFile`]s a handle carries (a build that ignored them would restore no CURRENT)
+/// and OPTIONS files stored once per DB instance under `shared/`.
 pub const FORMAT_VERSION: u32 = 3;
 
 /// The metadata formats this build reads; any other version is refused. Handles of format 1
@@ -137,7 +138,8 @@ pub struct SstOrder {
     pub epoch_number: Option<u64>,
 }
 
-/// A non-SST file (MANIFEST, CURRENT, OPTIONS) private to one checkpoint of one subtask.
+/// A non-SST file (MANIFEST, CURRENT, OPTIONS) of one checkpoint of one subtask: stored in
+/// the checkpoint's directory, or (an OPTIONS file) in its DB instance's `shared/` directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PrivateFile {
@@ -145,6 +147,12 @@ pub struct PrivateFile {
     pub local_name: String,
     /// The stored copy.
     pub file: FileRef,
+}
+
+/// Whether a DB's file is an OPTIONS file: RocksDB writes each under a new number and never
+/// changes it, so one stored copy under `shared/` serves every checkpoint of its DB instance.
+pub fn is_options_file(name: &str) -> bool {
+    name.starts_with("OPTIONS-")
 }
 
 /// A private file small enough ([`INLINE_MAX_BYTES`]) to be carried by its handle.
@@ -216,7 +224,7 @@ pub struct SubtaskHandle {
     pub column_families: Vec<String>,
     /// SST files, shared between checkpoints.
     pub shared: Vec<SharedFile>,
-    /// Files private to this checkpoint, stored as objects.
+    /// Its other files, stored as objects.
     pub private: Vec<PrivateFile>,
     /// Files private to this checkpoint, small enough to be carried here (format 3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -351,11 +359,16 @@ impl SubtaskHandle {
         for p in &self.private {
             check_local_name(&p.local_name, file)?;
             check_relative_path(&p.file.path, file)?;
-            if !p.file.path.starts_with(&private_prefix) {
+            let instance_copy = is_options_file(&p.local_name)
+                && p.file.path == JobPaths::shared_file(&self.instance_id, &p.local_name);
+            if !p.file.path.starts_with(&private_prefix) && !instance_copy {
                 return Err(Error::UnsafePath {
                     path: p.file.path.clone(),
                     file: file.to_owned(),
-                    reason: format!("private files must lie under {private_prefix}"),
+                    reason: format!(
+                        "private files must lie under {private_prefix} (an OPTIONS file: or be \
+                         shared/<its instance>/<its name>)"
+                    ),
                 });
             }
             if !names.insert(p.local_name.as_str()) {
@@ -570,6 +583,35 @@ mod tests {
         let mut h = sample_handle();
         h.private[0].local_name = "../CURRENT".into();
         assert!(h.validate("x").is_err());
+    }
+
+    #[test]
+    fn an_options_file_may_be_its_instances_stored_copy() {
+        let options = |path: &str, name: &str| {
+            let mut h = sample_handle();
+            h.private.push(PrivateFile {
+                local_name: name.into(),
+                file: FileRef {
+                    path: path.into(),
+                    size: 15_000,
+                    checksum: Checksum(2),
+                },
+            });
+            h.validate("chk-3/handles/0.json")
+        };
+        options("shared/i1/OPTIONS-000007", "OPTIONS-000007").unwrap();
+        options("chk-3/private/0/i1/OPTIONS-000007", "OPTIONS-000007").unwrap();
+        for (path, name) in [
+            ("shared/i2/OPTIONS-000007", "OPTIONS-000007"), // another instance's
+            ("shared/i1/OPTIONS-000009", "OPTIONS-000007"), // another file
+            ("shared/i1/MANIFEST-000005", "MANIFEST-000005"), // not written once
+        ] {
+            let e = options(path, name).unwrap_err().to_string();
+            assert!(
+                e.contains(path) && e.contains("chk-3/handles/0.json"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
