@@ -52,7 +52,11 @@ impl CheckpointDetail {
             bytes_total: m.bytes_total(),
             bytes_new: m.bytes_uploaded(),
             shared_files: m.handles.iter().map(|h| h.shared.len()).sum(),
-            private_files: m.handles.iter().map(|h| h.private.len()).sum(),
+            private_files: m
+                .handles
+                .iter()
+                .map(|h| h.private.len() + h.inline.len())
+                .sum(),
         }
     }
 }
@@ -179,7 +183,7 @@ impl Shown {
                     h.bytes_total,
                     h.bytes_uploaded,
                     h.shared.len(),
-                    h.private.len()
+                    h.private.len() + h.inline.len()
                 )
                 .ok();
             }

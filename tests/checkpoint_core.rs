@@ -14,10 +14,13 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use regroup::Error;
 use regroup::backend::{IncrementalSnapshotter, StateBackend};
+use regroup::checkpoint::metadata::is_options_file;
 use regroup::checkpoint::registry::{
     DeleteReason, GcPlan, GcScope, RetentionPolicy, Sweep, collect_garbage,
 };
-use regroup::checkpoint::{CheckpointMetadata, CheckpointStore, JobId};
+use regroup::checkpoint::{
+    CheckpointMetadata, CheckpointStore, INLINE_MAX_BYTES, JobId, PrivateFile,
+};
 use regroup::keygroup::KeyGroupRange;
 use support::restore::corrupt_stored_file;
 use support::{cluster, regroup_cmd};
@@ -99,11 +102,12 @@ async fn restored_contents(store: &CheckpointStore, id: u64) -> Model {
     contents(&backend)
 }
 
+/// The stored files under `shared/` the checkpoint references: its SSTs and OPTIONS file.
 fn shared_paths(meta: &CheckpointMetadata) -> BTreeSet<String> {
     meta.handles[0]
-        .shared
-        .iter()
-        .map(|s| s.file.path.clone())
+        .files()
+        .map(|f| f.path.clone())
+        .filter(|p| p.starts_with("shared/"))
         .collect()
 }
 
@@ -181,15 +185,57 @@ async fn incremental_scenario(store: CheckpointStore) {
     );
     assert!(!new.is_empty(), "the compaction's output is uploaded");
     assert!(!only1.is_empty(), "compaction merged files away");
-    // Checkpoint 2 uploaded exactly the new SSTs plus its private files.
+    // Checkpoint 2 uploaded exactly the new SSTs plus its own private files.
     let new_bytes: u64 = h2
         .shared
         .iter()
         .filter(|s| new.contains(&s.file.path))
         .map(|s| s.file.size)
         .sum();
-    let private_bytes: u64 = h2.private.iter().map(|p| p.file.size).sum();
+    let own: Vec<&PrivateFile> = h2
+        .private
+        .iter()
+        .filter(|p| p.file.path.starts_with("chk-2/"))
+        .collect();
+    let private_bytes: u64 = own.iter().map(|p| p.file.size).sum::<u64>()
+        + h2.inline.iter().map(|i| i.size).sum::<u64>();
     assert_eq!(h2.bytes_uploaded, new_bytes + private_bytes);
+    // CURRENT travels in the handle; the OPTIONS file is the one checkpoint 1 stored for the
+    // DB instance; only larger private files are objects of the checkpoint's own.
+    assert!(
+        h2.inline.iter().any(|i| i.local_name == "CURRENT"),
+        "{h2:?}"
+    );
+    assert!(h2.inline.iter().all(|i| i.size <= INLINE_MAX_BYTES));
+    assert!(h2.private.iter().all(|p| p.file.size > INLINE_MAX_BYTES));
+    let options = |h: &regroup::checkpoint::SubtaskHandle| {
+        h.private
+            .iter()
+            .find(|p| is_options_file(&p.local_name))
+            .map(|p| p.file.clone())
+    };
+    let o2 = options(h2).expect("an OPTIONS file");
+    assert_eq!(
+        Some(&o2),
+        options(h1).as_ref(),
+        "stored once, referenced again"
+    );
+    assert!(
+        o2.path
+            .starts_with(&format!("shared/{}/OPTIONS-", h2.instance_id)),
+        "{o2:?}"
+    );
+    let private_dir = format!("chk-2/private/0/{}/", h2.instance_id);
+    let stored_private: BTreeSet<String> = stored(&store)
+        .await
+        .into_iter()
+        .filter(|p| p.starts_with(&private_dir))
+        .collect();
+    let referenced: BTreeSet<String> = own.iter().map(|p| p.file.path.clone()).collect();
+    assert_eq!(
+        stored_private, referenced,
+        "no object for what the handle carries"
+    );
     assert_eq!(
         stored_shared(&store).await,
         &after1 | &new,
@@ -362,6 +408,28 @@ async fn fault_scenario(store: CheckpointStore) {
         "a checkpoint with a rogue handle never completes"
     );
 
+    // A carried file whose bytes are not the ones the handle's checksum was taken of.
+    let mut altered = handle.clone();
+    altered.checkpoint_id = 9;
+    altered.private.clear();
+    altered.inline[0].content.push(b'x');
+    altered.inline[0].size += 1;
+    store
+        .put_json_if_absent(&store.paths().handle(9, 0), &altered)
+        .await
+        .unwrap();
+    let e = store.read_handle(9, 0).await.unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    let named = format!(
+        "chk-9/handles/0.json: inline file {}",
+        altered.inline[0].local_name
+    );
+    assert!(e.to_string().contains(&named), "{e}");
+    let target = dir.path().join("restore-altered");
+    let e = store.download_handle(&altered, &target).await.unwrap_err();
+    assert!(e.to_string().contains(&named), "{e}");
+    assert!(!target.exists(), "nothing is written");
+
     // Unknown format version.
     let mut v = serde_json::to_value(&handle).unwrap();
     v["formatVersion"] = 9.into();
@@ -411,10 +479,23 @@ async fn abort_scenario(store: CheckpointStore) {
     );
     assert_eq!(h1.shared.len(), c2.handles[0].shared.len());
     let c3 = checkpoint(&backend, &snapshotter, &store, 3, &scratch).await;
-    let private: u64 = c3.handles[0].private.iter().map(|p| p.file.size).sum();
+    let h3 = &c3.handles[0];
+    let private: u64 = h3
+        .private
+        .iter()
+        .filter(|p| p.file.path.starts_with("chk-3/"))
+        .map(|p| p.file.size)
+        .sum::<u64>()
+        + h3.inline.iter().map(|i| i.size).sum::<u64>();
     assert_eq!(
-        c3.handles[0].bytes_uploaded, private,
-        "an unchanged DB uploads only private files"
+        h3.bytes_uploaded, private,
+        "an unchanged DB uploads only its checkpoint's own private files"
+    );
+    assert!(
+        h3.private
+            .iter()
+            .any(|p| is_options_file(&p.local_name) && p.file.path.starts_with("shared/")),
+        "the OPTIONS file checkpoint 2 uploaded again after the abort is referenced: {h3:?}"
     );
 }
 

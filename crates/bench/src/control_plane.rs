@@ -12,7 +12,7 @@
 //! - the size of the status the operator writes for such a job mid-rescale and running.
 //!
 //! Handles look like a worker's: a DB instance each, SST files on levels 0 and 3–6 with
-//! key-group spans (L0 files with their order), three private files. A fifth of each handle's
+//! key-group spans (L0 files with their order), four private files (two carried in the handle). A fifth of each handle's
 //! SST files is new in every checkpoint (compactions), the rest shared with the one before.
 //! The files written to the stores are small (their number is what listing and GC pay for);
 //! the handles that are only planned carry sizes of 8–64 MiB.
@@ -36,8 +36,8 @@ use regroup::checkpoint::registry::{
 };
 use regroup::checkpoint::store::METADATA_MAX_BYTES;
 use regroup::checkpoint::{
-    CheckpointMetadata, CheckpointStore, Checksum, FileRef, JobId, PrivateFile, SharedFile,
-    SstOrder, SubtaskHandle,
+    CheckpointMetadata, CheckpointStore, Checksum, FileRef, InlineFile, JobId, PrivateFile,
+    SharedFile, SstOrder, SubtaskHandle,
 };
 use regroup::error::{Error, Result};
 use regroup::keygroup::{KeyGroupRange, check_parallelism, ranges};
@@ -266,17 +266,35 @@ fn handle(
             }
         })
         .collect();
-    let private = ["CURRENT", "MANIFEST-000005", "OPTIONS-000007"]
-        .into_iter()
-        .map(|name| PrivateFile {
-            local_name: name.to_owned(),
-            file: FileRef {
-                path: format!("chk-{id}/private/{subtask}/{instance}/{name}"),
-                size: 16 + name.len() as u64,
-                checksum: Checksum(7),
-            },
-        })
-        .collect();
+    // A worker's four: the MANIFEST of 24 files with their key bounds is over
+    // `INLINE_MAX_BYTES`, stored with the checkpoint; the OPTIONS file is stored once for the
+    // DB instance; CURRENT and the empty WAL travel in the handle.
+    let private = [
+        (
+            "MANIFEST-000005",
+            6_300,
+            format!("chk-{id}/private/{subtask}/{instance}/MANIFEST-000005"),
+        ),
+        (
+            "OPTIONS-000007",
+            14_751,
+            format!("shared/{instance}/OPTIONS-000007"),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, size, path)| PrivateFile {
+        local_name: name.to_owned(),
+        file: FileRef {
+            path,
+            size,
+            checksum: Checksum(7),
+        },
+    })
+    .collect();
+    let inline = vec![
+        InlineFile::new("000004.log".into(), Vec::new()),
+        InlineFile::new("CURRENT".into(), b"MANIFEST-000005\n".to_vec()),
+    ];
     SubtaskHandle {
         format_version: FORMAT_VERSION,
         job: job.clone(),
@@ -290,6 +308,7 @@ fn handle(
         column_families: vec!["default".into(), "state".into()],
         shared,
         private,
+        inline,
         bytes_total: 0,
         bytes_uploaded: 0,
         created_at: chrono::Utc::now(),

@@ -19,7 +19,9 @@ use regroup_core::backend::{
     BATCH_MAX_BYTES, BATCH_MAX_ENTRIES, column_family as cf, db_options, write_options,
 };
 use regroup_core::backend::{clip::clip, native};
-use regroup_core::checkpoint::local_file::{CopyHelpers, LocalWrite, table_metadata_ends};
+use regroup_core::checkpoint::local_file::{
+    CopyHelpers, LocalWrite, table_metadata_ends, write_inline,
+};
 use regroup_core::checkpoint::progress::{RestorePhase, Tracker};
 use regroup_core::checkpoint::store::{DOWNLOAD_PARALLELISM, checksum_file, verify};
 use regroup_core::checkpoint::{
@@ -314,7 +316,7 @@ enum Fetched {
 }
 
 /// The files of every input, input after input (so that whole handles arrive early), each
-/// input's directory created.
+/// input's directory created and the files its handle carries written.
 fn transfers<'a>(
     store: &CheckpointStore,
     meta: &'a CheckpointMetadata,
@@ -354,6 +356,9 @@ fn transfers<'a>(
             });
         }
         if input.private_files {
+            for i in &h.inline {
+                write_inline(i, &dir.join(&i.local_name), mode, &referenced_in)?;
+            }
             for p in &h.private {
                 out.push(Transfer {
                     input: index,

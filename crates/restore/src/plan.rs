@@ -293,7 +293,9 @@ fn plan_range(
     let bytes_of_handles = handles
         .iter()
         .filter(|h| h.key_group_range.intersection(&range).is_some())
-        .map(|h| h.files().map(|f| f.size).sum::<u64>())
+        .map(|h| {
+            h.files().map(|f| f.size).sum::<u64>() + h.inline.iter().map(|i| i.size).sum::<u64>()
+        })
         .sum();
     if let Some(h) = handles.iter().find(|h| h.key_group_range == range) {
         let shared_files: Vec<usize> = (0..h.shared.len()).collect();

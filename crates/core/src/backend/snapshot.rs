@@ -1,5 +1,5 @@
-//! Incremental snapshots: a native RocksDB checkpoint, then an upload of only the SST files no
-//! completed checkpoint of this DB instance has uploaded yet.
+//! Incremental snapshots: a native RocksDB checkpoint, then an upload of only the SST and
+//! OPTIONS files no completed checkpoint of this DB instance has uploaded yet.
 //!
 //! [`IncrementalSnapshotter::capture`] is the synchronous part (hard links of the live files,
 //! milliseconds); [`IncrementalSnapshotter::upload`] runs beside processing. An SST file is
@@ -18,7 +18,8 @@ use tracing::{debug, info};
 use super::native::live_sst_order;
 use super::{StateBackend, db_options};
 use crate::checkpoint::metadata::{
-    FORMAT_VERSION, PrivateFile, ProcessedEvents, SharedFile, SstOrder, SubtaskHandle,
+    FORMAT_VERSION, INLINE_MAX_BYTES, InlineFile, PrivateFile, ProcessedEvents, SharedFile,
+    SstOrder, SubtaskHandle, is_options_file,
 };
 use crate::checkpoint::paths::JobPaths;
 use crate::checkpoint::store::CheckpointStore;
@@ -82,8 +83,10 @@ impl Drop for LocalSnapshot {
 struct Uploads {
     /// SST files referenced by the newest completed checkpoint, by local name: reusable.
     confirmed: HashMap<String, SharedFile>,
-    /// SST files referenced by checkpoints not yet known to be complete or aborted.
-    pending: BTreeMap<u64, Vec<SharedFile>>,
+    /// Its OPTIONS files, stored once per DB instance ([`is_options_file`]): reusable.
+    confirmed_options: HashMap<String, PrivateFile>,
+    /// Reusable files referenced by checkpoints not yet known to be complete or aborted.
+    pending: BTreeMap<u64, (Vec<SharedFile>, Vec<PrivateFile>)>,
     last_completed: Option<u64>,
 }
 
@@ -187,10 +190,15 @@ impl IncrementalSnapshotter {
         store: &CheckpointStore,
     ) -> Result<SubtaskHandle> {
         let id = snapshot.checkpoint_id;
-        let confirmed = self.uploads().confirmed.clone();
+        let (confirmed, confirmed_options) = {
+            let u = self.uploads();
+            (u.confirmed.clone(), u.confirmed_options.clone())
+        };
         let mut reused = Vec::new();
+        let mut reused_private = Vec::new();
         let mut to_upload = Vec::new();
         let mut private_files = Vec::new();
+        let mut inline = Vec::new();
         for f in &snapshot.files {
             match &f.sst {
                 Some(info) => match confirmed.get(&f.name) {
@@ -204,7 +212,22 @@ impl IncrementalSnapshotter {
                     }
                     _ => to_upload.push(f.clone()),
                 },
-                None => private_files.push(f.clone()),
+                None if f.size <= INLINE_MAX_BYTES => {
+                    let path = snapshot.dir.join(&f.name);
+                    let content = tokio::fs::read(&path)
+                        .await
+                        .map_err(Error::io("read", &path))?;
+                    inline.push(InlineFile::new(f.name.clone(), content));
+                }
+                None if is_options_file(&f.name) => match confirmed_options.get(&f.name) {
+                    Some(prev) if prev.file.size == f.size => reused_private.push(prev.clone()),
+                    _ => private_files
+                        .push((f.clone(), JobPaths::shared_file(&self.instance_id, &f.name))),
+                },
+                None => private_files.push((
+                    f.clone(),
+                    JobPaths::private_file(id, self.subtask, &self.instance_id, &f.name),
+                )),
             }
         }
         // Owned items keep the upload future `Send`: a stream over borrowed items trips rustc's
@@ -231,11 +254,9 @@ impl IncrementalSnapshotter {
             .try_collect()
             .await?;
         let private: Vec<PrivateFile> = futures::stream::iter(private_files)
-            .map(|f| {
+            .map(|(f, relative)| {
                 let dir = &dir;
                 async move {
-                    let relative =
-                        JobPaths::private_file(id, self.subtask, &self.instance_id, &f.name);
                     let file = store.upload_file(&dir.join(&f.name), &relative).await?;
                     Ok::<_, Error>(PrivateFile {
                         local_name: f.name.clone(),
@@ -246,15 +267,20 @@ impl IncrementalSnapshotter {
             .buffer_unordered(UPLOAD_PARALLELISM)
             .try_collect()
             .await?;
+        // What the handle carries is uploaded with it.
+        let inline_bytes = inline.iter().map(|i| i.size).sum::<u64>();
         let bytes_uploaded = uploaded.iter().map(|s| s.file.size).sum::<u64>()
-            + private.iter().map(|p| p.file.size).sum::<u64>();
+            + private.iter().map(|p| p.file.size).sum::<u64>()
+            + inline_bytes;
         let mut shared = reused;
         shared.extend(uploaded);
         shared.sort_by(|a, b| a.local_name.cmp(&b.local_name));
         let mut private = private;
+        private.extend(reused_private);
         private.sort_by(|a, b| a.local_name.cmp(&b.local_name));
         let bytes_total = shared.iter().map(|s| s.file.size).sum::<u64>()
-            + private.iter().map(|p| p.file.size).sum::<u64>();
+            + private.iter().map(|p| p.file.size).sum::<u64>()
+            + inline_bytes;
         let handle = SubtaskHandle {
             format_version: FORMAT_VERSION,
             job: store.job().clone(),
@@ -268,6 +294,7 @@ impl IncrementalSnapshotter {
             column_families: snapshot.column_families.clone(),
             shared,
             private,
+            inline,
             bytes_total,
             bytes_uploaded,
             created_at: chrono::Utc::now(),
@@ -280,13 +307,21 @@ impl IncrementalSnapshotter {
             Err(Error::AlreadyExists { .. }) => return self.earlier_attempt(id, store).await,
             Err(e) => return Err(e),
         };
-        self.uploads().pending.insert(id, handle.shared.clone());
+        let options = handle
+            .private
+            .iter()
+            .filter(|p| is_options_file(&p.local_name))
+            .cloned()
+            .collect();
+        self.uploads()
+            .pending
+            .insert(id, (handle.shared.clone(), options));
         info!(
             checkpoint = id,
             subtask = self.subtask,
             bytes_total,
             bytes_uploaded,
-            files = handle.shared.len() + handle.private.len(),
+            files = handle.shared.len() + handle.private.len() + handle.inline.len(),
             "snapshot uploaded"
         );
         Ok(handle)
@@ -323,14 +358,19 @@ impl IncrementalSnapshotter {
         &self.instance_id
     }
 
-    /// Checkpoint `id` completed: its SST files become reusable; older pending entries are moot.
+    /// Checkpoint `id` completed: its SST and OPTIONS files become reusable; older pending
+    /// entries are moot.
     pub fn notify_complete(&self, id: u64) {
         let mut u = self.uploads();
         if u.last_completed.is_some_and(|last| last >= id) {
             return;
         }
-        if let Some(files) = u.pending.remove(&id) {
+        if let Some((files, options)) = u.pending.remove(&id) {
             u.confirmed = files
+                .into_iter()
+                .map(|f| (f.local_name.clone(), f))
+                .collect();
+            u.confirmed_options = options
                 .into_iter()
                 .map(|f| (f.local_name.clone(), f))
                 .collect();

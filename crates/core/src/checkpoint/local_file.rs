@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::debug;
 
-use super::metadata::Checksum;
+use super::metadata::{Checksum, InlineFile};
 use crate::error::{Error, Result};
 
 /// How a download writes its local file.
@@ -370,6 +370,37 @@ impl LocalFile {
         close(self.file).map_err(Error::io("close", &self.path))?;
         Ok((self.size, self.checksum))
     }
+}
+
+/// Writes a file its handle carries to `dest` as `mode` says, checked like a download: the
+/// bytes written must have the size and checksum the handle gives. `referenced_in` names the
+/// handle for errors; on failure the file is removed.
+pub fn write_inline(
+    file: &InlineFile,
+    dest: &Path,
+    mode: LocalWrite,
+    referenced_in: &str,
+) -> Result<()> {
+    let written = LocalFile::create(dest, mode, file.size).and_then(|mut out| {
+        out.write_all(&file.content)?;
+        out.finish()
+    });
+    let result = written.and_then(|(size, checksum)| {
+        if (size, checksum) == (file.size, file.checksum) {
+            return Ok(());
+        }
+        Err(Error::Corrupt {
+            file: referenced_in.to_owned(),
+            detail: format!(
+                "inline file {}: {size} bytes with {checksum}, the handle says {} bytes with {}",
+                file.local_name, file.size, file.checksum
+            ),
+        })
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
 }
 
 /// Copies in progress through [`LocalFile::copy_from_file`] that writers with nothing else to do

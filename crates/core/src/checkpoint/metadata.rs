@@ -7,16 +7,23 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::paths::{JobId, check_local_name, check_relative_path, checkpoint_dir_name};
+use super::paths::{JobId, JobPaths, check_local_name, check_relative_path, checkpoint_dir_name};
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 
-/// The metadata format this build writes. Version 2 added each SST file's [`SstOrder`].
-pub const FORMAT_VERSION: u32 = 2;
+/// The metadata format this build writes. Version 2 added each SST file's [`SstOrder`], version
+/// 3 the [`InlineFile`]s a handle carries (a build that ignored them would restore no CURRENT)
+/// and OPTIONS files stored once per DB instance under `shared/`.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The metadata formats this build reads; any other version is refused. Handles of format 1
 /// lack [`SstOrder`]: a restore ingests their files only where the order cannot matter.
-pub const READABLE_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+pub const READABLE_FORMAT_VERSIONS: [u32; 3] = [1, 2, 3];
+
+/// Private files up to this size travel inside their handle as [`InlineFile`]s: CURRENT, an
+/// empty WAL and a young MANIFEST are each an object less to write, check and delete per
+/// checkpoint and subtask, while the OPTIONS file (about 15 KiB) stays an object of its own.
+pub const INLINE_MAX_BYTES: u64 = 4096;
 
 /// Refuses a format version this build cannot read; `file` names the metadata.
 fn check_version(found: u32, file: &str) -> Result<()> {
@@ -131,7 +138,8 @@ pub struct SstOrder {
     pub epoch_number: Option<u64>,
 }
 
-/// A non-SST file (MANIFEST, CURRENT, OPTIONS) private to one checkpoint of one subtask.
+/// A non-SST file (MANIFEST, CURRENT, OPTIONS) of one checkpoint of one subtask: stored in
+/// the checkpoint's directory, or (an OPTIONS file) in its DB instance's `shared/` directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PrivateFile {
@@ -139,6 +147,54 @@ pub struct PrivateFile {
     pub local_name: String,
     /// The stored copy.
     pub file: FileRef,
+}
+
+/// Whether a DB's file is an OPTIONS file: RocksDB writes each under a new number and never
+/// changes it, so one stored copy under `shared/` serves every checkpoint of its DB instance.
+pub fn is_options_file(name: &str) -> bool {
+    name.starts_with("OPTIONS-")
+}
+
+/// A private file small enough ([`INLINE_MAX_BYTES`]) to be carried by its handle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InlineFile {
+    /// File name inside the DB directory.
+    pub local_name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Checksum of the content: checked like a download's before a restore writes it.
+    pub checksum: Checksum,
+    /// The bytes, base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+}
+
+impl InlineFile {
+    /// The file named `local_name` holding `content`.
+    pub fn new(local_name: String, content: Vec<u8>) -> Self {
+        InlineFile {
+            local_name,
+            size: content.len() as u64,
+            checksum: Checksum::of(&content),
+            content,
+        }
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// What one subtask contributed to one checkpoint: everything needed to rebuild its DB.
@@ -168,8 +224,11 @@ pub struct SubtaskHandle {
     pub column_families: Vec<String>,
     /// SST files, shared between checkpoints.
     pub shared: Vec<SharedFile>,
-    /// Files private to this checkpoint.
+    /// Its other files, stored as objects.
     pub private: Vec<PrivateFile>,
+    /// Files private to this checkpoint, small enough to be carried here (format 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline: Vec<InlineFile>,
     /// Bytes of all referenced files.
     pub bytes_total: u64,
     /// Bytes uploaded by this checkpoint (the rest was referenced from earlier ones).
@@ -300,17 +359,42 @@ impl SubtaskHandle {
         for p in &self.private {
             check_local_name(&p.local_name, file)?;
             check_relative_path(&p.file.path, file)?;
-            if !p.file.path.starts_with(&private_prefix) {
+            let instance_copy = is_options_file(&p.local_name)
+                && p.file.path == JobPaths::shared_file(&self.instance_id, &p.local_name);
+            if !p.file.path.starts_with(&private_prefix) && !instance_copy {
                 return Err(Error::UnsafePath {
                     path: p.file.path.clone(),
                     file: file.to_owned(),
-                    reason: format!("private files must lie under {private_prefix}"),
+                    reason: format!(
+                        "private files must lie under {private_prefix} (an OPTIONS file: or be \
+                         shared/<its instance>/<its name>)"
+                    ),
                 });
             }
             if !names.insert(p.local_name.as_str()) {
                 return Err(Error::Corrupt {
                     file: file.to_owned(),
                     detail: format!("local file {} listed twice", p.local_name),
+                });
+            }
+        }
+        for i in &self.inline {
+            check_local_name(&i.local_name, file)?;
+            if !names.insert(i.local_name.as_str()) {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!("local file {} listed twice", i.local_name),
+                });
+            }
+            let (size, checksum) = (i.content.len() as u64, Checksum::of(&i.content));
+            if (size, checksum) != (i.size, i.checksum) {
+                return Err(Error::Corrupt {
+                    file: file.to_owned(),
+                    detail: format!(
+                        "inline file {}: {size} bytes with {checksum}, the handle says {} bytes \
+                         with {}",
+                        i.local_name, i.size, i.checksum
+                    ),
                 });
             }
         }
@@ -399,8 +483,12 @@ mod tests {
                     checksum: Checksum(1),
                 },
             }],
-            bytes_total: 26,
-            bytes_uploaded: 26,
+            inline: vec![InlineFile::new(
+                "MANIFEST-000005".into(),
+                vec![0, 0xff, 0x10, 0x80],
+            )],
+            bytes_total: 30,
+            bytes_uploaded: 30,
             ..crate::checkpoint::testing::handle("ns/job".parse().unwrap(), 3, 128, 1, 0)
         }
     }
@@ -419,10 +507,37 @@ mod tests {
         let e = decode::<SubtaskHandle>(&serde_json::to_vec(&v).unwrap(), "h.json").unwrap_err();
         assert!(
             e.to_string().contains(
-                "unsupported format version 99 in h.json: this build of regroup reads versions 1, 2"
+                "unsupported format version 99 in h.json: this build of regroup reads versions 1, 2, 3"
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn carried_files_read_back_byte_for_byte_or_not_at_all() {
+        let h = sample_handle();
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.contains("\"content\":\"AP8QgA==\""), "base64: {json}");
+        let back: SubtaskHandle = decode(json.as_bytes(), "h.json").unwrap();
+        assert_eq!(back.inline[0].content, vec![0, 0xff, 0x10, 0x80]);
+
+        let mut altered = h.clone();
+        altered.inline[0].content[1] = 0xfe;
+        let e = altered
+            .validate("chk-3/handles/0.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("chk-3/handles/0.json: inline file MANIFEST-000005: 4 bytes with crc32c:"),
+            "{e}"
+        );
+        let mut twice = h.clone();
+        twice.inline[0].local_name = "CURRENT".into();
+        let e = twice.validate("x").unwrap_err().to_string();
+        assert!(e.contains("local file CURRENT listed twice"), "{e}");
+        let mut escaping = h.clone();
+        escaping.inline[0].local_name = "../CURRENT".into();
+        assert!(escaping.validate("x").is_err());
     }
 
     #[test]
@@ -468,6 +583,35 @@ mod tests {
         let mut h = sample_handle();
         h.private[0].local_name = "../CURRENT".into();
         assert!(h.validate("x").is_err());
+    }
+
+    #[test]
+    fn an_options_file_may_be_its_instances_stored_copy() {
+        let options = |path: &str, name: &str| {
+            let mut h = sample_handle();
+            h.private.push(PrivateFile {
+                local_name: name.into(),
+                file: FileRef {
+                    path: path.into(),
+                    size: 15_000,
+                    checksum: Checksum(2),
+                },
+            });
+            h.validate("chk-3/handles/0.json")
+        };
+        options("shared/i1/OPTIONS-000007", "OPTIONS-000007").unwrap();
+        options("chk-3/private/0/i1/OPTIONS-000007", "OPTIONS-000007").unwrap();
+        for (path, name) in [
+            ("shared/i2/OPTIONS-000007", "OPTIONS-000007"), // another instance's
+            ("shared/i1/OPTIONS-000009", "OPTIONS-000007"), // another file
+            ("shared/i1/MANIFEST-000005", "MANIFEST-000005"), // not written once
+        ] {
+            let e = options(path, name).unwrap_err().to_string();
+            assert!(
+                e.contains(path) && e.contains("chk-3/handles/0.json"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

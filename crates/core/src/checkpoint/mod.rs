@@ -12,8 +12,8 @@ pub mod store;
 pub mod testing;
 
 pub use metadata::{
-    CheckpointMetadata, Checksum, FileRef, PrivateFile, ProcessedEvents, SharedFile, SstOrder,
-    SubtaskHandle,
+    CheckpointMetadata, Checksum, FileRef, INLINE_MAX_BYTES, InlineFile, PrivateFile,
+    ProcessedEvents, SharedFile, SstOrder, SubtaskHandle,
 };
 pub use paths::{JobId, JobPaths};
 pub use store::CheckpointStore;

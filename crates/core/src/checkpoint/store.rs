@@ -16,7 +16,7 @@ use object_store::{
 use serde::Serialize;
 use tracing::debug;
 
-use super::local_file::{CopyHelpers, LocalFile, LocalWrite};
+use super::local_file::{CopyHelpers, LocalFile, LocalWrite, write_inline};
 use super::metadata::{
     CheckpointMetadata, Checksum, FORMAT_VERSION, FileRef, SubtaskHandle, decode,
 };
@@ -947,7 +947,7 @@ impl CheckpointStore {
     }
 
     /// Downloads every file of `handle` into `dir` (created if needed) with bounded parallelism,
-    /// verifying each, through the page cache (not synced). The handle is validated first. On
+    /// verifying each, and writes the files it carries, through the page cache (not synced). The handle is validated first. On
     /// failure every file this call wrote is removed and the error names the file at fault.
     pub async fn download_handle(&self, handle: &SubtaskHandle, dir: &LocalPath) -> Result<u64> {
         let referenced_in = self
@@ -965,7 +965,25 @@ impl CheckpointStore {
                     .map(|p| (p.local_name.as_str(), &p.file)),
             )
             .collect();
-        self.download_files(&files, dir, &referenced_in).await
+        let bytes = self.download_files(&files, dir, &referenced_in).await?;
+        let written = handle.inline.iter().try_for_each(|i| {
+            write_inline(
+                i,
+                &dir.join(&i.local_name),
+                LocalWrite::Cached,
+                &referenced_in,
+            )
+        });
+        if let Err(e) = written {
+            for (name, _) in &files {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            for i in &handle.inline {
+                let _ = std::fs::remove_file(dir.join(&i.local_name));
+            }
+            return Err(e);
+        }
+        Ok(bytes)
     }
 
     /// Downloads `(local name, reference)` pairs into `dir` through the page cache (not synced),

@@ -29,6 +29,7 @@ pub fn handle(
         column_families: vec!["default".into()],
         shared: vec![],
         private: vec![],
+        inline: vec![],
         bytes_total: 0,
         bytes_uploaded: 0,
         created_at: chrono::Utc::now(),
