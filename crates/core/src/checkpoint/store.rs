@@ -947,8 +947,9 @@ impl CheckpointStore {
     }
 
     /// Downloads every file of `handle` into `dir` (created if needed) with bounded parallelism,
-    /// verifying each, and writes the files it carries, through the page cache (not synced). The handle is validated first. On
-    /// failure every file this call wrote is removed and the error names the file at fault.
+    /// verifying each, and writes the files it carries, all through the page cache (not
+    /// synced). The handle is validated first. On failure every file this call wrote is removed
+    /// and the error names the file at fault.
     pub async fn download_handle(&self, handle: &SubtaskHandle, dir: &LocalPath) -> Result<u64> {
         let referenced_in = self
             .paths
