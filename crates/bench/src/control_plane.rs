@@ -12,8 +12,9 @@
 //! - the size of the status the operator writes for such a job mid-rescale and running.
 //!
 //! Handles look like a worker's: a DB instance each, SST files on levels 0 and 3–6 with
-//! key-group spans (L0 files with their order), four private files (two carried in the handle). A fifth of each handle's
-//! SST files is new in every checkpoint (compactions), the rest shared with the one before.
+//! key-group spans (L0 files with their order), four private files (two carried in the
+//! handle). A fifth of each handle's SST files is new in every checkpoint (compactions), the
+//! rest shared with the one before.
 //! The files written to the stores are small (their number is what listing and GC pay for);
 //! the handles that are only planned carry sizes of 8–64 MiB.
 //!

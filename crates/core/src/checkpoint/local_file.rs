@@ -385,18 +385,7 @@ pub fn write_inline(
         out.write_all(&file.content)?;
         out.finish()
     });
-    let result = written.and_then(|(size, checksum)| {
-        if (size, checksum) == (file.size, file.checksum) {
-            return Ok(());
-        }
-        Err(Error::Corrupt {
-            file: referenced_in.to_owned(),
-            detail: format!(
-                "inline file {}: {size} bytes with {checksum}, the handle says {} bytes with {}",
-                file.local_name, file.size, file.checksum
-            ),
-        })
-    });
+    let result = written.and_then(|(size, checksum)| file.expect(size, checksum, referenced_in));
     if result.is_err() {
         let _ = std::fs::remove_file(dest);
     }

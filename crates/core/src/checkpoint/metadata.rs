@@ -180,6 +180,20 @@ impl InlineFile {
             content,
         }
     }
+
+    /// Refuses bytes of another size or checksum than the handle (`file`) gives for this file.
+    pub fn expect(&self, size: u64, checksum: Checksum, file: &str) -> Result<()> {
+        if (size, checksum) == (self.size, self.checksum) {
+            return Ok(());
+        }
+        Err(Error::Corrupt {
+            file: file.to_owned(),
+            detail: format!(
+                "inline file {}: {size} bytes with {checksum}, the handle says {} bytes with {}",
+                self.local_name, self.size, self.checksum
+            ),
+        })
+    }
 }
 
 mod base64_bytes {
@@ -386,17 +400,7 @@ impl SubtaskHandle {
                     detail: format!("local file {} listed twice", i.local_name),
                 });
             }
-            let (size, checksum) = (i.content.len() as u64, Checksum::of(&i.content));
-            if (size, checksum) != (i.size, i.checksum) {
-                return Err(Error::Corrupt {
-                    file: file.to_owned(),
-                    detail: format!(
-                        "inline file {}: {size} bytes with {checksum}, the handle says {} bytes \
-                         with {}",
-                        i.local_name, i.size, i.checksum
-                    ),
-                });
-            }
+            i.expect(i.content.len() as u64, Checksum::of(&i.content), file)?;
         }
         Ok(())
     }
